@@ -187,7 +187,7 @@ pub struct StateKeyRepr {
 /// Fields a dialect does not carry are zero/default after parsing it and are ignored when
 /// emitting it. NetBSD's lan/gwy/ext hosts map to `key[WIRE]` = (ext, gwy) and
 /// `key[STACK]` = (ext, lan) per the OpenBSD 4.5 conversion; see `wire::netbsd`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StateRepr {
     pub id: StateId,
     pub ifname: [u8; 16],
@@ -234,6 +234,50 @@ pub struct StateRepr {
     /// FreeBSD 1500 only: `[wire, stack, rt]` address families and `[wire, stack]` protocols.
     pub af_1500: [AddrFamily; 3],
     pub proto_1500: [u8; 2],
+}
+
+impl Default for StateRepr {
+    fn default() -> Self {
+        StateRepr {
+            id: StateId::default(),
+            ifname: [0; 16],
+            key: [StateKeyRepr::default(); 2],
+            src: PeerRepr::default(),
+            dst: PeerRepr::default(),
+            rt_addr: [0; 16],
+            rule: 0,
+            anchor: 0,
+            nat_rule: 0,
+            creation: 0,
+            expire: 0,
+            packets: [0; 2],
+            bytes: [0; 2],
+            af: AddrFamily::Unspec,
+            proto: 0,
+            direction: 0,
+            log: 0,
+            allow_opts: 0,
+            timeout: 0,
+            sync_flags: 0,
+            updates: 0,
+            state_flags: 0,
+            max_mss: 0,
+            min_ttl: 0,
+            set_tos: 0,
+            set_prio: [0; 2],
+            rt: 0,
+            rtableid: [0; 2],
+            qid: 0,
+            pqid: 0,
+            dnpipe: 0,
+            dnrpipe: 0,
+            rt_ifname: [0; 16],
+            tagname: [0; 64],
+            orig_ifname: [0; 16],
+            af_1500: [AddrFamily::Unspec; 3],
+            proto_1500: [0; 2],
+        }
+    }
 }
 
 /// `pfsync_upd_c` / NetBSD `pfsync_state_upd`: a compressed update.
