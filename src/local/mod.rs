@@ -1,1 +1,4 @@
-//! placeholder
+//! The firewall side: raw proto-240 sockets on the sync interface, batched datagram I/O,
+//! and the pf emulator.
+pub mod mmsg;
+pub mod raw;

@@ -1,0 +1,186 @@
+//! Key files: 32-byte Curve25519 keys and preshared keys as 44-character base64 text,
+//! the same format as WireGuard's, so `wg pubkey` and `pfsync-gw pubkey` agree.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// A 32-byte key. `Debug` never prints it; equality is constant-time.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("key file {path} is accessible by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    Permissions { path: String, mode: u32 },
+    #[error("not a key: expected 44 characters of base64 encoding 32 bytes, got {0} characters")]
+    Length(usize),
+    #[error("not a key: invalid base64")]
+    Base64,
+}
+
+impl Key {
+    pub const fn from_bytes(b: [u8; 32]) -> Key {
+        Key(b)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A new private key, clamped as `wg genkey` does.
+    pub fn generate() -> Key {
+        let secret = StaticSecret::random_from_rng(rand_core::OsRng);
+        let mut b = secret.to_bytes();
+        b[0] &= 248;
+        b[31] &= 127;
+        b[31] |= 64;
+        Key(b)
+    }
+
+    /// A random preshared key.
+    pub fn generate_psk() -> Key {
+        let mut b = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        Key(b)
+    }
+
+    /// The public key of this private key.
+    pub fn public(&self) -> Key {
+        Key(PublicKey::from(&StaticSecret::from(self.0)).to_bytes())
+    }
+
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    pub fn from_base64(s: &str) -> Result<Key, KeyError> {
+        let s = s.trim();
+        if s.len() != 44 {
+            return Err(KeyError::Length(s.len()));
+        }
+        let v = STANDARD.decode(s).map_err(|_| KeyError::Base64)?;
+        let b: [u8; 32] = v.try_into().map_err(|_| KeyError::Base64)?;
+        Ok(Key(b))
+    }
+
+    /// Read a key file, refusing files that group or others can read.
+    pub fn load_file(path: &Path) -> Result<Key, KeyError> {
+        let p = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| KeyError::Io {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Permissions { path: p, mode });
+            }
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Io {
+            path: p,
+            reason: e.to_string(),
+        })?;
+        Key::from_base64(&text)
+    }
+
+    /// Write the key as one base64 line to a new file created with mode 0600.
+    pub fn write_file(&self, path: &Path) -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path)?;
+        writeln!(f, "{}", self.to_base64())
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+impl Eq for Key {}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // Best effort: don't leave key bytes in freed memory.
+        for b in self.0.iter_mut() {
+            unsafe { core::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7748 §6.1 test vector (Alice), as `wg pubkey` would print it.
+    const ALICE_PRIV: &str = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=";
+    const ALICE_PUB: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+
+    #[test]
+    fn pubkey_matches_rfc7748_vector() {
+        let k = Key::from_base64(ALICE_PRIV).unwrap();
+        assert_eq!(k.public().to_base64(), ALICE_PUB);
+    }
+
+    #[test]
+    fn generated_keys_are_clamped_and_roundtrip() {
+        let k = Key::generate();
+        assert_eq!(k.as_bytes()[0] & 7, 0);
+        assert_eq!(k.as_bytes()[31] & 0xc0, 0x40);
+        let t = k.to_base64();
+        assert_eq!(t.len(), 44);
+        assert_eq!(Key::from_base64(&t).unwrap(), k);
+    }
+
+    #[test]
+    fn rejects_bad_text() {
+        assert_eq!(Key::from_base64("abc"), Err(KeyError::Length(3)));
+        assert_eq!(
+            Key::from_base64("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!="),
+            Err(KeyError::Base64)
+        );
+    }
+
+    #[test]
+    fn debug_does_not_leak() {
+        let k = Key::generate();
+        assert!(!format!("{k:?}").contains(&k.to_base64()));
+    }
+
+    #[test]
+    fn file_is_0600_and_group_readable_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pfsync-gw-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("k");
+        let k = Key::generate();
+        k.write_file(&p).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(Key::load_file(&p).unwrap(), k);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(Key::load_file(&p), Err(KeyError::Permissions { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

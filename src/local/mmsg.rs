@@ -1,0 +1,275 @@
+//! Batched datagram I/O: `recvmmsg`/`sendmmsg` over preallocated buffers.
+//!
+//! pfsync packets are small and come in bursts; one syscall and one wakeup per packet would
+//! dominate the cost of the gateway (see docs/ARCHITECTURE.md). These helpers move up to
+//! `BATCH` datagrams per syscall with no allocation after construction. They work on any
+//! datagram socket (UDP, raw IP).
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Datagrams per syscall.
+pub const BATCH: usize = 64;
+
+/// Preallocated receive slots.
+pub struct RecvBatch {
+    bufs: Vec<Box<[u8]>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: [usize; BATCH],
+    count: usize,
+}
+
+impl RecvBatch {
+    pub fn new(buf_size: usize) -> RecvBatch {
+        RecvBatch {
+            bufs: (0..BATCH)
+                .map(|_| vec![0u8; buf_size].into_boxed_slice())
+                .collect(),
+            addrs: vec![unsafe { zeroed() }; BATCH],
+            lens: [0; BATCH],
+            count: 0,
+        }
+    }
+
+    /// Receive up to `BATCH` datagrams without blocking. `Ok(0)` never happens: an empty
+    /// queue is `Err(WouldBlock)`.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.bufs[i].len(),
+            };
+            hdrs[i].msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points into buffers owned by self that outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            self.count = 0;
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, h) in hdrs.iter().enumerate().take(n) {
+            // A datagram larger than the slot is truncated by the kernel: mark it so the
+            // caller can count it as malformed instead of parsing half a packet.
+            self.lens[i] = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                usize::MAX
+            } else {
+                h.msg_len as usize
+            };
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// The datagrams of the last `recv`: `(source, bytes)`; `None` bytes = truncated.
+    pub fn iter(&self) -> impl Iterator<Item = (Option<SocketAddr>, Option<&[u8]>)> + '_ {
+        (0..self.count).map(move |i| {
+            let data = (self.lens[i] != usize::MAX).then(|| &self.bufs[i][..self.lens[i]]);
+            (sockaddr_to_std(&self.addrs[i]), data)
+        })
+    }
+}
+
+/// Datagrams queued for one `sendmmsg`, copied into preallocated slots.
+pub struct SendBatch {
+    bufs: Vec<Box<[u8]>>,
+    lens: [usize; BATCH],
+    addrs: Vec<libc::sockaddr_storage>,
+    addr_lens: [libc::socklen_t; BATCH],
+    count: usize,
+}
+
+impl SendBatch {
+    pub fn new(buf_size: usize) -> SendBatch {
+        SendBatch {
+            bufs: (0..BATCH)
+                .map(|_| vec![0u8; buf_size].into_boxed_slice())
+                .collect(),
+            lens: [0; BATCH],
+            addrs: vec![unsafe { zeroed() }; BATCH],
+            addr_lens: [0; BATCH],
+            count: 0,
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The next free slot to write a datagram into; commit it with [`SendBatch::commit`].
+    pub fn slot(&mut self) -> &mut [u8] {
+        &mut self.bufs[self.count]
+    }
+
+    pub fn commit(&mut self, len: usize, to: SocketAddr) {
+        let i = self.count;
+        self.lens[i] = len;
+        self.addr_lens[i] = std_to_sockaddr(to, &mut self.addrs[i]);
+        self.count += 1;
+    }
+
+    /// Send everything queued. Datagrams the kernel refuses (buffer full after retries,
+    /// unreachable) are dropped and counted in the return value's second field; UDP and
+    /// pfsync are both lossy, the reliability layer above repairs it.
+    pub fn flush(&mut self, fd: RawFd) -> (usize, usize) {
+        let mut sent = 0;
+        let mut failed = 0;
+        let mut start = 0;
+        let mut spins = 0;
+        while start < self.count {
+            let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+            let n = self.count - start;
+            for k in 0..n {
+                let i = start + k;
+                iovs[k] = libc::iovec {
+                    iov_base: self.bufs[i].as_mut_ptr().cast(),
+                    iov_len: self.lens[i],
+                };
+                hdrs[k].msg_hdr.msg_name =
+                    (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+                hdrs[k].msg_hdr.msg_namelen = self.addr_lens[i];
+                hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
+                hdrs[k].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: headers point into self's buffers, valid for the call.
+            let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+            if r > 0 {
+                sent += r as usize;
+                start += r as usize;
+                spins = 0;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock && spins < 100 {
+                spins += 1;
+                std::thread::yield_now();
+                continue;
+            }
+            // Skip the datagram that failed and go on with the rest.
+            failed += 1;
+            start += 1;
+        }
+        self.count = 0;
+        (sent, failed)
+    }
+}
+
+pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: family says this storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(sin.sin_addr.s_addr).into(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family says this storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn std_to_sockaddr(a: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            let sin: &mut libc::sockaddr_in =
+                unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: &mut libc::sockaddr_in6 =
+                unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn batch_roundtrip_over_loopback() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut tx = SendBatch::new(64);
+        for i in 0..10u8 {
+            tx.slot()[..3].copy_from_slice(&[i, i, i]);
+            tx.commit(3, b.local_addr().unwrap());
+        }
+        assert_eq!(tx.flush(a.as_raw_fd()), (10, 0));
+        let mut rx = RecvBatch::new(64);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            match rx.recv(b.as_raw_fd()) {
+                Ok(_) => {
+                    for (src, d) in rx.iter() {
+                        assert_eq!(src, Some(a.local_addr().unwrap()));
+                        got.push(d.unwrap().to_vec());
+                    }
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+            if got.len() == 10 {
+                break;
+            }
+        }
+        assert_eq!(got, (0..10u8).map(|i| vec![i, i, i]).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn oversized_datagram_is_flagged_truncated() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.send_to(&[7u8; 100], b.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut rx = RecvBatch::new(16);
+        assert_eq!(rx.recv(b.as_raw_fd()).unwrap(), 1);
+        assert_eq!(rx.iter().next().unwrap().1, None);
+    }
+}

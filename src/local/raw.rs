@@ -1,0 +1,196 @@
+//! The firewall side over a real network: raw IPv4 protocol-240 sockets bound to the sync
+//! interface, as a pf kernel's `pfsync0 syncdev` would use it.
+//!
+//! Capture: everything with protocol 240 that arrives on the interface (unicast to us
+//! when the firewall's `syncpeer` points at the gateway, and the 224.0.0.240 group when
+//! joined). Inject: TTL 255, TOS 0x10 (lowdelay), DF, to the group or to the firewall's
+//! unicast address, out of the sync interface only — exactly what pfsync_input() accepts.
+
+use std::ffi::CString;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+
+use crate::wire::{IPPROTO_PFSYNC, PFSYNC_DFLTTL, PFSYNC_GROUP};
+
+/// A raw proto-240 socket on one interface.
+pub struct RawSyncSocket {
+    sock: Socket,
+    ifname: String,
+    ifindex: u32,
+    /// Our own addresses on the interface: packets from them are our own injections
+    /// looped back, never captured (loop prevention).
+    own_addrs: Vec<Ipv4Addr>,
+    inject_to: SocketAddr,
+}
+
+impl RawSyncSocket {
+    /// Open the socket on `ifname`; join 224.0.0.240 there if `join_group`.
+    pub fn open(ifname: &str, join_group: bool, inject_to: Ipv4Addr) -> io::Result<RawSyncSocket> {
+        let ifindex = if_index(ifname)?;
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(IPPROTO_PFSYNC as i32)),
+        )?;
+        sock.bind_device(Some(ifname.as_bytes()))?;
+        sock.set_nonblocking(true)?;
+        sock.set_ttl(PFSYNC_DFLTTL as u32)?;
+        sock.set_multicast_ttl_v4(PFSYNC_DFLTTL as u32)?;
+        // Our own multicast must not come back to us as if the firewall had sent it.
+        sock.set_multicast_loop_v4(false)?;
+        sock.set_tos(0x10)?;
+        set_multicast_if_index(sock.as_raw_fd(), ifindex)?;
+        set_dont_fragment(sock.as_raw_fd())?;
+        if join_group {
+            sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
+        }
+        // Bursts (bulk updates) must not overflow the default ~200 KB buffer.
+        let _ = sock.set_recv_buffer_size(4 << 20);
+        let _ = sock.set_send_buffer_size(4 << 20);
+        Ok(RawSyncSocket {
+            sock,
+            ifname: ifname.to_string(),
+            ifindex,
+            own_addrs: interface_ipv4_addrs(ifname),
+            inject_to: SocketAddr::V4(SocketAddrV4::new(inject_to, 0)),
+        })
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+    pub fn inject_to(&self) -> SocketAddr {
+        self.inject_to
+    }
+
+    /// True if `src` is one of our own addresses on the sync interface.
+    pub fn is_own(&self, src: Ipv4Addr) -> bool {
+        self.own_addrs.contains(&src)
+    }
+
+    /// Refresh our own addresses (after an address change on the interface).
+    pub fn refresh_addrs(&mut self) {
+        self.own_addrs = interface_ipv4_addrs(&self.ifname);
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.sock
+    }
+}
+
+impl AsRawFd for RawSyncSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+fn if_index(ifname: &str) -> io::Result<u32> {
+    let c = CString::new(ifname).map_err(|_| io::Error::other("interface name contains NUL"))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no such interface `{ifname}`"),
+        ));
+    }
+    Ok(idx)
+}
+
+fn set_multicast_if_index(fd: RawFd, ifindex: u32) -> io::Result<()> {
+    let mreqn = libc::ip_mreqn {
+        imr_multiaddr: libc::in_addr { s_addr: 0 },
+        imr_address: libc::in_addr { s_addr: 0 },
+        imr_ifindex: ifindex as libc::c_int,
+    };
+    // SAFETY: passing a properly sized ip_mreqn.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            (&mreqn as *const libc::ip_mreqn).cast(),
+            std::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
+    let v: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: passing a c_int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The IPv4 addresses configured on `ifname` (empty if none or on error).
+pub fn interface_ipv4_addrs(ifname: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated C string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() != ifname.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null; we read the family, then the sockaddr_in it says.
+        unsafe {
+            if (*ifa.ifa_addr).sa_family as libc::c_int == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+    }
+    // SAFETY: ifap came from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_interface_is_a_clear_error() {
+        let e = RawSyncSocket::open("nosuchif0", true, PFSYNC_GROUP)
+            .err()
+            .expect("must fail");
+        assert!(e.to_string().contains("nosuchif0"), "{e}");
+    }
+
+    #[test]
+    fn loopback_has_127_0_0_1() {
+        assert!(interface_ipv4_addrs("lo").contains(&Ipv4Addr::LOCALHOST));
+    }
+}
