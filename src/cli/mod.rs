@@ -1,1 +1,3 @@
-//! placeholder
+//! Command line: clap subcommands.
+pub mod decode;
+pub mod emulate;

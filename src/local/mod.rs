@@ -2,3 +2,4 @@
 //! and the pf emulator.
 pub mod mmsg;
 pub mod raw;
+pub mod emulator;
