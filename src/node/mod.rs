@@ -1,1 +1,66 @@
-//! placeholder
+//! The tokio driver: wires the firewall side (`local`) ↔ the replica (`sync`, `table`) ↔
+//! the tunnel (`tunnel`) for every peer, and serves the control socket and metrics.
+//!
+//! All protocol logic lives in the sans-IO cores; this module only moves bytes between
+//! sockets and state machines, in batches (recvmmsg/sendmmsg, many packets per wakeup),
+//! and feeds them time.
+
+pub mod control;
+pub mod driver;
+pub mod ratelimit;
+pub mod status;
+
+pub use driver::{Node, NodeHandle};
+
+use crate::config::Config;
+
+/// `pfsync-gw run`: run one node until SIGTERM/SIGINT; SIGHUP reloads the peers.
+pub fn run_daemon(cfg: Config) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let (node, handle) = match Node::bind(cfg).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("{e}");
+                return 1;
+            }
+        };
+        let reload = handle.clone();
+        let stop = handle.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                stop.shutdown();
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => reload.reload(),
+                    _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); stop.shutdown(); return; }
+                    _ = int.recv() => { tracing::info!("SIGINT: shutting down"); stop.shutdown(); return; }
+                }
+            }
+        });
+        match node.run().await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e}");
+                1
+            }
+        }
+    })
+}

@@ -1,0 +1,707 @@
+//! One node's event loop.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+
+use super::control::{self, SharedStatus};
+use super::ratelimit::LogLimiter;
+use super::status::{FirewallView, PeerView, Status};
+use crate::config::{Config, LocalMode, PeerConfig};
+use crate::local::emulator::{Emulator, EmulatorConfig};
+use crate::local::mmsg::{RecvBatch, SendBatch};
+use crate::local::raw::RawSyncSocket;
+use crate::sync::{Replica, ReplicaConfig};
+use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
+use crate::wire::{self, ipv4::Ipv4Packet};
+
+/// Largest pfsync packet we emit towards the firewall (pfsync0's default MTU 1500 − IPv4).
+const LOCAL_PFSYNC_MTU: usize = 1480;
+/// How often the shared status snapshot is refreshed.
+const STATUS_REFRESH: Duration = Duration::from_millis(200);
+/// Bound on pump iterations per wakeup, so a chatty peer can't starve the sockets.
+const MAX_PUMP_ROUNDS: usize = 16;
+
+/// Controls a running node from outside its task (signals, demo, tests).
+#[derive(Clone)]
+pub struct NodeHandle {
+    shutdown: watch::Sender<bool>,
+    churn: watch::Sender<bool>,
+    reload: mpsc::UnboundedSender<Option<Config>>,
+    pub status: SharedStatus,
+    pub local_addr: SocketAddr,
+}
+
+impl NodeHandle {
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+    /// Start or stop the in-process emulator's churn (emulator mode only).
+    pub fn set_churn(&self, on: bool) {
+        let _ = self.churn.send(on);
+    }
+    /// Re-read the config file and apply peer changes (SIGHUP).
+    pub fn reload(&self) {
+        let _ = self.reload.send(None);
+    }
+    /// Apply a new config directly (demo/tests).
+    pub fn reload_with(&self, cfg: Config) {
+        let _ = self.reload.send(Some(cfg));
+    }
+    pub fn snapshot(&self) -> Status {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+enum Local {
+    Raw {
+        sock: AsyncFd<RawSyncSocket>,
+        rx: RecvBatch,
+        tx: SendBatch,
+    },
+    Emulated(Box<Emulator>),
+}
+
+struct PeerSlot {
+    id: PeerId,
+    cfg: PeerConfig,
+}
+
+pub struct Node {
+    cfg: Config,
+    endpoint: Endpoint,
+    replica: Replica,
+    peers: Vec<PeerSlot>,
+    next_peer_id: PeerId,
+    udp: AsyncFd<UdpSocket>,
+    udp_rx: RecvBatch,
+    udp_tx: SendBatch,
+    local: Local,
+    plain: Vec<u8>,
+    scratch: Vec<u8>,
+    counters: BTreeMap<&'static str, u64>,
+    log_limit: LogLimiter,
+    started: Instant,
+    status: SharedStatus,
+    shutdown: watch::Receiver<bool>,
+    churn: watch::Receiver<bool>,
+    reload: mpsc::UnboundedReceiver<Option<Config>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot bind tunnel socket {addr}: {err}")]
+    Udp { addr: SocketAddr, err: io::Error },
+    #[error("cannot open raw pfsync socket on {ifname}: {err} (needs root or CAP_NET_RAW)")]
+    Raw { ifname: String, err: io::Error },
+    #[error("control socket {path}: {err}")]
+    Control { path: String, err: io::Error },
+    #[error("metrics listener {addr}: {err}")]
+    Metrics { addr: SocketAddr, err: io::Error },
+    #[error("event loop: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn bump(c: &mut BTreeMap<&'static str, u64>, k: &'static str) {
+    *c.entry(k).or_insert(0) += 1;
+}
+
+impl Node {
+    /// Open the sockets and build the state machines. Must run inside a tokio runtime.
+    pub async fn bind(cfg: Config) -> Result<(Node, NodeHandle), NodeError> {
+        let now = Instant::now();
+        let udp = bind_udp(cfg.listen).map_err(|err| NodeError::Udp {
+            addr: cfg.listen,
+            err,
+        })?;
+        let local_addr = udp.local_addr()?;
+        let udp = AsyncFd::new(udp)?;
+
+        let local = match cfg.local.mode {
+            LocalMode::Raw => {
+                let ifname = cfg.local.interface.clone().unwrap_or_default();
+                let sock = RawSyncSocket::open(
+                    &ifname,
+                    cfg.local.capture_multicast,
+                    cfg.local.inject_to,
+                )
+                .map_err(|err| NodeError::Raw {
+                    ifname: ifname.clone(),
+                    err,
+                })?;
+                Local::Raw {
+                    sock: AsyncFd::new(sock)?,
+                    rx: RecvBatch::new(65_536),
+                    tx: SendBatch::new(LOCAL_PFSYNC_MTU),
+                }
+            }
+            LocalMode::Emulator => {
+                let e = &cfg.emulator;
+                let hostid = e.hostid.unwrap_or_else(random_hostid);
+                Local::Emulated(Box::new(Emulator::new(
+                    EmulatorConfig {
+                        dialect: cfg.local.dialect,
+                        hostid,
+                        rate: e.rate,
+                        max_states: e.max_states,
+                        maxupd: e.maxupd,
+                        seed: e.seed.unwrap_or(hostid as u64),
+                        ifname: cfg.local.interface.clone().unwrap_or_else(|| "em0".into()),
+                        mtu: LOCAL_PFSYNC_MTU,
+                    },
+                    now,
+                )))
+            }
+        };
+
+        let identity = Identity::from_private(*cfg.private_key.as_bytes());
+        let endpoint = Endpoint::new(identity, now);
+        let replica = Replica::new(
+            ReplicaConfig {
+                local_dialect: cfg.local.dialect,
+                mtu: LOCAL_PFSYNC_MTU,
+                ..ReplicaConfig::default()
+            },
+            now,
+        );
+
+        let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
+        if let Some(path) = &cfg.control_socket {
+            // Bind now so errors are reported at start-up, serve in the background.
+            let _ = std::fs::remove_file(path);
+            let st = status.clone();
+            let p = path.clone();
+            tokio::spawn(async move {
+                if let Err(e) = control::serve_control(p.clone(), st).await {
+                    tracing::error!("control socket {}: {e}", p.display());
+                }
+            });
+        }
+        if let Some(addr) = cfg.metrics_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|err| NodeError::Metrics { addr, err })?;
+            let st = status.clone();
+            tokio::spawn(async move {
+                if let Err(e) = control::serve_metrics(l, st).await {
+                    tracing::error!("metrics: {e}");
+                }
+            });
+        }
+
+        let (sd_tx, sd_rx) = watch::channel(false);
+        let (churn_tx, churn_rx) = watch::channel(true);
+        let (rl_tx, rl_rx) = mpsc::unbounded_channel();
+        let mtu = cfg.mtu;
+        let mut node = Node {
+            cfg,
+            endpoint,
+            replica,
+            peers: Vec::new(),
+            next_peer_id: 0,
+            udp,
+            udp_rx: RecvBatch::new(65_536),
+            udp_tx: SendBatch::new(mtu),
+            local,
+            plain: vec![0; 65_536],
+            scratch: vec![0; 65_536],
+            counters: BTreeMap::new(),
+            log_limit: LogLimiter::new(Duration::from_secs(1)),
+            started: now,
+            status: status.clone(),
+            shutdown: sd_rx,
+            churn: churn_rx,
+            reload: rl_rx,
+        };
+        let peers = node.cfg.peers.clone();
+        for p in peers {
+            node.add_peer(p, now);
+        }
+        tracing::info!(
+            node = %node.cfg.name,
+            listen = %local_addr,
+            dialect = %node.cfg.local.dialect,
+            peers = node.peers.len(),
+            "pfsync-gw started"
+        );
+        node.refresh_status(now);
+        let handle = NodeHandle {
+            shutdown: sd_tx,
+            churn: churn_tx,
+            reload: rl_tx,
+            status,
+            local_addr,
+        };
+        Ok((node, handle))
+    }
+
+    fn add_peer(&mut self, p: PeerConfig, now: Instant) {
+        let id = self.next_peer_id;
+        self.next_peer_id += 1;
+        self.endpoint.add_peer(
+            id,
+            *p.public_key.as_bytes(),
+            p.psk.as_ref().map(|k| *k.as_bytes()),
+            p.endpoint,
+            Some(p.persistent_keepalive.unwrap_or(DEFAULT_KEEPALIVE)),
+        );
+        self.replica.add_peer(id, now);
+        tracing::info!(peer = %p.name, endpoint = ?p.endpoint, "peer added");
+        self.peers.push(PeerSlot { id, cfg: p });
+    }
+
+    /// Apply a new configuration's peer list: unchanged peers keep their sessions.
+    fn apply_reload(&mut self, new: Config, now: Instant) {
+        if new.private_key != self.cfg.private_key
+            || new.listen != self.cfg.listen
+            || new.local.dialect != self.cfg.local.dialect
+            || new.local.interface != self.cfg.local.interface
+        {
+            tracing::warn!("reload: private key, listen address and firewall side changes need a restart; applying peer changes only");
+        }
+        // Removed or re-keyed peers go; a peer whose public key changed is a new peer.
+        let mut kept = Vec::new();
+        for slot in std::mem::take(&mut self.peers) {
+            match new
+                .peers
+                .iter()
+                .find(|p| p.public_key == slot.cfg.public_key && p.name == slot.cfg.name)
+            {
+                None => {
+                    self.endpoint.remove_peer(slot.id);
+                    self.replica.remove_peer(slot.id);
+                    tracing::info!(peer = %slot.cfg.name, "reload: peer removed");
+                }
+                Some(p) => {
+                    if *p != slot.cfg {
+                        self.endpoint.update_peer(
+                            slot.id,
+                            p.psk.as_ref().map(|k| *k.as_bytes()),
+                            p.endpoint,
+                            Some(p.persistent_keepalive.unwrap_or(DEFAULT_KEEPALIVE)),
+                        );
+                        tracing::info!(peer = %p.name, "reload: peer updated");
+                    }
+                    kept.push(PeerSlot {
+                        id: slot.id,
+                        cfg: p.clone(),
+                    });
+                }
+            }
+        }
+        self.peers = kept;
+        for p in &new.peers {
+            if !self.peers.iter().any(|s| s.cfg.public_key == p.public_key && s.cfg.name == p.name) {
+                self.add_peer(p.clone(), now);
+            }
+        }
+        self.cfg.peers = new.peers;
+    }
+
+    /// Run until shutdown.
+    pub async fn run(mut self) -> Result<(), NodeError> {
+        let mut next_status = Instant::now() + STATUS_REFRESH;
+        loop {
+            let now = Instant::now();
+            let mut deadline = next_status;
+            for d in [
+                self.endpoint.poll_timeout(),
+                self.replica.poll_timeout(),
+                match &self.local {
+                    Local::Emulated(e) => e.poll_timeout(),
+                    Local::Raw { .. } => None,
+                },
+            ]
+            .into_iter()
+            .flatten()
+            {
+                deadline = deadline.min(d);
+            }
+            let deadline = deadline.max(now);
+
+            let wake = {
+                let raw_ready = async {
+                    match &self.local {
+                        Local::Raw { sock, .. } => match sock.readable().await {
+                            Ok(mut g) => {
+                                g.clear_ready();
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Local::Emulated(_) => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = self.udp.readable() => { r?.clear_ready(); Wake::Udp }
+                    r = raw_ready => { r?; Wake::Raw }
+                    _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+                    _ = self.shutdown.changed() => Wake::Shutdown,
+                    _ = self.churn.changed() => Wake::Churn,
+                    r = self.reload.recv() => Wake::Reload(r),
+                }
+            };
+            let now = Instant::now();
+            match wake {
+                Wake::Shutdown => break,
+                Wake::Udp => self.drain_udp(now),
+                Wake::Raw => self.drain_raw(now),
+                Wake::Timer => {}
+                Wake::Churn => {
+                    let on = *self.churn.borrow();
+                    if let Local::Emulated(e) = &mut self.local {
+                        e.set_churn(on);
+                    }
+                }
+                Wake::Reload(r) => {
+                    let cfg = match r {
+                        Some(Some(c)) => Ok(c),
+                        Some(None) => Config::load(&self.cfg.path),
+                        None => continue,
+                    };
+                    match cfg {
+                        Ok(c) => self.apply_reload(c, now),
+                        Err(e) => tracing::error!("reload failed, keeping the running config: {e}"),
+                    }
+                }
+            }
+            self.endpoint.handle_timeout(now);
+            self.replica.handle_timeout(now);
+            if let Local::Emulated(e) = &mut self.local {
+                e.handle_timeout(now);
+            }
+            self.pump(now);
+            if now >= next_status {
+                self.refresh_status(now);
+                next_status = now + STATUS_REFRESH;
+            }
+        }
+        self.refresh_status(Instant::now());
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    fn drain_udp(&mut self, now: Instant) {
+        let fd = self.udp.get_ref().as_raw_fd();
+        loop {
+            match self.udp_rx.recv(fd) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors for earlier sends surface here; they're not fatal.
+                    tracing::debug!("udp recv: {e}");
+                    return;
+                }
+            }
+            for (src, data) in self.udp_rx.iter() {
+                let (Some(src), Some(data)) = (src, data) else {
+                    bump(&mut self.counters, "tunnel_oversized");
+                    continue;
+                };
+                match self.endpoint.handle_datagram(src, data, now, &mut self.plain) {
+                    Recv::Data { peer, len } => {
+                        if let Err(e) = self.replica.on_peer_datagram(peer, &self.plain[..len], now) {
+                            bump(&mut self.counters, "sync_malformed");
+                            if let Some(n) = self.log_limit.allow("sync_malformed", now) {
+                                tracing::warn!(%src, suppressed = n, "malformed sync message: {e}");
+                            }
+                        }
+                    }
+                    Recv::Dropped(reason) => {
+                        if let Some(n) = self.log_limit.allow("tunnel_drop", now) {
+                            tracing::debug!(%src, suppressed = n, ?reason, "tunnel datagram dropped");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn drain_raw(&mut self, now: Instant) {
+        let Local::Raw { sock, rx, .. } = &mut self.local else {
+            return;
+        };
+        let fd = sock.get_ref().as_raw_fd();
+        loop {
+            match rx.recv(fd) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("raw recv: {e}");
+                    return;
+                }
+            }
+            for (_, data) in rx.iter() {
+                let Some(data) = data else {
+                    bump(&mut self.counters, "local_oversized");
+                    continue;
+                };
+                let ip = match Ipv4Packet::new_checked(data) {
+                    Ok(ip) if ip.protocol() == wire::IPPROTO_PFSYNC => ip,
+                    _ => {
+                        bump(&mut self.counters, "local_bad_ip");
+                        continue;
+                    }
+                };
+                if sock.get_ref().is_own(ip.src()) {
+                    // Our own injection looped back: never send it out again.
+                    bump(&mut self.counters, "local_own_ignored");
+                    continue;
+                }
+                // pfsync_input()'s rule: anything that crossed a router is not from our firewall.
+                if ip.ttl() != wire::PFSYNC_DFLTTL {
+                    bump(&mut self.counters, "local_bad_ttl");
+                    if let Some(n) = self.log_limit.allow("local_bad_ttl", now) {
+                        tracing::warn!(src = %ip.src(), ttl = ip.ttl(), suppressed = n, "pfsync with TTL != 255 dropped");
+                    }
+                    continue;
+                }
+                bump(&mut self.counters, "captured");
+                if let Err(e) = self.replica.on_local_pfsync(ip.payload(), now) {
+                    bump(&mut self.counters, "local_malformed");
+                    if let Some(n) = self.log_limit.allow("local_malformed", now) {
+                        tracing::warn!(src = %ip.src(), suppressed = n, "malformed pfsync from firewall dropped: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Move everything the state machines have to say to the sockets, until quiet.
+    fn pump(&mut self, now: Instant) {
+        for _ in 0..MAX_PUMP_ROUNDS {
+            let mut moved = 0usize;
+
+            // Firewall → replica (emulator output is our "capture").
+            if let Local::Emulated(e) = &mut self.local {
+                while let Some(n) = e.poll_transmit(&mut self.scratch) {
+                    moved += 1;
+                    bump(&mut self.counters, "captured");
+                    if let Err(err) = self.replica.on_local_pfsync(&self.scratch[..n], now) {
+                        bump(&mut self.counters, "local_malformed");
+                        tracing::warn!("emulator produced malformed pfsync: {err}");
+                    }
+                }
+            }
+
+            while let Some(ev) = self.endpoint.poll_event() {
+                moved += 1;
+                match ev {
+                    tunnel::Event::SessionEstablished(p) => {
+                        tracing::info!(peer = %self.peer_name(p), "tunnel up");
+                        self.replica.on_peer_up(p, now);
+                    }
+                    tunnel::Event::PeerUnreachable(p) => {
+                        tracing::warn!(peer = %self.peer_name(p), "peer unreachable");
+                        self.replica.on_peer_down(p, now);
+                    }
+                    #[allow(unreachable_patterns)]
+                    _ => {}
+                }
+            }
+
+            // Replica → tunnel.
+            let budget = self.cfg.mtu - tunnel::TRANSPORT_OVERHEAD;
+            let fd = self.udp.get_ref().as_raw_fd();
+            for i in 0..self.peers.len() {
+                let id = self.peers[i].id;
+                while let Some(n) =
+                    self.replica
+                        .poll_peer_transmit(id, now, &mut self.plain[..budget])
+                {
+                    moved += 1;
+                    match self
+                        .endpoint
+                        .send(id, &self.plain[..n], now, self.udp_tx.slot())
+                    {
+                        tunnel::Send::Datagram(t) => {
+                            self.udp_tx.commit(t.len, t.to);
+                            if self.udp_tx.is_full() {
+                                self.flush_udp(fd);
+                            }
+                        }
+                        tunnel::Send::Queued => {}
+                        tunnel::Send::Dropped(_) => bump(&mut self.counters, "tunnel_send_dropped"),
+                    }
+                }
+            }
+            while let Some(t) = self.endpoint.poll_transmit(now, self.udp_tx.slot()) {
+                moved += 1;
+                self.udp_tx.commit(t.len, t.to);
+                if self.udp_tx.is_full() {
+                    self.flush_udp(fd);
+                }
+            }
+            self.flush_udp(fd);
+
+            // Replica → firewall.
+            while let Some(n) = self.replica.poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU]) {
+                moved += 1;
+                bump(&mut self.counters, "injected");
+                match &mut self.local {
+                    Local::Raw { sock, tx, .. } => {
+                        tx.slot()[..n].copy_from_slice(&self.scratch[..n]);
+                        tx.commit(n, sock.get_ref().inject_to());
+                        if tx.is_full() {
+                            let (_, failed) = tx.flush(sock.get_ref().as_raw_fd());
+                            *self.counters.entry("inject_failed").or_insert(0) += failed as u64;
+                        }
+                    }
+                    Local::Emulated(e) => {
+                        // In-process: the gateway injects with TTL 255 on the sync interface.
+                        if e.on_receive(&self.scratch[..n], wire::PFSYNC_DFLTTL, true, now).is_err() {
+                            bump(&mut self.counters, "inject_rejected");
+                        }
+                    }
+                }
+            }
+            if let Local::Raw { sock, tx, .. } = &mut self.local {
+                if !tx.is_empty() {
+                    let (_, failed) = tx.flush(sock.get_ref().as_raw_fd());
+                    *self.counters.entry("inject_failed").or_insert(0) += failed as u64;
+                }
+            }
+            if moved == 0 {
+                break;
+            }
+        }
+    }
+
+    fn flush_udp(&mut self, fd: std::os::fd::RawFd) {
+        if !self.udp_tx.is_empty() {
+            let (_, failed) = self.udp_tx.flush(fd);
+            *self.counters.entry("tunnel_send_failed").or_insert(0) += failed as u64;
+        }
+    }
+
+    fn peer_name(&self, id: PeerId) -> String {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .map_or_else(|| format!("#{id}"), |p| p.cfg.name.clone())
+    }
+
+    fn refresh_status(&mut self, now: Instant) {
+        let mut drops: BTreeMap<String, u64> = self
+            .endpoint
+            .drops()
+            .iter()
+            .map(|(k, v)| (format!("tunnel_{k}"), v))
+            .collect();
+        for (k, v) in &self.counters {
+            if k.starts_with("local_") || k.starts_with("tunnel_") || k.starts_with("sync_") || k.starts_with("inject_") {
+                drops.insert((*k).to_string(), *v);
+            }
+        }
+        let rs = self.replica.stats();
+        for (k, v) in rs.drops() {
+            drops.insert(format!("sync_{k}"), v);
+        }
+        let local: BTreeMap<String, u64> = self
+            .counters
+            .iter()
+            .filter(|(k, _)| !drops.contains_key(**k))
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .chain(rs.local_counters())
+            .collect();
+        let peers = self
+            .peers
+            .iter()
+            .map(|slot| {
+                let t = self.endpoint.peer_status(slot.id);
+                let s = self.replica.peer_stats(slot.id);
+                PeerView {
+                    name: slot.cfg.name.clone(),
+                    public_key: slot.cfg.public_key.to_base64(),
+                    endpoint: t.as_ref().and_then(|t| t.endpoint).map(|e| e.to_string()),
+                    established: t.as_ref().is_some_and(|t| t.established),
+                    last_handshake_secs: t
+                        .as_ref()
+                        .and_then(|t| t.last_handshake)
+                        .map(|h| now.saturating_duration_since(h).as_secs_f64()),
+                    rx_packets: t.as_ref().map_or(0, |t| t.rx_packets),
+                    rx_bytes: t.as_ref().map_or(0, |t| t.rx_bytes),
+                    tx_packets: t.as_ref().map_or(0, |t| t.tx_packets),
+                    tx_bytes: t.as_ref().map_or(0, |t| t.tx_bytes),
+                    retransmits: s.as_ref().map_or(0, |s| s.retransmits),
+                    resyncs: s.as_ref().map_or(0, |s| s.resyncs),
+                    resync_in_progress: s.as_ref().is_some_and(|s| s.resync_in_progress),
+                }
+            })
+            .collect();
+        let firewall = match &self.local {
+            Local::Emulated(e) => Some(FirewallView {
+                states: e.table().len(),
+                digest: e.table().digest().to_string(),
+                counters: e.stats().counters().into_iter().collect(),
+            }),
+            Local::Raw { .. } => None,
+        };
+        let st = Status {
+            node: self.cfg.name.clone(),
+            public_key: self.cfg.private_key.public().to_base64(),
+            listen: self
+                .udp
+                .get_ref()
+                .local_addr()
+                .map_or_else(|_| self.cfg.listen.to_string(), |a| a.to_string()),
+            dialect: self.cfg.local.dialect.to_string(),
+            uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
+            states: self.replica.table().len(),
+            digest: self.replica.table().digest().to_string(),
+            local,
+            drops,
+            peers,
+            firewall,
+        };
+        if let Ok(mut g) = self.status.lock() {
+            *g = st;
+        }
+    }
+}
+
+enum Wake {
+    Udp,
+    Raw,
+    Timer,
+    Shutdown,
+    Churn,
+    Reload(Option<Option<Config>>),
+}
+
+/// Keepalive used when the config sets none: short, so a dead peer is noticed quickly
+/// and NAT/firewall pinholes on the transit path stay open.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // One socket for both families, like WireGuard.
+        let _ = s.set_only_v6(false);
+    }
+    s.set_nonblocking(true)?;
+    // Bulk resyncs arrive in bursts; the default buffer drops them.
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn random_hostid() -> u32 {
+    loop {
+        let v = rand_core::RngCore::next_u32(&mut rand_core::OsRng);
+        if v != 0 {
+            return v;
+        }
+    }
+}
