@@ -576,13 +576,17 @@ impl Endpoint {
             .get_mut(&id)
             .expect("index table and peers agree");
         let index = msg.receiver();
-        let Some(hs) = peer.handshake.take_if(|h| h.local_index == index) else {
+        let Some(hs) = peer.handshake.as_mut().filter(|h| h.local_index == index) else {
             return shared.dropped(DropReason::UnknownIndex);
         };
-        let transport = match hs.consume_response(msg) {
+        if let Err(reason) = hs.consume_response(msg) {
+            return shared.dropped(reason);
+        }
+        let hs = peer.handshake.take().expect("checked above");
+        let transport = match hs.into_transport() {
             Ok(t) => t,
-            Err((hs, reason)) => {
-                peer.handshake = Some(hs);
+            Err(reason) => {
+                shared.free_index(index);
                 return shared.dropped(reason);
             }
         };

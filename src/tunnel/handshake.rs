@@ -215,22 +215,22 @@ pub(crate) fn create_response(
 }
 
 impl InitiatorHandshake {
-    /// Process message 2 (mac1 already checked). On failure the state is unchanged, so a
-    /// forged response cannot abort the genuine handshake.
-    pub fn consume_response(
-        mut self,
-        msg: &Response<'_>,
-    ) -> Result<StatelessTransportState, (Self, DropReason)> {
+    /// Process message 2 (mac1 already checked). On failure the state is unchanged (snow
+    /// restores it), so a forged response cannot abort the genuine handshake.
+    pub fn consume_response(&mut self, msg: &Response<'_>) -> Result<(), DropReason> {
         let mut payload = [0u8; NOISE_RESPONSE_LEN];
         match self.state.read_message(msg.noise(), &mut payload) {
-            Ok(0) => {}
-            // A non-empty payload cannot happen with a 48-byte message 2; treat as failure.
-            Ok(_) | Err(_) => return Err((self, DropReason::HandshakeFailed)),
+            Ok(0) => Ok(()),
+            // A 48-byte message 2 carries an empty payload; anything else is malformed.
+            Ok(_) | Err(_) => Err(DropReason::HandshakeFailed),
         }
-        match self.state.into_stateless_transport_mode() {
-            Ok(t) => Ok(t),
-            Err(_) => unreachable!("IK handshake finishes after message 2"),
-        }
+    }
+
+    /// Transport keys after a successful `consume_response`.
+    pub fn into_transport(self) -> Result<StatelessTransportState, DropReason> {
+        self.state
+            .into_stateless_transport_mode()
+            .map_err(|_| DropReason::HandshakeFailed)
     }
 }
 
@@ -290,7 +290,9 @@ mod tests {
             panic!()
         };
         assert_eq!((r.sender(), r.receiver()), (22, 11));
-        let ta = hs.consume_response(&r).map_err(|e| e.1).unwrap();
+        let mut hs = hs;
+        hs.consume_response(&r).unwrap();
+        let ta = hs.into_transport().unwrap();
         let mut ct = [0u8; 64];
         let n = ta.write_message(7, b"hello", &mut ct).unwrap();
         let mut pt = [0u8; 64];
@@ -316,6 +318,7 @@ mod tests {
         let Ok(Message::Response(r)) = Message::parse(&resp) else {
             panic!()
         };
+        let mut hs = hs;
         assert!(hs.consume_response(&r).is_err());
     }
 }

@@ -129,7 +129,9 @@ mod tests {
         let Ok(Message::Response(r)) = Message::parse(&resp) else {
             panic!()
         };
-        let ta = hs.consume_response(&r).map_err(|e| e.1).unwrap();
+        let mut hs = hs;
+        hs.consume_response(&r).unwrap();
+        let ta = hs.into_transport().unwrap();
         (
             Session::new(1, 2, ta, now, true),
             Session::new(2, 1, tb, now, false),
