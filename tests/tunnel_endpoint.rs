@@ -839,3 +839,40 @@ fn datagram_counters_are_wire_sizes() {
     // initiation (148) + data "hello" (5 + 32)
     assert_eq!((st.rx_packets, st.rx_bytes), (2, 148 + 37));
 }
+
+#[test]
+fn responder_waits_for_key_confirmation() {
+    let (mut net, a, b) = pair();
+    // Lose all transport messages (so A's confirmation) and B's own initiations:
+    // B must not send on the unconfirmed session.
+    net.filter = Box::new(move |d| d.kind() != 4 && !(d.from == b && d.kind() == 1));
+    assert_eq!(net.send(a, b, b"lost"), Send::Queued);
+    assert!(net.established(a, b));
+    assert!(!net.established(b, a));
+    assert_eq!(net.send(b, a, b"early"), Send::Queued);
+    assert!(!net.log.iter().any(|d| d.from == b && d.kind() == 4));
+    // Once A's transport gets through, B confirms and flushes its queue.
+    net.filter = Box::new(|_| true);
+    assert!(matches!(net.send(a, b, b"confirm"), Send::Datagram(_)));
+    assert!(net.established(b, a));
+    assert_eq!(net.data(a), vec![b"early".to_vec()]);
+    assert!(net.nodes[b].events.contains(&Event::SessionEstablished(a)));
+}
+
+#[test]
+fn keys_erased_after_three_reject_times() {
+    let (mut net, a, b) = established_pair();
+    let old = net.capture(a, b, b"x");
+    net.filter = Box::new(|_| false);
+    net.advance(REJECT_AFTER_TIME);
+    assert_eq!(
+        net.deliver(&old),
+        Some(Recv::Dropped(DropReason::ExpiredSession))
+    );
+    net.advance(REJECT_AFTER_TIME * 2 + Duration::from_secs(1));
+    // Session and its index are gone.
+    assert_eq!(
+        net.deliver(&old),
+        Some(Recv::Dropped(DropReason::UnknownIndex))
+    );
+}
