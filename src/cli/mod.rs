@@ -1,3 +1,4 @@
 //! Command line: clap subcommands.
 pub mod decode;
 pub mod emulate;
+pub mod pcap;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ipv4;
 pub mod packet;
 pub mod repr;
+pub mod translate;
 
 pub use error::WireError;
 pub use packet::{detect_dialect, message_wire_len, Messages, Packet, PacketWriter};
