@@ -541,3 +541,404 @@ impl<'a> PacketWriter<'a> {
         total
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::peer::tests::{peer_e, PEER_E};
+    use crate::wire::{BusStatus, StateId, UpdCRepr};
+
+    fn parse(d: Dialect, b: &[u8]) -> Vec<Message> {
+        Packet::new_checked(b, d).unwrap().messages().collect()
+    }
+
+    fn emit(d: Dialect, msgs: &[Message], cksum: [u8; 16]) -> Vec<u8> {
+        let mut buf = [0u8; 1480];
+        let mut w = PacketWriter::new(d, &mut buf);
+        w.set_checksum(cksum);
+        for m in msgs {
+            assert_eq!(w.push(m), Ok(true));
+        }
+        let n = w.finish();
+        buf[..n].to_vec()
+    }
+
+    /// §10 A: OpenBSD 7.4+ bulk request.
+    const EX_A: [u8; 36] = [
+        0x06, 0x00, 0x00, 0x24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x03, 0x00,
+        0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    /// §10 B: FreeBSD bulk request with EOF, checksum 00 11 .. ff.
+    const EX_B: [u8; 40] = [
+        0x05, 0x00, 0x00, 0x28, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa,
+        0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x05, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0x0c, 0x00, 0x00, 0x01,
+    ];
+    const CKSUM_B: [u8; 16] = [
+        0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee,
+        0xff,
+    ];
+
+    /// §10 C: OpenBSD DEL_C section.
+    const EX_C: [u8; 16] = [
+        0x07, 0x03, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x04, 0xd2, 0xde, 0xad, 0xbe, 0xef,
+    ];
+
+    /// §10 D: NetBSD BUS END, count 0, endtime 5 (checksum bytes 0xa5 here).
+    fn ex_d() -> [u8; 36] {
+        let mut b = [0u8; 36];
+        b[..4].copy_from_slice(&[0x03, 0x00, 0x09, 0x00]);
+        b[4..20].fill(0xa5);
+        b[20..32].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 5, 2, 0, 0, 0]);
+        b
+    }
+
+    #[test]
+    fn example_a() {
+        assert_eq!(detect_dialect(&EX_A), Ok(Dialect::OpenbsdV6));
+        assert_eq!(
+            parse(Dialect::OpenbsdV6, &EX_A),
+            [Message::UpdReq(StateId::BULK)]
+        );
+        assert_eq!(
+            emit(
+                Dialect::OpenbsdV6,
+                &[Message::UpdReq(StateId::BULK)],
+                [0; 16]
+            ),
+            EX_A
+        );
+    }
+
+    #[test]
+    fn example_b() {
+        assert_eq!(detect_dialect(&EX_B), Ok(Dialect::Freebsd1400));
+        for d in [
+            Dialect::Freebsd1301,
+            Dialect::Freebsd1400,
+            Dialect::Freebsd1500,
+        ] {
+            let p = Packet::new_checked(&EX_B[..], d).unwrap();
+            assert_eq!(p.len(), 40);
+            assert_eq!(p.checksum(), CKSUM_B);
+            let m: Vec<_> = p.messages().collect();
+            assert_eq!(m, [Message::UpdReq(StateId::BULK), Message::Eof]);
+            assert_eq!(emit(d, &m, CKSUM_B), EX_B);
+        }
+    }
+
+    #[test]
+    fn example_c() {
+        let mut pkt = vec![6, 0, 0, 36];
+        pkt.extend_from_slice(&[0; 16]);
+        pkt.extend_from_slice(&EX_C);
+        let m = [Message::DelC(StateId::new(0x4d2, 0xdead_beef))];
+        assert_eq!(parse(Dialect::OpenbsdV6, &pkt), m);
+        assert_eq!(emit(Dialect::OpenbsdV6, &m, [0; 16]), pkt);
+    }
+
+    #[test]
+    fn example_d() {
+        let d = ex_d();
+        assert_eq!(detect_dialect(&d), Ok(Dialect::NetbsdV3));
+        let m = [Message::Bus {
+            creator: 0xdead_beef,
+            endtime: 5,
+            status: BusStatus::End,
+        }];
+        let p = Packet::new_checked(&d[..], Dialect::NetbsdV3).unwrap();
+        assert_eq!(p.len(), 36);
+        assert_eq!(p.messages().collect::<Vec<_>>(), m);
+        assert_eq!(emit(Dialect::NetbsdV3, &m, [0xa5; 16]), d);
+        // BUS stands alone in a NetBSD packet.
+        let mut buf = [0u8; 1460];
+        let mut w = PacketWriter::new(Dialect::NetbsdV3, &mut buf);
+        assert_eq!(w.push(&m[0]), Ok(true));
+        assert_eq!(w.push(&m[0]), Ok(false));
+    }
+
+    fn upd_c_e() -> Message {
+        Message::UpdC(UpdCRepr {
+            id: StateId::new(1, 0xdead_beef),
+            src: peer_e(),
+            dst: peer_e(),
+            expire: 0,
+            timeout: 2,
+            flags: 0,
+        })
+    }
+
+    fn upd_c_e_body() -> Vec<u8> {
+        let mut b = vec![0, 0, 0, 0, 0, 0, 0, 1];
+        b.extend_from_slice(&PEER_E);
+        b.extend_from_slice(&PEER_E);
+        b.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 2, 0, 0, 0]);
+        b
+    }
+
+    #[test]
+    fn example_e_openbsd() {
+        let mut pkt = vec![6, 0, 0, 108];
+        pkt.extend_from_slice(&[0; 16]);
+        pkt.extend_from_slice(&[0x04, 0x15, 0x00, 0x01]);
+        pkt.extend_from_slice(&upd_c_e_body());
+        assert_eq!(pkt.len(), 108);
+        assert_eq!(parse(Dialect::OpenbsdV6, &pkt), [upd_c_e()]);
+        assert_eq!(emit(Dialect::OpenbsdV6, &[upd_c_e()], [0; 16]), pkt);
+    }
+
+    #[test]
+    fn example_e_freebsd() {
+        let mut pkt = vec![5, 0, 0, 112];
+        pkt.extend_from_slice(&[0; 16]);
+        pkt.extend_from_slice(&[0x04, 0x00, 0x00, 0x01]);
+        pkt.extend_from_slice(&upd_c_e_body());
+        pkt.extend_from_slice(&FREEBSD_EOF);
+        assert_eq!(parse(Dialect::Freebsd1400, &pkt), [upd_c_e(), Message::Eof]);
+        assert_eq!(emit(Dialect::Freebsd1400, &[upd_c_e()], [0; 16]), pkt);
+    }
+
+    #[test]
+    fn openbsd_skips_obsolete_and_honours_stride() {
+        // OUPD (3) with len 2 dwords, count 2: skipped; then UPD_REQ with a 16-byte stride.
+        let mut pkt = vec![6, 0, 0, 0];
+        pkt.extend_from_slice(&[0; 16]);
+        pkt.extend_from_slice(&[3, 2, 0, 2]);
+        pkt.extend_from_slice(&[0xee; 16]);
+        pkt.extend_from_slice(&[5, 4, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 7, 0xff, 0xff]);
+        pkt.extend_from_slice(&[0xff, 0xff]);
+        pkt.extend_from_slice(&[0x3f; 3]); // remnant shorter than a subheader: ignored
+        let n = pkt.len() as u16;
+        pkt[2..4].copy_from_slice(&n.to_be_bytes());
+        pkt.extend_from_slice(&[1, 2, 3]); // beyond header.len: trimmed
+        assert_eq!(
+            parse(Dialect::OpenbsdV6, &pkt),
+            [Message::UpdReq(StateId::new(9, 7))]
+        );
+        // Unknown future action 40 with size and count: skipped too.
+        let mut pkt = vec![6, 0, 0, 28];
+        pkt.extend_from_slice(&[0; 16]);
+        pkt.extend_from_slice(&[40, 1, 0, 1, 1, 2, 3, 4]);
+        assert_eq!(parse(Dialect::OpenbsdV6, &pkt), []);
+        pkt[21] = 0;
+        pkt[2..4].copy_from_slice(&24u16.to_be_bytes());
+        assert_eq!(
+            Packet::new_checked(&pkt[..24], Dialect::OpenbsdV6).unwrap_err(),
+            WireError::BadAction {
+                offset: 20,
+                action: 40
+            }
+        );
+    }
+
+    #[test]
+    fn negative_header() {
+        assert_eq!(
+            Packet::new_checked(&EX_A[..19], Dialect::OpenbsdV6).unwrap_err(),
+            WireError::Truncated {
+                offset: 0,
+                needed: 20,
+                have: 19
+            }
+        );
+        assert_eq!(
+            Packet::new_checked(&EX_A[..], Dialect::Freebsd1400).unwrap_err(),
+            WireError::BadVersion { found: 6 }
+        );
+        assert_eq!(
+            detect_dialect(&[4; 20]),
+            Err(WireError::BadVersion { found: 4 })
+        );
+        let mut long = EX_A;
+        long[3] = 37;
+        assert_eq!(
+            Packet::new_checked(&long[..], Dialect::OpenbsdV6).unwrap_err(),
+            WireError::BadLength {
+                field: "header.len",
+                offset: 2,
+                value: 37
+            }
+        );
+        let mut short = EX_A;
+        short[3] = 19;
+        assert!(matches!(
+            Packet::new_checked(&short[..], Dialect::OpenbsdV6),
+            Err(WireError::BadLength { offset: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn negative_framing() {
+        // Message bytes cut short: header.len says 35.
+        let mut t = EX_A;
+        t[3] = 35;
+        assert_eq!(
+            Packet::new_checked(&t[..35], Dialect::OpenbsdV6).unwrap_err(),
+            WireError::Truncated {
+                offset: 24,
+                needed: 12,
+                have: 11
+            }
+        );
+        // OpenBSD known action with a too-short stride.
+        let mut t = EX_A;
+        t[21] = 2;
+        assert_eq!(
+            Packet::new_checked(&t[..], Dialect::OpenbsdV6).unwrap_err(),
+            WireError::BadLength {
+                field: "subheader.len",
+                offset: 21,
+                value: 8
+            }
+        );
+        // FreeBSD: DEL (6) and unknown codes are bad actions.
+        for code in [6u8, 8, 9, 13, 17, 200] {
+            let mut t = EX_B;
+            t[20] = code;
+            assert_eq!(
+                Packet::new_checked(&t[..], Dialect::Freebsd1301).unwrap_err(),
+                WireError::BadAction {
+                    offset: 20,
+                    action: code
+                },
+                "{code}"
+            );
+        }
+        // FreeBSD: EOF missing, EOF not last, bytes beyond header.len.
+        let mut t = EX_B;
+        t[3] = 36;
+        assert_eq!(
+            Packet::new_checked(&t[..36], Dialect::Freebsd1400).unwrap_err(),
+            WireError::MissingEof { offset: 36 }
+        );
+        let mut t = EX_B.to_vec();
+        t.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            Packet::new_checked(&t[..], Dialect::Freebsd1400).unwrap_err(),
+            WireError::TrailingBytes {
+                offset: 40,
+                count: 4
+            }
+        );
+        t[3] = 44;
+        assert_eq!(
+            Packet::new_checked(&t[..], Dialect::Freebsd1400).unwrap_err(),
+            WireError::TrailingBytes {
+                offset: 40,
+                count: 4
+            }
+        );
+        // NetBSD: action out of range, count beyond the data.
+        let mut n = ex_d();
+        n[2] = 11;
+        assert_eq!(
+            Packet::new_checked(&n[..], Dialect::NetbsdV3).unwrap_err(),
+            WireError::BadAction {
+                offset: 2,
+                action: 11
+            }
+        );
+        n[2] = 8; // UREQ, count 2 x 16 needs 32 bytes, 16 present
+        n[3] = 2;
+        assert_eq!(
+            Packet::new_checked(&n[..], Dialect::NetbsdV3).unwrap_err(),
+            WireError::Truncated {
+                offset: 20,
+                needed: 32,
+                have: 16
+            }
+        );
+    }
+
+    #[test]
+    fn negative_per_message() {
+        let mut pkt = vec![6, 0, 0, 108];
+        pkt.extend_from_slice(&[0; 16]);
+        pkt.extend_from_slice(&[0x04, 0x15, 0x00, 0x01]);
+        pkt.extend_from_slice(&upd_c_e_body());
+        pkt[24 + 80] = 20;
+        assert_eq!(
+            Packet::new_checked(&pkt[..], Dialect::OpenbsdV6).unwrap_err(),
+            WireError::BadValue {
+                offset: 104,
+                field: "timeout",
+                value: 20
+            }
+        );
+    }
+
+    #[test]
+    fn writer_splits_and_refuses() {
+        let mut buf = [0u8; 20 + 4 + 2 * 84];
+        let mut w = PacketWriter::new(Dialect::OpenbsdV6, &mut buf);
+        assert_eq!(w.push(&upd_c_e()), Ok(true));
+        assert_eq!(w.push(&upd_c_e()), Ok(true));
+        assert_eq!(w.push(&upd_c_e()), Ok(false));
+        assert_eq!(w.push(&Message::DelC(StateId::new(1, 1))), Ok(false));
+        assert_eq!(w.finish(), 20 + 4 + 2 * 84);
+        let p = Packet::new_checked(&buf[..], Dialect::OpenbsdV6).unwrap();
+        assert_eq!(p.messages().count(), 2);
+
+        let mut buf = [0u8; 30];
+        let mut w = PacketWriter::new(Dialect::Freebsd1400, &mut buf);
+        assert!(matches!(
+            w.push(&upd_c_e()),
+            Err(WireError::BufferTooSmall { .. })
+        ));
+        assert_eq!(w.push(&Message::Eof), Ok(true));
+        assert!(w.is_empty());
+        assert!(matches!(
+            w.push(&Message::Del(Default::default())),
+            Err(WireError::NotExpressible { .. })
+        ));
+        assert_eq!(w.finish(), 24);
+        assert_eq!(
+            Packet::new_checked(&buf[..24], Dialect::Freebsd1400)
+                .unwrap()
+                .messages()
+                .collect::<Vec<_>>(),
+            [Message::Eof]
+        );
+
+        let mut buf = [0u8; 1460];
+        let mut w = PacketWriter::new(Dialect::NetbsdV3, &mut buf);
+        assert!(matches!(
+            w.push(&Message::InsAck(StateId::new(1, 1))),
+            Err(WireError::NotExpressible { .. })
+        ));
+        assert_eq!(w.push(&Message::DelC(StateId::new(1, 1))), Ok(true));
+        assert_eq!(w.push(&Message::UpdReq(StateId::new(1, 1))), Ok(false));
+        assert_eq!(w.finish(), 36);
+        assert_eq!(&buf[..4], &[3, 0, 5, 1]);
+    }
+
+    #[test]
+    fn detect_freebsd_versions() {
+        let mut buf = [0u8; 1480];
+        for d in [
+            Dialect::Freebsd1301,
+            Dialect::Freebsd1400,
+            Dialect::Freebsd1500,
+        ] {
+            let mut w = PacketWriter::new(d, &mut buf);
+            w.push(&Message::DelC(StateId::new(1, 1))).unwrap();
+            let mut s = crate::wire::StateRepr {
+                af: crate::wire::AddrFamily::Inet,
+                id: StateId::new(2, 2),
+                ..Default::default()
+            };
+            s.af_1500 = [s.af; 3];
+            w.push(&Message::Upd(s)).unwrap();
+            let n = w.finish();
+            assert_eq!(detect_dialect(&buf[..n]), Ok(d));
+            assert_eq!(
+                Packet::new_checked(&buf[..n], d)
+                    .unwrap()
+                    .messages()
+                    .count(),
+                3
+            );
+        }
+    }
+}
