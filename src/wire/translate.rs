@@ -181,6 +181,13 @@ pub fn map_state(s: &StateRepr, from: Dialect, to: Dialect) -> Result<StateRepr,
         o.proto_1500 = [0; 2];
     }
 
+    // NetBSD's lan/gwy/ext hosts share the remote end (`addr[0]`) between both keys.
+    if to == Dialect::NetbsdV3
+        && (s.key[0].addr[0] != s.key[1].addr[0] || s.key[0].port[0] != s.key[1].port[0])
+    {
+        return Err("remote end differs between wire and stack keys (no NetBSD lan/gwy/ext form)");
+    }
+
     // --- rdomain (OpenBSD keys only) ---
     if from == Dialect::OpenbsdV6
         && to != Dialect::OpenbsdV6
@@ -195,8 +202,8 @@ pub fn map_state(s: &StateRepr, from: Dialect, to: Dialect) -> Result<StateRepr,
 
     // --- values the receiver validates ---
     check_timeout(s.timeout, to)?;
-    if !matches!(s.direction, 1 | 2) {
-        return Err("direction is neither in nor out");
+    if s.direction > 2 {
+        return Err("direction above PF_OUT");
     }
     if s.src.state > 12 || s.dst.state > 12 {
         return Err("peer state above PF_TCPS_PROXY_DST");
@@ -320,19 +327,30 @@ pub fn translate_packet(
                 continue;
             }
         };
-        if !writer.push(&m)? {
-            // Full, or NetBSD's one action per packet: close this packet, start the next.
-            let n = writer.finish();
-            pending.push(buf[..n].to_vec());
-            writer = PacketWriter::new(to, &mut buf);
-            if !writer.push(&m)? {
-                return Err(WireError::BufferTooSmall {
-                    needed: super::message_wire_len(to, &m).unwrap_or(0) + super::HEADER_LEN,
-                    have: max_len,
-                });
+        let pushed = match writer.push(&m) {
+            Ok(true) => true,
+            Ok(false) => {
+                // Full, or NetBSD's one action per packet: close this packet, start the next.
+                let n = writer.finish();
+                pending.push(buf[..n].to_vec());
+                writer = PacketWriter::new(to, &mut buf);
+                // An empty packet either takes it or errors (BufferTooSmall).
+                writer.push(&m)?
             }
+            Err(WireError::NotExpressible { what, .. }) => {
+                stats.untranslatable.push(Untranslatable {
+                    action: m.action_name(),
+                    from,
+                    to,
+                    reason: what,
+                });
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        if pushed {
+            stats.messages_out += 1;
         }
-        stats.messages_out += 1;
     }
     if !writer.is_empty() {
         let n = writer.finish();
