@@ -79,13 +79,13 @@ pub fn translate(msg: &Message, from: Dialect, to: Dialect) -> Translated {
         Message::Ins(s) => Message::Ins(map_state(s, from, to).map_err(fail)?),
         Message::Upd(s) => Message::Upd(map_state(s, from, to).map_err(fail)?),
         Message::Del(s) => {
-            let s = map_state(s, from, to).map_err(fail)?;
             // FreeBSD 14+ treats action 6 as an error and drops the rest of the packet; a
-            // "1301" receiver may be a FreeBSD 14 too, so every FreeBSD gets DEL_C.
-            if to.is_freebsd() {
-                Message::DelC(s.id)
-            } else {
-                Message::Del(s)
+            // "1301" receiver may be a FreeBSD 14 too, so every FreeBSD gets DEL_C. Receivers
+            // only look a DEL up by (id, creatorid), so a state that cannot be mapped is
+            // deleted by DEL_C as well.
+            match map_state(s, from, to) {
+                Ok(m) if !to.is_freebsd() => Message::Del(m),
+                _ => Message::DelC(s.id),
             }
         }
     };
