@@ -213,7 +213,10 @@ fn assert_subset(got: &Value, want: &Value) {
 /// Build a capture: one frame per packet of every dialect, wrapped by `wrap`, with a
 /// malformed packet and a non-pfsync frame in the middle. Returns the frames and, per
 /// dialect, the frame indices its packets got.
-fn frames(wrap: &dyn Fn(&[u8]) -> Vec<u8>) -> (Vec<Vec<u8>>, Vec<(Dialect, Vec<u64>)>) {
+/// Per dialect, the frame indices of its packets.
+type Index = Vec<(Dialect, Vec<u64>)>;
+
+fn frames(wrap: &dyn Fn(&[u8]) -> Vec<u8>) -> (Vec<Vec<u8>>, Index) {
     let mut fr = Vec::new();
     let mut index = Vec::new();
     for (i, d) in Dialect::ALL.into_iter().enumerate() {
