@@ -21,10 +21,12 @@
 //! # FreeBSD 1500
 //! 1500 has no single `af`/`proto`; it carries wire/stack/rt af and wire/stack proto. Parsing
 //! fills `af_1500`, `proto_1500` and also sets `af = af_1500[0]`, `proto = proto_1500[0]`.
-//! Emitting uses `af_1500[i]` / `proto_1500[i]` and falls back to `af` / `proto` where those
-//! are `Unspec` / 0 (so a state parsed from another dialect can be emitted as 1500; `rt_af`
-//! has no fallback). 1301 carries only the low byte of `state_flags` (as FreeBSD's export
-//! does); `rtableid[1]` exists only in OpenBSD.
+//! Emitting uses `af_1500[0..2]` / `proto_1500`, except that a pair left entirely unset
+//! (`[Unspec, Unspec]` / `[0, 0]`, i.e. a state parsed from another dialect) is replaced by
+//! `[af, af]` / `[proto, proto]`; `rt_af` has no fallback.
+//!
+//! 1301 carries only the low byte of `state_flags` (as FreeBSD's export does);
+//! `rtableid[1]` exists only in OpenBSD.
 
 use super::field::*;
 use super::peer::{PF_TCPS_PROXY_DST, STATE_OFFSET};
@@ -537,13 +539,21 @@ pub(crate) fn write(dialect: Dialect, s: &StateRepr, b: &mut [u8]) {
         put(b, o, &s.orig_ifname);
     }
     if let Some(o) = l.af_proto_1500 {
-        let or_af = |a: AddrFamily| if a == AddrFamily::Unspec { s.af } else { a };
-        let or_proto = |p: u8| if p == 0 { s.proto } else { p };
-        put_u8(b, o, or_af(s.af_1500[0]).to_wire(dialect));
-        put_u8(b, o + 1, or_af(s.af_1500[1]).to_wire(dialect));
+        // A state from another dialect has neither pair set: use its single af/proto.
+        let afs = if s.af_1500[..2] == [AddrFamily::Unspec; 2] {
+            [s.af, s.af]
+        } else {
+            [s.af_1500[0], s.af_1500[1]]
+        };
+        let protos = if s.proto_1500 == [0, 0] {
+            [s.proto, s.proto]
+        } else {
+            s.proto_1500
+        };
+        put_u8(b, o, afs[0].to_wire(dialect));
+        put_u8(b, o + 1, afs[1].to_wire(dialect));
         put_u8(b, o + 2, s.af_1500[2].to_wire(dialect));
-        put_u8(b, o + 3, or_proto(s.proto_1500[0]));
-        put_u8(b, o + 4, or_proto(s.proto_1500[1]));
+        put(b, o + 3, &protos);
     }
 }
 
