@@ -531,3 +531,43 @@ fn run_exit_codes() {
     assert_eq!(run(&args(&dir.join("missing.pcap"), None)), 2);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+proptest::proptest! {
+    /// Arbitrary bytes after a valid-looking header never panic the decoder; a rejected packet
+    /// yields exactly one error line.
+    #[test]
+    fn garbage_packets_never_panic(
+        frames in proptest::collection::vec(
+            (proptest::prop_oneof![
+                proptest::strategy::Just(3u8),
+                proptest::strategy::Just(5u8),
+                proptest::strategy::Just(6u8),
+            ], proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)),
+            1..8,
+        ),
+    ) {
+        let fr: Vec<Vec<u8>> = frames
+            .into_iter()
+            .map(|(v, mut b)| {
+                if !b.is_empty() {
+                    b[0] = v;
+                }
+                b
+            })
+            .collect();
+        let cap = write_pcap(
+            Vec::new(),
+            linktype::PFSYNC,
+            fr.iter().map(|f| (Duration::ZERO, &f[..])),
+        )
+        .unwrap();
+        let (lines, sum) = decode_json(&cap);
+        proptest::prop_assert_eq!(sum.frames, fr.len() as u64);
+        for i in 0..fr.len() as u64 {
+            let mine: Vec<_> = lines.iter().filter(|l| l["packet"] == json!(i)).collect();
+            let errors = mine.iter().filter(|l| l.get("error").is_some()).count();
+            // An error line stands alone: no messages of a rejected packet are printed.
+            proptest::prop_assert!(errors == 0 || mine.len() == 1, "packet {}: {:?}", i, mine);
+        }
+    }
+}
