@@ -334,7 +334,10 @@ pub struct TdbRepr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
     /// Remove all states of `creator` (on `ifname`, or all if empty).
-    Clr { ifname: [u8; 16], creator: u32 },
+    Clr {
+        ifname: [u8; 16],
+        creator: u32,
+    },
     Ins(StateRepr),
     InsAck(StateId),
     Upd(StateRepr),
