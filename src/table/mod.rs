@@ -339,7 +339,11 @@ impl StateTable {
             status,
         };
         core::iter::once(bus(BusStatus::Start))
-            .chain(self.states.values().map(move |e| Message::Upd(e.present(now))))
+            .chain(
+                self.states
+                    .values()
+                    .map(move |e| Message::Upd(e.present(now))),
+            )
             .chain(core::iter::once(bus(BusStatus::End)))
     }
 
@@ -531,7 +535,13 @@ impl StateTable {
         }
     }
 
-    fn clear(&mut self, creator: u32, ifname: &[u8; 16], now: Instant, v: Option<Version>) -> usize {
+    fn clear(
+        &mut self,
+        creator: u32,
+        ifname: &[u8; 16],
+        now: Instant,
+        v: Option<Version>,
+    ) -> usize {
         let all_if = ifname[0] == 0;
         let ids: Vec<StateId> = self
             .states

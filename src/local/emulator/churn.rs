@@ -58,10 +58,20 @@ pub fn default_timeout_secs(tm: u8) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     /// `data` = segments of data exchange still to come once established.
-    Tcp { phase: TcpPhase, data: u8 },
-    UdpSingle { updates: u8 },
-    UdpMultiple { replied: bool, updates: u8 },
-    Icmp { replied: bool },
+    Tcp {
+        phase: TcpPhase,
+        data: u8,
+    },
+    UdpSingle {
+        updates: u8,
+    },
+    UdpMultiple {
+        replied: bool,
+        updates: u8,
+    },
+    Icmp {
+        replied: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,7 +357,10 @@ mod tests {
                 }
                 assert!(s.src.state >= before.src.state && s.dst.state >= before.dst.state);
                 assert!(s.src.seqlo.wrapping_sub(before.src.seqlo) as i32 >= 0);
-                assert!(s.dst.seqlo.wrapping_sub(before.dst.seqlo) as i32 >= 0 || before.dst.state == TCPS_CLOSED);
+                assert!(
+                    s.dst.seqlo.wrapping_sub(before.dst.seqlo) as i32 >= 0
+                        || before.dst.state == TCPS_CLOSED
+                );
                 steps += 1;
                 assert!(steps < 50);
             }
