@@ -566,9 +566,7 @@ impl Emulator {
                 status: BusStatus::End,
                 ..
             } => {
-                if self.bulk_req.take().is_some() {
-                    self.stats.bulk_done = true;
-                }
+                self.stats.bulk_done |= self.bulk_req.take().is_some();
             }
             _ => {}
         }
@@ -580,9 +578,8 @@ impl Emulator {
                 self.send_correction(id);
             }
             Applied::Deleted(id) => {
-                if self.own.remove(&id).is_some() {
-                    self.unqueue(id);
-                }
+                self.own.remove(&id);
+                self.unqueue(id);
             }
             Applied::Cleared(_) => {
                 let table = &self.table;
