@@ -406,7 +406,7 @@ impl Emulator {
         // Order as the kernels' queue walk: requests, inserts, full updates, compressed
         // updates, deletes; then the bulk stream.
         macro_rules! drain {
-            ($queue:expr, $msg:expr) => {
+            ($queue:expr, $tracked:expr, $msg:expr) => {
                 while !full {
                     let Some(&id) = $queue.front() else { break };
                     let msg: Option<Message> = $msg(self, id);
@@ -417,6 +417,9 @@ impl Emulator {
                     match w.push(&msg) {
                         Ok(true) => {
                             $queue.pop_front();
+                            if $tracked {
+                                self.unqueue(id);
+                            }
                             self.stats.sent_messages += 1;
                         }
                         Ok(false) if !w.is_empty() => full = true,
@@ -430,11 +433,18 @@ impl Emulator {
                 }
             };
         }
-        drain!(self.q_req, |_: &mut Self, id| Some(Message::UpdReq(id)));
-        drain!(self.q_ins, |e: &mut Self, id| e.queued_msg(id, Q::Ins));
-        drain!(self.q_upd, |e: &mut Self, id| e.queued_msg(id, Q::Upd));
-        drain!(self.q_updc, |e: &mut Self, id| e.queued_msg(id, Q::UpdC));
-        drain!(self.q_delc, |_: &mut Self, id| Some(Message::DelC(id)));
+        drain!(self.q_req, false, |_: &mut Self, id| Some(Message::UpdReq(
+            id
+        )));
+        drain!(self.q_ins, true, |e: &mut Self, id| e
+            .queued_msg(id, Q::Ins));
+        drain!(self.q_upd, true, |e: &mut Self, id| e
+            .queued_msg(id, Q::Upd));
+        drain!(self.q_updc, true, |e: &mut Self, id| e
+            .queued_msg(id, Q::UpdC));
+        drain!(self.q_delc, false, |_: &mut Self, id| Some(Message::DelC(
+            id
+        )));
 
         if !full {
             if let Some(mut b) = self.bulk_out.take() {
@@ -756,8 +766,10 @@ impl Emulator {
             Some(e) if e.q == q => {}
             _ => return None,
         }
-        self.queued.remove(&id);
-        let e = self.table.get(id)?;
+        let Some(e) = self.table.get(id) else {
+            self.queued.remove(&id);
+            return None;
+        };
         Some(match q {
             Q::Ins => Message::Ins(e.present(self.now)),
             Q::Upd => Message::Upd(e.present(self.now)),
