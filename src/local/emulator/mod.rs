@@ -176,6 +176,31 @@ pub struct EmulatorStats {
     pub drops: DropStats,
 }
 
+impl EmulatorStats {
+    /// Every counter by name (drop counters included), for status output and metrics.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = [
+            ("created", self.created),
+            ("updated", self.updated),
+            ("deleted", self.deleted),
+            ("sent_packets", self.sent_packets),
+            ("sent_messages", self.sent_messages),
+            ("oerrors", self.oerrors),
+            ("received_packets", self.received_packets),
+            ("received_messages", self.received_messages),
+            ("upd_req_sent", self.upd_req_sent),
+            ("upd_req_answered", self.upd_req_answered),
+            ("bulk_sent", self.bulk_sent),
+            ("bulk_requests", self.bulk_requests),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        v.extend(self.drops.iter().map(|(k, c)| (k.to_string(), c)));
+        v
+    }
+}
+
 /// Which pfsync send queue a state is in (a state is in at most one, like `st->sync_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Q {
