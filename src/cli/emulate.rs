@@ -237,10 +237,7 @@ fn receive(emu: &mut Emulator, sock: &RawSyncSocket, data: &[u8], now: Instant) 
 
 /// Build every due packet straight into the send batch's slots and send them.
 fn transmit(emu: &mut Emulator, tx: &mut SendBatch, afd: &AsyncFd<RawSyncSocket>, to: SocketAddr) {
-    loop {
-        let Some(n) = emu.poll_transmit(tx.slot()) else {
-            break;
-        };
+    while let Some(n) = emu.poll_transmit(tx.slot()) {
         tx.commit(n, to);
         if tx.is_full() {
             tx.flush(afd.get_ref().as_raw_fd());
