@@ -111,6 +111,10 @@ impl Entry {
     pub fn version(&self) -> Version {
         self.version
     }
+    /// Hash of the synced fields (this entry's share of the digest).
+    pub fn hash(&self) -> u128 {
+        self.hash
+    }
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
