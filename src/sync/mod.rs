@@ -90,7 +90,7 @@ impl ReplicaConfig {
             probe_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(1),
             dead_after: 5,
-            hello_interval: Duration::from_secs(1),
+            hello_interval: Duration::from_millis(500),
             resync_interval: Duration::from_secs(1),
             resend_max_msgs: 8192,
             resend_max_refs: 131_072,
@@ -506,6 +506,9 @@ impl Replica {
             for p in self.peers.values_mut() {
                 if p.up && p.established {
                     send_data(&self.cfg, p, pkt, dialect, self.clock, &self.scratch_refs, now);
+                } else if p.up {
+                    // Handshake still running: anti-entropy will carry this change.
+                    p.start_resync(now);
                 }
             }
         }
@@ -699,7 +702,7 @@ impl Replica {
                     });
                 }
                 if digest == ours {
-                    if p.resync {
+                    if p.resync && p.established {
                         p.resync = false;
                         p.summary_due = None;
                         p.stats.resyncs_completed += 1;
@@ -783,7 +786,12 @@ impl Replica {
                     p.stats.stale_returned += 1;
                     p.mark_dirty(StateRef::State(id));
                 }
-                Applied::NeedUpdate(id) => p.state_reqs.push_back(id),
+                Applied::NeedUpdate(id) => {
+                    // Not injected: the mirror cannot order it against the full state that
+                    // will be requested (a late INS could otherwise follow a newer UPD_C).
+                    clean = false;
+                    p.state_reqs.push_back(id);
+                }
                 _ => {}
             }
             self.scratch_msgs.push((msg, a));
@@ -800,7 +808,7 @@ impl Replica {
                         .update_for(*id, now)
                         .unwrap_or(Message::DelC(*id)),
                 ),
-                Applied::BulkRequested => None,
+                Applied::BulkRequested | Applied::NeedUpdate(_) => None,
                 _ if matches!(m, Message::Eof) => None,
                 _ => Some(*m),
             });
