@@ -37,9 +37,15 @@ fn churn_with_20pct_loss_converges() {
     for i in 0..3 {
         assert_table_equals(&fw, &net.nodes[i]);
     }
-    assert_eq!(net.rollbacks, 0, "a state rolled back in an injected stream");
+    assert_eq!(
+        net.rollbacks, 0,
+        "a state rolled back in an injected stream"
+    );
     let s = net.nodes[0].peer_stats(1).unwrap();
-    assert!(s.nacks_rx > 0 && s.retransmits > 0, "loss must have been repaired: {s:?}");
+    assert!(
+        s.nacks_rx > 0 && s.retransmits > 0,
+        "loss must have been repaired: {s:?}"
+    );
     // Receivers injected every state (and nothing older than the mirror).
     assert!(!net.injected[1].is_empty());
 }
@@ -67,7 +73,10 @@ fn partition_then_heal_converges() {
     net.cut = vec![(0, 1), (1, 0)];
     churn(&mut net, 500, &mut fw);
     net.run_for(Duration::from_secs(10));
-    assert!(!net.nodes[0].peer_stats(1).unwrap().up, "dead peer detected");
+    assert!(
+        !net.nodes[0].peer_stats(1).unwrap().up,
+        "dead peer detected"
+    );
     assert!(net.nodes[0].peer_stats(1).unwrap().dead_detections >= 1);
     net.cut.clear();
     net.up(0, 1);
@@ -131,7 +140,11 @@ fn late_joiner(n: u64) {
 
 #[test]
 fn late_joiner_converges() {
-    late_joiner(if cfg!(debug_assertions) { 10_000 } else { 100_000 });
+    late_joiner(if cfg!(debug_assertions) {
+        10_000
+    } else {
+        100_000
+    });
 }
 
 #[test]
@@ -160,12 +173,24 @@ fn small_difference_costs_little() {
     net.nodes[0].table_mut().apply(&Message::Upd(s), now);
     net.all_up();
     let ok = net.converge(Duration::from_secs(30)).is_some();
-    eprintln!("{:?}\n{:?}", net.nodes[0].peer_stats(1), net.nodes[1].peer_stats(0));
-    eprintln!("{} {}", net.nodes[0].table().digest(), net.nodes[1].table().digest());
+    eprintln!(
+        "{:?}\n{:?}",
+        net.nodes[0].peer_stats(1),
+        net.nodes[1].peer_stats(0)
+    );
+    eprintln!(
+        "{} {}",
+        net.nodes[0].table().digest(),
+        net.nodes[1].table().digest()
+    );
     assert!(ok);
     assert_table_equals(&fw, &net.nodes[1]);
     let st = net.nodes[0].peer_stats(1).unwrap();
-    assert!(st.tx_records < 50, "sent {} records for one difference", st.tx_records);
+    assert!(
+        st.tx_records < 50,
+        "sent {} records for one difference",
+        st.tx_records
+    );
     assert!(net.datagrams < 200, "{} datagrams", net.datagrams);
 }
 
@@ -205,7 +230,10 @@ fn deletions_propagate_through_anti_entropy() {
     let mut dels_seen = 0;
     for pkt in &net.injected[1] {
         let p = Packet::new_checked(&pkt[..], OB).unwrap();
-        dels_seen += p.messages().filter(|m| matches!(m, Message::DelC(_))).count();
+        dels_seen += p
+            .messages()
+            .filter(|m| matches!(m, Message::DelC(_)))
+            .count();
     }
     assert!(dels_seen >= 20, "{dels_seen}");
 }
@@ -229,9 +257,14 @@ fn byte_identical_relay_when_dialects_match() {
         net.run_for(Duration::from_millis(20));
     }
     assert!(net.converge(Duration::from_secs(10)).is_some());
-    assert!(sent.iter().any(|p| p.len() > 1400 - 23), "fragmentation exercised");
+    assert!(
+        sent.iter().any(|p| p.len() > 1400 - 23),
+        "fragmentation exercised"
+    );
     assert_eq!(net.injected[1].len(), sent.len());
-    let differ = (0..sent.len()).filter(|&i| net.injected[1][i] != sent[i]).count();
+    let differ = (0..sent.len())
+        .filter(|&i| net.injected[1][i] != sent[i])
+        .count();
     assert_eq!(differ, 0, "relayed bytes differ in {differ} packets");
     assert_eq!(net.rollbacks, 0);
 }
@@ -268,7 +301,9 @@ fn local_bulk_request_answered_from_mirror() {
     let mut fw = Firewall::new(0xa, OB);
     let mut rng = Rng::new(6);
     let mut pkts = Vec::new();
-    let ins: Vec<Message> = (0..30).map(|_| Message::Ins(fw.new_state(&mut rng))).collect();
+    let ins: Vec<Message> = (0..30)
+        .map(|_| Message::Ins(fw.new_state(&mut rng)))
+        .collect();
     encode(OB, &ins, &mut pkts);
     for p in &pkts {
         net.local(0, p);
@@ -282,7 +317,11 @@ fn local_bulk_request_answered_from_mirror() {
     encode(OB, &[Message::UpdReq(StateId::BULK)], &mut pkts);
     net.local(1, &pkts[0]);
     net.run_for(Duration::from_millis(100));
-    assert_eq!(net.nodes[1].stats().forwarded, before_fwd, "bulk request not forwarded");
+    assert_eq!(
+        net.nodes[1].stats().forwarded,
+        before_fwd,
+        "bulk request not forwarded"
+    );
     assert_eq!(net.nodes[0].peer_stats(1).unwrap().rx_data, data_before);
     let mut msgs = Vec::new();
     for p in &net.injected[1][before_inj..] {
@@ -290,7 +329,10 @@ fn local_bulk_request_answered_from_mirror() {
     }
     assert!(matches!(msgs.first(), Some(Message::Bus { .. })));
     assert!(matches!(msgs.last(), Some(Message::Bus { .. })));
-    assert_eq!(msgs.iter().filter(|m| matches!(m, Message::Upd(_))).count(), 30);
+    assert_eq!(
+        msgs.iter().filter(|m| matches!(m, Message::Upd(_))).count(),
+        30
+    );
     // A request for one known state is answered too.
     let id = *fw.states.keys().next().unwrap();
     pkts.clear();

@@ -22,7 +22,10 @@ fn st(id: u64, creator: u32, proto: u8) -> StateRepr {
         ifname: name_field("em0"),
         ..Default::default()
     };
-    s.key[0].addr = [[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]];
+    s.key[0].addr = [
+        [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ];
     s.key[0].port = [1234, 80];
     s.key[1] = s.key[0];
     s.src = peer(4, 1000);
@@ -71,7 +74,10 @@ fn insert_then_ins_again_is_update() {
 #[test]
 fn creator_zero_is_ignored() {
     let mut t = StateTable::default();
-    assert_eq!(t.apply(&Message::Ins(st(1, 0, TCP)), t0()), Applied::Ignored);
+    assert_eq!(
+        t.apply(&Message::Ins(st(1, 0, TCP)), t0()),
+        Applied::Ignored
+    );
     assert!(t.is_empty());
 }
 
@@ -95,7 +101,10 @@ fn tcp_seqlo_regress_is_stale_and_kept() {
     let e = t.get(s.id).unwrap().raw();
     assert_eq!((e.src.seqlo, e.dst.seqlo), (1000, 5000));
     // Compressed update too.
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&old)), now), Applied::Stale(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&old)), now),
+        Applied::Stale(s.id)
+    );
     assert_eq!(t.get(s.id).unwrap().raw().src.seqlo, 1000);
 }
 
@@ -108,7 +117,10 @@ fn tcp_one_side_stale_merges_other_side() {
     let mut m = s;
     m.src.seqlo = 900; // stale
     m.dst.seqlo = 6000; // fresh
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&m)), now), Applied::Stale(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&m)), now),
+        Applied::Stale(s.id)
+    );
     let e = t.get(s.id).unwrap().raw();
     assert_eq!((e.src.seqlo, e.dst.seqlo), (1000, 6000));
 }
@@ -122,12 +134,18 @@ fn tcp_state_regress_is_stale() {
     let mut m = s;
     m.src = peer(3, 5000);
     m.dst = peer(3, 9000);
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&m)), now), Applied::Stale(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&m)), now),
+        Applied::Stale(s.id)
+    );
     assert_eq!(t.get(s.id).unwrap().raw().src.state, 4);
     // Forward is fine.
     m.src = peer(5, 1);
     m.dst = peer(5, 9000);
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&m)), now), Applied::Updated(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&m)), now),
+        Applied::Updated(s.id)
+    );
 }
 
 #[test]
@@ -141,11 +159,17 @@ fn tcp_seqlo_wraps_around() {
     let mut m = s;
     m.src.seqlo = 0x10; // wrapped: newer
     m.dst.seqlo = 0x10;
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&m)), now), Applied::Updated(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&m)), now),
+        Applied::Updated(s.id)
+    );
     let mut back = m;
     back.src.seqlo = 0xffff_fff8; // older than 0x10 across the wrap
     back.dst.seqlo = 0x10;
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&back)), now), Applied::Stale(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&back)), now),
+        Applied::Stale(s.id)
+    );
     assert_eq!(t.get(s.id).unwrap().raw().src.seqlo, 0x10);
 }
 
@@ -158,7 +182,10 @@ fn syn_proxy_may_move_to_real_state() {
     t.apply(&Message::Ins(s), now);
     let mut m = s;
     m.src = peer(4, 10);
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&m)), now), Applied::Updated(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&m)), now),
+        Applied::Updated(s.id)
+    );
     assert_eq!(t.get(s.id).unwrap().raw().src.state, 4);
 }
 
@@ -172,12 +199,18 @@ fn non_tcp_only_moves_forward() {
     t.apply(&Message::Ins(s), now);
     let mut m = s;
     m.src = peer(1, 0);
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&m)), now), Applied::Stale(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&m)), now),
+        Applied::Stale(s.id)
+    );
     assert_eq!(t.get(s.id).unwrap().raw().src.state, 2);
     // seqlo is not looked at for non-TCP.
     m.src = peer(2, 0);
     m.dst = peer(2, 7);
-    assert_eq!(t.apply(&Message::UpdC(upd_c(&m)), now), Applied::Updated(s.id));
+    assert_eq!(
+        t.apply(&Message::UpdC(upd_c(&m)), now),
+        Applied::Updated(s.id)
+    );
 }
 
 #[test]
@@ -273,7 +306,10 @@ fn ins_ack_bus_tdb() {
         }
     );
     assert_eq!(t.last_bus(), Some((9, BusStatus::Start)));
-    assert_eq!(t.apply(&Message::Tdb(TdbRepr::default()), now), Applied::Ignored);
+    assert_eq!(
+        t.apply(&Message::Tdb(TdbRepr::default()), now),
+        Applied::Ignored
+    );
     assert_eq!(t.stats().tdb, 1);
 }
 
@@ -286,8 +322,22 @@ fn bulk_answer_framing_order() {
     }
     let msgs: Vec<Message> = t.bulk(now, 42).collect();
     assert_eq!(msgs.len(), 7);
-    assert!(matches!(msgs[0], Message::Bus { creator: 42, status: BusStatus::Start, .. }));
-    assert!(matches!(msgs[6], Message::Bus { creator: 42, status: BusStatus::End, .. }));
+    assert!(matches!(
+        msgs[0],
+        Message::Bus {
+            creator: 42,
+            status: BusStatus::Start,
+            ..
+        }
+    ));
+    assert!(matches!(
+        msgs[6],
+        Message::Bus {
+            creator: 42,
+            status: BusStatus::End,
+            ..
+        }
+    ));
     assert!(msgs[1..6].iter().all(|m| matches!(m, Message::Upd(_))));
     let empty = StateTable::default();
     assert_eq!(empty.bulk(now, 1).count(), 2);
@@ -306,7 +356,13 @@ fn expiry_from_expire_field() {
     assert_eq!(t.expire(now + Duration::from_secs(9)), 0);
     assert_eq!(t.expire(now + Duration::from_secs(10)), 1);
     assert!(t.get(a.id).is_none());
-    assert_eq!(t.get(b.id).unwrap().present(now + Duration::from_secs(40)).expire, 60);
+    assert_eq!(
+        t.get(b.id)
+            .unwrap()
+            .present(now + Duration::from_secs(40))
+            .expire,
+        60
+    );
     // An update refreshes the deadline; UPD_C's expire 0 means "refreshed" (default timeout).
     t.apply(&Message::UpdC(upd_c(&b)), now + Duration::from_secs(50));
     assert!(t.get(b.id).unwrap().deadline() > now + Duration::from_secs(1000));

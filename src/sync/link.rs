@@ -254,7 +254,11 @@ impl RxWindow {
 
     /// Mark `first..=last` as received (SKIP). Parts outside the window are ignored.
     pub fn skip(&mut self, first: u32, last: u32) {
-        let mut s = if seq_lt(first, self.cum) { self.cum } else { first };
+        let mut s = if seq_lt(first, self.cum) {
+            self.cum
+        } else {
+            first
+        };
         while !seq_lt(last, s) && s.wrapping_sub(self.cum) < RX_WINDOW && seq_lt(s, self.high) {
             self.set(s, true);
             s = s.wrapping_add(1);
@@ -342,7 +346,10 @@ mod tests {
         assert!(q.nack(2, 2, &mut out));
         assert_eq!(out, vec![r(1), r(101)]);
         out.clear();
-        assert!(q.nack(2, 3, &mut out), "already repaired seq 2 is not repeated");
+        assert!(
+            q.nack(2, 3, &mut out),
+            "already repaired seq 2 is not repeated"
+        );
         assert_eq!(out, vec![r(2), r(102)]);
         assert_eq!(q.ack(3, now), 2);
         assert_eq!(q.unacked(), 1);

@@ -23,8 +23,8 @@ use crate::table::{Applied, Digest, IdMap, StateTable, TableConfig, TableStats, 
 use crate::wire::{Dialect, Message, Packet, StateId, WireError};
 use inject::{InjectStats, Injector};
 use link::{Pushed, RxVerdict, RxWindow, StateRef, TxQueue};
-pub use proto::{Record, SyncError, SyncMsg};
 use proto::{encode_record, msg_type, Records, RECORDS_HDR, RECORD_VERSION, SYNC_VERSION};
+pub use proto::{Record, SyncError, SyncMsg};
 
 pub type PeerId = usize;
 
@@ -410,7 +410,9 @@ impl Replica {
     fn restart_tx(&mut self, peer: PeerId, now: Instant) {
         self.epochs = self.epochs.wrapping_add(1);
         let epoch = crate::table::digest::mix64(
-            ((self.cfg.incarnation as u64) << 32) ^ ((self.cfg.node_id as u64) << 16) ^ self.epochs as u64,
+            ((self.cfg.incarnation as u64) << 32)
+                ^ ((self.cfg.node_id as u64) << 16)
+                ^ self.epochs as u64,
         ) as u32;
         let leaves = self.table.leaf_count();
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -505,7 +507,15 @@ impl Replica {
             let dialect = self.cfg.local_dialect;
             for p in self.peers.values_mut() {
                 if p.up && p.established {
-                    send_data(&self.cfg, p, pkt, dialect, self.clock, &self.scratch_refs, now);
+                    send_data(
+                        &self.cfg,
+                        p,
+                        pkt,
+                        dialect,
+                        self.clock,
+                        &self.scratch_refs,
+                        now,
+                    );
                 } else if p.up {
                     // Handshake still running: anti-entropy will carry this change.
                     p.start_resync(now);
@@ -803,11 +813,9 @@ impl Replica {
             // messages by the mirror's current copy.
             let table = &self.table;
             let msgs = self.scratch_msgs.iter().filter_map(|(m, a)| match a {
-                Applied::Stale(id) | Applied::Older(id) => Some(
-                    table
-                        .update_for(*id, now)
-                        .unwrap_or(Message::DelC(*id)),
-                ),
+                Applied::Stale(id) | Applied::Older(id) => {
+                    Some(table.update_for(*id, now).unwrap_or(Message::DelC(*id)))
+                }
                 Applied::BulkRequested | Applied::NeedUpdate(_) => None,
                 _ if matches!(m, Message::Eof) => None,
                 _ => Some(*m),
@@ -870,7 +878,12 @@ impl Replica {
 
     /// Next plaintext datagram for `peer` (call until `None`). `out` must hold
     /// `max_datagram` bytes.
-    pub fn poll_peer_transmit(&mut self, peer: PeerId, now: Instant, out: &mut [u8]) -> Option<usize> {
+    pub fn poll_peer_transmit(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<usize> {
         if !self.peers.get(&peer)?.up {
             return None;
         }
@@ -1200,7 +1213,11 @@ fn build_records(
             let leaf = leaf as usize;
             set_bit(&mut p.leaf_queued, leaf, false);
             set_bit(&mut p.leaf_dumped, leaf, true);
-            for &id in table.leaf_states(leaf).iter().chain(table.leaf_tombstones(leaf)) {
+            for &id in table
+                .leaf_states(leaf)
+                .iter()
+                .chain(table.leaf_tombstones(leaf))
+            {
                 p.mark_dirty(StateRef::State(id));
             }
             continue;

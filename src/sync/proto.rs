@@ -231,9 +231,16 @@ pub enum SyncMsg<'a> {
         nacks: &'a [u8],
     },
     /// "Seqs first..=last are void: their content was or will be sent anew."
-    Skip { epoch: u32, first: u32, last: u32 },
+    Skip {
+        epoch: u32,
+        first: u32,
+        last: u32,
+    },
     /// Keepalive / tail-loss probe: `next_seq` is the next seq the sender will use.
-    Alive { epoch: u32, next_seq: u32 },
+    Alive {
+        epoch: u32,
+        next_seq: u32,
+    },
     Summary {
         digest: Digest,
         count: u32,
@@ -246,8 +253,12 @@ pub enum SyncMsg<'a> {
         span: u32,
         digests: &'a [u8],
     },
-    LeafReq { leaves: &'a [u8] },
-    StateReq { ids: &'a [u8] },
+    LeafReq {
+        leaves: &'a [u8],
+    },
+    StateReq {
+        ids: &'a [u8],
+    },
 }
 
 impl<'a> SyncMsg<'a> {
@@ -558,6 +569,8 @@ pub fn state_ids(b: &[u8]) -> impl Iterator<Item = StateId> + '_ {
 }
 
 /// One state record.
+// Plain value (no heap) on purpose: records are decoded and applied one at a time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
     /// A full state (its `expire`/`creation` relative to the sender's now) and its version.
@@ -921,9 +934,7 @@ mod tests {
             n += encode_record(r, &mut body[n..]).unwrap();
         }
         assert!(n <= STATE_RECORD_MAX + TOMBSTONE_LEN + 40);
-        let got: Vec<Record> = Records::new(&body[..n], 3)
-            .map(|r| r.unwrap())
-            .collect();
+        let got: Vec<Record> = Records::new(&body[..n], 3).map(|r| r.unwrap()).collect();
         assert_eq!(got, recs);
         // One record too many declared: error, not panic.
         assert!(Records::new(&body[..n], 4).any(|r| r.is_err()));

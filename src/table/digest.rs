@@ -102,7 +102,10 @@ fn af_code(af: AddrFamily) -> u64 {
 fn peer_words(h: &mut Hasher128, p: &PeerRepr) {
     h.word(((p.seqlo as u64) << 32) | p.seqhi as u64);
     h.word(
-        ((p.max_win as u64) << 32) | ((p.mss as u64) << 16) | ((p.state as u64) << 8) | p.wscale as u64,
+        ((p.max_win as u64) << 32)
+            | ((p.mss as u64) << 16)
+            | ((p.state as u64) << 8)
+            | p.wscale as u64,
     );
 }
 
@@ -152,8 +155,10 @@ mod tests {
 
     #[test]
     fn hash_ignores_unsynced_fields() {
-        let mut a = StateRepr::default();
-        a.id = StateId::new(1, 2);
+        let mut a = StateRepr {
+            id: StateId::new(1, 2),
+            ..Default::default()
+        };
         a.src.seqlo = 5;
         let mut b = a;
         b.expire = 99;

@@ -61,6 +61,8 @@ impl Default for TableConfig {
 }
 
 /// What applying one message did.
+// `Reply` carries a whole state by value: the apply path must not allocate.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Inserted(StateId),
@@ -343,7 +345,11 @@ impl StateTable {
             status,
         };
         core::iter::once(bus(BusStatus::Start))
-            .chain(self.states.values().map(move |e| Message::Upd(e.present(now))))
+            .chain(
+                self.states
+                    .values()
+                    .map(move |e| Message::Upd(e.present(now))),
+            )
             .chain(core::iter::once(bus(BusStatus::End)))
     }
 
@@ -539,7 +545,13 @@ impl StateTable {
         }
     }
 
-    fn clear(&mut self, creator: u32, ifname: &[u8; 16], now: Instant, v: Option<Version>) -> usize {
+    fn clear(
+        &mut self,
+        creator: u32,
+        ifname: &[u8; 16],
+        now: Instant,
+        v: Option<Version>,
+    ) -> usize {
         let all_if = ifname[0] == 0;
         let ids: Vec<StateId> = self
             .states

@@ -29,8 +29,7 @@ pub fn tcp_src_stale(ours: &PeerRepr, theirs: &PeerRepr) -> bool {
 /// Is `theirs` stale compared to `ours` for the dst peer of a TCP state?
 #[inline]
 pub fn tcp_dst_stale(ours: &PeerRepr, theirs: &PeerRepr) -> bool {
-    ours.state > theirs.state
-        || (ours.state >= TCPS_SYN_SENT && seq_gt(ours.seqlo, theirs.seqlo))
+    ours.state > theirs.state || (ours.state >= TCPS_SYN_SENT && seq_gt(ours.seqlo, theirs.seqlo))
 }
 
 /// How an incoming peer compares to ours.
@@ -160,11 +159,17 @@ mod tests {
         assert!(!tcp_src_stale(&peer(4, 10), &peer(5, 1)));
         // syn-proxy: ours in proxy state, theirs a real state: not stale
         assert!(!tcp_src_stale(&peer(PF_TCPS_PROXY_SRC, 10), &peer(4, 1)));
-        assert!(tcp_src_stale(&peer(PF_TCPS_PROXY_SRC + 1, 10), &peer(PF_TCPS_PROXY_SRC, 50)));
+        assert!(tcp_src_stale(
+            &peer(PF_TCPS_PROXY_SRC + 1, 10),
+            &peer(PF_TCPS_PROXY_SRC, 50)
+        ));
         // dst: seqlo only checked once >= SYN_SENT
         assert!(!tcp_dst_stale(&peer(1, 10), &peer(1, 5)));
         assert!(tcp_dst_stale(&peer(2, 10), &peer(2, 5)));
-        assert!(tcp_dst_stale(&peer(4, 10), &peer(5, 5)), "seqlo regress even if state advances");
+        assert!(
+            tcp_dst_stale(&peer(4, 10), &peer(5, 5)),
+            "seqlo regress even if state advances"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use pfsync_gw::sync::{Replica, ReplicaConfig};
 use pfsync_gw::table::stale::seq_gt;
 use pfsync_gw::wire::{
-    name_field, AddrFamily, Dialect, Message, Packet, PacketWriter, PeerRepr, StateId,
-    StateRepr, UpdCRepr,
+    name_field, AddrFamily, Dialect, Message, Packet, PacketWriter, PeerRepr, StateId, StateRepr,
+    UpdCRepr,
 };
 
 /// xorshift64*: seeded, reproducible.
@@ -377,8 +377,16 @@ pub fn assert_table_equals(fw: &Firewall, r: &Replica) {
     for (id, s) in &fw.states {
         let e = t.get(*id).unwrap_or_else(|| panic!("missing {id}"));
         let g = e.raw();
-        assert_eq!((g.src.seqlo, g.dst.seqlo), (s.src.seqlo, s.dst.seqlo), "{id}");
-        assert_eq!((g.src.state, g.dst.state), (s.src.state, s.dst.state), "{id}");
+        assert_eq!(
+            (g.src.seqlo, g.dst.seqlo),
+            (s.src.seqlo, s.dst.seqlo),
+            "{id}"
+        );
+        assert_eq!(
+            (g.src.state, g.dst.state),
+            (s.src.state, s.dst.state),
+            "{id}"
+        );
         assert_eq!(g.key, s.key, "{id}");
     }
 }
