@@ -44,6 +44,10 @@ pub fn run(args: &DemoArgs) -> i32 {
             }
         }
     }
+    // The demo prints its own progress; only problems should interleave with it.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     crate::cli::init_logging(false);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,

@@ -121,7 +121,7 @@ impl Node {
             err,
         })?;
         let local_addr = udp.local_addr()?;
-        let udp = AsyncFd::new(udp)?;
+        let udp = register(udp)?;
 
         let local = match cfg.local.mode {
             LocalMode::Raw => {
@@ -136,7 +136,7 @@ impl Node {
                     err,
                 })?;
                 Local::Raw {
-                    sock: AsyncFd::new(sock)?,
+                    sock: register(sock)?,
                     rx: RecvBatch::new(65_536),
                     tx: SendBatch::new(LOCAL_PFSYNC_MTU),
                 }
@@ -162,11 +162,23 @@ impl Node {
 
         let identity = Identity::from_private(*cfg.private_key.as_bytes());
         let endpoint = Endpoint::new(identity, rand_core::OsRng, now);
+        let public = cfg.private_key.public();
+        let node_id = u32::from_be_bytes([
+            public.as_bytes()[0],
+            public.as_bytes()[1],
+            public.as_bytes()[2],
+            public.as_bytes()[3],
+        ]);
         let replica = Replica::new(
             ReplicaConfig {
-                local_dialect: cfg.local.dialect,
-                mtu: LOCAL_PFSYNC_MTU,
-                ..ReplicaConfig::default()
+                local_mtu: LOCAL_PFSYNC_MTU,
+                max_datagram: cfg.mtu - tunnel::TRANSPORT_OVERHEAD,
+                // Versions must keep growing across restarts of this gateway.
+                initial_clock: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                incarnation: rand_core::RngCore::next_u32(&mut rand_core::OsRng),
+                ..ReplicaConfig::new(node_id, cfg.local.dialect)
             },
             now,
         );
@@ -602,15 +614,35 @@ impl Node {
             }
         }
         let rs = self.replica.stats();
-        for (k, v) in rs.drops() {
-            drops.insert(format!("sync_{k}"), v);
+        let mut sync_drops = [0u64; 3];
+        for slot in &self.peers {
+            if let Some(p) = self.replica.peer_stats(slot.id) {
+                sync_drops[0] += p.bad_datagrams;
+                sync_drops[1] += p.duplicates;
+                sync_drops[2] += p.epoch_mismatch;
+            }
         }
+        for (k, v) in ["sync_bad_datagram", "sync_duplicate", "sync_epoch_mismatch"]
+            .into_iter()
+            .zip(sync_drops)
+        {
+            drops.insert(k.to_string(), v);
+        }
+        drops.insert("local_echo".into(), rs.echoes_dropped);
+        drops.insert("inject_queue_overflow".into(), rs.inject.dropped);
+        drops.insert("inject_untranslatable".into(), rs.inject.encode_errors);
         let local: BTreeMap<String, u64> = self
             .counters
             .iter()
             .filter(|(k, _)| !drops.contains_key(**k))
             .map(|(k, v)| ((*k).to_string(), *v))
-            .chain(rs.local_counters())
+            .chain([
+                ("forwarded".to_string(), rs.forwarded),
+                ("bulk_answers".to_string(), rs.bulk_answers),
+                ("stale_refused".to_string(), rs.table.stale),
+                ("expired".to_string(), rs.table.expired),
+                ("tombstones".to_string(), rs.tombstones as u64),
+            ])
             .collect();
         let peers = self
             .peers
@@ -694,6 +726,13 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(8 << 20);
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// Hand a socket to tokio's reactor.
+pub(crate) fn register<T: AsRawFd>(t: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: every T we register owns its descriptor (UdpSocket, socket2::Socket), so the
+    // fd stays valid and unshared for as long as the AsyncFd lives.
+    Ok(unsafe { AsyncFd::register(t) }?)
 }
 
 fn random_hostid() -> u32 {

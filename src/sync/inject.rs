@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::table::digest::mix64;
-use crate::wire::{Dialect, Message, PacketWriter};
+use crate::wire::{translate, Dialect, Message, PacketWriter};
 
 /// How long an injected packet is remembered to recognise its echo.
 const ECHO_MEMORY: Duration = Duration::from_secs(5);
@@ -85,13 +85,31 @@ impl Injector {
             .any(|&(x, t)| x == h && now.saturating_duration_since(t) <= ECHO_MEMORY)
     }
 
-    /// Encode messages in the local dialect, as few packets as the MTU allows.
-    /// This is the single translation call site (a `translate` module may take it over).
-    pub fn encode<I: IntoIterator<Item = Message>>(&mut self, msgs: I, now: Instant) {
+    /// Encode messages in the local dialect, as few packets as the MTU allows. Messages that
+    /// came from a firewall of another dialect (`from`) are translated first; this is the
+    /// single translation call site.
+    pub fn encode<I: IntoIterator<Item = Message>>(
+        &mut self,
+        msgs: I,
+        from: Option<Dialect>,
+        now: Instant,
+    ) {
         let mut buf = std::mem::take(&mut self.buf);
         let mtu = self.mtu.min(buf.len());
         let mut w = PacketWriter::new(self.dialect, &mut buf[..mtu]);
         for m in msgs {
+            let m = match from {
+                Some(f) if f != self.dialect => match translate::translate(&m, f, self.dialect) {
+                    Ok(Some(t)) => t,
+                    // Dropped on purpose (e.g. EOF, TDB across OSes): see docs/TRANSLATION.md.
+                    Ok(None) => continue,
+                    Err(_) => {
+                        self.stats.encode_errors += 1;
+                        continue;
+                    }
+                },
+                _ => m,
+            };
             match w.push(&m) {
                 Ok(true) => {}
                 Ok(false) if w.is_empty() => self.stats.encode_errors += 1,

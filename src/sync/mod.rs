@@ -497,10 +497,10 @@ impl Replica {
         if bulk {
             self.stats.bulk_answers += 1;
             let it = self.table.bulk(now, self.cfg.node_id);
-            self.injector.encode(it, now);
+            self.injector.encode(it, None, now);
         }
         if !replies.is_empty() {
-            self.injector.encode(replies, now);
+            self.injector.encode(replies, None, now);
         }
         if forward {
             self.stats.forwarded += 1;
@@ -820,7 +820,7 @@ impl Replica {
                 _ if matches!(m, Message::Eof) => None,
                 _ => Some(*m),
             });
-            self.injector.encode(msgs, now);
+            self.injector.encode(msgs, Some(c.dialect), now);
         }
         Ok(())
     }
@@ -872,7 +872,7 @@ impl Replica {
             }
         }
         if !out.is_empty() {
-            self.injector.encode(out, now);
+            self.injector.encode(out, None, now);
         }
     }
 
