@@ -128,22 +128,21 @@ pub fn run(args: &BenchArgs) -> i32 {
         round.as_millis()
     );
     println!(
-        "{:<44} {:>14} {:>14}  {:>7}  baseline",
+        "{:<44} {:>16} {:>16}  {:>7}  baseline",
         "measurement", "value", "baseline", "ratio"
     );
     for r in &rows {
         println!(
-            "{:<44} {:>10.2} M{} {:>10.2} M{}  {:>7.3}  {}",
+            "{:<44} {:>8.2} M{:<6} {:>8.2} M{:<6}  {:>7.3}  {}",
             r.name,
             r.value / 1e6,
-            &r.unit[..1],
+            r.unit,
             r.baseline / 1e6,
-            &r.unit[..1],
+            r.unit,
             r.value / r.baseline.max(1e-9),
             r.baseline_name
         );
     }
-    println!("(units: M = millions per second of messages or packets, as named)");
     0
 }
 
