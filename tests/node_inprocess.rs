@@ -37,6 +37,7 @@ fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
             max_states: 5_000,
             maxupd: 128,
             seed: Some(7 + i as u64),
+            churn_for: None,
         },
         peers: Vec::new(),
     }

@@ -92,6 +92,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 max_states: 20_000,
                 maxupd: 128,
                 seed: Some(42 + i as u64),
+                churn_for: None,
             },
             peers: Vec::new(),
         };

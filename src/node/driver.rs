@@ -322,9 +322,13 @@ impl Node {
     /// Run until shutdown.
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut next_status = Instant::now() + STATUS_REFRESH;
+        let mut churn_stop = self.cfg.emulator.churn_for.map(|d| self.started + d);
         loop {
             let now = Instant::now();
             let mut deadline = next_status;
+            if let Some(t) = churn_stop {
+                deadline = deadline.min(t);
+            }
             for d in [
                 self.endpoint.poll_timeout(),
                 self.replica.poll_timeout(),
@@ -389,6 +393,10 @@ impl Node {
             self.endpoint.handle_timeout(now);
             self.replica.handle_timeout(now);
             if let Local::Emulated(e) = &mut self.local {
+                if churn_stop.is_some_and(|t| now >= t) {
+                    churn_stop = None;
+                    e.set_churn(false);
+                }
                 e.handle_timeout(now);
             }
             self.pump(now);
