@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Key};
 
+pub mod bench;
 pub mod decode;
 pub mod demo;
 pub mod emulate;
@@ -67,6 +68,8 @@ pub enum Command {
     },
     /// Decode pfsync packets in a pcap/pcapng capture.
     Decode(decode::DecodeArgs),
+    /// Measure the data path against baselines taken in the same run.
+    Bench(bench::BenchArgs),
     /// Two gateways with emulated firewalls in one process: see it work in a minute.
     Demo(demo::DemoArgs),
     /// Run the pf emulator on a sync interface (a testbed host playing a firewall).
@@ -108,6 +111,7 @@ pub fn main() -> i32 {
         Command::Decode(args) => decode::run(&args),
         Command::Emulate(args) => emulate::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 

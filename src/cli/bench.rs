@@ -1,0 +1,281 @@
+//! `pfsync-gw bench`: the data path's speed on this machine, each figure next to a baseline
+//! measured in the same run (these machines are noisy: medians of several rounds, ratios).
+
+use std::hint::black_box;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::local::mmsg::{RecvBatch, SendBatch, BATCH};
+use crate::tunnel::{self, Endpoint, Identity, Recv};
+use crate::wire::{Dialect, Message, Packet, PacketWriter, PeerRepr, StateId, UpdCRepr};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Rounds per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Milliseconds per round.
+    #[arg(long, default_value_t = 300)]
+    pub round_ms: u64,
+}
+
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    value: f64,
+    baseline_name: &'static str,
+    baseline: f64,
+}
+
+pub fn run(args: &BenchArgs) -> i32 {
+    let round = Duration::from_millis(args.round_ms.max(10));
+    let rounds = args.rounds.max(1);
+    let mut rows = Vec::new();
+
+    let pkt = upd_c_packet(Dialect::OpenbsdV6);
+    let n_msgs = Packet::new_checked(&pkt[..], Dialect::OpenbsdV6)
+        .map(|p| p.messages().count())
+        .unwrap_or(0);
+    rows.push(Row {
+        name: "parse upd_c (openbsd-v6)",
+        unit: "msg/s",
+        value: median(rounds, || {
+            rate(round, n_msgs, || {
+                if let Ok(p) = Packet::new_checked(black_box(&pkt[..]), Dialect::OpenbsdV6) {
+                    for m in p.messages() {
+                        black_box(m);
+                    }
+                }
+            })
+        }),
+        baseline_name: "read the same bytes (sum of u64 words)",
+        baseline: median(rounds, || rate(round, n_msgs, || black_box(sum_words(black_box(&pkt))))),
+    });
+
+    let mut out = vec![0u8; 1500];
+    let msgs: Vec<Message> = Packet::new_checked(&pkt[..], Dialect::OpenbsdV6)
+        .map(|p| p.messages().collect())
+        .unwrap_or_default();
+    rows.push(Row {
+        name: "emit upd_c (openbsd-v6)",
+        unit: "msg/s",
+        value: median(rounds, || {
+            rate(round, msgs.len(), || {
+                let mut w = PacketWriter::new(Dialect::OpenbsdV6, &mut out);
+                for m in &msgs {
+                    let _ = w.push(black_box(m));
+                }
+                black_box(w.finish());
+            })
+        }),
+        baseline_name: "copy the same bytes",
+        baseline: median(rounds, || {
+            rate(round, msgs.len(), || {
+                out[..pkt.len()].copy_from_slice(black_box(&pkt));
+                black_box(&out);
+            })
+        }),
+    });
+
+    // Tunnel: seal + open a 1400-byte payload in memory.
+    let (mut a, mut b, a_addr, b_addr) = tunnel_pair();
+    let payload = vec![0x5au8; 1400];
+    let mut wire_buf = vec![0u8; 1500];
+    let mut plain = vec![0u8; 1500];
+    rows.push(Row {
+        name: "tunnel seal+open 1400 B",
+        unit: "pkt/s",
+        value: median(rounds, || {
+            rate(round, 1, || {
+                let now = Instant::now();
+                if let tunnel::Send::Datagram(t) = a.send(0, &payload, now, &mut wire_buf) {
+                    black_box(b.handle_datagram(a_addr, &wire_buf[..t.len], now, &mut plain));
+                }
+            })
+        }),
+        baseline_name: "copy 1400 B twice",
+        baseline: median(rounds, || {
+            rate(round, 1, || {
+                wire_buf[..1400].copy_from_slice(black_box(&payload));
+                plain[..1400].copy_from_slice(black_box(&wire_buf[..1400]));
+            })
+        }),
+    });
+    let _ = b_addr;
+
+    // Loopback UDP: the tunnel's datagrams vs plain datagrams, both batched.
+    match (udp_rate(round, rounds, None), udp_rate(round, rounds, Some((&mut a, &mut b)))) {
+        (Ok(plain_rate), Ok(tun_rate)) => rows.push(Row {
+            name: "tunnel over loopback UDP, 1400 B, batched",
+            unit: "pkt/s",
+            value: tun_rate,
+            baseline_name: "plain loopback UDP, same batches",
+            baseline: plain_rate,
+        }),
+        (Err(e), _) | (_, Err(e)) => eprintln!("loopback UDP benchmark skipped: {e}"),
+    }
+
+    println!(
+        "pfsync-gw bench: median of {rounds} rounds of {} ms; ratio = measured / baseline",
+        round.as_millis()
+    );
+    println!("{:<44} {:>14} {:>14}  {:>7}  baseline", "measurement", "value", "baseline", "ratio");
+    for r in &rows {
+        println!(
+            "{:<44} {:>10.2} M{} {:>10.2} M{}  {:>7.3}  {}",
+            r.name,
+            r.value / 1e6,
+            &r.unit[..1],
+            r.baseline / 1e6,
+            &r.unit[..1],
+            r.value / r.baseline.max(1e-9),
+            r.baseline_name
+        );
+    }
+    println!("(units: M = millions per second of messages or packets, as named)");
+    0
+}
+
+fn rate(round: Duration, per_iter: usize, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut iters = 0u64;
+    while start.elapsed() < round {
+        for _ in 0..64 {
+            f();
+        }
+        iters += 64;
+    }
+    (iters as f64 * per_iter as f64) / start.elapsed().as_secs_f64()
+}
+
+fn median(rounds: usize, mut f: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..rounds).map(|_| f()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn sum_words(b: &[u8]) -> u64 {
+    b.chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+        .fold(0u64, u64::wrapping_add)
+}
+
+/// A full OpenBSD packet of compressed updates (as many as fit in 1480 bytes).
+pub fn upd_c_packet(dialect: Dialect) -> Vec<u8> {
+    let mut buf = vec![0u8; 1480];
+    let mut w = PacketWriter::new(dialect, &mut buf);
+    let mut i = 1u64;
+    loop {
+        let peer = PeerRepr {
+            seqlo: i as u32,
+            seqhi: i as u32 + 65_535,
+            max_win: 65_535,
+            mss: 1460,
+            state: 4,
+            wscale: 7,
+            ..Default::default()
+        };
+        let m = Message::UpdC(UpdCRepr {
+            id: StateId::new(i, 0xdead_beef),
+            src: peer,
+            dst: peer,
+            expire: 0,
+            timeout: 2,
+            flags: 0,
+        });
+        match w.push(&m) {
+            Ok(true) => i += 1,
+            _ => break,
+        }
+    }
+    let n = w.finish();
+    buf.truncate(n);
+    buf
+}
+
+fn tunnel_pair() -> (Endpoint, Endpoint, std::net::SocketAddr, std::net::SocketAddr) {
+    let now = Instant::now();
+    let ka = crate::config::Key::generate();
+    let kb = crate::config::Key::generate();
+    let a_addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("literal");
+    let b_addr: std::net::SocketAddr = "127.0.0.1:2".parse().expect("literal");
+    let mut a = Endpoint::new(Identity::from_private(*ka.as_bytes()), rand_core::OsRng, now);
+    let mut b = Endpoint::new(Identity::from_private(*kb.as_bytes()), rand_core::OsRng, now);
+    a.add_peer(0, *kb.public().as_bytes(), None, Some(b_addr), None);
+    b.add_peer(0, *ka.public().as_bytes(), None, Some(a_addr), None);
+    // Handshake in memory until both sides can send.
+    let mut buf = vec![0u8; 2048];
+    let mut out = vec![0u8; 2048];
+    let _ = a.send(0, b"hello", now, &mut buf);
+    for _ in 0..8 {
+        while let Some(t) = a.poll_transmit(now, &mut buf) {
+            let _ = b.handle_datagram(a_addr, &buf[..t.len], now, &mut out);
+        }
+        while let Some(t) = b.poll_transmit(now, &mut buf) {
+            let _ = a.handle_datagram(b_addr, &buf[..t.len], now, &mut out);
+        }
+    }
+    (a, b, a_addr, b_addr)
+}
+
+/// Datagrams per second from one loopback socket to another, in `BATCH`-sized bursts;
+/// with `tun`, each payload is sealed before sending and opened after receiving.
+fn udp_rate(
+    round: Duration,
+    rounds: usize,
+    mut tun: Option<(&mut Endpoint, &mut Endpoint)>,
+) -> std::io::Result<f64> {
+    let tx = UdpSocket::bind("127.0.0.1:0")?;
+    let rx = UdpSocket::bind("127.0.0.1:0")?;
+    rx.set_nonblocking(true)?;
+    let to = rx.local_addr()?;
+    let mut sb = SendBatch::new(1500);
+    let mut rb = RecvBatch::new(1500);
+    let payload = vec![0xa5u8; 1400 - tunnel::TRANSPORT_OVERHEAD];
+    let mut plain = vec![0u8; 1500];
+    let from: std::net::SocketAddr = "127.0.0.1:1".parse().expect("literal");
+    let mut results = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut received = 0u64;
+        while start.elapsed() < round {
+            let now = Instant::now();
+            for _ in 0..BATCH {
+                match tun.as_mut() {
+                    Some((a, _)) => {
+                        if let tunnel::Send::Datagram(t) = a.send(0, &payload, now, sb.slot()) {
+                            sb.commit(t.len, to);
+                        }
+                    }
+                    None => {
+                        sb.slot()[..1400].copy_from_slice(&[0xa5; 1400]);
+                        sb.commit(1400, to);
+                    }
+                }
+            }
+            sb.flush(tx.as_raw_fd());
+            let mut spins = 0;
+            let mut got = 0;
+            while got < BATCH && spins < 1000 {
+                match rb.recv(rx.as_raw_fd()) {
+                    Ok(_) => {
+                        for (_, d) in rb.iter() {
+                            got += 1;
+                            if let (Some((_, b)), Some(d)) = (tun.as_mut(), d) {
+                                if !matches!(b.handle_datagram(from, d, now, &mut plain), Recv::Data { .. }) {
+                                    got -= 1;
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => spins += 1,
+                }
+            }
+            received += got as u64;
+        }
+        results.push(received as f64 / start.elapsed().as_secs_f64());
+    }
+    results.sort_by(|a, b| a.total_cmp(b));
+    Ok(results[results.len() / 2])
+}

@@ -1,0 +1,177 @@
+//! Bad config or key files fail fast: the file, the field and the reason, exit code 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pfsync-gw")
+}
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("pfsync-gw-cfg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut c = Command::new(bin());
+    c.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn keygen(dir: &Dir, name: &str) -> (PathBuf, String) {
+    let p = dir.path(name);
+    let o = run(&["keygen", "--out", p.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+    let private = std::fs::read_to_string(&p).unwrap();
+    let o = run(&["pubkey"], Some(&private));
+    assert!(o.status.success());
+    (p, String::from_utf8(o.stdout).unwrap().trim().to_string())
+}
+
+fn config(private: &Path, peer_pub: &str, extra: &str) -> String {
+    format!(
+        r#"[node]
+name = "gw-a"
+private_key_file = "{}"
+listen = "127.0.0.1:0"
+
+[local]
+mode = "emulator"
+dialect = "openbsd-v6"
+{extra}
+[[peer]]
+name = "gw-b"
+public_key = "{peer_pub}"
+endpoint = "127.0.0.1:51901"
+"#,
+        private.display()
+    )
+}
+
+fn check(dir: &Dir, text: &str) -> Output {
+    let p = dir.path("c.toml");
+    std::fs::write(&p, text).unwrap();
+    run(&["check", "--config", p.to_str().unwrap()], None)
+}
+
+fn assert_exit2(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn valid_config_checks_ok_and_shows_public_key() {
+    let d = Dir::new("ok");
+    let (a, a_pub) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let o = check(&d, &config(&a, &b_pub, ""));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(out.contains(&a_pub) && out.contains(&b_pub), "{out}");
+}
+
+#[test]
+fn keygen_file_is_0600_and_pubkey_is_44_chars() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Dir::new("kg");
+    let (p, public) = keygen(&d, "k");
+    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(public.len(), 44);
+    let o = run(&["genpsk"], None);
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim().len(), 44);
+}
+
+#[test]
+fn pubkey_rejects_garbage_with_exit_2() {
+    let o = run(&["pubkey"], Some("not a key\n"));
+    assert_exit2(&o, &["standard input"]);
+}
+
+#[test]
+fn missing_key_file() {
+    let d = Dir::new("missing");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let o = check(&d, &config(&d.path("nope.key"), &b_pub, ""));
+    assert_exit2(&o, &["c.toml", "node.private_key_file", "nope.key"]);
+}
+
+#[test]
+fn wrong_peer_key() {
+    let d = Dir::new("wrongkey");
+    let (a, _) = keygen(&d, "a.key");
+    let o = check(&d, &config(&a, "AAAA", ""));
+    assert_exit2(&o, &["c.toml", "peer[0].public_key", "44 characters"]);
+}
+
+#[test]
+fn world_readable_key_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Dir::new("perm");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = check(&d, &config(&a, &b_pub, ""));
+    assert_exit2(&o, &["node.private_key_file", "chmod 600"]);
+}
+
+#[test]
+fn bad_toml() {
+    let d = Dir::new("badtoml");
+    let o = check(&d, "[node\nname = ");
+    assert_exit2(&o, &["c.toml", "invalid TOML", "line"]);
+}
+
+#[test]
+fn unknown_field() {
+    let d = Dir::new("unknown");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let o = check(&d, &config(&a, &b_pub, "colour = \"blue\"\n"));
+    assert_exit2(&o, &["c.toml", "unknown field", "colour"]);
+}
+
+#[test]
+fn unknown_dialect_and_bad_endpoint() {
+    let d = Dir::new("dialect");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let o = check(&d, &config(&a, &b_pub, "").replace("openbsd-v6", "solaris"));
+    assert_exit2(&o, &["local.dialect", "solaris", "openbsd-v6"]);
+    let o = check(&d, &config(&a, &b_pub, "").replace("127.0.0.1:51901", "nowhere"));
+    assert_exit2(&o, &["peer[0].endpoint", "port"]);
+}
+
+#[test]
+fn run_with_bad_config_exits_2_without_starting() {
+    let d = Dir::new("run");
+    let p = d.path("c.toml");
+    std::fs::write(&p, "garbage = [").unwrap();
+    let o = run(&["run", "--config", p.to_str().unwrap()], None);
+    assert_exit2(&o, &["c.toml"]);
+}
