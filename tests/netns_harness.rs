@@ -50,8 +50,13 @@ fn raw_pfsync_multicast_and_unicast_keep_ttl_and_bytes() {
 
     let payload: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
     tx.send(&payload, PFSYNC_GROUP);
-    let p = rx.recv(Duration::from_secs(3)).expect("multicast pfsync not received");
-    assert_eq!((p.ttl, p.proto, p.dst, p.payload.as_slice()), (255, 240, PFSYNC_GROUP, payload.as_slice()));
+    let p = rx
+        .recv(Duration::from_secs(3))
+        .expect("multicast pfsync not received");
+    assert_eq!(
+        (p.ttl, p.proto, p.dst, p.payload.as_slice()),
+        (255, 240, PFSYNC_GROUP, payload.as_slice())
+    );
     assert_eq!(p.src, Ipv4Addr::new(10, 9, 0, 1));
     let (d, c) = cap
         .recv(Duration::from_secs(3))
@@ -60,8 +65,13 @@ fn raw_pfsync_multicast_and_unicast_keep_ttl_and_bytes() {
 
     // A TTL the firewall would reject is visible as such (the TTL check can fail).
     tx.send_ttl(&payload[..50], Ipv4Addr::new(10, 9, 0, 2), 64);
-    let p = rx.recv(Duration::from_secs(3)).expect("unicast pfsync not received");
-    assert_eq!((p.ttl, p.dst, p.payload.len()), (64, Ipv4Addr::new(10, 9, 0, 2), 50));
+    let p = rx
+        .recv(Duration::from_secs(3))
+        .expect("unicast pfsync not received");
+    assert_eq!(
+        (p.ttl, p.dst, p.payload.len()),
+        (64, Ipv4Addr::new(10, 9, 0, 2), 50)
+    );
 
     // Nothing else arrives (the sender does not hear its own multicast either).
     assert!(rx.recv(Duration::from_millis(200)).is_none());
@@ -101,12 +111,19 @@ fn nft_loss_partition_and_heal_on_the_bridge() {
         return;
     }
     let (lab, br, h1, h2) = two_hosts("hnft");
-    assert_eq!(udp_delivery(&h1, &h2, 500), 500, "clean link loses datagrams");
+    assert_eq!(
+        udp_delivery(&h1, &h2, 500),
+        500,
+        "clean link loses datagrams"
+    );
 
     lab.impair(&br, 51900, Impair::Loss(20));
     let got = udp_delivery(&h1, &h2, 2000);
     // 20% loss: 1600 expected, binomial sd ≈ 18.
-    assert!((1450..=1750).contains(&got), "20% loss delivered {got}/2000");
+    assert!(
+        (1450..=1750).contains(&got),
+        "20% loss delivered {got}/2000"
+    );
 
     lab.impair(&br, 51900, Impair::Partition);
     assert_eq!(udp_delivery(&h1, &h2, 200), 0, "partition leaks");
@@ -130,12 +147,16 @@ fn lab_teardown_on_panic_removes_namespaces_and_processes() {
         panic!("deliberate");
     }));
     assert!(r.is_err());
-    assert!(!Path::new(&format!("/var/run/netns/{}", names.0)).exists(), "namespace left behind");
+    assert!(
+        !Path::new(&format!("/var/run/netns/{}", names.0)).exists(),
+        "namespace left behind"
+    );
     // The sleeper was SIGKILLed and reaped: no process of ours runs `sleep 1000` in it.
     let ps = netns::run(std::process::Command::new("ps").args(["-eo", "ppid=,args="]));
     let me = std::process::id().to_string();
     assert!(
-        !ps.lines().any(|l| l.trim_start().starts_with(&me) && l.contains("sleep 1000")),
+        !ps.lines()
+            .any(|l| l.trim_start().starts_with(&me) && l.contains("sleep 1000")),
         "child left running:\n{ps}"
     );
 }

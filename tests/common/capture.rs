@@ -42,7 +42,12 @@ pub fn if_index(ifname: &str) -> u32 {
     let c = CString::new(ifname).unwrap();
     // SAFETY: c is NUL-terminated.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {ifname}: {}", io::Error::last_os_error());
+    assert_ne!(
+        i,
+        0,
+        "no interface {ifname}: {}",
+        io::Error::last_os_error()
+    );
     i
 }
 
@@ -167,12 +172,14 @@ impl RawPf {
             let left = end.checked_duration_since(Instant::now())?;
             set_rcvtimeo(self.sock.as_raw_fd(), left);
             // SAFETY: buf is writable for its length.
-            let n = unsafe {
-                libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
                     return None;
                 }
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -271,7 +278,12 @@ impl LinkCapture {
                     size_of::<libc::sockaddr_ll>() as libc::socklen_t,
                 )
             };
-            assert_eq!(r, 0, "bind AF_PACKET to {ifname}: {}", io::Error::last_os_error());
+            assert_eq!(
+                r,
+                0,
+                "bind AF_PACKET to {ifname}: {}",
+                io::Error::last_os_error()
+            );
             let sz: libc::c_int = 8 << 20;
             // SAFETY: c_int option.
             unsafe {
@@ -310,7 +322,10 @@ impl LinkCapture {
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
                     return None;
                 }
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -330,7 +345,11 @@ impl LinkCapture {
     }
 
     /// Every frame seen within `window` that satisfies `keep`.
-    pub fn collect(&self, window: Duration, keep: impl Fn(Dir, &IpPkt) -> bool) -> Vec<(Dir, IpPkt)> {
+    pub fn collect(
+        &self,
+        window: Duration,
+        keep: impl Fn(Dir, &IpPkt) -> bool,
+    ) -> Vec<(Dir, IpPkt)> {
         let end = Instant::now() + window;
         let mut out = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
@@ -351,7 +370,9 @@ impl LinkCapture {
 
 /// A UDP socket bound to `bind` inside `ns`.
 pub fn udp_socket(ns: &str, bind: SocketAddr) -> UdpSocket {
-    in_netns(ns, || UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind udp {bind}: {e}")))
+    in_netns(ns, || {
+        UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind udp {bind}: {e}"))
+    })
 }
 
 /// Receive one datagram within `timeout` (`None` if nothing came).
@@ -361,7 +382,14 @@ pub fn udp_recv(sock: &UdpSocket, timeout: Duration) -> Option<(SocketAddr, Vec<
     let mut buf = vec![0u8; 65_536];
     match sock.recv_from(&mut buf) {
         Ok((n, from)) => Some((from, buf[..n].to_vec())),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
         // An ICMP port unreachable for an earlier send is not a reply from the daemon.
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => None,
         Err(e) => panic!("udp recv: {e}"),

@@ -159,10 +159,24 @@ impl Lab {
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         // No IPv6 autoconf chatter on the links (keeps captures to what the test sent).
         let _ = Command::new("ip")
-            .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ])
             .status();
         let _ = Command::new("ip")
-            .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ])
             .status();
         ns
     }
@@ -185,9 +199,20 @@ impl Lab {
     /// A Linux bridge `br` in `ns`, up, forwarding immediately (no STP delay).
     pub fn bridge(&self, ns: &str, br: &str) {
         ip(&[
-            "-n", ns, "link", "add", br, "type", "bridge", "forward_delay", "0", "stp_state", "0",
+            "-n",
+            ns,
+            "link",
+            "add",
+            br,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "stp_state",
+            "0",
             // Multicast must be flooded to every port, not snooped (nobody sends IGMP queries).
-            "mcast_snooping", "0",
+            "mcast_snooping",
+            "0",
         ]);
         ip(&["-n", ns, "link", "set", br, "up"]);
     }
@@ -234,7 +259,9 @@ impl Lab {
     /// (replaces any previous impairment; `Impair::None` heals).
     pub fn impair(&self, ns: &str, port: u16, how: Impair) {
         let _ = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "delete", "table", "bridge", NFT_TABLE])
+            .args([
+                "netns", "exec", ns, "nft", "delete", "table", "bridge", NFT_TABLE,
+            ])
             .stderr(Stdio::null())
             .status();
         let rule = match how {
@@ -261,7 +288,12 @@ impl Lab {
             .append(true)
             .open(&log)
             .expect("open log");
-        let _ = writeln!(f, "=== +{:.2}s start {program} {}", self.t(), args.join(" "));
+        let _ = writeln!(
+            f,
+            "=== +{:.2}s start {program} {}",
+            self.t(),
+            args.join(" ")
+        );
         let f2 = f.try_clone().unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, program])
@@ -298,7 +330,9 @@ impl Lab {
     /// so its log is still dumped).
     pub fn check_running(&self, name: &str) -> Result<(), String> {
         let mut procs = self.procs.lock().unwrap();
-        let p = procs.get_mut(name).ok_or_else(|| format!("no process `{name}`"))?;
+        let p = procs
+            .get_mut(name)
+            .ok_or_else(|| format!("no process `{name}`"))?;
         match p.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(st)) => Err(format!(

@@ -3,7 +3,11 @@
 use std::time::{Duration, Instant};
 
 /// Poll `f` every `every` until it returns `Some`, or `Err(elapsed)` after `timeout`.
-pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Result<(T, Duration), Duration> {
+pub fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<(T, Duration), Duration> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -26,6 +30,10 @@ pub fn wait_for<T>(
 ) -> (T, Duration) {
     match poll(timeout, Duration::from_millis(50), &mut f) {
         Ok(v) => v,
-        Err(e) => panic!("timed out after {:.1}s waiting for {what}; last seen: {}", e.as_secs_f64(), why()),
+        Err(e) => panic!(
+            "timed out after {:.1}s waiting for {what}; last seen: {}",
+            e.as_secs_f64(),
+            why()
+        ),
     }
 }

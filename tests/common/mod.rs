@@ -1,0 +1,13 @@
+//! Harness of the multi-host tests (`tests/netns_*.rs`): network namespaces joined by
+//! veths and a bridge, real proto-240 traffic, real daemons, nftables impairments.
+//! Needs root; every test skips (passing, with a printed reason) otherwise.
+
+// Each test binary uses a different subset of the helpers.
+#![allow(dead_code)]
+
+pub mod capture;
+pub mod emu;
+pub mod gw;
+pub mod netns;
+pub mod pf;
+pub mod poll;
