@@ -1,1 +1,36 @@
-//! placeholder
+//! The tunnel: WireGuard's protocol (Noise IKpsk2 handshake, transport messages, timers,
+//! replay window, mac1) as a sans-IO state machine. No sockets, clocks or threads: the
+//! driver passes datagrams and `Instant`s in and polls datagrams, deadlines and events out.
+//!
+//! Driver loop:
+//! ```text
+//! on datagram:   ep.handle_datagram(src, buf, now, &mut plain)   -> Recv
+//! on payload:    ep.send(peer, payload, now, &mut wire)          -> Send
+//! on deadline:   ep.handle_timeout(now)                          (deadline = ep.poll_timeout())
+//! after each:    while let Some(t) = ep.poll_transmit(now, &mut wire) { sendto(t.to, &wire[..t.len]) }
+//!                while let Some(ev) = ep.poll_event() { ... }
+//! ```
+//! The wire protocol is specified in `docs/PROTOCOL.md` (section "Tunnel").
+
+mod endpoint;
+mod errors;
+mod handshake;
+mod mac;
+mod messages;
+mod replay;
+mod session;
+mod timers;
+
+pub use endpoint::{Endpoint, Event, PeerId, PeerStatus, Recv, Send, Transmit};
+pub use errors::{DropCounters, DropReason};
+pub use handshake::{Identity, NOISE_PATTERN, PROLOGUE};
+pub use messages::{
+    INITIATION_LEN, MAX_PAYLOAD, MSG_COOKIE_REPLY, MSG_INITIATION, MSG_RESPONSE, MSG_TRANSPORT,
+    RESPONSE_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
+};
+pub use replay::WINDOW_SIZE as REPLAY_WINDOW;
+pub use timers::{
+    HANDSHAKE_INITIATION_RATE, KEEPALIVE_TIMEOUT, MAX_QUEUED_PAYLOADS, PEER_UNREACHABLE_KEEPALIVES,
+    REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, ZERO_KEYS_AFTER,
+};

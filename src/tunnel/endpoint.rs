@@ -1,0 +1,857 @@
+//! All peers of this node: demultiplexes datagrams by receiver index, drives handshakes,
+//! sessions and timers. Sans-IO: the driver feeds datagrams and `Instant`s and polls for
+//! datagrams to send, deadlines and events.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand_core::CryptoRngCore;
+use snow::params::NoiseParams;
+use subtle::ConstantTimeEq;
+
+use super::errors::{DropCounters, DropReason};
+use super::handshake::{
+    self, tai64n, tai64n_next, wipe, Identity, InitiatorHandshake, Tai64n, ZERO_PSK,
+};
+use super::mac::Mac1Key;
+use super::messages::{
+    Initiation, Message, Response, Transport, INITIATION_LEN, MAX_PAYLOAD, RESPONSE_LEN,
+};
+use super::session::Session;
+use super::timers::{
+    PeerTimers, HANDSHAKE_INITIATION_RATE, KEEPALIVE_TIMEOUT, MAX_QUEUED_PAYLOADS,
+    REKEY_ATTEMPT_TIME, REKEY_ON_RECEIVE_AGE, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
+    ZERO_KEYS_AFTER,
+};
+
+/// Caller-chosen handle for a peer.
+pub type PeerId = usize;
+
+/// A datagram written into the caller's buffer, to be sent to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub len: usize,
+}
+
+/// Outcome of [`Endpoint::handle_datagram`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recv {
+    /// Authenticated plaintext is in `out[..len]`.
+    Data { peer: PeerId, len: usize },
+    /// Authenticated empty transport message.
+    Keepalive { peer: PeerId },
+    /// A handshake message was accepted; a reply may be pending: call `poll_transmit`.
+    Handshake { peer: PeerId },
+    /// Discarded (and counted in [`Endpoint::drops`]); never answered.
+    Dropped(DropReason),
+}
+
+/// Outcome of [`Endpoint::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Send {
+    /// The encrypted datagram is in `out[..len]`.
+    Datagram(Transmit),
+    /// No usable session: the payload waits for the handshake. Call `poll_transmit`.
+    Queued,
+    Dropped(DropReason),
+}
+
+/// Something the driver may want to log or act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A new session with this peer became usable for sending: first contact, every
+    /// rekey (about every 2 minutes) and after a peer restart.
+    SessionEstablished(PeerId),
+    /// Handshake attempts were exhausted (REKEY_ATTEMPT_TIME), or, with a persistent
+    /// keepalive, nothing authenticated arrived for PEER_UNREACHABLE_KEEPALIVES intervals.
+    /// Raised once per outage; the next `SessionEstablished` ends the outage.
+    PeerUnreachable(PeerId),
+}
+
+/// Snapshot for status output and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub public: [u8; 32],
+    /// Where we send: configured, or learned from the last authenticated datagram.
+    pub endpoint: Option<SocketAddr>,
+    /// When the current session was established.
+    pub last_handshake: Option<Instant>,
+    /// Authenticated bytes (whole datagrams) and datagrams, handshakes included.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// A session usable for sending exists.
+    pub established: bool,
+    /// Initiations sent in the current attempt series.
+    pub handshake_attempts: u32,
+    pub last_authenticated_rx: Option<Instant>,
+    pub persistent_keepalive: Option<Duration>,
+    /// Payloads waiting for a session.
+    pub queued: usize,
+}
+
+/// A peer's pre-shared key, erased on drop.
+struct Psk([u8; 32]);
+
+impl Drop for Psk {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+struct Peer {
+    id: PeerId,
+    public: [u8; 32],
+    /// mac1 key for messages we send to this peer.
+    mac1: Mac1Key,
+    psk: Psk,
+    endpoint: Option<SocketAddr>,
+    keepalive: Option<Duration>,
+
+    /// Our pending initiation, if any.
+    handshake: Option<InitiatorHandshake>,
+    last_initiation_sent: Option<Instant>,
+    attempt_started: Option<Instant>,
+    handshake_attempts: u32,
+    last_sent_timestamp: Option<Tai64n>,
+    /// Responder-side replay and flood protection.
+    last_received_timestamp: Option<Tai64n>,
+    last_initiation_consumed: Option<Instant>,
+
+    /// Still decrypts packets in flight across a rekey.
+    previous: Option<Session>,
+    /// Used for sending.
+    current: Option<Session>,
+    /// Responder's new session, waiting for key confirmation (the first packet on it).
+    next: Option<Session>,
+
+    timers: PeerTimers,
+    sent_last_minute_handshake: bool,
+    out_response: Option<[u8; RESPONSE_LEN]>,
+    out_initiation: Option<[u8; INITIATION_LEN]>,
+    out_keepalive: bool,
+    queue: VecDeque<Vec<u8>>,
+
+    rx_bytes: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    tx_packets: u64,
+    last_handshake: Option<Instant>,
+    last_authenticated_rx: Option<Instant>,
+    unreachable_reported: bool,
+}
+
+/// Endpoint state shared by all peers (split out so peer methods can borrow both).
+struct Shared {
+    identity: Identity,
+    /// mac1 key for messages sent to us.
+    mac1: Mac1Key,
+    params: NoiseParams,
+    rng: Box<dyn CryptoRngCore + core::marker::Send>,
+    wall_base: SystemTime,
+    instant_base: Instant,
+    by_index: HashMap<u32, PeerId>,
+    drops: DropCounters,
+    events: VecDeque<Event>,
+}
+
+/// All peers of this node. See the module documentation of [`crate::tunnel`].
+pub struct Endpoint {
+    shared: Shared,
+    peers: BTreeMap<PeerId, Peer>,
+    by_key: HashMap<[u8; 32], PeerId>,
+    /// Latest time the driver told us; for calls that take no `now`.
+    last_now: Instant,
+}
+
+impl Shared {
+    fn dropped(&mut self, reason: DropReason) -> Recv {
+        self.drops.record(reason);
+        Recv::Dropped(reason)
+    }
+
+    fn new_index(&mut self, peer: PeerId) -> u32 {
+        loop {
+            let i = self.rng.next_u32();
+            if let std::collections::hash_map::Entry::Vacant(e) = self.by_index.entry(i) {
+                e.insert(peer);
+                return i;
+            }
+        }
+    }
+
+    fn free_index(&mut self, index: u32) {
+        self.by_index.remove(&index);
+    }
+
+    fn jitter(&mut self) -> Duration {
+        let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32 + 1;
+        Duration::from_millis(u64::from(self.rng.next_u32() % max))
+    }
+
+    fn wall(&self, now: Instant) -> SystemTime {
+        match now.checked_duration_since(self.instant_base) {
+            Some(d) => self.wall_base + d,
+            None => self.wall_base - (self.instant_base - now),
+        }
+    }
+}
+
+impl Peer {
+    fn usable(&self, now: Instant) -> bool {
+        self.current.as_ref().is_some_and(|s| s.can_send(now))
+    }
+
+    fn discard(shared: &mut Shared, session: Option<Session>) {
+        if let Some(s) = session {
+            shared.free_index(s.local_index);
+        }
+    }
+
+    fn discard_queue(&mut self, shared: &mut Shared) {
+        for _ in self.queue.drain(..) {
+            shared.drops.record(DropReason::NoSession);
+        }
+    }
+
+    /// Forget every key and pending handshake of this peer.
+    fn clear_keys(&mut self, shared: &mut Shared) {
+        Self::discard(shared, self.previous.take());
+        Self::discard(shared, self.current.take());
+        Self::discard(shared, self.next.take());
+        if let Some(hs) = self.handshake.take() {
+            shared.free_index(hs.local_index);
+        }
+        self.out_initiation = None;
+        self.out_response = None;
+        self.out_keepalive = false;
+        self.discard_queue(shared);
+        self.timers.retransmit_handshake = None;
+        self.timers.new_handshake = None;
+        self.timers.send_keepalive = None;
+        self.timers.zero_key_material = None;
+        self.attempt_started = None;
+    }
+
+    /// Start (or, with `retry`, retransmit) a handshake. Without `retry`, does nothing
+    /// while one is in flight or within REKEY_TIMEOUT of the last initiation.
+    fn start_handshake(&mut self, shared: &mut Shared, now: Instant, retry: bool) {
+        if self.endpoint.is_none() {
+            return;
+        }
+        if !retry {
+            if self.handshake.is_some() && self.timers.retransmit_handshake.is_some() {
+                return;
+            }
+            if self
+                .last_initiation_sent
+                .is_some_and(|t| now < t + REKEY_TIMEOUT)
+            {
+                return;
+            }
+            self.handshake_attempts = 0;
+            self.attempt_started = Some(now);
+        }
+        if let Some(old) = self.handshake.take() {
+            shared.free_index(old.local_index);
+        }
+        let index = shared.new_index(self.id);
+        let mut ts = tai64n(shared.wall(now));
+        if let Some(last) = &self.last_sent_timestamp {
+            if ts <= *last {
+                ts = tai64n_next(last);
+            }
+        }
+        let created = handshake::create_initiation(
+            &shared.params,
+            &shared.identity,
+            &self.public,
+            &self.mac1,
+            &self.psk.0,
+            index,
+            &ts,
+        );
+        let Ok((hs, msg)) = created else {
+            shared.free_index(index);
+            return;
+        };
+        self.last_sent_timestamp = Some(ts);
+        self.handshake = Some(hs);
+        self.out_initiation = Some(msg);
+        self.last_initiation_sent = Some(now);
+        self.handshake_attempts += 1;
+        let jitter = shared.jitter();
+        self.timers.on_handshake_initiated(now, jitter);
+    }
+
+    /// Handshake attempts exhausted: drop what waits for it and tell the driver.
+    fn give_up(&mut self, shared: &mut Shared, now: Instant) {
+        if let Some(hs) = self.handshake.take() {
+            shared.free_index(hs.local_index);
+        }
+        self.out_initiation = None;
+        self.attempt_started = None;
+        self.discard_queue(shared);
+        self.report_unreachable(shared);
+        if self.timers.zero_key_material.is_none() {
+            self.timers.zero_key_material = Some(now + ZERO_KEYS_AFTER);
+        }
+    }
+
+    fn report_unreachable(&mut self, shared: &mut Shared) {
+        if !self.unreachable_reported {
+            self.unreachable_reported = true;
+            shared.events.push_back(Event::PeerUnreachable(self.id));
+        }
+    }
+
+    fn established(&mut self, shared: &mut Shared, now: Instant) {
+        self.last_handshake = Some(now);
+        self.unreachable_reported = false;
+        self.sent_last_minute_handshake = false;
+        shared.events.push_back(Event::SessionEstablished(self.id));
+    }
+
+    /// Bookkeeping for any authenticated datagram from this peer.
+    fn authenticated_rx(&mut self, src: SocketAddr, len: usize, now: Instant) {
+        self.endpoint = Some(src);
+        self.rx_bytes += len as u64;
+        self.rx_packets += 1;
+        self.last_authenticated_rx = Some(now);
+        self.timers.on_authenticated_received(now, self.keepalive);
+    }
+
+    fn authenticated_tx(&mut self, len: usize, now: Instant) {
+        self.tx_bytes += len as u64;
+        self.tx_packets += 1;
+        self.timers.on_authenticated_sent(now, self.keepalive);
+    }
+
+    /// Encrypt on the current session, with WireGuard's send-side timer and rekey rules.
+    fn send_transport(
+        &mut self,
+        shared: &mut Shared,
+        payload: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let session = self
+            .current
+            .as_mut()
+            .filter(|s| s.can_send(now))
+            .ok_or(DropReason::NoSession)?;
+        let len = session.encrypt(payload, out)?;
+        let rekey = session.wants_rekey_on_send(now);
+        self.authenticated_tx(len, now);
+        self.out_keepalive = false;
+        if !payload.is_empty() {
+            let jitter = shared.jitter();
+            self.timers.on_data_sent(now, jitter);
+        }
+        if rekey {
+            self.start_handshake(shared, now, false);
+        }
+        Ok(len)
+    }
+}
+
+impl Endpoint {
+    /// Create an endpoint. The wall clock is read once here, only to build the TAI64N
+    /// timestamps of initiations (they must increase across restarts of this node).
+    pub fn new(
+        identity: Identity,
+        rng: impl CryptoRngCore + core::marker::Send + 'static,
+        now: Instant,
+    ) -> Endpoint {
+        Self::with_wall_clock(identity, rng, now, SystemTime::now())
+    }
+
+    /// As [`Endpoint::new`], with the wall-clock time corresponding to `now` given
+    /// explicitly (deterministic tests, simulated time).
+    pub fn with_wall_clock(
+        identity: Identity,
+        rng: impl CryptoRngCore + core::marker::Send + 'static,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Endpoint {
+        let mac1 = Mac1Key::new(&identity.public());
+        Endpoint {
+            shared: Shared {
+                identity,
+                mac1,
+                params: handshake::noise_params(),
+                rng: Box::new(rng),
+                wall_base: wall,
+                instant_base: now,
+                by_index: HashMap::new(),
+                drops: DropCounters::default(),
+                events: VecDeque::new(),
+            },
+            peers: BTreeMap::new(),
+            by_key: HashMap::new(),
+            last_now: now,
+        }
+    }
+
+    /// Our static public key.
+    pub fn public(&self) -> [u8; 32] {
+        self.shared.identity.public()
+    }
+
+    /// Add (or replace) a peer. A public key belongs to at most one peer: adding a key
+    /// already used by another `PeerId` removes that other peer. With both an endpoint and
+    /// a persistent keepalive, the handshake starts at the next `handle_timeout`.
+    pub fn add_peer(
+        &mut self,
+        id: PeerId,
+        public: [u8; 32],
+        psk: Option<[u8; 32]>,
+        endpoint: Option<SocketAddr>,
+        persistent_keepalive: Option<Duration>,
+    ) {
+        self.remove_peer(id);
+        if let Some(&other) = self.by_key.get(&public) {
+            self.remove_peer(other);
+        }
+        let mut timers = PeerTimers::default();
+        if endpoint.is_some() && persistent_keepalive.is_some() {
+            timers.persistent_keepalive = Some(self.last_now);
+        }
+        let peer = Peer {
+            id,
+            public,
+            mac1: Mac1Key::new(&public),
+            psk: Psk(psk.unwrap_or(ZERO_PSK)),
+            endpoint,
+            keepalive: persistent_keepalive,
+            handshake: None,
+            last_initiation_sent: None,
+            attempt_started: None,
+            handshake_attempts: 0,
+            last_sent_timestamp: None,
+            last_received_timestamp: None,
+            last_initiation_consumed: None,
+            previous: None,
+            current: None,
+            next: None,
+            timers,
+            sent_last_minute_handshake: false,
+            out_response: None,
+            out_initiation: None,
+            out_keepalive: false,
+            queue: VecDeque::new(),
+            rx_bytes: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            tx_packets: 0,
+            last_handshake: None,
+            last_authenticated_rx: None,
+            unreachable_reported: false,
+        };
+        self.by_key.insert(public, id);
+        self.peers.insert(id, peer);
+    }
+
+    /// Remove a peer and erase its keys. Unknown ids are ignored.
+    pub fn remove_peer(&mut self, id: PeerId) {
+        if let Some(mut peer) = self.peers.remove(&id) {
+            peer.clear_keys(&mut self.shared);
+            self.by_key.remove(&peer.public);
+        }
+    }
+
+    /// Apply a configuration reload. An unchanged PSK keeps the sessions; a changed PSK
+    /// erases them and starts a new handshake. `endpoint: None` keeps the learned endpoint.
+    /// To change a peer's public key, remove and re-add it.
+    pub fn update_peer(
+        &mut self,
+        id: PeerId,
+        psk: Option<[u8; 32]>,
+        endpoint: Option<SocketAddr>,
+        persistent_keepalive: Option<Duration>,
+    ) {
+        let now = self.last_now;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some(ep) = endpoint {
+            peer.endpoint = Some(ep);
+        }
+        if peer.keepalive != persistent_keepalive {
+            peer.keepalive = persistent_keepalive;
+            peer.timers.persistent_keepalive = persistent_keepalive.map(|k| now + k);
+            peer.timers.dead_peer = match (persistent_keepalive, peer.last_authenticated_rx) {
+                (Some(k), Some(_)) => Some(now + k * super::timers::PEER_UNREACHABLE_KEEPALIVES),
+                _ => None,
+            };
+        }
+        let new_psk = psk.unwrap_or(ZERO_PSK);
+        if !bool::from(peer.psk.0.ct_eq(&new_psk)) {
+            peer.psk = Psk(new_psk);
+            peer.clear_keys(&mut self.shared);
+            peer.last_initiation_sent = None;
+            peer.start_handshake(&mut self.shared, now, false);
+        }
+    }
+
+    /// A datagram arrived from `src`. Plaintext (if any) is written into `out`, which
+    /// must be at least as long as `datagram`.
+    pub fn handle_datagram(
+        &mut self,
+        src: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Recv {
+        self.last_now = now;
+        match Message::parse(datagram) {
+            Err(reason) => self.shared.dropped(reason),
+            Ok(Message::Transport(t)) => self.handle_transport(src, &t, datagram.len(), now, out),
+            Ok(Message::Initiation(i)) => self.handle_initiation(src, &i, now),
+            Ok(Message::Response(r)) => self.handle_response(src, &r, now),
+        }
+    }
+
+    fn handle_initiation(&mut self, src: SocketAddr, msg: &Initiation<'_>, now: Instant) -> Recv {
+        // mac1 first: cheap, and no DH for senders that don't know our key.
+        if !self.shared.mac1.verify(msg.mac1_input(), msg.mac1()) {
+            return self.shared.dropped(DropReason::BadMac1);
+        }
+        let consumed =
+            match handshake::consume_initiation(&self.shared.params, &self.shared.identity, msg) {
+                Ok(c) => c,
+                Err(reason) => return self.shared.dropped(reason),
+            };
+        let Some(&id) = self.by_key.get(&consumed.remote) else {
+            return self.shared.dropped(DropReason::UnknownKey);
+        };
+        let shared = &mut self.shared;
+        let peer = self.peers.get_mut(&id).expect("by_key and peers agree");
+        if peer
+            .last_received_timestamp
+            .is_some_and(|last| consumed.timestamp <= last)
+        {
+            return shared.dropped(DropReason::ReplayedHandshake);
+        }
+        if peer
+            .last_initiation_consumed
+            .is_some_and(|t| now < t + HANDSHAKE_INITIATION_RATE)
+        {
+            return shared.dropped(DropReason::HandshakeRate);
+        }
+        let timestamp = consumed.timestamp;
+        let remote_index = consumed.remote_index;
+        let index = shared.new_index(id);
+        let Ok((transport, reply)) =
+            handshake::create_response(consumed, &peer.psk.0, &peer.mac1, index)
+        else {
+            shared.free_index(index);
+            return shared.dropped(DropReason::HandshakeFailed);
+        };
+        peer.last_received_timestamp = Some(timestamp);
+        peer.last_initiation_consumed = Some(now);
+        // As WireGuard: the new session waits in `next`; `previous` goes.
+        Peer::discard(shared, peer.next.take());
+        Peer::discard(shared, peer.previous.take());
+        peer.next = Some(Session::new(index, remote_index, transport, now, false));
+        peer.timers.on_session_derived(now);
+        peer.out_response = Some(reply);
+        peer.authenticated_rx(src, INITIATION_LEN, now);
+        Recv::Handshake { peer: id }
+    }
+
+    fn handle_response(&mut self, src: SocketAddr, msg: &Response<'_>, now: Instant) -> Recv {
+        if !self.shared.mac1.verify(msg.mac1_input(), msg.mac1()) {
+            return self.shared.dropped(DropReason::BadMac1);
+        }
+        let shared = &mut self.shared;
+        let Some(&id) = shared.by_index.get(&msg.receiver()) else {
+            return shared.dropped(DropReason::UnknownIndex);
+        };
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .expect("index table and peers agree");
+        let index = msg.receiver();
+        let Some(hs) = peer.handshake.as_mut().filter(|h| h.local_index == index) else {
+            return shared.dropped(DropReason::UnknownIndex);
+        };
+        if let Err(reason) = hs.consume_response(msg) {
+            return shared.dropped(reason);
+        }
+        let hs = peer.handshake.take().expect("checked above");
+        let transport = match hs.into_transport() {
+            Ok(t) => t,
+            Err(reason) => {
+                shared.free_index(index);
+                return shared.dropped(reason);
+            }
+        };
+        let session = Session::new(index, msg.sender(), transport, now, true);
+        if let Some(next) = peer.next.take() {
+            Peer::discard(shared, peer.current.take());
+            Peer::discard(shared, peer.previous.replace(next));
+        } else {
+            let current = peer.current.take();
+            Peer::discard(shared, core::mem::replace(&mut peer.previous, current));
+        }
+        peer.current = Some(session);
+        peer.out_initiation = None;
+        peer.timers.on_handshake_complete();
+        peer.timers.on_session_derived(now);
+        peer.attempt_started = None;
+        peer.handshake_attempts = 0;
+        peer.authenticated_rx(src, RESPONSE_LEN, now);
+        peer.established(shared, now);
+        // Key confirmation for the responder: queued data or, failing that, a keepalive.
+        if peer.queue.is_empty() {
+            peer.out_keepalive = true;
+        }
+        Recv::Handshake { peer: id }
+    }
+
+    fn handle_transport(
+        &mut self,
+        src: SocketAddr,
+        msg: &Transport<'_>,
+        wire_len: usize,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Recv {
+        let shared = &mut self.shared;
+        let index = msg.receiver();
+        let Some(&id) = shared.by_index.get(&index) else {
+            return shared.dropped(DropReason::UnknownIndex);
+        };
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .expect("index table and peers agree");
+        let is = |s: &Option<Session>| s.as_ref().is_some_and(|s| s.local_index == index);
+        let (session, confirms) = if is(&peer.current) {
+            (peer.current.as_mut(), false)
+        } else if is(&peer.next) {
+            (peer.next.as_mut(), true)
+        } else if is(&peer.previous) {
+            (peer.previous.as_mut(), false)
+        } else {
+            // The index belongs to a pending initiation: not a session yet.
+            return shared.dropped(DropReason::UnknownIndex);
+        };
+        let session = session.expect("matched above");
+        if session.expired(now) {
+            return shared.dropped(DropReason::ExpiredSession);
+        }
+        let len = match session.decrypt(msg, out) {
+            Ok(n) => n,
+            Err(reason) => return shared.dropped(reason),
+        };
+        if confirms {
+            let next = peer.next.take();
+            let current = core::mem::replace(&mut peer.current, next);
+            Peer::discard(shared, core::mem::replace(&mut peer.previous, current));
+            peer.established(shared, now);
+        }
+        peer.authenticated_rx(src, wire_len, now);
+        if len > 0 {
+            peer.timers.on_data_received(now);
+        }
+        // WireGuard's keepKeyFreshReceiving: renew an initiator session before it expires
+        // even if we only receive on it.
+        let stale = peer.current.as_ref().is_some_and(|s| {
+            s.initiator && now.saturating_duration_since(s.created) >= REKEY_ON_RECEIVE_AGE
+        });
+        if stale && !peer.sent_last_minute_handshake {
+            peer.sent_last_minute_handshake = true;
+            peer.start_handshake(shared, now, false);
+        }
+        if len == 0 {
+            Recv::Keepalive { peer: id }
+        } else {
+            Recv::Data { peer: id, len }
+        }
+    }
+
+    /// Encrypt `payload` for `peer` into `out` (at least `payload.len() + 32` bytes). If no
+    /// session is usable yet, queue it (bounded) and start a handshake; then call
+    /// `poll_transmit`. Also call `poll_transmit` after a `Datagram`: sending may trigger a
+    /// rekey.
+    pub fn send(&mut self, peer: PeerId, payload: &[u8], now: Instant, out: &mut [u8]) -> Send {
+        self.last_now = now;
+        let shared = &mut self.shared;
+        if payload.len() > MAX_PAYLOAD {
+            shared.drops.record(DropReason::PayloadTooLarge);
+            return Send::Dropped(DropReason::PayloadTooLarge);
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            shared.drops.record(DropReason::UnknownPeer);
+            return Send::Dropped(DropReason::UnknownPeer);
+        };
+        let usable = p.usable(now);
+        if usable && p.queue.is_empty() {
+            if let Some(to) = p.endpoint {
+                return match p.send_transport(shared, payload, now, out) {
+                    Ok(len) => Send::Datagram(Transmit { to, len }),
+                    Err(reason) => {
+                        shared.drops.record(reason);
+                        Send::Dropped(reason)
+                    }
+                };
+            }
+        }
+        if p.queue.len() >= MAX_QUEUED_PAYLOADS {
+            shared.drops.record(DropReason::QueueFull);
+            return Send::Dropped(DropReason::QueueFull);
+        }
+        p.queue.push_back(payload.to_vec());
+        if !usable {
+            p.start_handshake(shared, now, false);
+        }
+        Send::Queued
+    }
+
+    /// Next datagram to send now: handshake messages, queued data released by a new
+    /// session, keepalives. Call repeatedly until `None`. `out` must hold at least
+    /// INITIATION_LEN bytes and the largest queued payload plus TRANSPORT_OVERHEAD.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        self.last_now = now;
+        let shared = &mut self.shared;
+        for peer in self.peers.values_mut() {
+            let Some(to) = peer.endpoint else { continue };
+            if out.len() >= RESPONSE_LEN {
+                if let Some(msg) = peer.out_response.take() {
+                    out[..RESPONSE_LEN].copy_from_slice(&msg);
+                    peer.authenticated_tx(RESPONSE_LEN, now);
+                    return Some(Transmit {
+                        to,
+                        len: RESPONSE_LEN,
+                    });
+                }
+            }
+            if out.len() >= INITIATION_LEN {
+                if let Some(msg) = peer.out_initiation.take() {
+                    out[..INITIATION_LEN].copy_from_slice(&msg);
+                    peer.authenticated_tx(INITIATION_LEN, now);
+                    return Some(Transmit {
+                        to,
+                        len: INITIATION_LEN,
+                    });
+                }
+            }
+            if !peer.usable(now) {
+                peer.out_keepalive = false;
+                continue;
+            }
+            while let Some(payload) = peer.queue.pop_front() {
+                match peer.send_transport(shared, &payload, now, out) {
+                    Ok(len) => return Some(Transmit { to, len }),
+                    Err(reason) => shared.drops.record(reason),
+                }
+            }
+            if peer.out_keepalive {
+                peer.out_keepalive = false;
+                match peer.send_transport(shared, &[], now, out) {
+                    Ok(len) => return Some(Transmit { to, len }),
+                    Err(reason) => shared.drops.record(reason),
+                }
+            }
+        }
+        None
+    }
+
+    /// Fire every timer due at `now`. Then call `poll_transmit` and `poll_event`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        let shared = &mut self.shared;
+        for peer in self.peers.values_mut() {
+            let expired = peer.timers.take_expired(now);
+            if expired.zero_key_material {
+                peer.clear_keys(shared);
+            }
+            if expired.retransmit_handshake && peer.handshake.is_some() {
+                let started = peer.attempt_started.unwrap_or(now);
+                if now.saturating_duration_since(started) >= REKEY_ATTEMPT_TIME {
+                    peer.give_up(shared, now);
+                } else {
+                    peer.start_handshake(shared, now, true);
+                }
+            }
+            if expired.send_keepalive {
+                if peer.usable(now) {
+                    peer.out_keepalive = true;
+                }
+                if peer.timers.need_another_keepalive {
+                    peer.timers.need_another_keepalive = false;
+                    peer.timers.send_keepalive = Some(now + KEEPALIVE_TIMEOUT);
+                }
+            }
+            if expired.new_handshake {
+                peer.start_handshake(shared, now, false);
+            }
+            if expired.dead_peer {
+                peer.report_unreachable(shared);
+                peer.start_handshake(shared, now, false);
+            }
+            if expired.persistent_keepalive {
+                if peer.usable(now) {
+                    peer.out_keepalive = true;
+                } else {
+                    peer.start_handshake(shared, now, false);
+                }
+                // Re-armed by the next send; arm now too so a skipped send can't stop it.
+                peer.timers.persistent_keepalive = peer.keepalive.map(|k| now + k);
+            }
+        }
+    }
+
+    /// Earliest deadline at which `handle_timeout` has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter_map(|p| p.timers.next_deadline())
+            .min()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.shared.events.pop_front()
+    }
+
+    pub fn peer_status(&self, id: PeerId) -> Option<PeerStatus> {
+        let p = self.peers.get(&id)?;
+        Some(PeerStatus {
+            public: p.public,
+            endpoint: p.endpoint,
+            last_handshake: p.last_handshake,
+            rx_bytes: p.rx_bytes,
+            tx_bytes: p.tx_bytes,
+            rx_packets: p.rx_packets,
+            tx_packets: p.tx_packets,
+            established: p.usable(self.last_now),
+            handshake_attempts: p.handshake_attempts,
+            last_authenticated_rx: p.last_authenticated_rx,
+            persistent_keepalive: p.keepalive,
+            queued: p.queue.len(),
+        })
+    }
+
+    pub fn drops(&self) -> &DropCounters {
+        &self.shared.drops
+    }
+
+    /// Configured peer ids, ascending.
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers.keys().copied()
+    }
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peers", &self.peers.len())
+            .field("drops", &self.shared.drops)
+            .finish_non_exhaustive()
+    }
+}
