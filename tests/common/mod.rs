@@ -11,3 +11,4 @@ pub mod gw;
 pub mod netns;
 pub mod pf;
 pub mod poll;
+pub mod sync;
