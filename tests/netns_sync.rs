@@ -10,7 +10,7 @@ mod common;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::emu::{emu_status, start_emu, EmuOpts};
+use common::emu::{emu_status, start_emu, wait_churn_stopped, EmuOpts};
 use common::gw::Net;
 use common::netns::{skip_unless_root, Impair};
 use common::sync::wait_converged;
@@ -72,9 +72,10 @@ fn all_procs(net: &Net) -> Vec<String> {
     v
 }
 
-/// Wait for convergence after the churn, log and return the time and state count.
+/// Wait for the churn to stop, then for convergence; log and return the time it took.
 fn converge(net: &Net, what: &str, bound: Duration) -> Duration {
     let e = emus(net);
+    wait_churn_stopped(net, &e, Duration::from_secs(10));
     let (took, states) = wait_converged(
         net,
         &[&e[0], &e[1]],

@@ -15,6 +15,8 @@ pub struct EmuOpts {
     /// Stop churning after this many seconds (0: no churn).
     pub churn_for: u32,
     pub initial_states: u32,
+    /// `set limit states`: own and imported together.
+    pub max_states: u32,
     /// Send unicast here instead of the group (pf's `syncpeer`).
     pub syncpeer: Option<String>,
     /// Ask for a bulk update at start (pf does when pfsync comes up).
@@ -28,6 +30,7 @@ impl EmuOpts {
             rate: 0,
             churn_for: 0,
             initial_states: 0,
+            max_states: 400_000,
             syncpeer: None,
             bulk: true,
         }
@@ -39,6 +42,7 @@ impl EmuOpts {
 pub struct EmuStatus {
     pub states: u64,
     pub digest: String,
+    pub churning: bool,
     pub raw: Value,
 }
 
@@ -78,6 +82,8 @@ pub fn start_emu_in(net: &Net, name: &str, ns: &str, ifname: &str, o: &EmuOpts) 
         o.churn_for.to_string(),
         "--initial-states".into(),
         o.initial_states.to_string(),
+        "--max-states".into(),
+        o.max_states.to_string(),
         "--status-file".into(),
         sf.display().to_string(),
     ];
@@ -106,6 +112,28 @@ pub fn emu_status(net: &Net, name: &str) -> Option<EmuStatus> {
     Some(EmuStatus {
         states: raw.get("states")?.as_u64()?,
         digest: raw.get("digest")?.as_str()?.to_string(),
+        churning: raw
+            .get("churning")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         raw,
     })
+}
+
+/// Wait until none of `names` churns any more (their `--churn-for` ran out).
+pub fn wait_churn_stopped(net: &Net, names: &[String], timeout: std::time::Duration) {
+    let mut last = String::new();
+    super::poll::wait_for(
+        "churn to stop",
+        timeout,
+        || {
+            let all = names
+                .iter()
+                .map(|n| emu_status(net, n).map(|s| !s.churning))
+                .collect::<Option<Vec<bool>>>()?;
+            last = format!("{names:?} stopped: {all:?}");
+            all.iter().all(|s| *s).then_some(())
+        },
+        || last.clone(),
+    );
 }
