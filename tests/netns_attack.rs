@@ -1,6 +1,7 @@
 //! Nothing an attacker on the transit link sends is ever injected into a firewall, while
 //! legitimate relaying keeps working in the same run (so "nothing arrived" can fail).
 
+#[path = "common/lab.rs"]
 mod common;
 
 use std::net::SocketAddr;

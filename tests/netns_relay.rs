@@ -2,6 +2,7 @@
 //! the same bytes, with TTL 255, on their sync interfaces; and the tunnel survives a
 //! gateway restart.
 
+#[path = "common/lab.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@
 //! These scenarios are CPU-heavy (four busy processes each), so they run one at a time
 //! (`SERIAL`) to keep their timing bounds meaningful on small CI machines.
 
+#[path = "common/lab.rs"]
 mod common;
 
 use std::sync::Mutex;

@@ -1,6 +1,7 @@
 //! Why the gateway exists: on a plain pfsync link anyone on the link can insert states
 //! into a firewall; behind gateways, the same injection on the transit link is ignored.
 
+#[path = "common/lab.rs"]
 mod common;
 
 use std::time::Duration;
