@@ -184,15 +184,14 @@ fn spoofed_forged_replayed_and_unknown_key_traffic_is_never_injected() {
         &["run", "--config", cfg.to_str().unwrap()],
         &[("RUST_LOG", "debug")],
     );
-    let mut last = 0;
     wait_for(
         "gw-b to drop the unknown key's handshakes",
         Duration::from_secs(15),
-        || {
-            last = drop_count(&net.status(1), "tunnel_unknown_key");
-            (last > drop_count(&before_b, "tunnel_unknown_key")).then_some(())
+        |last| {
+            let n = drop_count(&net.status(1), "tunnel_unknown_key");
+            *last = format!("tunnel_unknown_key = {n}");
+            (n > drop_count(&before_b, "tunnel_unknown_key")).then_some(())
         },
-        || format!("tunnel_unknown_key = {last}"),
     );
     let m = common::gw::status(&sock).expect("attacker daemon status");
     assert!(

@@ -149,22 +149,20 @@ fn peer_restart_tunnel_returns_and_relaying_resumes() {
         net.start_gw(1);
         // gw-a must complete a handshake with the new gw-b process (its old session
         // is useless: gw-b lost the keys).
-        let mut last = String::new();
         let (_, took) = common::poll::wait_for(
             "tunnel back after restart",
             Duration::from_secs(15),
-            || {
+            |last| {
                 let a = common::gw::status(&net.control_socket(0)).ok()?;
                 let b = common::gw::status(&net.control_socket(1)).ok()?;
                 let fresh =
                     |h: Option<f64>| h.is_some_and(|s| s < restarted.elapsed().as_secs_f64());
-                last = format!("a: {:?} b: {:?}", a.peers, b.peers);
+                *last = format!("a: {:?} b: {:?}", a.peers, b.peers);
                 (a.peers[0].established
                     && b.peers[0].established
                     && fresh(a.peers[0].last_handshake_secs))
                 .then_some(())
             },
-            || last.clone(),
         );
         net.lab.log(&format!(
             "round {round}: tunnel back {:.2}s after restart",

@@ -209,14 +209,13 @@ fn late_join_with_100k_states_converges() {
     start_emu(&net, 0, &o);
     let fa = net.site(0).emu();
     // Side A is synced: gw-a mirrors all of fw-a's states.
-    let mut last = String::new();
     common::poll::wait_for(
         "gw-a to mirror fw-a's 100k states",
         Duration::from_secs(60),
-        || {
+        |last| {
             let e = emu_status(&net, &fa)?;
             let g = net.status(0);
-            last = format!(
+            *last = format!(
                 "fw-a {} {}, gw-a {} {}",
                 e.states, e.digest, g.states, g.digest
             );

@@ -59,15 +59,14 @@ fn plain_pfsync_accepts_an_attacker_but_the_gateway_does_not() {
     assert_eq!(n, 2 * u64::from(INITIAL));
 
     inject(&RawPf::open(&hosts[2], "sync0", false));
-    let mut last = 0;
     wait_for(
         "the plain firewall to accept the attacker's states",
         Duration::from_secs(5),
-        || {
-            last = emu_status(&net, "plain-1")?.states;
-            (last == n + 3).then_some(())
+        |last| {
+            let states = emu_status(&net, "plain-1")?.states;
+            *last = format!("{states} states");
+            (states == n + 3).then_some(())
         },
-        || format!("{last} states"),
     );
     net.lab
         .log("plain pfsync: attacker's 3 states accepted by fw-b (as expected: no authentication)");

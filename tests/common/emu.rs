@@ -122,18 +122,12 @@ pub fn emu_status(net: &Net, name: &str) -> Option<EmuStatus> {
 
 /// Wait until none of `names` churns any more (their `--churn-for` ran out).
 pub fn wait_churn_stopped(net: &Net, names: &[String], timeout: std::time::Duration) {
-    let mut last = String::new();
-    super::poll::wait_for(
-        "churn to stop",
-        timeout,
-        || {
-            let all = names
-                .iter()
-                .map(|n| emu_status(net, n).map(|s| !s.churning))
-                .collect::<Option<Vec<bool>>>()?;
-            last = format!("{names:?} stopped: {all:?}");
-            all.iter().all(|s| *s).then_some(())
-        },
-        || last.clone(),
-    );
+    super::poll::wait_for("churn to stop", timeout, |last| {
+        let all = names
+            .iter()
+            .map(|n| emu_status(net, n).map(|s| !s.churning))
+            .collect::<Option<Vec<bool>>>()?;
+        *last = format!("{names:?} stopped: {all:?}");
+        all.iter().all(|s| *s).then_some(())
+    });
 }

@@ -191,13 +191,12 @@ impl Net {
         wait_for(
             &format!("{} control socket", s.gw()),
             Duration::from_secs(10),
-            || {
+            |last| {
                 if let Err(e) = self.lab.check_running(&s.gw()) {
                     panic!("{e}");
                 }
-                status(&sock).ok()
+                status(&sock).map_err(|e| *last = e).ok()
             },
-            || "no answer".into(),
         );
     }
 
@@ -211,29 +210,23 @@ impl Net {
 
     /// Wait until every gateway in `which` shows all its peers established.
     pub fn wait_established(&self, which: &[usize], timeout: Duration) -> Duration {
-        let mut last = String::new();
-        let (_, took) = wait_for(
-            "tunnels established",
-            timeout,
-            || {
-                for &i in which {
-                    let st = status(&self.control_socket(i)).ok()?;
-                    let down: Vec<_> = st
-                        .peers
-                        .iter()
-                        .filter(|p| !p.established)
-                        .map(|p| p.name.clone())
-                        .collect();
-                    if down.is_empty() && !st.peers.is_empty() {
-                        continue;
-                    }
-                    last = format!("{}: peers down {down:?}", st.node);
-                    return None;
+        let (_, took) = wait_for("tunnels established", timeout, |last| {
+            for &i in which {
+                let st = status(&self.control_socket(i)).ok()?;
+                let down: Vec<_> = st
+                    .peers
+                    .iter()
+                    .filter(|p| !p.established)
+                    .map(|p| p.name.clone())
+                    .collect();
+                if down.is_empty() && !st.peers.is_empty() {
+                    continue;
                 }
-                Some(())
-            },
-            || last.clone(),
-        );
+                *last = format!("{}: peers down {down:?}", st.node);
+                return None;
+            }
+            Some(())
+        });
         took
     }
 }

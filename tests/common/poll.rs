@@ -2,38 +2,26 @@
 
 use std::time::{Duration, Instant};
 
-/// Poll `f` every `every` until it returns `Some`, or `Err(elapsed)` after `timeout`.
-pub fn poll<T>(
-    timeout: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Result<(T, Duration), Duration> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok((v, start.elapsed()));
-        }
-        if start.elapsed() >= timeout {
-            return Err(start.elapsed());
-        }
-        std::thread::sleep(every);
-    }
-}
-
-/// Like [`poll`] every 50 ms, panicking with `what` (and `why()`, the last observation)
-/// on timeout; returns the value and how long it took.
+/// Poll `f` every 50 ms until it returns `Some`; returns the value and how long it took.
+/// `f` may describe what it saw in `last`, which is printed when `timeout` expires
+/// (the test then fails with `what`).
 pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    why: impl FnOnce() -> String,
+    mut f: impl FnMut(&mut String) -> Option<T>,
 ) -> (T, Duration) {
-    match poll(timeout, Duration::from_millis(50), &mut f) {
-        Ok(v) => v,
-        Err(e) => panic!(
-            "timed out after {:.1}s waiting for {what}; last seen: {}",
-            e.as_secs_f64(),
-            why()
-        ),
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Some(v) = f(&mut last) {
+            return (v, start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            panic!(
+                "timed out after {:.1}s waiting for {what}; last seen: {last}",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
