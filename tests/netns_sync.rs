@@ -221,7 +221,6 @@ fn late_join_with_100k_states_converges() {
             );
             (e.states >= 100_000 && e.digest == g.digest).then_some(())
         },
-        || last.clone(),
     );
     net.lab.log("side A synced; starting side B");
     let t0 = Instant::now();
