@@ -333,7 +333,7 @@ impl LinkCapture {
                 }
                 panic!("recv AF_PACKET: {e}");
             }
-            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING {
                 Dir::Out
             } else {
                 Dir::In
