@@ -228,10 +228,7 @@ impl Config {
         };
         let mtu = raw.node.mtu.unwrap_or(1400);
         if !(576..=65_000).contains(&mtu) {
-            return Err(err(
-                "node.mtu",
-                format!("{mtu} is outside 576..=65000"),
-            ));
+            return Err(err("node.mtu", format!("{mtu} is outside 576..=65000")));
         }
 
         let dialect = Dialect::from_name(&raw.local.dialect).ok_or_else(|| {
@@ -280,15 +277,18 @@ impl Config {
             if peers.iter().any(|q: &PeerConfig| q.name == p.name) {
                 return Err(err(&f("name"), format!("duplicate peer name `{}`", p.name)));
             }
-            let public_key =
-                Key::from_base64(&p.public_key).map_err(|e| err(&f("public_key"), e.to_string()))?;
+            let public_key = Key::from_base64(&p.public_key)
+                .map_err(|e| err(&f("public_key"), e.to_string()))?;
             if public_key == private_key.public() {
                 return Err(err(
                     &f("public_key"),
                     "is this node's own public key".into(),
                 ));
             }
-            if peers.iter().any(|q: &PeerConfig| q.public_key == public_key) {
+            if peers
+                .iter()
+                .any(|q: &PeerConfig| q.public_key == public_key)
+            {
                 return Err(err(&f("public_key"), "duplicate public key".into()));
             }
             let endpoint = match &p.endpoint {
@@ -323,10 +323,10 @@ impl Config {
 
         Ok(Config {
             path: path.to_path_buf(),
-            name: raw
-                .node
-                .name
-                .unwrap_or_else(|| path.file_stem().map_or("node".into(), |s| s.to_string_lossy().into_owned())),
+            name: raw.node.name.unwrap_or_else(|| {
+                path.file_stem()
+                    .map_or("node".into(), |s| s.to_string_lossy().into_owned())
+            }),
             private_key,
             listen,
             control_socket: raw.node.control_socket.map(|p| resolve(&p)),
@@ -356,7 +356,11 @@ impl Config {
         use std::fmt::Write;
         let _ = writeln!(s, "config {} is valid", self.path.display());
         let _ = writeln!(s, "node `{}`", self.name);
-        let _ = writeln!(s, "  public key        {}", self.private_key.public().to_base64());
+        let _ = writeln!(
+            s,
+            "  public key        {}",
+            self.private_key.public().to_base64()
+        );
         let _ = writeln!(s, "  tunnel listen     udp {}", self.listen);
         let _ = writeln!(s, "  tunnel mtu        {} bytes", self.mtu);
         match self.local.mode {
@@ -395,8 +399,13 @@ impl Config {
                 "  {:<16} {}  endpoint {}{}{}",
                 p.name,
                 p.public_key.to_base64(),
-                p.endpoint.map_or("(learned from its handshakes)".into(), |e| e.to_string()),
-                if p.psk.is_some() { ", preshared key" } else { "" },
+                p.endpoint
+                    .map_or("(learned from its handshakes)".into(), |e| e.to_string()),
+                if p.psk.is_some() {
+                    ", preshared key"
+                } else {
+                    ""
+                },
                 p.persistent_keepalive
                     .map_or(String::new(), |k| format!(", keepalive {}s", k.as_secs()))
             );
@@ -411,7 +420,9 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     if !s.contains(':') {
-        return Err(format!("`{s}` has no port (expected host:port or [v6]:port)"));
+        return Err(format!(
+            "`{s}` has no port (expected host:port or [v6]:port)"
+        ));
     }
     let mut addrs = s
         .to_socket_addrs()

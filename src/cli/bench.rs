@@ -50,7 +50,9 @@ pub fn run(args: &BenchArgs) -> i32 {
             })
         }),
         baseline_name: "read the same bytes (sum of u64 words)",
-        baseline: median(rounds, || rate(round, n_msgs, || black_box(sum_words(black_box(&pkt))))),
+        baseline: median(rounds, || rate(round, n_msgs, || {
+            black_box(sum_words(black_box(&pkt)));
+        })),
     });
 
     let mut out = vec![0u8; 1500];

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod decode;
 pub mod demo;
 pub mod emulate;
+pub mod pcap;
 
 /// Exit code for bad configuration, key or input files.
 pub const EXIT_BAD_INPUT: i32 = 2;

@@ -18,7 +18,9 @@ pub struct Key([u8; 32]);
 pub enum KeyError {
     #[error("cannot read key file {path}: {reason}")]
     Io { path: String, reason: String },
-    #[error("key file {path} is accessible by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "key file {path} is accessible by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     Permissions { path: String, mode: u32 },
     #[error("not a key: expected 44 characters of base64 encoding 32 bytes, got {0} characters")]
     Length(usize),
@@ -177,10 +179,16 @@ mod tests {
         let p = dir.join("k");
         let k = Key::generate();
         k.write_file(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(Key::load_file(&p).unwrap(), k);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(Key::load_file(&p), Err(KeyError::Permissions { .. })));
+        assert!(matches!(
+            Key::load_file(&p),
+            Err(KeyError::Permissions { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,5 @@
 //! The firewall side: raw proto-240 sockets on the sync interface, batched datagram I/O,
 //! and the pf emulator.
+pub mod emulator;
 pub mod mmsg;
 pub mod raw;
-pub mod emulator;

@@ -161,7 +161,7 @@ impl Node {
         };
 
         let identity = Identity::from_private(*cfg.private_key.as_bytes());
-        let endpoint = Endpoint::new(identity, now);
+        let endpoint = Endpoint::new(identity, rand_core::OsRng, now);
         let replica = Replica::new(
             ReplicaConfig {
                 local_dialect: cfg.local.dialect,
@@ -591,11 +591,10 @@ impl Node {
     }
 
     fn refresh_status(&mut self, now: Instant) {
-        let mut drops: BTreeMap<String, u64> = self
-            .endpoint
-            .drops()
+        let tdrops = self.endpoint.drops();
+        let mut drops: BTreeMap<String, u64> = tunnel::DropReason::ALL
             .iter()
-            .map(|(k, v)| (format!("tunnel_{k}"), v))
+            .map(|r| (format!("tunnel_{}", r.as_str()), tdrops.get(*r)))
             .collect();
         for (k, v) in &self.counters {
             if k.starts_with("local_") || k.starts_with("tunnel_") || k.starts_with("sync_") || k.starts_with("inject_") {

@@ -4,10 +4,18 @@
 //! owned `Repr`s in [`repr`], framing in [`packet`], and the IPv4 envelope in [`ipv4`].
 //! Nothing here allocates on the per-packet path.
 
+mod action;
+mod display;
 pub mod error;
+mod field;
+mod header;
 pub mod ipv4;
+mod msg;
 pub mod packet;
+mod peer;
 pub mod repr;
+mod state;
+pub mod translate;
 
 pub use error::WireError;
 pub use packet::{detect_dialect, message_wire_len, Messages, Packet, PacketWriter};
