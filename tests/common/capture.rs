@@ -259,7 +259,8 @@ impl LinkCapture {
         let ifname = ifname.to_string();
         in_netns(ns, || {
             let idx = if_index(&ifname);
-            let proto = (libc::ETH_P_IP as u16).to_be();
+            // ETH_P_ALL: only "all protocol" taps see outgoing frames; IPv4 is picked below.
+            let proto = (libc::ETH_P_ALL as u16).to_be();
             // SAFETY: plain socket(2) call.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
             assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
@@ -332,6 +333,9 @@ impl LinkCapture {
                     continue;
                 }
                 panic!("recv AF_PACKET: {e}");
+            }
+            if sll.sll_protocol != (libc::ETH_P_IP as u16).to_be() {
+                continue;
             }
             let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING {
                 Dir::Out

@@ -300,7 +300,9 @@ impl Lab {
             .args(args)
             .stdin(Stdio::null())
             .stdout(f)
-            .stderr(f2);
+            .stderr(f2)
+            // Plain logs (tracing honours NO_COLOR).
+            .env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
