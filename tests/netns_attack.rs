@@ -65,10 +65,13 @@ fn spoofed_forged_replayed_and_unknown_key_traffic_is_never_injected() {
     let (a, b) = (net.site(0).clone(), net.site(1).clone());
     let atk = net.attacker().to_string();
 
-    // Capture gw-a's transit side from before the first handshake, for the replays.
+    // Capture gw-a's transit side from before its first handshake, for the replays.
+    // gw-b starts first so that every initiation gw-a sends reaches a running gw-b: an
+    // initiation gw-b never processed is, by design (as in WireGuard), answered when
+    // replayed, since its timestamp is still the newest gw-b has seen.
+    net.start_gw(1);
     let tap = LinkCapture::open(&a.gw_ns, TRANSIT_IF);
     net.start_gw(0);
-    net.start_gw(1);
     net.wait_established(&[0, 1], Duration::from_secs(15));
 
     let fw_a = RawPf::open(&a.fw_ns, SYNC_IF, true);
