@@ -174,7 +174,7 @@ fn spoofed_forged_replayed_and_unknown_key_traffic_is_never_injected() {
     // 4. A real pfsync-gw with its own key, configured with gw-b as its peer.
     net.lab.log("attack 4: handshakes from an unknown key");
     let evil_keys = keygen(&net.lab, "attacker");
-    net.lab.dummy(&atk, "sync0");
+    net.lab.lone_link(&atk, "sync0");
     let cfg = net.lab.path("attacker.toml");
     let sock = net.lab.path("attacker.sock");
     std::fs::write(

@@ -190,10 +190,13 @@ impl Lab {
         ip(&["-n", ns_b, "link", "set", if_b, "up"]);
     }
 
-    /// A dummy interface (a sync interface with nobody on it), up.
-    pub fn dummy(&self, ns: &str, ifname: &str) {
-        ip(&["-n", ns, "link", "add", ifname, "type", "dummy"]);
+    /// An interface with nobody else on it (a veth whose peer `<ifname>p` stays in the same
+    /// namespace; the `dummy` module is not available on every CI kernel), up.
+    pub fn lone_link(&self, ns: &str, ifname: &str) {
+        let peer = format!("{ifname}p");
+        ip(&["-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", &peer]);
         ip(&["-n", ns, "link", "set", ifname, "up"]);
+        ip(&["-n", ns, "link", "set", &peer, "up"]);
     }
 
     /// A Linux bridge `br` in `ns`, up, forwarding immediately (no STP delay).
