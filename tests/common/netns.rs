@@ -157,27 +157,19 @@ impl Lab {
         ip(&["netns", "add", &ns]);
         self.namespaces.lock().unwrap().push(ns.clone());
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        // No IPv6 autoconf chatter on the links (keeps captures to what the test sent).
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ])
-            .status();
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ])
-            .status();
+        // No IPv6 autoconf chatter on the links (keeps captures to what the test sent), and
+        // no routing: new namespaces may inherit ip_forward=1 from the host, and a gateway
+        // that routes transit traffic onto the sync link is not what is under test.
+        for kv in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv4.ip_forward=0",
+        ] {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-qw", kv])
+                .stderr(Stdio::null())
+                .status();
+        }
         ns
     }
 
@@ -194,7 +186,9 @@ impl Lab {
     /// namespace; the `dummy` module is not available on every CI kernel), up.
     pub fn lone_link(&self, ns: &str, ifname: &str) {
         let peer = format!("{ifname}p");
-        ip(&["-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", &peer]);
+        ip(&[
+            "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", &peer,
+        ]);
         ip(&["-n", ns, "link", "set", ifname, "up"]);
         ip(&["-n", ns, "link", "set", &peer, "up"]);
     }
