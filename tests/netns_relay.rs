@@ -48,6 +48,15 @@ fn expect_relayed(
     Err(other)
 }
 
+/// First differing byte offset and the two bytes there (diagnostics).
+fn first_diff(a: &[u8], b: &[u8]) -> Option<(usize, u8, u8)> {
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .find(|(_, (x, y))| x != y)
+        .map(|(i, (x, y))| (i, *x, *y))
+}
+
 fn check_relay(net: &Net, from: usize, to: &[usize], pkts: &[Vec<u8>]) {
     let tx = RawPf::open(&net.site(from).fw_ns, SYNC_IF, true);
     let rxs: Vec<RawPf> = to
@@ -76,7 +85,7 @@ fn check_relay(net: &Net, from: usize, to: &[usize], pkts: &[Vec<u8>]) {
                     net.site(from).name,
                     net.site(i).name,
                     other.len(),
-                    other.iter().map(|o| (o.ttl, o.src, o.payload.len())).collect::<Vec<_>>(),
+                    other.iter().map(|o| (o.ttl, o.src, o.payload.len(), first_diff(&o.payload, p))).collect::<Vec<_>>(),
                     net.site(i).name,
                     net.status(i)
                 ),
@@ -169,7 +178,8 @@ fn peer_restart_tunnel_returns_and_relaying_resumes() {
             took.as_secs_f64()
         ));
         assert!(took < Duration::from_secs(10), "took {took:?}");
-        check_relay(&net, 0, &[1], &test_packets(0xa, 0x100 * round)[1..]);
-        check_relay(&net, 1, &[0], &test_packets(0xb, 0x100 * round)[..1]);
+        // Fresh states each round (an UPD_C needs its INS first).
+        check_relay(&net, 0, &[1], &test_packets(0xa, 0x100 * round));
+        check_relay(&net, 1, &[0], &test_packets(0xb, 0x100 * round));
     }
 }
