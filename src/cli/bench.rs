@@ -50,9 +50,11 @@ pub fn run(args: &BenchArgs) -> i32 {
             })
         }),
         baseline_name: "read the same bytes (sum of u64 words)",
-        baseline: median(rounds, || rate(round, n_msgs, || {
-            black_box(sum_words(black_box(&pkt)));
-        })),
+        baseline: median(rounds, || {
+            rate(round, n_msgs, || {
+                black_box(sum_words(black_box(&pkt)));
+            })
+        }),
     });
 
     let mut out = vec![0u8; 1500];
@@ -107,7 +109,10 @@ pub fn run(args: &BenchArgs) -> i32 {
     let _ = b_addr;
 
     // Loopback UDP: the tunnel's datagrams vs plain datagrams, both batched.
-    match (udp_rate(round, rounds, None), udp_rate(round, rounds, Some((&mut a, &mut b)))) {
+    match (
+        udp_rate(round, rounds, None),
+        udp_rate(round, rounds, Some((&mut a, &mut b))),
+    ) {
         (Ok(plain_rate), Ok(tun_rate)) => rows.push(Row {
             name: "tunnel over loopback UDP, 1400 B, batched",
             unit: "pkt/s",
@@ -122,20 +127,22 @@ pub fn run(args: &BenchArgs) -> i32 {
         "pfsync-gw bench: median of {rounds} rounds of {} ms; ratio = measured / baseline",
         round.as_millis()
     );
-    println!("{:<44} {:>14} {:>14}  {:>7}  baseline", "measurement", "value", "baseline", "ratio");
+    println!(
+        "{:<44} {:>16} {:>16}  {:>7}  baseline",
+        "measurement", "value", "baseline", "ratio"
+    );
     for r in &rows {
         println!(
-            "{:<44} {:>10.2} M{} {:>10.2} M{}  {:>7.3}  {}",
+            "{:<44} {:>8.2} M{:<6} {:>8.2} M{:<6}  {:>7.3}  {}",
             r.name,
             r.value / 1e6,
-            &r.unit[..1],
+            r.unit,
             r.baseline / 1e6,
-            &r.unit[..1],
+            r.unit,
             r.value / r.baseline.max(1e-9),
             r.baseline_name
         );
     }
-    println!("(units: M = millions per second of messages or packets, as named)");
     0
 }
 
@@ -196,14 +203,27 @@ pub fn upd_c_packet(dialect: Dialect) -> Vec<u8> {
     buf
 }
 
-fn tunnel_pair() -> (Endpoint, Endpoint, std::net::SocketAddr, std::net::SocketAddr) {
+fn tunnel_pair() -> (
+    Endpoint,
+    Endpoint,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     let now = Instant::now();
     let ka = crate::config::Key::generate();
     let kb = crate::config::Key::generate();
     let a_addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("literal");
     let b_addr: std::net::SocketAddr = "127.0.0.1:2".parse().expect("literal");
-    let mut a = Endpoint::new(Identity::from_private(*ka.as_bytes()), rand_core::OsRng, now);
-    let mut b = Endpoint::new(Identity::from_private(*kb.as_bytes()), rand_core::OsRng, now);
+    let mut a = Endpoint::new(
+        Identity::from_private(*ka.as_bytes()),
+        rand_core::OsRng,
+        now,
+    );
+    let mut b = Endpoint::new(
+        Identity::from_private(*kb.as_bytes()),
+        rand_core::OsRng,
+        now,
+    );
     a.add_peer(0, *kb.public().as_bytes(), None, Some(b_addr), None);
     b.add_peer(0, *ka.public().as_bytes(), None, Some(a_addr), None);
     // Handshake in memory until both sides can send.
@@ -265,7 +285,10 @@ fn udp_rate(
                         for (_, d) in rb.iter() {
                             got += 1;
                             if let (Some((_, b)), Some(d)) = (tun.as_mut(), d) {
-                                if !matches!(b.handle_datagram(from, d, now, &mut plain), Recv::Data { .. }) {
+                                if !matches!(
+                                    b.handle_datagram(from, d, now, &mut plain),
+                                    Recv::Data { .. }
+                                ) {
                                     got -= 1;
                                 }
                             }

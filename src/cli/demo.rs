@@ -44,8 +44,15 @@ pub fn run(args: &DemoArgs) -> i32 {
             }
         }
     }
+    // The demo prints its own progress; only problems should interleave with it.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     crate::cli::init_logging(false);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -144,14 +151,22 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
     for h in &handles {
         h.set_churn(false);
     }
-    println!("\nchurn stopped; waiting for convergence (at most {} s)", args.settle);
+    println!(
+        "\nchurn stopped; waiting for convergence (at most {} s)",
+        args.settle
+    );
     let settle_start = Instant::now();
     let converged = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let snaps: Vec<_> = handles.iter().map(|h| h.snapshot()).collect();
         let digests: Vec<String> = snaps
             .iter()
-            .flat_map(|s| [Some(s.digest.clone()), s.firewall.as_ref().map(|f| f.digest.clone())])
+            .flat_map(|s| {
+                [
+                    Some(s.digest.clone()),
+                    s.firewall.as_ref().map(|f| f.digest.clone()),
+                ]
+            })
             .flatten()
             .collect();
         if digests.windows(2).all(|w| w[0] == w[1]) && snaps[0].states > 0 {
@@ -187,7 +202,10 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
             0
         }
         None => {
-            println!("\nVERDICT: NOT CONVERGED — tables differ after {} s (see digests above).", args.settle);
+            println!(
+                "\nVERDICT: NOT CONVERGED — tables differ after {} s (see digests above).",
+                args.settle
+            );
             1
         }
     }
@@ -214,7 +232,11 @@ fn progress(handles: &[NodeHandle], start: Instant) {
             )
         })
         .collect();
-    println!("[{:>4.1}s] {}", start.elapsed().as_secs_f64(), parts.join(" | "));
+    println!(
+        "[{:>4.1}s] {}",
+        start.elapsed().as_secs_f64(),
+        parts.join(" | ")
+    );
 }
 
 /// Send forged traffic at node 0 from an unauthenticated socket and show it was dropped.
@@ -240,6 +262,10 @@ async fn show_forgery(h: &NodeHandle) {
         "  forged handshake + forged data sent to {}: {} dropped, {}",
         h.local_addr,
         after.saturating_sub(before),
-        if replied { "GOT A REPLY (bad!)" } else { "no reply (unauthenticated senders get silence)" }
+        if replied {
+            "GOT A REPLY (bad!)"
+        } else {
+            "no reply (unauthenticated senders get silence)"
+        }
     );
 }

@@ -33,7 +33,7 @@ const MAX_PUMP_ROUNDS: usize = 16;
 pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     churn: watch::Sender<bool>,
-    reload: mpsc::UnboundedSender<Option<Config>>,
+    reload: mpsc::UnboundedSender<Option<Box<Config>>>,
     pub status: SharedStatus,
     pub local_addr: SocketAddr,
 }
@@ -52,7 +52,7 @@ impl NodeHandle {
     }
     /// Apply a new config directly (demo/tests).
     pub fn reload_with(&self, cfg: Config) {
-        let _ = self.reload.send(Some(cfg));
+        let _ = self.reload.send(Some(Box::new(cfg)));
     }
     pub fn snapshot(&self) -> Status {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
@@ -60,12 +60,14 @@ impl NodeHandle {
 }
 
 enum Local {
-    Raw {
-        sock: AsyncFd<RawSyncSocket>,
-        rx: RecvBatch,
-        tx: SendBatch,
-    },
+    Raw(Box<RawSide>),
     Emulated(Box<Emulator>),
+}
+
+struct RawSide {
+    sock: AsyncFd<RawSyncSocket>,
+    rx: RecvBatch,
+    tx: SendBatch,
 }
 
 struct PeerSlot {
@@ -91,7 +93,7 @@ pub struct Node {
     status: SharedStatus,
     shutdown: watch::Receiver<bool>,
     churn: watch::Receiver<bool>,
-    reload: mpsc::UnboundedReceiver<Option<Config>>,
+    reload: mpsc::UnboundedReceiver<Option<Box<Config>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,25 +123,22 @@ impl Node {
             err,
         })?;
         let local_addr = udp.local_addr()?;
-        let udp = AsyncFd::new(udp)?;
+        let udp = register(udp)?;
 
         let local = match cfg.local.mode {
             LocalMode::Raw => {
                 let ifname = cfg.local.interface.clone().unwrap_or_default();
-                let sock = RawSyncSocket::open(
-                    &ifname,
-                    cfg.local.capture_multicast,
-                    cfg.local.inject_to,
-                )
-                .map_err(|err| NodeError::Raw {
-                    ifname: ifname.clone(),
-                    err,
-                })?;
-                Local::Raw {
-                    sock: AsyncFd::new(sock)?,
+                let sock =
+                    RawSyncSocket::open(&ifname, cfg.local.capture_multicast, cfg.local.inject_to)
+                        .map_err(|err| NodeError::Raw {
+                            ifname: ifname.clone(),
+                            err,
+                        })?;
+                Local::Raw(Box::new(RawSide {
+                    sock: register(sock)?,
                     rx: RecvBatch::new(65_536),
                     tx: SendBatch::new(LOCAL_PFSYNC_MTU),
-                }
+                }))
             }
             LocalMode::Emulator => {
                 let e = &cfg.emulator;
@@ -162,11 +161,23 @@ impl Node {
 
         let identity = Identity::from_private(*cfg.private_key.as_bytes());
         let endpoint = Endpoint::new(identity, rand_core::OsRng, now);
+        let public = cfg.private_key.public();
+        let node_id = u32::from_be_bytes([
+            public.as_bytes()[0],
+            public.as_bytes()[1],
+            public.as_bytes()[2],
+            public.as_bytes()[3],
+        ]);
         let replica = Replica::new(
             ReplicaConfig {
-                local_dialect: cfg.local.dialect,
-                mtu: LOCAL_PFSYNC_MTU,
-                ..ReplicaConfig::default()
+                local_mtu: LOCAL_PFSYNC_MTU,
+                max_datagram: cfg.mtu - tunnel::TRANSPORT_OVERHEAD,
+                // Versions must keep growing across restarts of this gateway.
+                initial_clock: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                incarnation: rand_core::RngCore::next_u32(&mut rand_core::OsRng),
+                ..ReplicaConfig::new(node_id, cfg.local.dialect)
             },
             now,
         );
@@ -297,7 +308,11 @@ impl Node {
         }
         self.peers = kept;
         for p in &new.peers {
-            if !self.peers.iter().any(|s| s.cfg.public_key == p.public_key && s.cfg.name == p.name) {
+            if !self
+                .peers
+                .iter()
+                .any(|s| s.cfg.public_key == p.public_key && s.cfg.name == p.name)
+            {
                 self.add_peer(p.clone(), now);
             }
         }
@@ -315,7 +330,7 @@ impl Node {
                 self.replica.poll_timeout(),
                 match &self.local {
                     Local::Emulated(e) => e.poll_timeout(),
-                    Local::Raw { .. } => None,
+                    Local::Raw(_) => None,
                 },
             ]
             .into_iter()
@@ -328,7 +343,7 @@ impl Node {
             let wake = {
                 let raw_ready = async {
                     match &self.local {
-                        Local::Raw { sock, .. } => match sock.readable().await {
+                        Local::Raw(r) => match r.sock.readable().await {
                             Ok(mut g) => {
                                 g.clear_ready();
                                 Ok(())
@@ -361,7 +376,7 @@ impl Node {
                 }
                 Wake::Reload(r) => {
                     let cfg = match r {
-                        Some(Some(c)) => Ok(c),
+                        Some(Some(c)) => Ok(*c),
                         Some(None) => Config::load(&self.cfg.path),
                         None => continue,
                     };
@@ -405,9 +420,13 @@ impl Node {
                     bump(&mut self.counters, "tunnel_oversized");
                     continue;
                 };
-                match self.endpoint.handle_datagram(src, data, now, &mut self.plain) {
+                match self
+                    .endpoint
+                    .handle_datagram(src, data, now, &mut self.plain)
+                {
                     Recv::Data { peer, len } => {
-                        if let Err(e) = self.replica.on_peer_datagram(peer, &self.plain[..len], now) {
+                        if let Err(e) = self.replica.on_peer_datagram(peer, &self.plain[..len], now)
+                        {
                             bump(&mut self.counters, "sync_malformed");
                             if let Some(n) = self.log_limit.allow("sync_malformed", now) {
                                 tracing::warn!(%src, suppressed = n, "malformed sync message: {e}");
@@ -426,9 +445,10 @@ impl Node {
     }
 
     fn drain_raw(&mut self, now: Instant) {
-        let Local::Raw { sock, rx, .. } = &mut self.local else {
+        let Local::Raw(raw) = &mut self.local else {
             return;
         };
+        let RawSide { sock, rx, .. } = &mut **raw;
         let fd = sock.get_ref().as_raw_fd();
         loop {
             match rx.recv(fd) {
@@ -544,11 +564,15 @@ impl Node {
             self.flush_udp(fd);
 
             // Replica → firewall.
-            while let Some(n) = self.replica.poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU]) {
+            while let Some(n) = self
+                .replica
+                .poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU])
+            {
                 moved += 1;
                 bump(&mut self.counters, "injected");
                 match &mut self.local {
-                    Local::Raw { sock, tx, .. } => {
+                    Local::Raw(raw) => {
+                        let RawSide { sock, tx, .. } = &mut **raw;
                         tx.slot()[..n].copy_from_slice(&self.scratch[..n]);
                         tx.commit(n, sock.get_ref().inject_to());
                         if tx.is_full() {
@@ -558,13 +582,16 @@ impl Node {
                     }
                     Local::Emulated(e) => {
                         // In-process: the gateway injects with TTL 255 on the sync interface.
-                        if e.on_receive(&self.scratch[..n], wire::PFSYNC_DFLTTL, true, now).is_err() {
+                        if e.on_receive(&self.scratch[..n], wire::PFSYNC_DFLTTL, true, now)
+                            .is_err()
+                        {
                             bump(&mut self.counters, "inject_rejected");
                         }
                     }
                 }
             }
-            if let Local::Raw { sock, tx, .. } = &mut self.local {
+            if let Local::Raw(raw) = &mut self.local {
+                let RawSide { sock, tx, .. } = &mut **raw;
                 if !tx.is_empty() {
                     let (_, failed) = tx.flush(sock.get_ref().as_raw_fd());
                     *self.counters.entry("inject_failed").or_insert(0) += failed as u64;
@@ -597,20 +624,44 @@ impl Node {
             .map(|r| (format!("tunnel_{}", r.as_str()), tdrops.get(*r)))
             .collect();
         for (k, v) in &self.counters {
-            if k.starts_with("local_") || k.starts_with("tunnel_") || k.starts_with("sync_") || k.starts_with("inject_") {
+            if k.starts_with("local_")
+                || k.starts_with("tunnel_")
+                || k.starts_with("sync_")
+                || k.starts_with("inject_")
+            {
                 drops.insert((*k).to_string(), *v);
             }
         }
         let rs = self.replica.stats();
-        for (k, v) in rs.drops() {
-            drops.insert(format!("sync_{k}"), v);
+        let mut sync_drops = [0u64; 3];
+        for slot in &self.peers {
+            if let Some(p) = self.replica.peer_stats(slot.id) {
+                sync_drops[0] += p.bad_datagrams;
+                sync_drops[1] += p.duplicates;
+                sync_drops[2] += p.epoch_mismatch;
+            }
         }
+        for (k, v) in ["sync_bad_datagram", "sync_duplicate", "sync_epoch_mismatch"]
+            .into_iter()
+            .zip(sync_drops)
+        {
+            drops.insert(k.to_string(), v);
+        }
+        drops.insert("local_echo".into(), rs.echoes_dropped);
+        drops.insert("inject_queue_overflow".into(), rs.inject.dropped);
+        drops.insert("inject_untranslatable".into(), rs.inject.encode_errors);
         let local: BTreeMap<String, u64> = self
             .counters
             .iter()
             .filter(|(k, _)| !drops.contains_key(**k))
             .map(|(k, v)| ((*k).to_string(), *v))
-            .chain(rs.local_counters())
+            .chain([
+                ("forwarded".to_string(), rs.forwarded),
+                ("bulk_answers".to_string(), rs.bulk_answers),
+                ("stale_refused".to_string(), rs.table.stale),
+                ("expired".to_string(), rs.table.expired),
+                ("tombstones".to_string(), rs.tombstones as u64),
+            ])
             .collect();
         let peers = self
             .peers
@@ -643,7 +694,7 @@ impl Node {
                 digest: e.table().digest().to_string(),
                 counters: e.stats().counters().into_iter().collect(),
             }),
-            Local::Raw { .. } => None,
+            Local::Raw(_) => None,
         };
         let st = Status {
             node: self.cfg.name.clone(),
@@ -674,7 +725,7 @@ enum Wake {
     Timer,
     Shutdown,
     Churn,
-    Reload(Option<Option<Config>>),
+    Reload(Option<Option<Box<Config>>>),
 }
 
 /// Keepalive used when the config sets none: short, so a dead peer is noticed quickly
@@ -694,6 +745,13 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(8 << 20);
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// Hand a socket to tokio's reactor.
+pub(crate) fn register<T: AsRawFd>(t: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: every T we register owns its descriptor (UdpSocket, socket2::Socket), so the
+    // fd stays valid and unshared for as long as the AsyncFd lives.
+    Ok(unsafe { AsyncFd::register(t) }?)
 }
 
 fn random_hostid() -> u32 {

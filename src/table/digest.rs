@@ -155,8 +155,10 @@ mod tests {
 
     #[test]
     fn hash_ignores_unsynced_fields() {
-        let mut a = StateRepr::default();
-        a.id = StateId::new(1, 2);
+        let mut a = StateRepr {
+            id: StateId::new(1, 2),
+            ..Default::default()
+        };
         a.src.seqlo = 5;
         let mut b = a;
         b.expire = 99;

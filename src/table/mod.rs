@@ -61,6 +61,8 @@ impl Default for TableConfig {
 }
 
 /// What applying one message did.
+// `Reply` carries a whole state by value: the apply path must not allocate.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Inserted(StateId),
@@ -110,6 +112,10 @@ impl Entry {
     }
     pub fn version(&self) -> Version {
         self.version
+    }
+    /// Hash of the synced fields (this entry's share of the digest).
+    pub fn hash(&self) -> u128 {
+        self.hash
     }
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -400,16 +406,16 @@ impl StateTable {
             return Applied::Inserted(id);
         };
         let old_hash = e.hash;
-        let (mut src, mut dst) = (e.state.src, e.state.dst);
-        let stale = stale::merge_peers(e.state.proto, &mut src, &mut dst, &s.src, &s.dst);
-        let take_fields = stale < 2 && v.is_none_or(|v| v >= e.version);
-        if take_fields {
+        let (stale, changed, newer) = merge_into(e, &s.src, &s.dst, s.timeout, v);
+        if stale < 2 && newer {
+            let (src, dst, timeout) = (e.state.src, e.state.dst, e.state.timeout);
             e.state = *s;
+            e.state.src = src;
+            e.state.dst = dst;
+            e.state.timeout = timeout;
             e.deadline = now + Duration::from_secs(s.expire as u64);
             e.seen = now;
         }
-        e.state.src = src;
-        e.state.dst = dst;
         if let Some(v) = v {
             e.version = e.version.max(v);
         }
@@ -417,6 +423,10 @@ impl StateTable {
         let h = entry_hash(&e.state);
         e.hash = h;
         self.rehash(leaf, old_hash, h);
+        if !changed && !newer && stale == 0 {
+            self.stats.older += 1;
+            return Applied::Older(id);
+        }
         self.finish_update(id, stale)
     }
 
@@ -431,12 +441,8 @@ impl StateTable {
             return Applied::NeedUpdate(id);
         };
         let old_hash = e.hash;
-        let (mut src, mut dst) = (e.state.src, e.state.dst);
-        let stale = stale::merge_peers(e.state.proto, &mut src, &mut dst, &u.src, &u.dst);
-        e.state.src = src;
-        e.state.dst = dst;
-        if stale < 2 && v.is_none_or(|v| v >= e.version) {
-            e.state.timeout = u.timeout;
+        let (stale, changed, newer) = merge_into(e, &u.src, &u.dst, u.timeout, v);
+        if stale < 2 && newer {
             let secs = if u.expire == 0 {
                 default_timeout(u.timeout)
             } else {
@@ -451,6 +457,10 @@ impl StateTable {
         let h = entry_hash(&e.state);
         e.hash = h;
         self.rehash(leaf, old_hash, h);
+        if !changed && !newer && stale == 0 {
+            self.stats.older += 1;
+            return Applied::Older(id);
+        }
         self.finish_update(id, stale)
     }
 
@@ -597,6 +607,50 @@ impl StateTable {
                 t.swap_remove(i);
             }
             // tomb_order may still hold `id`; it is skipped when popped (not in `tombs`).
+        }
+    }
+}
+
+/// Merge incoming peers and timeout into `e`. Kernel mode (`v == None`): take every
+/// non-stale peer. Versioned: also never backwards, and between equally advanced copies the
+/// higher version wins. Returns (stale peers, anything changed, incoming counts as newer for
+/// the non-peer fields).
+fn merge_into(
+    e: &mut Entry,
+    src: &crate::wire::PeerRepr,
+    dst: &crate::wire::PeerRepr,
+    timeout: u8,
+    v: Option<Version>,
+) -> (u8, bool, bool) {
+    let proto = e.state.proto;
+    match v {
+        None => {
+            let before = (e.state.src, e.state.dst);
+            let stale = stale::merge_peers(proto, &mut e.state.src, &mut e.state.dst, src, dst);
+            if stale < 2 {
+                e.state.timeout = timeout;
+            }
+            let changed = before != (e.state.src, e.state.dst);
+            (stale, changed, true)
+        }
+        Some(v) => {
+            let ord = v.cmp(&e.version);
+            let (s1, c1) = stale::merge_peer_versioned(proto, true, &mut e.state.src, src, ord);
+            let (s2, c2) = stale::merge_peer_versioned(proto, false, &mut e.state.dst, dst, ord);
+            let stale = s1 as u8 + s2 as u8;
+            // Non-peer fields follow the version; equal versions tie-break on timeout so that
+            // both sides pick the same copy.
+            let newer = match ord {
+                core::cmp::Ordering::Greater => true,
+                core::cmp::Ordering::Less => false,
+                core::cmp::Ordering::Equal => timeout >= e.state.timeout,
+            };
+            let mut changed = c1 || c2;
+            if stale < 2 && newer && e.state.timeout != timeout {
+                e.state.timeout = timeout;
+                changed = true;
+            }
+            (stale, changed, newer || c1 || c2)
         }
     }
 }

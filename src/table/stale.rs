@@ -32,6 +32,79 @@ pub fn tcp_dst_stale(ours: &PeerRepr, theirs: &PeerRepr) -> bool {
     ours.state > theirs.state || (ours.state >= TCPS_SYN_SENT && seq_gt(ours.seqlo, theirs.seqlo))
 }
 
+/// How an incoming peer compares to ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerOrder {
+    /// Theirs would move ours backwards.
+    Stale,
+    /// Theirs moves ours forwards.
+    Newer,
+    /// Neither (same state and, for TCP, same seqlo): only a version can decide.
+    Same,
+}
+
+fn is_stale(proto: u8, is_src: bool, ours: &PeerRepr, theirs: &PeerRepr) -> bool {
+    match (proto == IPPROTO_TCP, is_src) {
+        (true, true) => tcp_src_stale(ours, theirs),
+        (true, false) => tcp_dst_stale(ours, theirs),
+        (false, _) => ours.state > theirs.state,
+    }
+}
+
+pub fn peer_order(proto: u8, is_src: bool, ours: &PeerRepr, theirs: &PeerRepr) -> PeerOrder {
+    if is_stale(proto, is_src, ours, theirs) {
+        PeerOrder::Stale
+    } else if is_stale(proto, is_src, theirs, ours) {
+        PeerOrder::Newer
+    } else {
+        PeerOrder::Same
+    }
+}
+
+/// Total order on peer contents, the last-resort tie-break between equal versions.
+pub fn peer_key(p: &PeerRepr) -> (u8, u32, u32, u32, u16, u16, u8, u16, u8, u8, u32) {
+    (
+        p.state,
+        p.seqlo,
+        p.seqhi,
+        p.seqdiff,
+        p.max_win,
+        p.mss,
+        p.wscale,
+        p.scrub.flags,
+        p.scrub.ttl,
+        p.scrub.scrub_flag,
+        p.scrub.ts_mod,
+    )
+}
+
+/// Versioned merge of one peer: never backwards; between equally advanced copies the higher
+/// version wins (`ours_newer` tells which), equal versions fall back to [`peer_key`].
+/// Returns (stale, changed).
+pub fn merge_peer_versioned(
+    proto: u8,
+    is_src: bool,
+    ours: &mut PeerRepr,
+    theirs: &PeerRepr,
+    ord: core::cmp::Ordering,
+) -> (bool, bool) {
+    use core::cmp::Ordering::*;
+    let take = match peer_order(proto, is_src, ours, theirs) {
+        PeerOrder::Stale => return (true, false),
+        PeerOrder::Newer => true,
+        PeerOrder::Same => match ord {
+            Greater => true,
+            Less => false,
+            Equal => peer_key(theirs) > peer_key(ours),
+        },
+    };
+    if take && ours != theirs {
+        *ours = *theirs;
+        return (false, true);
+    }
+    (false, false)
+}
+
 /// Merge an incoming (src, dst) into ours. Returns how many of the two peers were stale
 /// (0, 1 or 2), the kernel's `sync` count. Non-TCP peers only move forward in `state`.
 pub fn merge_peers(

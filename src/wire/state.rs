@@ -715,6 +715,48 @@ mod tests {
         }
     }
 
+    /// Spot-check absolute offsets against the C struct text (reference §3, §6).
+    #[test]
+    fn field_offsets_per_dialect() {
+        // (dialect, creatorid, af, timeout, state_flags (offset, width))
+        let cases = [
+            (Dialect::NetbsdV3, 228, Some(232), 237, None),
+            (Dialect::OpenbsdV6, 236, Some(250), 255, Some((260, 2))),
+            (Dialect::Freebsd1301, 228, Some(232), 239, Some((238, 1))),
+            (Dialect::Freebsd1400, 228, Some(232), 239, Some((235, 2))),
+            (Dialect::Freebsd1500, 228, Some(344), 350, Some((332, 2))),
+        ];
+        for (d, creator, af, timeout, flags) in cases {
+            let mut s = sample(d);
+            s.state_flags = 0x0110;
+            s.timeout = 7;
+            let mut b = vec![0u8; StateLayout::of(d).size];
+            write(d, &s, &mut b);
+            assert_eq!(&b[creator..creator + 4], &[0xde, 0xad, 0xbe, 0xef], "{d}");
+            assert_eq!(&b[..8], &[1, 2, 3, 4, 5, 6, 7, 8], "{d}");
+            assert_eq!(&b[8..12], b"em0\0", "{d}");
+            if let Some(o) = af {
+                assert_eq!(b[o], 2, "{d}");
+            }
+            assert_eq!(b[timeout], 7, "{d}");
+            match flags {
+                Some((o, 2)) => assert_eq!(&b[o..o + 2], &[0x01, 0x10], "{d}"),
+                Some((o, _)) => assert_eq!(b[o], 0x10, "{d}"),
+                None => {}
+            }
+        }
+        // OpenBSD keys are 40 bytes (wire @24, stack @64), FreeBSD 36 (@24, @60).
+        let mut b = [0u8; 264];
+        write(Dialect::OpenbsdV6, &sample(Dialect::OpenbsdV6), &mut b);
+        assert_eq!(&b[24..28], &[10, 0, 0, 2]);
+        assert_eq!(&b[64..68], &[10, 0, 0, 2]);
+        assert_eq!(&b[56..58], &[0, 80]);
+        let mut b = [0u8; 277];
+        write(Dialect::Freebsd1400, &sample(Dialect::Freebsd1400), &mut b);
+        assert_eq!(&b[60..64], &[10, 0, 0, 2]);
+        assert_eq!(&b[92..94], &[0, 80]);
+    }
+
     #[test]
     fn netbsd_host_mapping() {
         let s = sample(Dialect::NetbsdV3);

@@ -253,7 +253,11 @@ pub fn parse_body(d: Dialect, pkt: &[u8]) -> Result<Vec<Message>> {
     let p = Packet::new_checked(pkt, d)?;
     let mut v: Vec<Message> = p.messages().collect();
     if d.is_freebsd() {
-        assert_eq!(v.pop(), Some(Message::Eof), "FreeBSD packet must end in EOF");
+        assert_eq!(
+            v.pop(),
+            Some(Message::Eof),
+            "FreeBSD packet must end in EOF"
+        );
     }
     assert!(!v.contains(&Message::Eof));
     Ok(v)

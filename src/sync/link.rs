@@ -1,0 +1,363 @@
+//! Per-peer reliable-delivery state: the send side's resend queue of state references and
+//! the receive side's window of seen sequence numbers.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::table::Version;
+use crate::wire::StateId;
+
+/// `a < b` in 32-bit sequence space.
+#[inline]
+pub fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// What a sequenced message touched: repaired by sending the *current* version of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateRef {
+    State(StateId),
+    Clear {
+        creator: u32,
+        ifname: [u8; 16],
+        version: Version,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TxEntry {
+    seq: u32,
+    /// Absolute index of the first ref in `refs`.
+    first_ref: u64,
+    nrefs: u32,
+    repaired: bool,
+    records: bool,
+}
+
+/// Outcome of recording a sent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Ok,
+    /// The queue was full: unacked entries were dropped, a full resync is needed.
+    Overflow,
+}
+
+/// Send side: sequence numbers and the bounded resend queue.
+#[derive(Debug)]
+pub struct TxQueue {
+    pub next_seq: u32,
+    entries: VecDeque<TxEntry>,
+    refs: VecDeque<StateRef>,
+    refs_base: u64,
+    max_entries: usize,
+    max_refs: usize,
+    /// Unacked RECORDS messages (flow control of repairs/anti-entropy).
+    pub records_in_flight: usize,
+    pub oldest_unacked_since: Option<Instant>,
+}
+
+impl TxQueue {
+    pub fn new(start_seq: u32, max_entries: usize, max_refs: usize) -> TxQueue {
+        TxQueue {
+            next_seq: start_seq,
+            entries: VecDeque::new(),
+            refs: VecDeque::new(),
+            refs_base: 0,
+            max_entries: max_entries.max(1),
+            max_refs: max_refs.max(1),
+            records_in_flight: 0,
+            oldest_unacked_since: None,
+        }
+    }
+
+    pub fn unacked(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn refs_len(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Allocate the next seq for a message touching `refs`.
+    pub fn push(&mut self, refs: &[StateRef], records: bool, now: Instant) -> (u32, Pushed) {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let mut res = Pushed::Ok;
+        let refs = &refs[..refs.len().min(self.max_refs)];
+        while !self.entries.is_empty()
+            && (self.entries.len() >= self.max_entries
+                || self.refs.len() + refs.len() > self.max_refs)
+        {
+            self.pop_front();
+            res = Pushed::Overflow;
+        }
+        let first_ref = self.refs_base + self.refs.len() as u64;
+        self.refs.extend(refs.iter().copied());
+        self.entries.push_back(TxEntry {
+            seq,
+            first_ref,
+            nrefs: refs.len() as u32,
+            repaired: false,
+            records,
+        });
+        if records {
+            self.records_in_flight += 1;
+        }
+        if self.oldest_unacked_since.is_none() {
+            self.oldest_unacked_since = Some(now);
+        }
+        (seq, res)
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            if e.records {
+                self.records_in_flight -= 1;
+            }
+            let end = e.first_ref + e.nrefs as u64;
+            while self.refs_base < end && !self.refs.is_empty() {
+                self.refs.pop_front();
+                self.refs_base += 1;
+            }
+        }
+    }
+
+    /// Cumulative ack: everything before `cum` was received. Returns how many were freed.
+    pub fn ack(&mut self, cum: u32, now: Instant) -> usize {
+        if seq_lt(self.next_seq, cum) {
+            return 0; // acks something never sent: ignore
+        }
+        let mut n = 0;
+        while let Some(e) = self.entries.front() {
+            if seq_lt(e.seq, cum) {
+                self.pop_front();
+                n += 1;
+            } else {
+                break;
+            }
+        }
+        if n > 0 {
+            self.oldest_unacked_since = if self.entries.is_empty() {
+                None
+            } else {
+                Some(now)
+            };
+        }
+        n
+    }
+
+    /// A NACK of `first..=last`: collect the refs of not-yet-repaired entries into `out`.
+    /// Returns `false` if part of the range was already purged (only a resync can repair it).
+    pub fn nack(&mut self, first: u32, last: u32, out: &mut Vec<StateRef>) -> bool {
+        let mut complete = true;
+        if let Some(front) = self.entries.front() {
+            if seq_lt(first, front.seq) {
+                complete = false;
+            }
+        } else if seq_lt(first, self.next_seq) {
+            // Nothing queued but the peer misses something we sent: purged.
+            complete = false;
+        }
+        let base = self.refs_base;
+        for e in self.entries.iter_mut() {
+            if seq_lt(e.seq, first) {
+                continue;
+            }
+            if seq_lt(last, e.seq) {
+                break;
+            }
+            if !e.repaired {
+                e.repaired = true;
+                let start = (e.first_ref - base) as usize;
+                out.extend(self.refs.range(start..start + e.nrefs as usize).copied());
+            }
+        }
+        complete
+    }
+}
+
+/// Width of the receive window, in sequence numbers.
+pub const RX_WINDOW: u32 = 4096;
+
+/// Receive side: which seqs were seen.
+#[derive(Debug)]
+pub struct RxWindow {
+    /// Next expected: every seq before it was received (or skipped).
+    pub cum: u32,
+    /// Highest seq seen + 1.
+    pub high: u32,
+    bits: Box<[u64; (RX_WINDOW / 64) as usize]>,
+}
+
+/// What to do with an incoming sequenced message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxVerdict {
+    New,
+    Duplicate,
+    /// Beyond the window: earlier seqs were given up, a resync is needed.
+    NewAfterJump,
+}
+
+impl RxWindow {
+    pub fn new(start: u32) -> RxWindow {
+        RxWindow {
+            cum: start,
+            high: start,
+            bits: Box::new([0; (RX_WINDOW / 64) as usize]),
+        }
+    }
+    fn bit(&self, seq: u32) -> bool {
+        let i = (seq % RX_WINDOW) as usize;
+        self.bits[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn set(&mut self, seq: u32, v: bool) {
+        let i = (seq % RX_WINDOW) as usize;
+        if v {
+            self.bits[i / 64] |= 1 << (i % 64);
+        } else {
+            self.bits[i / 64] &= !(1 << (i % 64));
+        }
+    }
+    /// Would `seq` be new (not yet seen and inside or beyond the window)?
+    pub fn is_new(&self, seq: u32) -> bool {
+        !seq_lt(seq, self.cum) && (seq.wrapping_sub(self.cum) >= RX_WINDOW || !self.bit(seq))
+    }
+
+    /// Record `seq` as received.
+    pub fn receive(&mut self, seq: u32) -> RxVerdict {
+        if !self.is_new(seq) {
+            return RxVerdict::Duplicate;
+        }
+        let mut verdict = RxVerdict::New;
+        if seq.wrapping_sub(self.cum) >= RX_WINDOW {
+            // Give up on everything that no longer fits.
+            let new_cum = seq.wrapping_sub(RX_WINDOW - 1);
+            while seq_lt(self.cum, new_cum) {
+                self.set(self.cum, false);
+                self.cum = self.cum.wrapping_add(1);
+            }
+            verdict = RxVerdict::NewAfterJump;
+        }
+        self.set(seq, true);
+        if !seq_lt(seq, self.high) {
+            self.high = seq.wrapping_add(1);
+        }
+        self.advance();
+        verdict
+    }
+
+    fn advance(&mut self) {
+        while seq_lt(self.cum, self.high) && self.bit(self.cum) {
+            self.set(self.cum, false);
+            self.cum = self.cum.wrapping_add(1);
+        }
+    }
+
+    /// Mark `first..=last` as received (SKIP). Parts outside the window are ignored.
+    pub fn skip(&mut self, first: u32, last: u32) {
+        let mut s = if seq_lt(first, self.cum) {
+            self.cum
+        } else {
+            first
+        };
+        while !seq_lt(last, s) && s.wrapping_sub(self.cum) < RX_WINDOW && seq_lt(s, self.high) {
+            self.set(s, true);
+            s = s.wrapping_add(1);
+        }
+        self.advance();
+    }
+
+    /// The peer announced `next_seq`: seqs below it may be missing (tail loss).
+    pub fn announce(&mut self, next_seq: u32) {
+        if seq_lt(self.high, next_seq) && next_seq.wrapping_sub(self.cum) <= RX_WINDOW {
+            self.high = next_seq;
+        }
+    }
+
+    /// Missing ranges between `cum` and `high`, at most `max`.
+    pub fn gaps(&self, max: usize, out: &mut Vec<(u32, u32)>) {
+        out.clear();
+        let mut s = self.cum;
+        let mut start: Option<u32> = None;
+        while seq_lt(s, self.high) {
+            let have = self.bit(s);
+            match (have, start) {
+                (false, None) => start = Some(s),
+                (true, Some(a)) => {
+                    out.push((a, s.wrapping_sub(1)));
+                    start = None;
+                    if out.len() == max {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            s = s.wrapping_add(1);
+        }
+        if let Some(a) = start {
+            out.push((a, self.high.wrapping_sub(1)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_window_tracks_gaps() {
+        let mut w = RxWindow::new(10);
+        assert_eq!(w.receive(10), RxVerdict::New);
+        assert_eq!(w.receive(10), RxVerdict::Duplicate);
+        assert_eq!(w.receive(13), RxVerdict::New);
+        assert_eq!(w.receive(15), RxVerdict::New);
+        let mut g = Vec::new();
+        w.gaps(8, &mut g);
+        assert_eq!(g, vec![(11, 12), (14, 14)]);
+        assert_eq!(w.cum, 11);
+        w.skip(11, 12);
+        assert_eq!(w.cum, 14);
+        w.receive(14);
+        assert_eq!(w.cum, 16);
+        w.announce(18);
+        w.gaps(8, &mut g);
+        assert_eq!(g, vec![(16, 17)]);
+        assert_eq!(w.receive(16 + RX_WINDOW + 5), RxVerdict::NewAfterJump);
+        assert!(w.receive(15) == RxVerdict::Duplicate);
+    }
+
+    #[test]
+    fn rx_window_wraps() {
+        let mut w = RxWindow::new(u32::MAX - 1);
+        for s in [u32::MAX - 1, u32::MAX, 0, 1] {
+            assert_eq!(w.receive(s), RxVerdict::New);
+        }
+        assert_eq!(w.cum, 2);
+    }
+
+    #[test]
+    fn tx_queue_ack_nack_overflow() {
+        let now = Instant::now();
+        let mut q = TxQueue::new(1, 4, 100);
+        let r = |i| StateRef::State(StateId::new(i, 1));
+        for i in 0..3 {
+            assert_eq!(q.push(&[r(i), r(i + 100)], false, now).1, Pushed::Ok);
+        }
+        let mut out = Vec::new();
+        assert!(q.nack(2, 2, &mut out));
+        assert_eq!(out, vec![r(1), r(101)]);
+        out.clear();
+        assert!(
+            q.nack(2, 3, &mut out),
+            "already repaired seq 2 is not repeated"
+        );
+        assert_eq!(out, vec![r(2), r(102)]);
+        assert_eq!(q.ack(3, now), 2);
+        assert_eq!(q.unacked(), 1);
+        for i in 0..4 {
+            q.push(&[r(i)], false, now);
+        }
+        assert_eq!(q.unacked(), 4);
+        out.clear();
+        assert!(!q.nack(3, 3, &mut out), "seq 3 was purged by overflow");
+    }
+}

@@ -1,0 +1,1020 @@
+//! The gateway-to-gateway sync protocol: message formats (see docs/SYNC.md).
+//!
+//! Every datagram is one message: `type u8 · version u8 · body`. All integers are big-endian.
+//! Decoding is strict (exact lengths, known enum values, no trailing bytes) and never panics.
+
+use crate::table::{Digest, Version};
+use crate::wire::{
+    AddrFamily, Dialect, PeerRepr, ScrubRepr, StateId, StateKeyRepr, StateRepr, WireError,
+};
+
+/// Version byte of every sync message.
+pub const SYNC_VERSION: u8 = 1;
+/// Version byte of the state record format carried in RECORDS.
+pub const RECORD_VERSION: u8 = 1;
+
+pub mod msg_type {
+    pub const HELLO: u8 = 1;
+    pub const HELLO_ACK: u8 = 2;
+    pub const DATA: u8 = 3;
+    pub const RECORDS: u8 = 4;
+    pub const ACK: u8 = 5;
+    pub const SKIP: u8 = 6;
+    pub const ALIVE: u8 = 7;
+    pub const SUMMARY: u8 = 8;
+    pub const RANGES: u8 = 9;
+    pub const LEAF_REQ: u8 = 10;
+    pub const STATE_REQ: u8 = 11;
+}
+
+pub mod record_kind {
+    pub const STATE: u8 = 1;
+    pub const TOMBSTONE: u8 = 2;
+    pub const CLEAR: u8 = 3;
+}
+
+/// Fixed header sizes, used to size fragments and batches.
+pub const DATA_HDR: usize = 2 + 4 + 4 + 8 + 1 + 1 + 1 + 2;
+pub const RECORDS_HDR: usize = 2 + 4 + 4 + 1 + 2;
+pub const ACK_HDR: usize = 2 + 4 + 4 + 1;
+pub const RANGES_HDR: usize = 2 + 4 + 4 + 1;
+/// Encoded size of a tombstone record.
+pub const TOMBSTONE_LEN: usize = 1 + 12 + 12;
+/// Upper bound of an encoded state record.
+pub const STATE_RECORD_MAX: usize = 3 + 12 + STATE_FIXED + 4 + 16 + 16 + 64 + 16;
+const STATE_FIXED: usize = 12 + 14 + 12 + 20 + 8 + 32 + 16 + 2 * 42 + 2 * 26 + 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    #[error("truncated {what}: need {need} bytes, have {have}")]
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    #[error("unsupported sync version {0}")]
+    BadVersion(u8),
+    #[error("unknown sync message type {0}")]
+    UnknownType(u8),
+    #[error("unsupported record version {0}")]
+    BadRecordVersion(u8),
+    #[error("bad {what} value {value}")]
+    BadValue { what: &'static str, value: u64 },
+    #[error("{0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("buffer too small")]
+    BufferTooSmall,
+    #[error("unknown peer {0}")]
+    UnknownPeer(usize),
+    #[error("pfsync payload: {0}")]
+    Wire(#[from] WireError),
+}
+
+pub type Result<T> = core::result::Result<T, SyncError>;
+
+/// Bounds-checked reader.
+pub struct Rd<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Rd<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Rd<'a> {
+        Rd { buf, pos: 0, what }
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        let have = self.buf.len() - self.pos;
+        if have < n {
+            return Err(SyncError::Truncated {
+                what: self.what,
+                need: n,
+                have,
+            });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.bytes(N)?.try_into().unwrap())
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        let s = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        s
+    }
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub fn end(&self) -> Result<()> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(SyncError::TrailingBytes(n)),
+        }
+    }
+}
+
+/// Bounds-checked writer.
+pub struct Wr<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Wr<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Wr<'a> {
+        Wr { buf, pos: 0 }
+    }
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        if self.buf.len() - self.pos < b.len() {
+            return Err(SyncError::BufferTooSmall);
+        }
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+        Ok(())
+    }
+    pub fn u8(&mut self, v: u8) -> Result<()> {
+        self.bytes(&[v])
+    }
+    pub fn u16(&mut self, v: u16) -> Result<()> {
+        self.bytes(&v.to_be_bytes())
+    }
+    pub fn u32(&mut self, v: u32) -> Result<()> {
+        self.bytes(&v.to_be_bytes())
+    }
+    pub fn u64(&mut self, v: u64) -> Result<()> {
+        self.bytes(&v.to_be_bytes())
+    }
+    pub fn patch_u16(&mut self, at: usize, v: u16) {
+        self.buf[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+pub fn dialect_code(d: Dialect) -> u8 {
+    match d {
+        Dialect::NetbsdV3 => 1,
+        Dialect::OpenbsdV6 => 2,
+        Dialect::Freebsd1301 => 3,
+        Dialect::Freebsd1400 => 4,
+        Dialect::Freebsd1500 => 5,
+    }
+}
+
+pub fn dialect_from_code(c: u8) -> Result<Dialect> {
+    Ok(match c {
+        1 => Dialect::NetbsdV3,
+        2 => Dialect::OpenbsdV6,
+        3 => Dialect::Freebsd1301,
+        4 => Dialect::Freebsd1400,
+        5 => Dialect::Freebsd1500,
+        v => {
+            return Err(SyncError::BadValue {
+                what: "dialect",
+                value: v as u64,
+            })
+        }
+    })
+}
+
+/// One decoded sync message. Variable parts borrow the datagram and are pre-validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMsg<'a> {
+    /// Opens a sending epoch; the receiver resets its receive window to `start_seq`.
+    Hello {
+        node: u32,
+        epoch: u32,
+        clock: u64,
+        start_seq: u32,
+    },
+    HelloAck {
+        node: u32,
+        epoch: u32,
+        clock: u64,
+    },
+    /// One fragment of an original pfsync packet.
+    Data {
+        epoch: u32,
+        seq: u32,
+        clock: u64,
+        dialect: Dialect,
+        frag: u8,
+        frags: u8,
+        total_len: u16,
+        chunk: &'a [u8],
+    },
+    /// State records (repairs and anti-entropy), sequenced like DATA.
+    Records {
+        epoch: u32,
+        seq: u32,
+        count: u16,
+        body: &'a [u8],
+    },
+    /// Cumulative ack (`cum` = next expected seq) plus missing ranges.
+    Ack {
+        epoch: u32,
+        cum: u32,
+        nacks: &'a [u8],
+    },
+    /// "Seqs first..=last are void: their content was or will be sent anew."
+    Skip {
+        epoch: u32,
+        first: u32,
+        last: u32,
+    },
+    /// Keepalive / tail-loss probe: `next_seq` is the next seq the sender will use.
+    Alive {
+        epoch: u32,
+        next_seq: u32,
+    },
+    Summary {
+        digest: Digest,
+        count: u32,
+        leaves_log2: u8,
+        want_reply: bool,
+        clock: u64,
+    },
+    Ranges {
+        first: u32,
+        span: u32,
+        digests: &'a [u8],
+    },
+    LeafReq {
+        leaves: &'a [u8],
+    },
+    StateReq {
+        ids: &'a [u8],
+    },
+}
+
+impl<'a> SyncMsg<'a> {
+    /// Strictly decode one datagram.
+    pub fn decode(buf: &'a [u8]) -> Result<SyncMsg<'a>> {
+        let mut r = Rd::new(buf, "sync header");
+        let ty = r.u8()?;
+        let ver = r.u8()?;
+        if ver != SYNC_VERSION {
+            return Err(SyncError::BadVersion(ver));
+        }
+        use msg_type::*;
+        let m = match ty {
+            HELLO => SyncMsg::Hello {
+                node: r.u32()?,
+                epoch: r.u32()?,
+                clock: r.u64()?,
+                start_seq: r.u32()?,
+            },
+            HELLO_ACK => SyncMsg::HelloAck {
+                node: r.u32()?,
+                epoch: r.u32()?,
+                clock: r.u64()?,
+            },
+            DATA => {
+                let epoch = r.u32()?;
+                let seq = r.u32()?;
+                let clock = r.u64()?;
+                let dialect = dialect_from_code(r.u8()?)?;
+                let frag = r.u8()?;
+                let frags = r.u8()?;
+                let total_len = r.u16()?;
+                let chunk = r.rest();
+                if frags == 0 || frag >= frags {
+                    return Err(SyncError::BadValue {
+                        what: "fragment index",
+                        value: frag as u64,
+                    });
+                }
+                if chunk.is_empty() || chunk.len() > total_len as usize {
+                    return Err(SyncError::BadValue {
+                        what: "fragment length",
+                        value: chunk.len() as u64,
+                    });
+                }
+                SyncMsg::Data {
+                    epoch,
+                    seq,
+                    clock,
+                    dialect,
+                    frag,
+                    frags,
+                    total_len,
+                    chunk,
+                }
+            }
+            RECORDS => {
+                let epoch = r.u32()?;
+                let seq = r.u32()?;
+                let rv = r.u8()?;
+                if rv != RECORD_VERSION {
+                    return Err(SyncError::BadRecordVersion(rv));
+                }
+                let count = r.u16()?;
+                let body = r.rest();
+                // Validate every record now so that iteration cannot fail later.
+                let mut it = Records::new(body, count);
+                for rec in &mut it {
+                    rec?;
+                }
+                SyncMsg::Records {
+                    epoch,
+                    seq,
+                    count,
+                    body,
+                }
+            }
+            ACK => {
+                let epoch = r.u32()?;
+                let cum = r.u32()?;
+                let n = r.u8()? as usize;
+                let nacks = r.bytes(n * 8)?;
+                SyncMsg::Ack { epoch, cum, nacks }
+            }
+            SKIP => {
+                let epoch = r.u32()?;
+                let first = r.u32()?;
+                let last = r.u32()?;
+                if last.wrapping_sub(first) > i32::MAX as u32 {
+                    return Err(SyncError::BadValue {
+                        what: "skip range",
+                        value: last.wrapping_sub(first) as u64,
+                    });
+                }
+                SyncMsg::Skip { epoch, first, last }
+            }
+            ALIVE => SyncMsg::Alive {
+                epoch: r.u32()?,
+                next_seq: r.u32()?,
+            },
+            SUMMARY => {
+                let digest = Digest::from_be_bytes(r.array()?);
+                let count = r.u32()?;
+                let leaves_log2 = r.u8()?;
+                let flags = r.u8()?;
+                if leaves_log2 > 16 || flags > 1 {
+                    return Err(SyncError::BadValue {
+                        what: "summary",
+                        value: ((leaves_log2 as u64) << 8) | flags as u64,
+                    });
+                }
+                SyncMsg::Summary {
+                    digest,
+                    count,
+                    leaves_log2,
+                    want_reply: flags == 1,
+                    clock: r.u64()?,
+                }
+            }
+            RANGES => {
+                let first = r.u32()?;
+                let span = r.u32()?;
+                let n = r.u8()? as usize;
+                if span == 0 {
+                    return Err(SyncError::BadValue {
+                        what: "range span",
+                        value: 0,
+                    });
+                }
+                let digests = r.bytes(n * 16)?;
+                SyncMsg::Ranges {
+                    first,
+                    span,
+                    digests,
+                }
+            }
+            LEAF_REQ => {
+                let n = r.u16()? as usize;
+                SyncMsg::LeafReq {
+                    leaves: r.bytes(n * 4)?,
+                }
+            }
+            STATE_REQ => {
+                let n = r.u16()? as usize;
+                SyncMsg::StateReq {
+                    ids: r.bytes(n * 12)?,
+                }
+            }
+            t => return Err(SyncError::UnknownType(t)),
+        };
+        r.end()?;
+        Ok(m)
+    }
+
+    /// Encode a message; RECORDS bodies must already be encoded records.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize> {
+        let mut w = Wr::new(out);
+        use msg_type::*;
+        match *self {
+            SyncMsg::Hello {
+                node,
+                epoch,
+                clock,
+                start_seq,
+            } => {
+                w.u8(HELLO)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(node)?;
+                w.u32(epoch)?;
+                w.u64(clock)?;
+                w.u32(start_seq)?;
+            }
+            SyncMsg::HelloAck { node, epoch, clock } => {
+                w.u8(HELLO_ACK)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(node)?;
+                w.u32(epoch)?;
+                w.u64(clock)?;
+            }
+            SyncMsg::Data {
+                epoch,
+                seq,
+                clock,
+                dialect,
+                frag,
+                frags,
+                total_len,
+                chunk,
+            } => {
+                w.u8(DATA)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(epoch)?;
+                w.u32(seq)?;
+                w.u64(clock)?;
+                w.u8(dialect_code(dialect))?;
+                w.u8(frag)?;
+                w.u8(frags)?;
+                w.u16(total_len)?;
+                w.bytes(chunk)?;
+            }
+            SyncMsg::Records {
+                epoch,
+                seq,
+                count,
+                body,
+            } => {
+                w.u8(RECORDS)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(epoch)?;
+                w.u32(seq)?;
+                w.u8(RECORD_VERSION)?;
+                w.u16(count)?;
+                w.bytes(body)?;
+            }
+            SyncMsg::Ack { epoch, cum, nacks } => {
+                w.u8(ACK)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(epoch)?;
+                w.u32(cum)?;
+                w.u8((nacks.len() / 8) as u8)?;
+                w.bytes(nacks)?;
+            }
+            SyncMsg::Skip { epoch, first, last } => {
+                w.u8(SKIP)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(epoch)?;
+                w.u32(first)?;
+                w.u32(last)?;
+            }
+            SyncMsg::Alive { epoch, next_seq } => {
+                w.u8(ALIVE)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(epoch)?;
+                w.u32(next_seq)?;
+            }
+            SyncMsg::Summary {
+                digest,
+                count,
+                leaves_log2,
+                want_reply,
+                clock,
+            } => {
+                w.u8(SUMMARY)?;
+                w.u8(SYNC_VERSION)?;
+                w.bytes(&digest.to_be_bytes())?;
+                w.u32(count)?;
+                w.u8(leaves_log2)?;
+                w.u8(want_reply as u8)?;
+                w.u64(clock)?;
+            }
+            SyncMsg::Ranges {
+                first,
+                span,
+                digests,
+            } => {
+                w.u8(RANGES)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(first)?;
+                w.u32(span)?;
+                w.u8((digests.len() / 16) as u8)?;
+                w.bytes(digests)?;
+            }
+            SyncMsg::LeafReq { leaves } => {
+                w.u8(LEAF_REQ)?;
+                w.u8(SYNC_VERSION)?;
+                w.u16((leaves.len() / 4) as u16)?;
+                w.bytes(leaves)?;
+            }
+            SyncMsg::StateReq { ids } => {
+                w.u8(STATE_REQ)?;
+                w.u8(SYNC_VERSION)?;
+                w.u16((ids.len() / 12) as u16)?;
+                w.bytes(ids)?;
+            }
+        }
+        Ok(w.pos())
+    }
+}
+
+/// Iterate the `(first, last)` ranges of an ACK's NACK list.
+pub fn nack_ranges(nacks: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    nacks.chunks_exact(8).map(|c| {
+        (
+            u32::from_be_bytes(c[0..4].try_into().unwrap()),
+            u32::from_be_bytes(c[4..8].try_into().unwrap()),
+        )
+    })
+}
+
+/// Iterate a RANGES message's digests.
+pub fn range_digests(d: &[u8]) -> impl Iterator<Item = Digest> + '_ {
+    d.chunks_exact(16)
+        .map(|c| Digest::from_be_bytes(c.try_into().unwrap()))
+}
+
+pub fn u32s(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    b.chunks_exact(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+}
+
+pub fn state_ids(b: &[u8]) -> impl Iterator<Item = StateId> + '_ {
+    b.chunks_exact(12).map(|c| {
+        StateId::new(
+            u64::from_be_bytes(c[0..8].try_into().unwrap()),
+            u32::from_be_bytes(c[8..12].try_into().unwrap()),
+        )
+    })
+}
+
+/// One state record.
+// Plain value (no heap) on purpose: records are decoded and applied one at a time.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// A full state (its `expire`/`creation` relative to the sender's now) and its version.
+    State(Version, StateRepr),
+    /// The state was deleted at `Version`.
+    Tombstone(StateId, Version),
+    /// All states of `creator` (on `ifname`, or all if empty) older than `Version` were cleared.
+    Clear {
+        creator: u32,
+        ifname: [u8; 16],
+        version: Version,
+    },
+}
+
+/// Iterator over the records of a RECORDS body.
+pub struct Records<'a> {
+    r: Rd<'a>,
+    left: u16,
+    failed: bool,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(body: &'a [u8], count: u16) -> Records<'a> {
+        Records {
+            r: Rd::new(body, "record"),
+            left: count,
+            failed: false,
+        }
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<Record>;
+    fn next(&mut self) -> Option<Result<Record>> {
+        if self.failed {
+            return None;
+        }
+        if self.left == 0 {
+            if self.r.remaining() != 0 {
+                self.failed = true;
+                return Some(Err(SyncError::TrailingBytes(self.r.remaining())));
+            }
+            return None;
+        }
+        self.left -= 1;
+        let rec = decode_record(&mut self.r);
+        if rec.is_err() {
+            self.failed = true;
+        }
+        Some(rec)
+    }
+}
+
+fn get_version(r: &mut Rd) -> Result<Version> {
+    Ok(Version::new(r.u64()?, r.u32()?))
+}
+fn put_version(w: &mut Wr, v: Version) -> Result<()> {
+    w.u64(v.clock)?;
+    w.u32(v.node)
+}
+
+fn decode_record(r: &mut Rd) -> Result<Record> {
+    match r.u8()? {
+        record_kind::STATE => {
+            let len = r.u16()? as usize;
+            let mut body = Rd::new(r.bytes(len)?, "state record");
+            let v = get_version(&mut body)?;
+            let s = decode_state(&mut body)?;
+            body.end()?;
+            Ok(Record::State(v, s))
+        }
+        record_kind::TOMBSTONE => {
+            let id = StateId::new(r.u64()?, r.u32()?);
+            Ok(Record::Tombstone(id, get_version(r)?))
+        }
+        record_kind::CLEAR => {
+            let creator = r.u32()?;
+            let ifname = get_name::<16>(r)?;
+            Ok(Record::Clear {
+                creator,
+                ifname,
+                version: get_version(r)?,
+            })
+        }
+        k => Err(SyncError::BadValue {
+            what: "record kind",
+            value: k as u64,
+        }),
+    }
+}
+
+/// Append one record; returns false (writing nothing) if it does not fit.
+pub fn encode_record(rec: &Record, out: &mut [u8]) -> Result<usize> {
+    let mut w = Wr::new(out);
+    match rec {
+        Record::State(v, s) => {
+            w.u8(record_kind::STATE)?;
+            let at = w.pos();
+            w.u16(0)?;
+            put_version(&mut w, *v)?;
+            encode_state(&mut w, s)?;
+            let len = w.pos() - at - 2;
+            w.patch_u16(at, len as u16);
+        }
+        Record::Tombstone(id, v) => {
+            w.u8(record_kind::TOMBSTONE)?;
+            w.u64(id.id)?;
+            w.u32(id.creator)?;
+            put_version(&mut w, *v)?;
+        }
+        Record::Clear {
+            creator,
+            ifname,
+            version,
+        } => {
+            w.u8(record_kind::CLEAR)?;
+            w.u32(*creator)?;
+            put_name(&mut w, ifname)?;
+            put_version(&mut w, *version)?;
+        }
+    }
+    Ok(w.pos())
+}
+
+fn put_af(w: &mut Wr, af: AddrFamily) -> Result<()> {
+    match af {
+        AddrFamily::Unspec => w.bytes(&[0, 0]),
+        AddrFamily::Inet => w.bytes(&[1, 0]),
+        AddrFamily::Inet6 => w.bytes(&[2, 0]),
+        AddrFamily::Other(v) => w.bytes(&[3, v]),
+    }
+}
+fn get_af(r: &mut Rd) -> Result<AddrFamily> {
+    let [t, v] = r.array()?;
+    Ok(match (t, v) {
+        (0, 0) => AddrFamily::Unspec,
+        (1, 0) => AddrFamily::Inet,
+        (2, 0) => AddrFamily::Inet6,
+        (3, v) => AddrFamily::Other(v),
+        _ => {
+            return Err(SyncError::BadValue {
+                what: "address family",
+                value: ((t as u64) << 8) | v as u64,
+            })
+        }
+    })
+}
+
+/// Names travel as `len u8 · bytes` up to the first NUL.
+fn put_name(w: &mut Wr, name: &[u8]) -> Result<()> {
+    let n = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    w.u8(n as u8)?;
+    w.bytes(&name[..n])
+}
+fn get_name<const N: usize>(r: &mut Rd) -> Result<[u8; N]> {
+    let n = r.u8()? as usize;
+    // Keep room for the terminating NUL the kernels rely on.
+    if n >= N {
+        return Err(SyncError::BadValue {
+            what: "name length",
+            value: n as u64,
+        });
+    }
+    let b = r.bytes(n)?;
+    if b.contains(&0) {
+        return Err(SyncError::BadValue {
+            what: "name byte",
+            value: 0,
+        });
+    }
+    let mut out = [0u8; N];
+    out[..n].copy_from_slice(b);
+    Ok(out)
+}
+
+fn put_peer(w: &mut Wr, p: &PeerRepr) -> Result<()> {
+    w.u16(p.scrub.flags)?;
+    w.u8(p.scrub.ttl)?;
+    w.u8(p.scrub.scrub_flag)?;
+    w.u32(p.scrub.ts_mod)?;
+    w.u32(p.seqlo)?;
+    w.u32(p.seqhi)?;
+    w.u32(p.seqdiff)?;
+    w.u16(p.max_win)?;
+    w.u16(p.mss)?;
+    w.u8(p.state)?;
+    w.u8(p.wscale)
+}
+fn get_peer(r: &mut Rd) -> Result<PeerRepr> {
+    Ok(PeerRepr {
+        scrub: ScrubRepr {
+            flags: r.u16()?,
+            ttl: r.u8()?,
+            scrub_flag: r.u8()?,
+            ts_mod: r.u32()?,
+        },
+        seqlo: r.u32()?,
+        seqhi: r.u32()?,
+        seqdiff: r.u32()?,
+        max_win: r.u16()?,
+        mss: r.u16()?,
+        state: r.u8()?,
+        wscale: r.u8()?,
+    })
+}
+
+fn encode_state(w: &mut Wr, s: &StateRepr) -> Result<()> {
+    w.u64(s.id.id)?;
+    w.u32(s.id.creator)?;
+    put_af(w, s.af)?;
+    for b in [
+        s.proto,
+        s.direction,
+        s.log,
+        s.allow_opts,
+        s.timeout,
+        s.sync_flags,
+        s.updates,
+        s.rt,
+        s.min_ttl,
+        s.set_tos,
+        s.set_prio[0],
+        s.set_prio[1],
+    ] {
+        w.u8(b)?;
+    }
+    for v in [s.state_flags, s.max_mss, s.qid, s.pqid, s.dnpipe, s.dnrpipe] {
+        w.u16(v)?;
+    }
+    for v in [s.rule, s.anchor, s.nat_rule, s.creation, s.expire] {
+        w.u32(v)?;
+    }
+    w.u32(s.rtableid[0] as u32)?;
+    w.u32(s.rtableid[1] as u32)?;
+    for v in [s.packets[0], s.packets[1], s.bytes[0], s.bytes[1]] {
+        w.u64(v)?;
+    }
+    w.bytes(&s.rt_addr)?;
+    for k in &s.key {
+        w.bytes(&k.addr[0])?;
+        w.bytes(&k.addr[1])?;
+        w.u16(k.port[0])?;
+        w.u16(k.port[1])?;
+        w.u16(k.rdomain)?;
+        put_af(w, k.af)?;
+    }
+    put_peer(w, &s.src)?;
+    put_peer(w, &s.dst)?;
+    for af in s.af_1500 {
+        put_af(w, af)?;
+    }
+    w.u8(s.proto_1500[0])?;
+    w.u8(s.proto_1500[1])?;
+    put_name(w, &s.ifname)?;
+    put_name(w, &s.rt_ifname)?;
+    put_name(w, &s.tagname)?;
+    put_name(w, &s.orig_ifname)
+}
+
+fn decode_state(r: &mut Rd) -> Result<StateRepr> {
+    let mut s = StateRepr {
+        id: StateId::new(r.u64()?, r.u32()?),
+        ..Default::default()
+    };
+    if s.id.creator == 0 {
+        return Err(SyncError::BadValue {
+            what: "creatorid",
+            value: 0,
+        });
+    }
+    s.af = get_af(r)?;
+    let b: [u8; 12] = r.array()?;
+    [
+        s.proto,
+        s.direction,
+        s.log,
+        s.allow_opts,
+        s.timeout,
+        s.sync_flags,
+        s.updates,
+        s.rt,
+        s.min_ttl,
+        s.set_tos,
+        s.set_prio[0],
+        s.set_prio[1],
+    ] = b;
+    s.state_flags = r.u16()?;
+    s.max_mss = r.u16()?;
+    s.qid = r.u16()?;
+    s.pqid = r.u16()?;
+    s.dnpipe = r.u16()?;
+    s.dnrpipe = r.u16()?;
+    s.rule = r.u32()?;
+    s.anchor = r.u32()?;
+    s.nat_rule = r.u32()?;
+    s.creation = r.u32()?;
+    s.expire = r.u32()?;
+    s.rtableid = [r.u32()? as i32, r.u32()? as i32];
+    s.packets = [r.u64()?, r.u64()?];
+    s.bytes = [r.u64()?, r.u64()?];
+    s.rt_addr = r.array()?;
+    for k in &mut s.key {
+        *k = StateKeyRepr {
+            addr: [r.array()?, r.array()?],
+            port: [r.u16()?, r.u16()?],
+            rdomain: r.u16()?,
+            af: get_af(r)?,
+        };
+    }
+    s.src = get_peer(r)?;
+    s.dst = get_peer(r)?;
+    for af in &mut s.af_1500 {
+        *af = get_af(r)?;
+    }
+    s.proto_1500 = [r.u8()?, r.u8()?];
+    s.ifname = get_name(r)?;
+    s.rt_ifname = get_name(r)?;
+    s.tagname = get_name(r)?;
+    s.orig_ifname = get_name(r)?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_state() -> StateRepr {
+        let mut s = StateRepr {
+            id: StateId::new(0x0102_0304_0506_0708, 0xdead_beef),
+            proto: 6,
+            af: AddrFamily::Inet6,
+            timeout: 2,
+            expire: 300,
+            rtableid: [-1, 3],
+            packets: [1, u64::MAX],
+            ..Default::default()
+        };
+        s.ifname[..3].copy_from_slice(b"em0");
+        s.tagname[..4].copy_from_slice(b"tag1");
+        s.key[0].addr[0] = [7; 16];
+        s.key[1].af = AddrFamily::Other(99);
+        s.src.seqlo = 0x1122_3344;
+        s.dst.state = 4;
+        s
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let recs = [
+            Record::State(Version::new(42, 7), sample_state()),
+            Record::Tombstone(StateId::new(9, 8), Version::new(1, 2)),
+            Record::Clear {
+                creator: 5,
+                ifname: crate::wire::name_field("em1"),
+                version: Version::new(3, 4),
+            },
+        ];
+        let mut body = vec![0u8; 2000];
+        let mut n = 0;
+        for r in &recs {
+            n += encode_record(r, &mut body[n..]).unwrap();
+        }
+        assert!(n <= STATE_RECORD_MAX + TOMBSTONE_LEN + 40);
+        let got: Vec<Record> = Records::new(&body[..n], 3).map(|r| r.unwrap()).collect();
+        assert_eq!(got, recs);
+        // One record too many declared: error, not panic.
+        assert!(Records::new(&body[..n], 4).any(|r| r.is_err()));
+        assert!(Records::new(&body[..n], 2).any(|r| r.is_err()));
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = [
+            SyncMsg::Hello {
+                node: 1,
+                epoch: 2,
+                clock: 3,
+                start_seq: 4,
+            },
+            SyncMsg::HelloAck {
+                node: 1,
+                epoch: 2,
+                clock: 3,
+            },
+            SyncMsg::Data {
+                epoch: 1,
+                seq: 2,
+                clock: 3,
+                dialect: Dialect::OpenbsdV6,
+                frag: 1,
+                frags: 2,
+                total_len: 10,
+                chunk: &[1, 2, 3],
+            },
+            SyncMsg::Ack {
+                epoch: 1,
+                cum: 5,
+                nacks: &[0, 0, 0, 7, 0, 0, 0, 9],
+            },
+            SyncMsg::Skip {
+                epoch: 1,
+                first: 2,
+                last: 3,
+            },
+            SyncMsg::Alive {
+                epoch: 1,
+                next_seq: 9,
+            },
+            SyncMsg::Summary {
+                digest: Digest(12345),
+                count: 3,
+                leaves_log2: 12,
+                want_reply: true,
+                clock: 77,
+            },
+            SyncMsg::Ranges {
+                first: 0,
+                span: 64,
+                digests: &[1u8; 32],
+            },
+            SyncMsg::LeafReq {
+                leaves: &[0, 0, 0, 1],
+            },
+            SyncMsg::StateReq { ids: &[5u8; 12] },
+        ];
+        let mut buf = [0u8; 256];
+        for m in &msgs {
+            let n = m.encode(&mut buf).unwrap();
+            assert_eq!(SyncMsg::decode(&buf[..n]).unwrap(), *m);
+            // Every truncation is an error; one extra byte is an error (except open-ended DATA).
+            for cut in 0..n {
+                if !matches!(m, SyncMsg::Data { .. }) || cut < DATA_HDR + 1 {
+                    assert!(SyncMsg::decode(&buf[..cut]).is_err(), "{m:?} cut {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_header() {
+        assert_eq!(SyncMsg::decode(&[1, 9]), Err(SyncError::BadVersion(9)));
+        assert_eq!(
+            SyncMsg::decode(&[200, SYNC_VERSION]),
+            Err(SyncError::UnknownType(200))
+        );
+    }
+}

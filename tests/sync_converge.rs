@@ -1,0 +1,405 @@
+//! Replicas over a lossy, reordering simulated network converge and never roll back.
+
+mod sync_sim;
+
+use std::time::Duration;
+
+use pfsync_gw::sync::SyncMsg;
+use pfsync_gw::wire::{Dialect, Message, Packet, StateId};
+use sync_sim::{assert_table_equals, config, encode, Firewall, Net, Rng};
+
+const OB: Dialect = Dialect::OpenbsdV6;
+
+fn three(seed: u64) -> Net {
+    Net::new(vec![config(1, OB), config(2, OB), config(3, OB)], seed)
+}
+
+#[test]
+fn churn_with_20pct_loss_converges() {
+    for seed in 1..=4 {
+        churn_with_loss(seed);
+    }
+}
+
+fn churn_with_loss(seed: u64) {
+    let mut net = three(seed);
+    net.loss = 0.2;
+    net.jitter = Duration::from_millis(10);
+    net.all_up();
+    net.run_for(Duration::from_secs(2));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(7 + seed);
+    let mut pkts = Vec::new();
+    for _ in 0..1000 {
+        pkts.clear();
+        fw.churn(&mut rng, 3, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(2));
+    }
+    let took = net.converge(Duration::from_secs(60));
+    assert!(took.is_some(), "seed {seed}: did not converge");
+    for i in 0..3 {
+        assert_table_equals(&fw, &net.nodes[i]);
+    }
+    assert_eq!(
+        net.rollbacks, 0,
+        "a state rolled back in an injected stream"
+    );
+    let s = net.nodes[0].peer_stats(1).unwrap();
+    assert!(
+        s.nacks_rx > 0 && s.retransmits > 0,
+        "loss must have been repaired: {s:?}"
+    );
+    // Receivers injected every state (and nothing older than the mirror).
+    assert!(!net.injected[1].is_empty());
+}
+
+#[test]
+fn partition_then_heal_converges() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 2);
+    net.loss = 0.05;
+    net.all_up();
+    net.run_for(Duration::from_secs(1));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(3);
+    let mut pkts = Vec::new();
+    let mut churn = |net: &mut Net, n: usize, fw: &mut Firewall| {
+        for _ in 0..n {
+            pkts.clear();
+            fw.churn(&mut rng, 2, &mut pkts);
+            for p in &pkts {
+                net.local(0, p);
+            }
+            net.run_for(Duration::from_millis(5));
+        }
+    };
+    churn(&mut net, 200, &mut fw);
+    net.cut = vec![(0, 1), (1, 0)];
+    churn(&mut net, 500, &mut fw);
+    net.run_for(Duration::from_secs(10));
+    assert!(
+        !net.nodes[0].peer_stats(1).unwrap().up,
+        "dead peer detected"
+    );
+    assert!(net.nodes[0].peer_stats(1).unwrap().dead_detections >= 1);
+    net.cut.clear();
+    net.up(0, 1);
+    assert!(net.converge(Duration::from_secs(60)).is_some());
+    assert_table_equals(&fw, &net.nodes[0]);
+    assert_table_equals(&fw, &net.nodes[1]);
+    assert_eq!(net.rollbacks, 0);
+}
+
+#[test]
+fn restarted_empty_replica_converges() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 4);
+    net.loss = 0.1;
+    net.all_up();
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(5);
+    let mut pkts = Vec::new();
+    for _ in 0..300 {
+        pkts.clear();
+        fw.churn(&mut rng, 3, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(3));
+    }
+    assert!(net.converge(Duration::from_secs(30)).is_some());
+    let mut cfg = config(2, OB);
+    cfg.incarnation = 99;
+    cfg.initial_clock = net.nodes[0].clock(); // as a wall clock would
+    net.restart(1, cfg);
+    assert_eq!(net.nodes[1].table().len(), 0);
+    net.up(0, 1);
+    assert!(net.converge(Duration::from_secs(60)).is_some());
+    assert_table_equals(&fw, &net.nodes[1]);
+    // The restarted node's firewall was repopulated from the repairs.
+    assert!(!net.injected[1].is_empty());
+}
+
+/// A late joiner and a table of many states. Debug builds use 10,000 states; run with
+/// release builds (CI) run the 100,000-state version.
+fn late_joiner(n: u64) {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 6);
+    net.loss = 0.05;
+    let now = net.now;
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(8);
+    for _ in 0..n {
+        let s = fw.new_state(&mut rng);
+        net.nodes[0].table_mut().apply(&Message::Ins(s), now);
+    }
+    net.all_up();
+    let took = net.converge(Duration::from_secs(600)).expect("converged");
+    assert_table_equals(&fw, &net.nodes[1]);
+    let st = net.nodes[0].peer_stats(1).unwrap();
+    assert!(st.tx_records >= n, "{st:?}");
+    eprintln!(
+        "late joiner with {n} states: converged in {took:?} simulated, {} datagrams",
+        net.datagrams
+    );
+}
+
+#[test]
+fn late_joiner_converges() {
+    late_joiner(if cfg!(debug_assertions) {
+        10_000
+    } else {
+        100_000
+    });
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "large: runs in release builds (CI)")]
+fn late_joiner_100k_converges() {
+    late_joiner(100_000);
+}
+
+#[test]
+fn small_difference_costs_little() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 9);
+    let now = net.now;
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(1);
+    for _ in 0..20_000 {
+        let s = fw.new_state(&mut rng);
+        for r in &mut net.nodes {
+            r.table_mut().apply(&Message::Ins(s), now);
+        }
+    }
+    // One state differs.
+    let id = StateId::new(77, 0xa);
+    let mut s = fw.states[&id];
+    s.src.seqlo = s.src.seqlo.wrapping_add(10);
+    fw.states.insert(id, s);
+    net.nodes[0].table_mut().apply(&Message::Upd(s), now);
+    net.all_up();
+    let ok = net.converge(Duration::from_secs(30)).is_some();
+    eprintln!(
+        "{:?}\n{:?}",
+        net.nodes[0].peer_stats(1),
+        net.nodes[1].peer_stats(0)
+    );
+    eprintln!(
+        "{} {}",
+        net.nodes[0].table().digest(),
+        net.nodes[1].table().digest()
+    );
+    assert!(ok);
+    assert_table_equals(&fw, &net.nodes[1]);
+    let st = net.nodes[0].peer_stats(1).unwrap();
+    assert!(
+        st.tx_records < 50,
+        "sent {} records for one difference",
+        st.tx_records
+    );
+    assert!(net.datagrams < 200, "{} datagrams", net.datagrams);
+}
+
+#[test]
+fn deletions_propagate_through_anti_entropy() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 10);
+    net.all_up();
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(2);
+    let mut pkts = Vec::new();
+    let states: Vec<_> = (0..50).map(|_| fw.new_state(&mut rng)).collect();
+    let ins: Vec<Message> = states.iter().map(|s| Message::Ins(*s)).collect();
+    encode(OB, &ins, &mut pkts);
+    for p in &pkts {
+        net.local(0, p);
+    }
+    assert!(net.converge(Duration::from_secs(10)).is_some());
+    assert_eq!(net.nodes[1].table().len(), 50);
+    // Partitioned while 20 states are deleted.
+    net.cut = vec![(0, 1), (1, 0)];
+    pkts.clear();
+    let dels: Vec<Message> = states[..20].iter().map(|s| Message::DelC(s.id)).collect();
+    for s in &states[..20] {
+        fw.states.remove(&s.id);
+    }
+    encode(OB, &dels, &mut pkts);
+    for p in &pkts {
+        net.local(0, p);
+    }
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.nodes[1].table().len(), 50);
+    net.cut.clear();
+    net.up(0, 1);
+    assert!(net.converge(Duration::from_secs(30)).is_some());
+    assert_table_equals(&fw, &net.nodes[1]);
+    // The deletions reached node 1's firewall.
+    let mut dels_seen = 0;
+    for pkt in &net.injected[1] {
+        let p = Packet::new_checked(&pkt[..], OB).unwrap();
+        dels_seen += p
+            .messages()
+            .filter(|m| matches!(m, Message::DelC(_)))
+            .count();
+    }
+    assert!(dels_seen >= 20, "{dels_seen}");
+}
+
+#[test]
+fn byte_identical_relay_when_dialects_match() {
+    // In order: a reordered packet older than the mirror is replaced (see no-rollback rule).
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 11);
+    net.all_up();
+    net.run_for(Duration::from_secs(1));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(4);
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        let mut pkts = Vec::new();
+        fw.churn(&mut rng, 20, &mut pkts); // up to ~1.4 KB: exercises fragmentation
+        for p in &pkts {
+            net.local(0, p);
+            sent.push(p.clone());
+        }
+        net.run_for(Duration::from_millis(20));
+    }
+    assert!(net.converge(Duration::from_secs(10)).is_some());
+    assert!(
+        sent.iter().any(|p| p.len() > 1400 - 23),
+        "fragmentation exercised"
+    );
+    assert_eq!(net.injected[1].len(), sent.len());
+    let differ = (0..sent.len())
+        .filter(|&i| net.injected[1][i] != sent[i])
+        .count();
+    assert_eq!(differ, 0, "relayed bytes differ in {differ} packets");
+    assert_eq!(net.rollbacks, 0);
+}
+
+#[test]
+fn cross_dialect_relay_reencodes() {
+    let fb = Dialect::Freebsd1400;
+    let mut net = Net::new(vec![config(1, OB), config(2, fb)], 12);
+    net.all_up();
+    net.run_for(Duration::from_secs(1));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(6);
+    for _ in 0..50 {
+        let mut pkts = Vec::new();
+        fw.churn(&mut rng, 5, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(10));
+    }
+    assert!(net.converge(Duration::from_secs(10)).is_some());
+    assert_table_equals(&fw, &net.nodes[1]);
+    assert!(!net.injected[1].is_empty());
+    for p in &net.injected[1] {
+        Packet::new_checked(&p[..], fb).expect("FreeBSD 1400 packet");
+    }
+}
+
+#[test]
+fn local_bulk_request_answered_from_mirror() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 13);
+    net.all_up();
+    net.run_for(Duration::from_secs(1));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(6);
+    let mut pkts = Vec::new();
+    let ins: Vec<Message> = (0..30)
+        .map(|_| Message::Ins(fw.new_state(&mut rng)))
+        .collect();
+    encode(OB, &ins, &mut pkts);
+    for p in &pkts {
+        net.local(0, p);
+    }
+    net.run_for(Duration::from_secs(1));
+    let before_fwd = net.nodes[1].stats().forwarded;
+    let before_inj = net.injected[1].len();
+    let data_before = net.nodes[0].peer_stats(1).unwrap().rx_data;
+    // Node 1's firewall restarts and asks for a bulk update.
+    pkts.clear();
+    encode(OB, &[Message::UpdReq(StateId::BULK)], &mut pkts);
+    net.local(1, &pkts[0]);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.nodes[1].stats().forwarded,
+        before_fwd,
+        "bulk request not forwarded"
+    );
+    assert_eq!(net.nodes[0].peer_stats(1).unwrap().rx_data, data_before);
+    let mut msgs = Vec::new();
+    for p in &net.injected[1][before_inj..] {
+        msgs.extend(Packet::new_checked(&p[..], OB).unwrap().messages());
+    }
+    assert!(matches!(msgs.first(), Some(Message::Bus { .. })));
+    assert!(matches!(msgs.last(), Some(Message::Bus { .. })));
+    assert_eq!(
+        msgs.iter().filter(|m| matches!(m, Message::Upd(_))).count(),
+        30
+    );
+    // A request for one known state is answered too.
+    let id = *fw.states.keys().next().unwrap();
+    pkts.clear();
+    encode(OB, &[Message::UpdReq(id)], &mut pkts);
+    let n = net.injected[1].len();
+    net.local(1, &pkts[0]);
+    let p = Packet::new_checked(&net.injected[1][n][..], OB).unwrap();
+    assert!(matches!(p.messages().next(), Some(Message::Upd(s)) if s.id == id));
+}
+
+#[test]
+fn injected_echo_is_not_reforwarded() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 14);
+    net.all_up();
+    net.run_for(Duration::from_secs(1));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(6);
+    let mut pkts = Vec::new();
+    fw.churn(&mut rng, 5, &mut pkts);
+    net.local(0, &pkts[0]);
+    net.run_for(Duration::from_millis(100));
+    let echo = net.injected[1][0].clone();
+    let fwd = net.nodes[1].stats().forwarded;
+    net.local(1, &echo);
+    assert_eq!(net.nodes[1].stats().forwarded, fwd);
+    assert_eq!(net.nodes[1].stats().echoes_dropped, 1);
+}
+
+#[test]
+fn unknown_upd_c_from_local_firewall_asks_it() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 15);
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(6);
+    let s = fw.new_state(&mut rng);
+    let mut pkts = Vec::new();
+    encode(
+        OB,
+        &[Message::UpdC(pfsync_gw::wire::UpdCRepr {
+            id: s.id,
+            src: s.src,
+            dst: s.dst,
+            expire: 0,
+            timeout: 2,
+            flags: 0,
+        })],
+        &mut pkts,
+    );
+    net.local(0, &pkts[0]);
+    let p = Packet::new_checked(&net.injected[0][0][..], OB).unwrap();
+    assert_eq!(p.messages().next(), Some(Message::UpdReq(s.id)));
+}
+
+#[test]
+fn sync_messages_are_versioned() {
+    let mut buf = [0u8; 64];
+    let n = SyncMsg::Alive {
+        epoch: 1,
+        next_seq: 2,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf[1] = 2;
+    assert!(SyncMsg::decode(&buf[..n]).is_err());
+}
