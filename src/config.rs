@@ -117,6 +117,8 @@ struct RawEmulator {
     maxupd: Option<u8>,
     #[serde(default)]
     seed: Option<u64>,
+    #[serde(default)]
+    churn_for: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +168,8 @@ pub struct EmulatorConfig {
     pub max_states: usize,
     pub maxupd: u8,
     pub seed: Option<u64>,
+    /// Stop creating/changing states after this long (the emulator keeps applying pfsync).
+    pub churn_for: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +264,7 @@ impl Config {
             max_states: None,
             maxupd: None,
             seed: None,
+            churn_for: None,
         });
         if emu.hostid == Some(0) {
             return Err(err(
@@ -345,6 +350,7 @@ impl Config {
                 max_states: emu.max_states.unwrap_or(10_000),
                 maxupd: emu.maxupd.unwrap_or(128),
                 seed: emu.seed,
+                churn_for: emu.churn_for.map(Duration::from_secs),
             },
             peers,
         })

@@ -101,7 +101,10 @@ fn keygen_file_is_0600_and_pubkey_is_44_chars() {
     use std::os::unix::fs::PermissionsExt;
     let d = Dir::new("kg");
     let (p, public) = keygen(&d, "k");
-    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(public.len(), 44);
     let o = run(&["genpsk"], None);
     assert_eq!(String::from_utf8(o.stdout).unwrap().trim().len(), 44);
@@ -163,7 +166,10 @@ fn unknown_dialect_and_bad_endpoint() {
     let (_, b_pub) = keygen(&d, "b.key");
     let o = check(&d, &config(&a, &b_pub, "").replace("openbsd-v6", "solaris"));
     assert_exit2(&o, &["local.dialect", "solaris", "openbsd-v6"]);
-    let o = check(&d, &config(&a, &b_pub, "").replace("127.0.0.1:51901", "nowhere"));
+    let o = check(
+        &d,
+        &config(&a, &b_pub, "").replace("127.0.0.1:51901", "nowhere"),
+    );
     assert_exit2(&o, &["peer[0].endpoint", "port"]);
 }
 

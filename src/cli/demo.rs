@@ -49,7 +49,10 @@ pub fn run(args: &DemoArgs) -> i32 {
         std::env::set_var("RUST_LOG", "warn");
     }
     crate::cli::init_logging(false);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -89,6 +92,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 max_states: 20_000,
                 maxupd: 128,
                 seed: Some(42 + i as u64),
+                churn_for: None,
             },
             peers: Vec::new(),
         };
@@ -148,14 +152,22 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
     for h in &handles {
         h.set_churn(false);
     }
-    println!("\nchurn stopped; waiting for convergence (at most {} s)", args.settle);
+    println!(
+        "\nchurn stopped; waiting for convergence (at most {} s)",
+        args.settle
+    );
     let settle_start = Instant::now();
     let converged = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let snaps: Vec<_> = handles.iter().map(|h| h.snapshot()).collect();
         let digests: Vec<String> = snaps
             .iter()
-            .flat_map(|s| [Some(s.digest.clone()), s.firewall.as_ref().map(|f| f.digest.clone())])
+            .flat_map(|s| {
+                [
+                    Some(s.digest.clone()),
+                    s.firewall.as_ref().map(|f| f.digest.clone()),
+                ]
+            })
             .flatten()
             .collect();
         if digests.windows(2).all(|w| w[0] == w[1]) && snaps[0].states > 0 {
@@ -191,7 +203,10 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
             0
         }
         None => {
-            println!("\nVERDICT: NOT CONVERGED — tables differ after {} s (see digests above).", args.settle);
+            println!(
+                "\nVERDICT: NOT CONVERGED — tables differ after {} s (see digests above).",
+                args.settle
+            );
             1
         }
     }
@@ -218,7 +233,11 @@ fn progress(handles: &[NodeHandle], start: Instant) {
             )
         })
         .collect();
-    println!("[{:>4.1}s] {}", start.elapsed().as_secs_f64(), parts.join(" | "));
+    println!(
+        "[{:>4.1}s] {}",
+        start.elapsed().as_secs_f64(),
+        parts.join(" | ")
+    );
 }
 
 /// Send forged traffic at node 0 from an unauthenticated socket and show it was dropped.
@@ -244,6 +263,10 @@ async fn show_forgery(h: &NodeHandle) {
         "  forged handshake + forged data sent to {}: {} dropped, {}",
         h.local_addr,
         after.saturating_sub(before),
-        if replied { "GOT A REPLY (bad!)" } else { "no reply (unauthenticated senders get silence)" }
+        if replied {
+            "GOT A REPLY (bad!)"
+        } else {
+            "no reply (unauthenticated senders get silence)"
+        }
     );
 }

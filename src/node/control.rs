@@ -37,7 +37,10 @@ pub async fn serve_control(path: PathBuf, status: SharedStatus) -> std::io::Resu
                     let snap = status.lock().map(|s| s.clone()).unwrap_or_default();
                     serde_json::to_string(&snap).unwrap_or_default()
                 }
-                other => format!("{{\"error\":\"unknown request `{}`\"}}", other.escape_default()),
+                other => format!(
+                    "{{\"error\":\"unknown request `{}`\"}}",
+                    other.escape_default()
+                ),
             };
             let _ = w.write_all(body.as_bytes()).await;
             let _ = w.write_all(b"\n").await;
@@ -82,8 +85,12 @@ pub async fn serve_metrics(listener: TcpListener, status: SharedStatus) -> std::
 
 /// Ask a running daemon for its status (blocking client).
 pub fn query(path: &Path) -> Result<Status, String> {
-    let mut s = std::os::unix::net::UnixStream::connect(path)
-        .map_err(|e| format!("cannot connect to {}: {e} (is the daemon running?)", path.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot connect to {}: {e} (is the daemon running?)",
+            path.display()
+        )
+    })?;
     s.write_all(b"status\n")
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = String::new();

@@ -33,7 +33,7 @@ const MAX_PUMP_ROUNDS: usize = 16;
 pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     churn: watch::Sender<bool>,
-    reload: mpsc::UnboundedSender<Option<Config>>,
+    reload: mpsc::UnboundedSender<Option<Box<Config>>>,
     pub status: SharedStatus,
     pub local_addr: SocketAddr,
 }
@@ -52,7 +52,7 @@ impl NodeHandle {
     }
     /// Apply a new config directly (demo/tests).
     pub fn reload_with(&self, cfg: Config) {
-        let _ = self.reload.send(Some(cfg));
+        let _ = self.reload.send(Some(Box::new(cfg)));
     }
     pub fn snapshot(&self) -> Status {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
@@ -60,12 +60,14 @@ impl NodeHandle {
 }
 
 enum Local {
-    Raw {
-        sock: AsyncFd<RawSyncSocket>,
-        rx: RecvBatch,
-        tx: SendBatch,
-    },
+    Raw(Box<RawSide>),
     Emulated(Box<Emulator>),
+}
+
+struct RawSide {
+    sock: AsyncFd<RawSyncSocket>,
+    rx: RecvBatch,
+    tx: SendBatch,
 }
 
 struct PeerSlot {
@@ -91,7 +93,7 @@ pub struct Node {
     status: SharedStatus,
     shutdown: watch::Receiver<bool>,
     churn: watch::Receiver<bool>,
-    reload: mpsc::UnboundedReceiver<Option<Config>>,
+    reload: mpsc::UnboundedReceiver<Option<Box<Config>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,20 +128,17 @@ impl Node {
         let local = match cfg.local.mode {
             LocalMode::Raw => {
                 let ifname = cfg.local.interface.clone().unwrap_or_default();
-                let sock = RawSyncSocket::open(
-                    &ifname,
-                    cfg.local.capture_multicast,
-                    cfg.local.inject_to,
-                )
-                .map_err(|err| NodeError::Raw {
-                    ifname: ifname.clone(),
-                    err,
-                })?;
-                Local::Raw {
+                let sock =
+                    RawSyncSocket::open(&ifname, cfg.local.capture_multicast, cfg.local.inject_to)
+                        .map_err(|err| NodeError::Raw {
+                            ifname: ifname.clone(),
+                            err,
+                        })?;
+                Local::Raw(Box::new(RawSide {
                     sock: register(sock)?,
                     rx: RecvBatch::new(65_536),
                     tx: SendBatch::new(LOCAL_PFSYNC_MTU),
-                }
+                }))
             }
             LocalMode::Emulator => {
                 let e = &cfg.emulator;
@@ -309,7 +308,11 @@ impl Node {
         }
         self.peers = kept;
         for p in &new.peers {
-            if !self.peers.iter().any(|s| s.cfg.public_key == p.public_key && s.cfg.name == p.name) {
+            if !self
+                .peers
+                .iter()
+                .any(|s| s.cfg.public_key == p.public_key && s.cfg.name == p.name)
+            {
                 self.add_peer(p.clone(), now);
             }
         }
@@ -319,15 +322,19 @@ impl Node {
     /// Run until shutdown.
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut next_status = Instant::now() + STATUS_REFRESH;
+        let mut churn_stop = self.cfg.emulator.churn_for.map(|d| self.started + d);
         loop {
             let now = Instant::now();
             let mut deadline = next_status;
+            if let Some(t) = churn_stop {
+                deadline = deadline.min(t);
+            }
             for d in [
                 self.endpoint.poll_timeout(),
                 self.replica.poll_timeout(),
                 match &self.local {
                     Local::Emulated(e) => e.poll_timeout(),
-                    Local::Raw { .. } => None,
+                    Local::Raw(_) => None,
                 },
             ]
             .into_iter()
@@ -340,7 +347,7 @@ impl Node {
             let wake = {
                 let raw_ready = async {
                     match &self.local {
-                        Local::Raw { sock, .. } => match sock.readable().await {
+                        Local::Raw(r) => match r.sock.readable().await {
                             Ok(mut g) => {
                                 g.clear_ready();
                                 Ok(())
@@ -373,7 +380,7 @@ impl Node {
                 }
                 Wake::Reload(r) => {
                     let cfg = match r {
-                        Some(Some(c)) => Ok(c),
+                        Some(Some(c)) => Ok(*c),
                         Some(None) => Config::load(&self.cfg.path),
                         None => continue,
                     };
@@ -386,6 +393,10 @@ impl Node {
             self.endpoint.handle_timeout(now);
             self.replica.handle_timeout(now);
             if let Local::Emulated(e) = &mut self.local {
+                if churn_stop.is_some_and(|t| now >= t) {
+                    churn_stop = None;
+                    e.set_churn(false);
+                }
                 e.handle_timeout(now);
             }
             self.pump(now);
@@ -417,9 +428,13 @@ impl Node {
                     bump(&mut self.counters, "tunnel_oversized");
                     continue;
                 };
-                match self.endpoint.handle_datagram(src, data, now, &mut self.plain) {
+                match self
+                    .endpoint
+                    .handle_datagram(src, data, now, &mut self.plain)
+                {
                     Recv::Data { peer, len } => {
-                        if let Err(e) = self.replica.on_peer_datagram(peer, &self.plain[..len], now) {
+                        if let Err(e) = self.replica.on_peer_datagram(peer, &self.plain[..len], now)
+                        {
                             bump(&mut self.counters, "sync_malformed");
                             if let Some(n) = self.log_limit.allow("sync_malformed", now) {
                                 tracing::warn!(%src, suppressed = n, "malformed sync message: {e}");
@@ -438,9 +453,10 @@ impl Node {
     }
 
     fn drain_raw(&mut self, now: Instant) {
-        let Local::Raw { sock, rx, .. } = &mut self.local else {
+        let Local::Raw(raw) = &mut self.local else {
             return;
         };
+        let RawSide { sock, rx, .. } = &mut **raw;
         let fd = sock.get_ref().as_raw_fd();
         loop {
             match rx.recv(fd) {
@@ -556,11 +572,15 @@ impl Node {
             self.flush_udp(fd);
 
             // Replica → firewall.
-            while let Some(n) = self.replica.poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU]) {
+            while let Some(n) = self
+                .replica
+                .poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU])
+            {
                 moved += 1;
                 bump(&mut self.counters, "injected");
                 match &mut self.local {
-                    Local::Raw { sock, tx, .. } => {
+                    Local::Raw(raw) => {
+                        let RawSide { sock, tx, .. } = &mut **raw;
                         tx.slot()[..n].copy_from_slice(&self.scratch[..n]);
                         tx.commit(n, sock.get_ref().inject_to());
                         if tx.is_full() {
@@ -570,13 +590,16 @@ impl Node {
                     }
                     Local::Emulated(e) => {
                         // In-process: the gateway injects with TTL 255 on the sync interface.
-                        if e.on_receive(&self.scratch[..n], wire::PFSYNC_DFLTTL, true, now).is_err() {
+                        if e.on_receive(&self.scratch[..n], wire::PFSYNC_DFLTTL, true, now)
+                            .is_err()
+                        {
                             bump(&mut self.counters, "inject_rejected");
                         }
                     }
                 }
             }
-            if let Local::Raw { sock, tx, .. } = &mut self.local {
+            if let Local::Raw(raw) = &mut self.local {
+                let RawSide { sock, tx, .. } = &mut **raw;
                 if !tx.is_empty() {
                     let (_, failed) = tx.flush(sock.get_ref().as_raw_fd());
                     *self.counters.entry("inject_failed").or_insert(0) += failed as u64;
@@ -609,7 +632,11 @@ impl Node {
             .map(|r| (format!("tunnel_{}", r.as_str()), tdrops.get(*r)))
             .collect();
         for (k, v) in &self.counters {
-            if k.starts_with("local_") || k.starts_with("tunnel_") || k.starts_with("sync_") || k.starts_with("inject_") {
+            if k.starts_with("local_")
+                || k.starts_with("tunnel_")
+                || k.starts_with("sync_")
+                || k.starts_with("inject_")
+            {
                 drops.insert((*k).to_string(), *v);
             }
         }
@@ -675,7 +702,7 @@ impl Node {
                 digest: e.table().digest().to_string(),
                 counters: e.stats().counters().into_iter().collect(),
             }),
-            Local::Raw { .. } => None,
+            Local::Raw(_) => None,
         };
         let st = Status {
             node: self.cfg.name.clone(),
@@ -706,7 +733,7 @@ enum Wake {
     Timer,
     Shutdown,
     Churn,
-    Reload(Option<Option<Config>>),
+    Reload(Option<Option<Box<Config>>>),
 }
 
 /// Keepalive used when the config sets none: short, so a dead peer is noticed quickly

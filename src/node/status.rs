@@ -62,7 +62,11 @@ impl Status {
         let _ = writeln!(s, "  states mirrored: {}", self.states);
         let _ = writeln!(s, "  table digest: {}", self.digest);
         if let Some(fw) = &self.firewall {
-            let _ = writeln!(s, "  firewall (emulated): {} states, digest {}", fw.states, fw.digest);
+            let _ = writeln!(
+                s,
+                "  firewall (emulated): {} states, digest {}",
+                fw.states, fw.digest
+            );
         }
         if !self.local.is_empty() {
             let _ = writeln!(s, "  firewall side: {}", kv(&self.local));
@@ -122,7 +126,10 @@ impl Status {
     pub fn to_prometheus(&self) -> String {
         let mut s = String::new();
         let node = esc(&self.node);
-        let _ = writeln!(s, "# HELP pfsync_gw_states States in the gateway's mirror table.");
+        let _ = writeln!(
+            s,
+            "# HELP pfsync_gw_states States in the gateway's mirror table."
+        );
         let _ = writeln!(s, "# TYPE pfsync_gw_states gauge");
         let _ = writeln!(s, "pfsync_gw_states{{node=\"{node}\"}} {}", self.states);
         let _ = writeln!(s, "# HELP pfsync_gw_info Static facts about the node.");
@@ -135,21 +142,45 @@ impl Status {
         );
         let _ = writeln!(s, "# TYPE pfsync_gw_local_total counter");
         for (k, v) in &self.local {
-            let _ = writeln!(s, "pfsync_gw_local_total{{node=\"{node}\",what=\"{}\"}} {v}", esc(k));
+            let _ = writeln!(
+                s,
+                "pfsync_gw_local_total{{node=\"{node}\",what=\"{}\"}} {v}",
+                esc(k)
+            );
         }
-        let _ = writeln!(s, "# HELP pfsync_gw_drops_total Packets dropped, by reason.");
+        let _ = writeln!(
+            s,
+            "# HELP pfsync_gw_drops_total Packets dropped, by reason."
+        );
         let _ = writeln!(s, "# TYPE pfsync_gw_drops_total counter");
         for (k, v) in &self.drops {
-            let _ = writeln!(s, "pfsync_gw_drops_total{{node=\"{node}\",reason=\"{}\"}} {v}", esc(k));
+            let _ = writeln!(
+                s,
+                "pfsync_gw_drops_total{{node=\"{node}\",reason=\"{}\"}} {v}",
+                esc(k)
+            );
         }
-        let per_peer: [(&str, &str, fn(&PeerView) -> f64); 8] = [
+        type Series = (&'static str, &'static str, fn(&PeerView) -> f64);
+        let per_peer: [Series; 8] = [
             ("pfsync_gw_peer_up", "gauge", |p| p.established as u8 as f64),
-            ("pfsync_gw_peer_received_packets_total", "counter", |p| p.rx_packets as f64),
-            ("pfsync_gw_peer_received_bytes_total", "counter", |p| p.rx_bytes as f64),
-            ("pfsync_gw_peer_sent_packets_total", "counter", |p| p.tx_packets as f64),
-            ("pfsync_gw_peer_sent_bytes_total", "counter", |p| p.tx_bytes as f64),
-            ("pfsync_gw_peer_retransmits_total", "counter", |p| p.retransmits as f64),
-            ("pfsync_gw_peer_resyncs_total", "counter", |p| p.resyncs as f64),
+            ("pfsync_gw_peer_received_packets_total", "counter", |p| {
+                p.rx_packets as f64
+            }),
+            ("pfsync_gw_peer_received_bytes_total", "counter", |p| {
+                p.rx_bytes as f64
+            }),
+            ("pfsync_gw_peer_sent_packets_total", "counter", |p| {
+                p.tx_packets as f64
+            }),
+            ("pfsync_gw_peer_sent_bytes_total", "counter", |p| {
+                p.tx_bytes as f64
+            }),
+            ("pfsync_gw_peer_retransmits_total", "counter", |p| {
+                p.retransmits as f64
+            }),
+            ("pfsync_gw_peer_resyncs_total", "counter", |p| {
+                p.resyncs as f64
+            }),
             ("pfsync_gw_peer_last_handshake_seconds", "gauge", |p| {
                 p.last_handshake_secs.unwrap_or(-1.0)
             }),
@@ -157,7 +188,12 @@ impl Status {
         for (name, ty, f) in per_peer {
             let _ = writeln!(s, "# TYPE {name} {ty}");
             for p in &self.peers {
-                let _ = writeln!(s, "{name}{{node=\"{node}\",peer=\"{}\"}} {}", esc(&p.name), f(p));
+                let _ = writeln!(
+                    s,
+                    "{name}{{node=\"{node}\",peer=\"{}\"}} {}",
+                    esc(&p.name),
+                    f(p)
+                );
             }
         }
         s
@@ -172,7 +208,9 @@ fn kv(m: &BTreeMap<String, u64>) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -171,6 +171,8 @@ pub struct EmulatorStats {
     /// Bulk updates we sent (one per request served) and bulk requests we sent (incl. retries).
     pub bulk_sent: u64,
     pub bulk_requests: u64,
+    /// States that timed out (`pf_purge_expired_states`), own and imported.
+    pub expired: u64,
     /// Our own bulk request completed (`BUS END` received) or gave up after the last retry.
     pub bulk_done: bool,
     pub drops: DropStats,
@@ -192,6 +194,7 @@ impl EmulatorStats {
             ("upd_req_answered", self.upd_req_answered),
             ("bulk_sent", self.bulk_sent),
             ("bulk_requests", self.bulk_requests),
+            ("expired", self.expired),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -237,6 +240,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// No more creations per `handle_timeout` than this many seconds' worth (a stalled driver
 /// must not cause a burst).
 const MAX_CATCH_UP: Duration = Duration::from_secs(1);
+/// How often expired states are purged (pf's purge thread runs once a second).
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The emulated pf kernel with pfsync on one sync interface.
 pub struct Emulator {
@@ -271,6 +276,7 @@ pub struct Emulator {
     /// Ids of the bulk being sent (snapshot at request time; reused between bulks).
     bulk_ids: Vec<StateId>,
     bulk_req: Option<BulkReq>,
+    next_purge: Instant,
 }
 
 impl Emulator {
@@ -303,6 +309,7 @@ impl Emulator {
             bulk_out: None,
             bulk_ids: Vec::new(),
             bulk_req: None,
+            next_purge: now + PURGE_INTERVAL,
         }
     }
 
@@ -380,6 +387,10 @@ impl Emulator {
                 self.churn_event(id, at);
             }
         }
+        if now >= self.next_purge {
+            self.next_purge = now + PURGE_INTERVAL;
+            self.purge_expired(now);
+        }
         if self.flush_at.is_some_and(|t| t <= now) {
             self.flush_now = true;
         }
@@ -414,7 +425,31 @@ impl Emulator {
             consider(self.flush_at);
         }
         consider(self.bulk_req.map(|r| r.deadline));
+        if !self.table.is_empty() {
+            consider(Some(self.next_purge));
+        }
         t
+    }
+
+    /// States time out whether or not anything else happens: our own are unlinked and
+    /// announced with `DEL_C` (pf_remove_state → pfsync_delete_state), imported ones are
+    /// dropped quietly (their creator announces them). Without this, a quiet firewall would
+    /// keep states that every gateway mirror has long expired.
+    fn purge_expired(&mut self, now: Instant) {
+        let hostid = self.cfg.hostid;
+        let own_due: Vec<StateId> = self
+            .table
+            .iter()
+            .filter(|e| e.deadline() <= now && e.raw().id.creator == hostid)
+            .map(|e| e.raw().id)
+            .collect();
+        for id in own_due {
+            self.own.remove(&id);
+            self.table.apply(&Message::DelC(id), now);
+            self.stats.expired += 1;
+            self.enqueue_del(id);
+        }
+        self.stats.expired += self.table.expire(now) as u64;
     }
 
     /// Build the next pfsync packet the kernel sends (from `pfsync_header` on, no IP header)

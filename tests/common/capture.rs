@@ -1,0 +1,401 @@
+//! Sockets inside a namespace, opened from the test process: a thread joins the
+//! namespace (`setns`), opens the socket and hands it back; the socket stays in that
+//! namespace for its whole life, whichever thread uses it.
+//!
+//! - [`RawPf`]: a firewall's pfsync socket (IP protocol 240, TTL 255, bound to the sync
+//!   interface, optionally in 224.0.0.240), receiving with the IP header.
+//! - [`LinkCapture`]: AF_PACKET on one interface: sees every IPv4 frame on the link, even
+//!   what no socket would accept (the proof that nothing at all arrived).
+//! - [`udp_socket`]: a plain UDP socket (attacker traffic, replays).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+
+pub const IPPROTO_PFSYNC: u8 = 240;
+pub const PFSYNC_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 240);
+
+/// Run `f` on a thread inside namespace `ns` and return its result.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: fd is a valid netns file; CLONE_NEWNET only moves this thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {ns}: {}", io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// Interface index of `ifname` in the calling thread's namespace.
+pub fn if_index(ifname: &str) -> u32 {
+    let c = CString::new(ifname).unwrap();
+    // SAFETY: c is NUL-terminated.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(
+        i,
+        0,
+        "no interface {ifname}: {}",
+        io::Error::last_os_error()
+    );
+    i
+}
+
+/// The fields of an IPv4 packet the tests check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpPkt {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub proto: u8,
+    /// Bytes after the IP header (up to the IP total length).
+    pub payload: Vec<u8>,
+}
+
+impl IpPkt {
+    pub fn parse(b: &[u8]) -> Option<IpPkt> {
+        if b.len() < 20 || b[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(b[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        if ihl < 20 || total < ihl || total > b.len() {
+            return None;
+        }
+        Some(IpPkt {
+            src: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
+            dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+            ttl: b[8],
+            proto: b[9],
+            payload: b[ihl..total].to_vec(),
+        })
+    }
+
+    /// `(src port, dst port, payload)` if this is UDP.
+    pub fn udp(&self) -> Option<(u16, u16, &[u8])> {
+        if self.proto != libc::IPPROTO_UDP as u8 || self.payload.len() < 8 {
+            return None;
+        }
+        let p = &self.payload;
+        Some((
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+            &p[8..],
+        ))
+    }
+}
+
+fn set_rcvtimeo(fd: i32, d: Duration) {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros().max(1) as libc::suseconds_t,
+    };
+    // SAFETY: passing a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
+/// A firewall's pfsync socket on one interface.
+pub struct RawPf {
+    sock: Socket,
+    pub ifname: String,
+}
+
+impl RawPf {
+    /// Open in `ns` on `ifname`; `join` the 224.0.0.240 group there (needed to receive
+    /// the gateways' multicast injections).
+    pub fn open(ns: &str, ifname: &str, join: bool) -> RawPf {
+        let ifname = ifname.to_string();
+        in_netns(ns, || {
+            let idx = if_index(&ifname);
+            let sock = Socket::new(
+                Domain::IPV4,
+                Type::RAW,
+                Some(Protocol::from(i32::from(IPPROTO_PFSYNC))),
+            )
+            .expect("raw socket (needs CAP_NET_RAW)");
+            sock.bind_device(Some(ifname.as_bytes())).unwrap();
+            sock.set_ttl(255).unwrap();
+            sock.set_multicast_ttl_v4(255).unwrap();
+            // Never read back our own multicast as if someone else had sent it.
+            sock.set_multicast_loop_v4(false).unwrap();
+            sock.set_multicast_if_v4(&if_addr(&ifname).unwrap_or(Ipv4Addr::UNSPECIFIED))
+                .unwrap();
+            if join {
+                sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(idx))
+                    .unwrap();
+            }
+            let _ = sock.set_recv_buffer_size(8 << 20);
+            RawPf { sock, ifname }
+        })
+    }
+
+    /// Send one pfsync payload (the kernel adds the IP header) with TTL `ttl`.
+    pub fn send_ttl(&self, payload: &[u8], dst: Ipv4Addr, ttl: u8) {
+        self.sock.set_ttl(u32::from(ttl)).unwrap();
+        self.sock.set_multicast_ttl_v4(u32::from(ttl)).unwrap();
+        let to = SocketAddr::V4(SocketAddrV4::new(dst, 0));
+        let n = self
+            .sock
+            .send_to(payload, &to.into())
+            .unwrap_or_else(|e| panic!("send proto 240 to {dst} on {}: {e}", self.ifname));
+        assert_eq!(n, payload.len());
+    }
+
+    /// Send with TTL 255, as pf does.
+    pub fn send(&self, payload: &[u8], dst: Ipv4Addr) {
+        self.send_ttl(payload, dst, 255);
+    }
+
+    /// Next proto-240 packet (with its IP header parsed), or `None` after `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<IpPkt> {
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            set_rcvtimeo(self.sock.as_raw_fd(), left);
+            // SAFETY: buf is writable for its length.
+            let n =
+                unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    return None;
+                }
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("recv on raw socket: {e}");
+            }
+            if let Some(p) = IpPkt::parse(&buf[..n as usize]) {
+                return Some(p);
+            }
+        }
+    }
+
+    /// Everything that arrives within `window`.
+    pub fn collect(&self, window: Duration) -> Vec<IpPkt> {
+        let end = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.recv(left) {
+                Some(p) => out.push(p),
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+/// First IPv4 address of `ifname` in the calling thread's namespace.
+pub fn if_addr(ifname: &str) -> Option<Ipv4Addr> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we read and free.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return None;
+    }
+    let mut cur = ifap;
+    let mut found = None;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: NUL-terminated name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: reading the family, then a sockaddr_in when it says AF_INET.
+        unsafe {
+            if name.to_bytes() == ifname.as_bytes()
+                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                break;
+            }
+        }
+    }
+    // SAFETY: from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    found
+}
+
+/// Direction of a captured frame relative to the capturing interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    In,
+    Out,
+}
+
+/// AF_PACKET capture of IPv4 on one interface.
+pub struct LinkCapture {
+    fd: OwnedFd,
+    pub ifname: String,
+}
+
+impl LinkCapture {
+    pub fn open(ns: &str, ifname: &str) -> LinkCapture {
+        let ifname = ifname.to_string();
+        in_netns(ns, || {
+            let idx = if_index(&ifname);
+            // ETH_P_ALL: only "all protocol" taps see outgoing frames; IPv4 is picked below.
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2) call.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+            assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+            // SAFETY: fd is a fresh socket we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: zeroed sockaddr_ll is valid; we fill family, protocol, ifindex.
+            let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = idx as i32;
+            // SAFETY: binding with a properly sized sockaddr_ll.
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                r,
+                0,
+                "bind AF_PACKET to {ifname}: {}",
+                io::Error::last_os_error()
+            );
+            let sz: libc::c_int = 8 << 20;
+            // SAFETY: c_int option.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&sz as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            LinkCapture { fd, ifname }
+        })
+    }
+
+    /// Next IPv4 frame and its direction, or `None` after `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<(Dir, IpPkt)> {
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            set_rcvtimeo(self.fd.as_raw_fd(), left);
+            // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
+            let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buf and sll are writable for the lengths given.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut sll as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    return None;
+                }
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("recv AF_PACKET: {e}");
+            }
+            if sll.sll_protocol != (libc::ETH_P_IP as u16).to_be() {
+                continue;
+            }
+            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING {
+                Dir::Out
+            } else {
+                Dir::In
+            };
+            if let Some(p) = IpPkt::parse(&buf[..n as usize]) {
+                return Some((dir, p));
+            }
+        }
+    }
+
+    /// Every frame seen within `window` that satisfies `keep`.
+    pub fn collect(
+        &self,
+        window: Duration,
+        keep: impl Fn(Dir, &IpPkt) -> bool,
+    ) -> Vec<(Dir, IpPkt)> {
+        let end = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.recv(left) {
+                Some((d, p)) if keep(d, &p) => out.push((d, p)),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Discard whatever is queued now.
+    pub fn drain(&self) {
+        while self.recv(Duration::from_millis(1)).is_some() {}
+    }
+}
+
+/// A UDP socket bound to `bind` inside `ns`.
+pub fn udp_socket(ns: &str, bind: SocketAddr) -> UdpSocket {
+    in_netns(ns, || {
+        UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind udp {bind}: {e}"))
+    })
+}
+
+/// Receive one datagram within `timeout` (`None` if nothing came).
+pub fn udp_recv(sock: &UdpSocket, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+    sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Some((from, buf[..n].to_vec())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        // An ICMP port unreachable for an earlier send is not a reply from the daemon.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => None,
+        Err(e) => panic!("udp recv: {e}"),
+    }
+}
