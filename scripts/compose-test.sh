@@ -179,9 +179,8 @@ converged() {
     last=$d
     return 1
 }
-# Poll fast: the mirrors expire states by their pf timeouts, while an emulator whose churn
-# has stopped keeps its table frozen, so the four tables agree only until the first
-# short-lived states expire in the mirrors (several seconds after churn ends).
+# Poll fast: after churn ends, states still expire by their pf timeouts, in each emulator and
+# each mirror on its own clock, so the tables can differ for a moment at each expiry.
 log "churn over; waiting up to ${SETTLE}s for convergence"
 wait_for "$SETTLE" 0.3 "convergence" converged
 log "converged: $(digests | awk '{printf "%s %s states %s; ", $1, $2, substr($3, 1, 16)}')"
