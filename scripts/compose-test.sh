@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end check of the docker-compose testbed (docker-compose.yml), offline:
 #   build the static binary and a FROM-scratch image, generate keys and configs in a temp
-#   dir, start fw-a/gw-a/gw-b/fw-b, wait for the tunnel, start the attacker, let the
+#   dir, start fw-a/gw-a/gw-b/fw-b, wait for the tunnel, start the attackers, let the
 #   emulated firewalls churn, then wait for convergence and assert from the containers' own
 #   status output:
 #   - both firewall tables and both gateway mirrors have one digest and non-zero states;
-#   - gw-b counted the attacker's handshakes as drops, and no state with the attacker's
+#   - gw-b counted the attackers' handshakes as drops, and no state with an attacker's
 #     creator ids reached any firewall or gateway.
 # Always tears down (containers, networks, volumes, the image it built, the temp dir).
 # Prints one line "compose-test: PASS" or "compose-test: FAIL: <reason>"; exit code 0/1.
