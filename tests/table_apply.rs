@@ -389,16 +389,22 @@ fn versioned_late_insert_after_delete_is_refused() {
         t.apply_versioned(&Message::UpdC(upd_c(&s)), now, Version::new(4, 1)),
         Applied::Older(s.id)
     );
-    // A newer insert resurrects (pf never reuses ids, but versions decide deterministically).
+    // Deletion wins whatever the versions: pf never reuses a state id, so a full state that
+    // arrives after the delete (a bulk answer racing the DEL_C) must not resurrect it.
     assert_eq!(
         t.apply_versioned(&Message::Ins(s), now, Version::new(7, 2)),
-        Applied::Inserted(s.id)
-    );
-    // A delete older than the entry is refused.
-    assert_eq!(
-        t.apply_versioned(&Message::DelC(s.id), now, Version::new(6, 9)),
         Applied::Older(s.id)
     );
+    assert!(t.get(s.id).is_none());
+    // And symmetrically a delete removes an entry with a newer version, so two replicas
+    // that saw the delete and a late update in either order agree.
+    let mut u = StateTable::default();
+    u.apply_versioned(&Message::Ins(s), now, Version::new(9, 3));
+    assert_eq!(
+        u.apply_versioned(&Message::DelC(s.id), now, Version::new(6, 9)),
+        Applied::Deleted(s.id)
+    );
+    assert_eq!(u.digest(), t.digest());
 }
 
 #[test]

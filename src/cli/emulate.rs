@@ -165,8 +165,14 @@ async fn run_async(args: &EmulateArgs) -> io::Result<()> {
         args.dialect, args.interface
     );
     loop {
-        transmit(&mut emu, &mut tx, &afd, to);
+        let backlog = transmit(&mut emu, &mut tx, &afd, to);
         let mut deadline = emu.poll_timeout();
+        if backlog {
+            // Paced like the kernels' bulk callouts: a bulk update of 100k states must not
+            // arrive as one 30 MB burst that no receiver's socket buffer can hold.
+            let next = Instant::now() + PACE_INTERVAL;
+            deadline = Some(deadline.map_or(next, |d| d.min(next)));
+        }
         for t in [churn_stop, end].into_iter().flatten() {
             deadline = Some(deadline.map_or(t, |d| d.min(t)));
         }
@@ -215,7 +221,9 @@ async fn run_async(args: &EmulateArgs) -> io::Result<()> {
             break;
         }
     }
-    transmit(&mut emu, &mut tx, &afd, to);
+    while transmit(&mut emu, &mut tx, &afd, to) {
+        std::thread::sleep(PACE_INTERVAL);
+    }
     if let Some(p) = status_path {
         write_status(p, &emu);
     }
@@ -235,10 +243,25 @@ fn receive(emu: &mut Emulator, sock: &RawSyncSocket, data: &[u8], now: Instant) 
     let _ = emu.on_receive(ip.payload(), ip.ttl(), true, now);
 }
 
-/// Build every due packet straight into the send batch's slots and send them.
-fn transmit(emu: &mut Emulator, tx: &mut SendBatch, afd: &AsyncFd<RawSyncSocket>, to: SocketAddr) {
-    while let Some(n) = emu.poll_transmit(tx.slot()) {
+/// Packets sent per pacing interval at most (one `sendmmsg` batch).
+const PACE_PACKETS: usize = crate::local::mmsg::BATCH;
+const PACE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Build due packets straight into the send batch's slots and send them, at most
+/// `PACE_PACKETS` per call; true if more are waiting.
+fn transmit(
+    emu: &mut Emulator,
+    tx: &mut SendBatch,
+    afd: &AsyncFd<RawSyncSocket>,
+    to: SocketAddr,
+) -> bool {
+    let mut sent = 0;
+    while sent < PACE_PACKETS {
+        let Some(n) = emu.poll_transmit(tx.slot()) else {
+            break;
+        };
         tx.commit(n, to);
+        sent += 1;
         if tx.is_full() {
             tx.flush(afd.get_ref().as_raw_fd());
         }
@@ -246,6 +269,7 @@ fn transmit(emu: &mut Emulator, tx: &mut SendBatch, afd: &AsyncFd<RawSyncSocket>
     if !tx.is_empty() {
         tx.flush(afd.get_ref().as_raw_fd());
     }
+    sent == PACE_PACKETS
 }
 
 #[derive(serde::Serialize)]

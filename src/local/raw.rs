@@ -48,8 +48,7 @@ impl RawSyncSocket {
             sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
         }
         // Bursts (bulk updates) must not overflow the default ~200 KB buffer.
-        let _ = sock.set_recv_buffer_size(4 << 20);
-        let _ = sock.set_send_buffer_size(4 << 20);
+        super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
         Ok(RawSyncSocket {
             sock,
             ifname: ifname.to_string(),

@@ -19,12 +19,14 @@ use crate::local::mmsg::{RecvBatch, SendBatch};
 use crate::local::raw::RawSyncSocket;
 use crate::sync::{Replica, ReplicaConfig};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
-use crate::wire::{self, ipv4::Ipv4Packet};
+use crate::wire::{self, ipv4::Ipv4Packet, BusStatus};
 
 /// Largest pfsync packet we emit towards the firewall (pfsync0's default MTU 1500 − IPv4).
 const LOCAL_PFSYNC_MTU: usize = 1480;
 /// How often the shared status snapshot is refreshed.
 const STATUS_REFRESH: Duration = Duration::from_millis(200);
+/// How often a one-line summary is logged (what `docker compose up` shows).
+const SUMMARY_LOG: Duration = Duration::from_secs(10);
 /// Bound on pump iterations per wakeup, so a chatty peer can't starve the sockets.
 const MAX_PUMP_ROUNDS: usize = 16;
 
@@ -322,11 +324,17 @@ impl Node {
     /// Run until shutdown.
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut next_status = Instant::now() + STATUS_REFRESH;
+        let mut next_summary = Instant::now() + SUMMARY_LOG;
         let mut churn_stop = self.cfg.emulator.churn_for.map(|d| self.started + d);
+        // Like pfsync on link-up: fetch the firewall's whole table, retried until it ends.
+        let mut bulk = LocalBulk::new(Instant::now());
         loop {
             let now = Instant::now();
             let mut deadline = next_status;
             if let Some(t) = churn_stop {
+                deadline = deadline.min(t);
+            }
+            if let Some(t) = bulk.next {
                 deadline = deadline.min(t);
             }
             for d in [
@@ -392,6 +400,9 @@ impl Node {
             }
             self.endpoint.handle_timeout(now);
             self.replica.handle_timeout(now);
+            if bulk.due(now, &self.replica) {
+                self.replica.request_local_bulk(now);
+            }
             if let Local::Emulated(e) = &mut self.local {
                 if churn_stop.is_some_and(|t| now >= t) {
                     churn_stop = None;
@@ -403,6 +414,10 @@ impl Node {
             if now >= next_status {
                 self.refresh_status(now);
                 next_status = now + STATUS_REFRESH;
+            }
+            if now >= next_summary {
+                next_summary = now + SUMMARY_LOG;
+                self.log_summary();
             }
         }
         self.refresh_status(Instant::now());
@@ -611,6 +626,23 @@ impl Node {
         }
     }
 
+    fn log_summary(&self) {
+        let Ok(st) = self.status.lock() else {
+            return;
+        };
+        let up = st.peers.iter().filter(|p| p.established).count();
+        let drops: u64 = st.drops.values().sum();
+        tracing::info!(
+            states = st.states,
+            digest = %st.digest,
+            peers_up = format_args!("{up}/{}", st.peers.len()),
+            captured = st.local.get("captured").copied().unwrap_or(0),
+            injected = st.local.get("injected").copied().unwrap_or(0),
+            drops,
+            "summary"
+        );
+    }
+
     fn flush_udp(&mut self, fd: std::os::fd::RawFd) {
         if !self.udp_tx.is_empty() {
             let (_, failed) = self.udp_tx.flush(fd);
@@ -727,6 +759,47 @@ impl Node {
     }
 }
 
+/// The gateway's own bulk request to its firewall: sent at start, retried every
+/// `PFSYNC_BULK_RETRY` until the firewall's BUS END arrives, at most `PFSYNC_MAX_BULKTRIES`
+/// times (the kernels' values).
+struct LocalBulk {
+    next: Option<Instant>,
+    tries: u32,
+}
+
+const PFSYNC_BULK_RETRY: Duration = Duration::from_secs(5);
+const PFSYNC_MAX_BULKTRIES: u32 = 12;
+
+impl LocalBulk {
+    fn new(now: Instant) -> LocalBulk {
+        LocalBulk {
+            next: Some(now),
+            tries: 0,
+        }
+    }
+
+    /// Whether to send (again) now.
+    fn due(&mut self, now: Instant, replica: &Replica) -> bool {
+        let Some(t) = self.next else {
+            return false;
+        };
+        if self.tries > 0 && matches!(replica.table().last_bus(), Some((_, BusStatus::End))) {
+            self.next = None;
+            return false;
+        }
+        if now < t {
+            return false;
+        }
+        if self.tries >= PFSYNC_MAX_BULKTRIES {
+            self.next = None;
+            return false;
+        }
+        self.tries += 1;
+        self.next = Some(now + PFSYNC_BULK_RETRY);
+        true
+    }
+}
+
 enum Wake {
     Udp,
     Raw,
@@ -749,8 +822,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     s.set_nonblocking(true)?;
     // Bulk resyncs arrive in bursts; the default buffer drops them.
-    let _ = s.set_recv_buffer_size(8 << 20);
-    let _ = s.set_send_buffer_size(8 << 20);
+    crate::local::mmsg::set_socket_buffers(s.as_raw_fd(), 32 << 20);
     s.bind(&addr.into())?;
     Ok(s.into())
 }

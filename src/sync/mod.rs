@@ -58,6 +58,8 @@ pub struct ReplicaConfig {
     pub hello_interval: Duration,
     /// Digest re-check interval while a resync is in progress.
     pub resync_interval: Duration,
+    /// Unsolicited digest comparison with each peer while quiet (anti-entropy audit).
+    pub audit_interval: Duration,
     /// Resend queue bound: unacked messages…
     pub resend_max_msgs: usize,
     /// …and state references they hold.
@@ -70,6 +72,8 @@ pub struct ReplicaConfig {
     pub inject_queue_max: usize,
     /// How often the mirror purges expired states.
     pub expire_interval: Duration,
+    /// How long after a state's deadline the mirror drops it by itself.
+    pub expire_grace: Duration,
     /// Start of the Lamport clock; the node should pass something that grows across restarts
     /// (e.g. wall-clock milliseconds), so a restarted gateway's changes are not seen as old.
     pub initial_clock: u64,
@@ -92,12 +96,14 @@ impl ReplicaConfig {
             dead_after: 5,
             hello_interval: Duration::from_millis(500),
             resync_interval: Duration::from_secs(1),
+            audit_interval: Duration::from_secs(3),
             resend_max_msgs: 8192,
             resend_max_refs: 131_072,
             records_window: 256,
             peer_queue_max: 16_384,
             inject_queue_max: 16_384,
             expire_interval: Duration::from_secs(1),
+            expire_grace: Duration::from_secs(120),
             initial_clock: 0,
             incarnation: 0,
             table: TableConfig::default(),
@@ -188,6 +194,8 @@ struct Peer {
     // anti-entropy
     resync: bool,
     summary_due: Option<Instant>,
+    /// Next unsolicited digest comparison (anti-entropy audit).
+    next_audit: Instant,
     stats: PeerSyncStats,
 }
 
@@ -229,6 +237,7 @@ impl Peer {
             last_rx: now,
             resync: false,
             summary_due: None,
+            next_audit: now + cfg.audit_interval,
             stats: PeerSyncStats::default(),
         }
     }
@@ -439,6 +448,14 @@ impl Replica {
         p.start_resync(now);
     }
 
+    /// Ask our own firewall for a bulk update (`UPD_REQ 0/0`), as a pfsync kernel does when
+    /// its sync link comes up: a gateway that (re)starts with an empty mirror learns every
+    /// state the firewall holds, including those created while the gateway was down.
+    pub fn request_local_bulk(&mut self, now: Instant) {
+        self.injector
+            .encode([Message::UpdReq(StateId::BULK)], None, now);
+    }
+
     /// A native pfsync packet captured from the local firewall (from `pfsync_header` on).
     pub fn on_local_pfsync(&mut self, pkt: &[u8], now: Instant) -> Result<(), WireError> {
         if self.injector.is_echo(pkt, now) {
@@ -475,6 +492,13 @@ impl Replica {
                     // The mirror is newer than the firewall: send it back, as pf would.
                     replies.extend(self.table.update_for(id, now));
                     forward = true;
+                }
+                (Message::Ins(_) | Message::Upd(_), Applied::Older(id))
+                    if self.table.tombstone(id).is_some() =>
+                {
+                    // The firewall still holds a state the cluster has deleted (its bulk
+                    // answer crossed the DEL_C): tell it, instead of spreading it again.
+                    replies.push(Message::DelC(id));
                 }
                 _ => forward = true,
             }
@@ -963,7 +987,12 @@ impl Replica {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.next_expire {
-            self.table.expire(now);
+            // The firewalls announce every expiry with DEL_C; the mirror's own expiry is the
+            // backstop for a firewall that went away, so it waits a grace period longer and
+            // never races the firewall's announcement.
+            if let Some(t) = now.checked_sub(self.cfg.expire_grace) {
+                self.table.expire(t);
+            }
             self.next_expire = now + self.cfg.expire_interval;
         }
         let cfg = &self.cfg;
@@ -1005,6 +1034,16 @@ impl Replica {
                         cfg.keepalive
                     };
             }
+            // Audit: differences that no lost message announced (expiry racing a repair, a
+            // firewall's answer that arrived while the tunnel was down) are found by comparing
+            // digests now and then while quiet; the peer starts a resync if they differ.
+            if !p.resync && p.next_audit <= now {
+                p.next_audit = now + cfg.audit_interval;
+                if !p.busy() && p.tx.unacked() == 0 {
+                    let s = summary(&self.table, self.clock, false);
+                    p.send(cfg, &s);
+                }
+            }
             if p.resync && p.summary_due.is_some_and(|t| t <= now) {
                 if !p.busy() {
                     p.leaf_dumped.iter_mut().for_each(|w| *w = 0);
@@ -1034,6 +1073,9 @@ impl Replica {
                 continue;
             }
             t = t.min(p.next_alive);
+            if !p.resync {
+                t = t.min(p.next_audit);
+            }
             if p.resync {
                 if let Some(s) = p.summary_due {
                     t = t.min(s);

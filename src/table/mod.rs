@@ -386,7 +386,9 @@ impl StateTable {
 
     fn newer_tomb(&self, id: StateId, v: Option<Version>) -> bool {
         match (v, self.tombs.get(&id)) {
-            (Some(v), Some(t)) => t.version >= v,
+            // pf never reuses a state id: once deleted, a state stays deleted. A later full
+            // state for it (a bulk answer racing the DEL_C) must not bring it back.
+            (Some(_), Some(_)) => true,
             _ => false,
         }
     }
@@ -523,14 +525,12 @@ impl StateTable {
 
     fn delete(&mut self, id: StateId, now: Instant, v: Option<Version>) -> Applied {
         match self.states.get(&id) {
-            Some(e) => {
-                if let Some(v) = v {
-                    if e.version > v {
-                        self.stats.older += 1;
-                        return Applied::Older(id);
-                    }
-                }
-                let e = self.remove_entry(id).expect("present");
+            Some(_) => {
+                // Deletes win over any version (see `newer_tomb`): remove-wins keeps replicas
+                // that saw a delete and a late update in different orders convergent.
+                let Some(e) = self.remove_entry(id) else {
+                    return Applied::NotFound(id);
+                };
                 self.put_tomb(id, v.unwrap_or(e.version).max(e.version), now);
                 self.stats.deletes += 1;
                 Applied::Deleted(id)

@@ -53,6 +53,12 @@ pub fn wait_converged(
         }
         last = v;
         if start.elapsed() > timeout {
+            // The gateways' own view (peers, resync state, counters) says why.
+            for &i in gws {
+                if let Ok(s) = status(&net.control_socket(i)) {
+                    eprintln!("{}", s.to_text());
+                }
+            }
             panic!(
                 "not converged after {:.1}s:\n{}",
                 timeout.as_secs_f64(),

@@ -352,7 +352,7 @@ impl Emulator {
             if self.table.len() >= self.cfg.max_states {
                 break;
             }
-            self.create_one(self.now);
+            self.create_one(self.now, true);
         }
     }
 
@@ -375,7 +375,7 @@ impl Emulator {
             while self.cfg.rate > 0 && self.next_create <= now {
                 if self.table.len() < self.cfg.max_states {
                     let at = self.next_create;
-                    self.create_one(at);
+                    self.create_one(at, false);
                 }
                 self.next_create += interval;
             }
@@ -387,7 +387,9 @@ impl Emulator {
                 self.churn_event(id, at);
             }
         }
-        if now >= self.next_purge {
+        // An idle emulated firewall (churn off) is frozen in time: nothing expires, so the
+        // tables of a testbed can be compared at rest.
+        if self.churning && now >= self.next_purge {
             self.next_purge = now + PURGE_INTERVAL;
             self.purge_expired(now);
         }
@@ -425,31 +427,28 @@ impl Emulator {
             consider(self.flush_at);
         }
         consider(self.bulk_req.map(|r| r.deadline));
-        if !self.table.is_empty() {
+        if self.churning && !self.table.is_empty() {
             consider(Some(self.next_purge));
         }
         t
     }
 
-    /// States time out whether or not anything else happens: our own are unlinked and
-    /// announced with `DEL_C` (pf_remove_state → pfsync_delete_state), imported ones are
-    /// dropped quietly (their creator announces them). Without this, a quiet firewall would
-    /// keep states that every gateway mirror has long expired.
+    /// States time out like pf's (pf_purge_expired_states): each is unlinked and announced
+    /// with `DEL_C` (pf_remove_state → pfsync_delete_state), own and imported alike, so
+    /// mirrors never need to guess.
     fn purge_expired(&mut self, now: Instant) {
-        let hostid = self.cfg.hostid;
-        let own_due: Vec<StateId> = self
+        let due: Vec<StateId> = self
             .table
             .iter()
-            .filter(|e| e.deadline() <= now && e.raw().id.creator == hostid)
+            .filter(|e| e.deadline() <= now)
             .map(|e| e.raw().id)
             .collect();
-        for id in own_due {
+        for id in due {
             self.own.remove(&id);
             self.table.apply(&Message::DelC(id), now);
             self.stats.expired += 1;
             self.enqueue_del(id);
         }
-        self.stats.expired += self.table.expire(now) as u64;
     }
 
     /// Build the next pfsync packet the kernel sends (from `pfsync_header` on, no IP header)
@@ -697,10 +696,31 @@ impl Emulator {
         self.enqueue_req(StateId::BULK);
     }
 
-    fn create_one(&mut self, at: Instant) {
+    /// Create one state: a new flow's first packet, or (`established`) an established TCP
+    /// connection, the long-lived kind (tcp.established 24 h) that fills a busy table.
+    fn create_one(&mut self, at: Instant, established: bool) {
         let id = StateId::new(self.next_id, self.cfg.hostid);
         self.next_id += 1;
-        let (s, flow, first) = churn::create(&mut self.rng, self.cfg.dialect, id, &self.cfg.ifname);
+        let (mut s, mut flow, mut first) =
+            churn::create(&mut self.rng, self.cfg.dialect, id, &self.cfg.ifname);
+        while established
+            && !matches!(
+                flow,
+                churn::Flow::Tcp {
+                    phase: churn::TcpPhase::Established,
+                    ..
+                }
+            )
+        {
+            if !matches!(flow, churn::Flow::Tcp { .. }) {
+                (s, flow, _) = churn::create(&mut self.rng, self.cfg.dialect, id, &self.cfg.ifname);
+                continue;
+            }
+            match churn::step(&mut self.rng, &mut flow, &mut s) {
+                churn::Step::Changed(next) => first = next,
+                churn::Step::Remove => unreachable!("a TCP flow reaches established before it ends"),
+            }
+        }
         self.table.apply(&Message::Ins(s), at);
         self.own.insert(id, flow);
         self.events.push(Reverse((at + first, id)));
