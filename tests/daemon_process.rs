@@ -250,9 +250,34 @@ fn peer_restart_reconnects_and_resyncs_by_itself() {
     let back = t.elapsed();
     // The restarted side gets a's states back (resync), and both sides keep syncing:
     // a's mirror and b's firewall end up with the same digest once churn has been flowing.
+    let views = |a: &Daemon, b: &Daemon| {
+        for d in [a, b] {
+            if let Some(s) = status(d) {
+                let fw = s.firewall.clone().unwrap_or_default();
+                eprintln!(
+                    "{}: mirror {} {} firewall {} {} {:?}",
+                    s.node, s.states, s.digest, fw.states, fw.digest, fw.counters
+                );
+            }
+        }
+    };
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if let (Some(x), Some(y)) = (status(&a), status(&b)) {
+            let (fa, fb) = (
+                x.firewall.unwrap_or_default(),
+                y.firewall.unwrap_or_default(),
+            );
+            if fa.digest == fb.digest && x.digest == y.digest && fb.states > 50 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    views(&a, &b);
     wait_for(
         "restarted b converges with a",
-        Duration::from_secs(20),
+        Duration::from_secs(1),
         || match (status(&a), status(&b)) {
             (Some(x), Some(y)) => {
                 let fw = y.firewall.unwrap_or_default();

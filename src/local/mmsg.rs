@@ -226,6 +226,34 @@ fn std_to_sockaddr(a: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::sock
     }
 }
 
+/// Socket buffers for bursts (a bulk update is thousands of packets back to back): try the
+/// privileged `SO_*BUFFORCE` first, which may exceed `net.core.rmem_max`, then the plain
+/// options (clamped by the kernel). Best effort: a small buffer still works, just drops more
+/// under bursts, which the reliability layer repairs.
+pub fn set_socket_buffers(fd: RawFd, bytes: usize) {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for opt in [force, plain] {
+            // SAFETY: passing a c_int option value of the right size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,33 +299,5 @@ mod tests {
         let mut rx = RecvBatch::new(16);
         assert_eq!(rx.recv(b.as_raw_fd()).unwrap(), 1);
         assert_eq!(rx.iter().next().unwrap().1, None);
-    }
-}
-
-/// Socket buffers for bursts (a bulk update is thousands of packets back to back): try the
-/// privileged `SO_*BUFFORCE` first, which may exceed `net.core.rmem_max`, then the plain
-/// options (clamped by the kernel). Best effort: a small buffer still works, just drops more
-/// under bursts, which the reliability layer repairs.
-pub fn set_socket_buffers(fd: RawFd, bytes: usize) {
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        for opt in [force, plain] {
-            // SAFETY: passing a c_int option value of the right size.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&v as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r == 0 {
-                break;
-            }
-        }
     }
 }

@@ -19,7 +19,7 @@ use crate::local::mmsg::{RecvBatch, SendBatch};
 use crate::local::raw::RawSyncSocket;
 use crate::sync::{Replica, ReplicaConfig};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
-use crate::wire::{self, ipv4::Ipv4Packet, BusStatus};
+use crate::wire::{self, ipv4::Ipv4Packet};
 
 /// Largest pfsync packet we emit towards the firewall (pfsync0's default MTU 1500 − IPv4).
 const LOCAL_PFSYNC_MTU: usize = 1480;
@@ -29,6 +29,9 @@ const STATUS_REFRESH: Duration = Duration::from_millis(200);
 const SUMMARY_LOG: Duration = Duration::from_secs(10);
 /// Bound on pump iterations per wakeup, so a chatty peer can't starve the sockets.
 const MAX_PUMP_ROUNDS: usize = 16;
+/// pfsync packets injected towards the firewall per wakeup; the rest waits `INJECT_PACE`.
+const INJECT_PER_WAKEUP: usize = 128;
+const INJECT_PACE: Duration = Duration::from_millis(2);
 
 /// Controls a running node from outside its task (signals, demo, tests).
 #[derive(Clone)]
@@ -90,6 +93,9 @@ pub struct Node {
     plain: Vec<u8>,
     scratch: Vec<u8>,
     counters: BTreeMap<&'static str, u64>,
+    injected_this_wakeup: usize,
+    /// Our bulk requests to the firewall (start-up, reconciliation sweeps).
+    bulk: LocalBulk,
     log_limit: LogLimiter,
     started: Instant,
     status: SharedStatus,
@@ -225,6 +231,8 @@ impl Node {
             plain: vec![0; 65_536],
             scratch: vec![0; 65_536],
             counters: BTreeMap::new(),
+            injected_this_wakeup: 0,
+            bulk: LocalBulk::new(now),
             log_limit: LogLimiter::new(Duration::from_secs(1)),
             started: now,
             status: status.clone(),
@@ -326,16 +334,15 @@ impl Node {
         let mut next_status = Instant::now() + STATUS_REFRESH;
         let mut next_summary = Instant::now() + SUMMARY_LOG;
         let mut churn_stop = self.cfg.emulator.churn_for.map(|d| self.started + d);
-        // Like pfsync on link-up: fetch the firewall's whole table, retried until it ends.
-        let mut bulk = LocalBulk::new(Instant::now());
         loop {
             let now = Instant::now();
             let mut deadline = next_status;
             if let Some(t) = churn_stop {
                 deadline = deadline.min(t);
             }
-            if let Some(t) = bulk.next {
-                deadline = deadline.min(t);
+            deadline = deadline.min(self.bulk.next);
+            if self.injected_this_wakeup >= INJECT_PER_WAKEUP {
+                deadline = deadline.min(now + INJECT_PACE);
             }
             for d in [
                 self.endpoint.poll_timeout(),
@@ -400,7 +407,7 @@ impl Node {
             }
             self.endpoint.handle_timeout(now);
             self.replica.handle_timeout(now);
-            if bulk.due(now, &self.replica) {
+            if self.bulk.due(now, &self.replica) {
                 self.replica.request_local_bulk(now);
             }
             if let Local::Emulated(e) = &mut self.local {
@@ -521,6 +528,7 @@ impl Node {
 
     /// Move everything the state machines have to say to the sockets, until quiet.
     fn pump(&mut self, now: Instant) {
+        self.injected_this_wakeup = 0;
         for _ in 0..MAX_PUMP_ROUNDS {
             let mut moved = 0usize;
 
@@ -542,6 +550,8 @@ impl Node {
                     tunnel::Event::SessionEstablished(p) => {
                         tracing::info!(peer = %self.peer_name(p), "tunnel up");
                         self.replica.on_peer_up(p, now);
+                        // After the resync this starts, reconcile the firewall too.
+                        self.bulk.soon(now + SWEEP_AFTER_UP);
                     }
                     tunnel::Event::PeerUnreachable(p) => {
                         tracing::warn!(peer = %self.peer_name(p), "peer unreachable");
@@ -586,11 +596,16 @@ impl Node {
             }
             self.flush_udp(fd);
 
-            // Replica → firewall.
-            while let Some(n) = self
-                .replica
-                .poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU])
-            {
+            // Replica → firewall, paced: a pf kernel's input queue (and a veth's backlog)
+            // drops what arrives in one long burst, so big repairs go out in slices.
+            while self.injected_this_wakeup < INJECT_PER_WAKEUP {
+                let Some(n) = self
+                    .replica
+                    .poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU])
+                else {
+                    break;
+                };
+                self.injected_this_wakeup += 1;
                 moved += 1;
                 bump(&mut self.counters, "injected");
                 match &mut self.local {
@@ -698,6 +713,9 @@ impl Node {
             .chain([
                 ("forwarded".to_string(), rs.forwarded),
                 ("bulk_answers".to_string(), rs.bulk_answers),
+                ("sweeps".to_string(), rs.sweeps),
+                ("sweep_restored".to_string(), rs.sweep_restored),
+                ("sweep_unlisted".to_string(), rs.sweep_unlisted),
                 ("stale_refused".to_string(), rs.table.stale),
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),
@@ -759,43 +777,64 @@ impl Node {
     }
 }
 
-/// The gateway's own bulk request to its firewall: sent at start, retried every
-/// `PFSYNC_BULK_RETRY` until the firewall's BUS END arrives, at most `PFSYNC_MAX_BULKTRIES`
-/// times (the kernels' values).
+/// The gateway's own bulk requests to its firewall: one at start (like pfsync on link-up),
+/// retried every `PFSYNC_BULK_RETRY` until answered, at most `PFSYNC_MAX_BULKTRIES` times
+/// (the kernels' values); then one now and then, so that the replica can reconcile the
+/// mirror with the firewall's full dump (deletions nobody saw, states the firewall lacks).
 struct LocalBulk {
-    next: Option<Instant>,
+    next: Instant,
     tries: u32,
+    sweeps_at_request: u64,
 }
 
 const PFSYNC_BULK_RETRY: Duration = Duration::from_secs(5);
 const PFSYNC_MAX_BULKTRIES: u32 = 12;
 
+/// Time between reconciliation sweeps: at least 20 s, longer for big tables so that the
+/// dumps stay a small share of the sync link (2,000 states per second of interval).
+fn sweep_interval(states: usize) -> Duration {
+    Duration::from_secs(20).max(Duration::from_millis(states as u64 / 2))
+}
+
+/// Delay from a tunnel coming up to the reconciliation sweep (the resync goes first).
+const SWEEP_AFTER_UP: Duration = Duration::from_secs(3);
+
 impl LocalBulk {
-    fn new(now: Instant) -> LocalBulk {
-        LocalBulk {
-            next: Some(now),
-            tries: 0,
+    /// Bring the next sweep forward to `at` unless one is in progress or sooner.
+    fn soon(&mut self, at: Instant) {
+        if self.tries == 0 && self.next > at {
+            self.next = at;
         }
     }
 
-    /// Whether to send (again) now.
-    fn due(&mut self, now: Instant, replica: &Replica) -> bool {
-        let Some(t) = self.next else {
-            return false;
-        };
-        if self.tries > 0 && matches!(replica.table().last_bus(), Some((_, BusStatus::End))) {
-            self.next = None;
-            return false;
+    fn new(now: Instant) -> LocalBulk {
+        LocalBulk {
+            next: now,
+            tries: 0,
+            sweeps_at_request: 0,
         }
-        if now < t {
+    }
+
+    /// Whether to send a bulk request now.
+    fn due(&mut self, now: Instant, replica: &Replica) -> bool {
+        let sweeps = replica.stats().sweeps;
+        if self.tries > 0 && sweeps > self.sweeps_at_request {
+            // Answered: the replica reconciled; next round later.
+            self.tries = 0;
+            self.next = now + sweep_interval(replica.table().len());
+        }
+        if now < self.next {
             return false;
         }
         if self.tries >= PFSYNC_MAX_BULKTRIES {
-            self.next = None;
+            // The kernels "pretend OK" after the last try; we try again next round.
+            self.tries = 0;
+            self.next = now + sweep_interval(replica.table().len());
             return false;
         }
         self.tries += 1;
-        self.next = Some(now + PFSYNC_BULK_RETRY);
+        self.sweeps_at_request = sweeps;
+        self.next = now + PFSYNC_BULK_RETRY;
         true
     }
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::table::{Applied, Digest, IdMap, StateTable, TableConfig, TableStats, Version};
-use crate::wire::{Dialect, Message, Packet, StateId, WireError};
+use crate::wire::{BusStatus, Dialect, Message, Packet, StateId, WireError};
 use inject::{InjectStats, Injector};
 use link::{Pushed, RxVerdict, RxWindow, StateRef, TxQueue};
 use proto::{encode_record, msg_type, Records, RECORDS_HDR, RECORD_VERSION, SYNC_VERSION};
@@ -149,6 +149,11 @@ pub struct ReplicaStats {
     pub echoes_dropped: u64,
     pub forwarded: u64,
     pub bulk_answers: u64,
+    /// Reconciliations with the firewall's full dump, and what they repaired.
+    pub sweeps: u64,
+    pub sweep_restored: u64,
+    /// The firewall's own states the mirror holds but its dump did not list.
+    pub sweep_unlisted: u64,
     pub states: usize,
     pub tombstones: usize,
     pub digest: Digest,
@@ -330,6 +335,17 @@ pub struct Replica {
     stats: ReplicaStats,
     scratch_refs: Vec<StateRef>,
     scratch_msgs: Vec<(Message, Applied)>,
+    /// The local firewall's bulk answer being received (reconciliation sweep).
+    sweep: Option<Sweep>,
+}
+
+/// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
+/// firewall holds is the truth about its own states, and whatever the cluster holds that the
+/// firewall lacks is given back to it.
+struct Sweep {
+    /// The firewall's hostid, from its BUS START.
+    creator: u32,
+    seen: IdMap<()>,
 }
 
 impl Replica {
@@ -345,6 +361,7 @@ impl Replica {
             stats: ReplicaStats::default(),
             scratch_refs: Vec::new(),
             scratch_msgs: Vec::new(),
+            sweep: None,
             cfg,
         }
     }
@@ -448,6 +465,30 @@ impl Replica {
         p.start_resync(now);
     }
 
+    /// The firewall's full dump is complete: states the cluster holds that the firewall lacks
+    /// (an injection it missed) are injected back into it. States of its own that it no
+    /// longer lists are left alone: a dump missing a packet must not delete live states
+    /// cluster-wide; their DEL_C or expiry removes them.
+    fn finish_sweep(&mut self, now: Instant, replies: &mut Vec<Message>) {
+        let Some(sweep) = self.sweep.take() else {
+            return;
+        };
+        let before = replies.len();
+        for e in self.table.iter() {
+            let id = e.raw().id;
+            if sweep.seen.contains_key(&id) {
+                continue;
+            }
+            if id.creator != sweep.creator {
+                replies.extend(self.table.update_for(id, now));
+            } else {
+                self.stats.sweep_unlisted += 1;
+            }
+        }
+        self.stats.sweeps += 1;
+        self.stats.sweep_restored += (replies.len() - before) as u64;
+    }
+
     /// Ask our own firewall for a bulk update (`UPD_REQ 0/0`), as a pfsync kernel does when
     /// its sync link comes up: a gateway that (re)starts with an empty mirror learns every
     /// state the firewall holds, including those created while the gateway was down.
@@ -476,13 +517,62 @@ impl Replica {
         let mut forward = false;
         let mut bulk = false;
         let mut replies: Vec<Message> = Vec::new();
+        let mut sweep_done = false;
         for msg in p.messages() {
+            match msg {
+                Message::Bus {
+                    creator,
+                    status: BusStatus::Start,
+                    ..
+                } => {
+                    self.sweep = Some(Sweep {
+                        creator,
+                        seen: IdMap::default(),
+                    })
+                }
+                Message::Bus {
+                    creator,
+                    status: BusStatus::End,
+                    ..
+                } => sweep_done |= self.sweep.as_ref().is_some_and(|s| s.creator == creator),
+                Message::Ins(s) | Message::Upd(s) => {
+                    if let Some(sw) = &mut self.sweep {
+                        sw.seen.insert(s.id, ());
+                    }
+                }
+                _ => {}
+            }
+            // Inside the firewall's dump, only what changes the mirror travels on, and as
+            // repairs: re-broadcasting the whole dump would bury the peers' firewalls.
+            let in_sweep = self.sweep.is_some() && matches!(msg, Message::Ins(_) | Message::Upd(_));
+            let before = if in_sweep {
+                msg.state_id()
+                    .and_then(|id| self.table.get(id).map(|e| e.hash()))
+            } else {
+                None
+            };
             let a = self.table.apply_versioned(&msg, now, v);
+            if in_sweep {
+                let id = msg.state_id().expect("ins/upd have ids");
+                if self.table.get(id).map(|e| e.hash()) != before {
+                    for p in self.peers.values_mut() {
+                        p.mark_dirty(StateRef::State(id));
+                    }
+                }
+                if let Applied::Older(id) = a {
+                    if self.table.tombstone(id).is_some() {
+                        replies.push(Message::DelC(id));
+                    }
+                }
+                continue;
+            }
             match (&msg, a) {
                 (Message::UpdReq(_), Applied::BulkRequested) => bulk = true,
                 (Message::UpdReq(_), Applied::Reply(m)) => replies.push(m),
                 (Message::UpdReq(_), _) => forward = true, // a peer's firewall may have it
                 (Message::Eof, _) => {}
+                // Bulk status is between the firewall and whoever asked (us): not news.
+                (Message::Bus { .. }, _) => {}
                 (_, Applied::NeedUpdate(id)) => {
                     // The firewall knows a state the mirror lacks: ask it for the full state.
                     replies.push(Message::UpdReq(id));
@@ -522,6 +612,9 @@ impl Replica {
             self.stats.bulk_answers += 1;
             let it = self.table.bulk(now, self.cfg.node_id);
             self.injector.encode(it, None, now);
+        }
+        if sweep_done {
+            self.finish_sweep(now, &mut replies);
         }
         if !replies.is_empty() {
             self.injector.encode(replies, None, now);

@@ -718,7 +718,9 @@ impl Emulator {
             }
             match churn::step(&mut self.rng, &mut flow, &mut s) {
                 churn::Step::Changed(next) => first = next,
-                churn::Step::Remove => unreachable!("a TCP flow reaches established before it ends"),
+                churn::Step::Remove => {
+                    unreachable!("a TCP flow reaches established before it ends")
+                }
             }
         }
         self.table.apply(&Message::Ins(s), at);
