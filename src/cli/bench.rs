@@ -36,7 +36,7 @@ pub fn run(args: &BenchArgs) -> i32 {
     let rounds = args.rounds.max(1);
     let mut rows = Vec::new();
 
-    let pkt = upd_c_packet(Dialect::OpenbsdV6);
+    let pkt = upd_c_packet(Dialect::OpenbsdV6, &mut 1);
     let n_msgs = Packet::new_checked(&pkt[..], Dialect::OpenbsdV6)
         .map(|p| p.messages().count())
         .unwrap_or(0);
@@ -207,15 +207,17 @@ fn sum_words(b: &[u8]) -> u64 {
         .fold(0u64, u64::wrapping_add)
 }
 
-/// A full OpenBSD packet of compressed updates (as many as fit in 1480 bytes).
-pub fn upd_c_packet(dialect: Dialect) -> Vec<u8> {
+/// A full packet of compressed updates (as many as fit in 1480 bytes) for states 1, 2, …,
+/// with sequence numbers advancing from `seq`.
+pub fn upd_c_packet(dialect: Dialect, seq: &mut u32) -> Vec<u8> {
     let mut buf = vec![0u8; 1480];
     let mut w = PacketWriter::new(dialect, &mut buf);
-    let mut i = 1u64;
+    let mut id = 1u64;
     loop {
+        *seq = seq.wrapping_add(1000);
         let peer = PeerRepr {
-            seqlo: i as u32,
-            seqhi: i as u32 + 65_535,
+            seqlo: *seq,
+            seqhi: seq.wrapping_add(65_535),
             max_win: 65_535,
             mss: 1460,
             state: 4,
@@ -223,7 +225,7 @@ pub fn upd_c_packet(dialect: Dialect) -> Vec<u8> {
             ..Default::default()
         };
         let m = Message::UpdC(UpdCRepr {
-            id: StateId::new(i, 0xdead_beef),
+            id: StateId::new(id, 0xdead_beef),
             src: peer,
             dst: peer,
             expire: 0,
@@ -231,7 +233,7 @@ pub fn upd_c_packet(dialect: Dialect) -> Vec<u8> {
             flags: 0,
         });
         match w.push(&m) {
-            Ok(true) => i += 1,
+            Ok(true) => id += 1,
             _ => break,
         }
     }
@@ -378,43 +380,11 @@ fn relay_round(
     );
 }
 
-/// Packets of compressed updates for states that exist on both sides (inserted first).
+/// Packets of compressed updates for states that exist on both sides (inserted first),
+/// each moving the connections forward.
 fn churn_packets(dialect: Dialect, n: usize) -> Vec<Vec<u8>> {
-    let mut v = Vec::with_capacity(n);
     let mut seq = 1u32;
-    for _ in 0..n {
-        let mut buf = vec![0u8; 1480];
-        let mut w = PacketWriter::new(dialect, &mut buf);
-        let mut id = 1u64;
-        loop {
-            seq = seq.wrapping_add(1000);
-            let peer = PeerRepr {
-                seqlo: seq,
-                seqhi: seq + 65_535,
-                max_win: 65_535,
-                mss: 1460,
-                state: 4,
-                wscale: 7,
-                ..Default::default()
-            };
-            let m = Message::UpdC(UpdCRepr {
-                id: StateId::new(id, 0xdead_beef),
-                src: peer,
-                dst: peer,
-                expire: 0,
-                timeout: 2,
-                flags: 0,
-            });
-            match w.push(&m) {
-                Ok(true) => id += 1,
-                _ => break,
-            }
-        }
-        let len = w.finish();
-        buf.truncate(len);
-        v.push(buf);
-    }
-    v
+    (0..n).map(|_| upd_c_packet(dialect, &mut seq)).collect()
 }
 
 fn tunnel_pair() -> (

@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 
 use super::pcap::{CaptureError, CaptureReader, Extracted};
 use crate::wire::{
-    self, name_str, AddrFamily, BusStatus, Dialect, Message, Packet, PeerRepr, StateKeyRepr,
-    StateRepr, UpdCRepr,
+    self, display, name_str, AddrFamily, BusStatus, Dialect, Message, Packet, PeerRepr,
+    StateKeyRepr, StateRepr, UpdCRepr,
 };
 
 #[derive(Debug, clap::Args)]
@@ -420,43 +420,12 @@ fn bus_status_json(s: BusStatus) -> Value {
 
 // ---- text ----------------------------------------------------------------------------------
 
-const TCP_STATES: [&str; 13] = [
-    "CLOSED",
-    "LISTEN",
-    "SYN_SENT",
-    "SYN_RCVD",
-    "ESTABLISHED",
-    "CLOSE_WAIT",
-    "FIN_WAIT_1",
-    "CLOSING",
-    "LAST_ACK",
-    "FIN_WAIT_2",
-    "TIME_WAIT",
-    "PROXY_SRC",
-    "PROXY_DST",
-];
-
-const OTHER_STATES: [&str; 3] = ["NO_TRAFFIC", "SINGLE", "MULTIPLE"];
-
 fn peer_state_name(proto: u8, st: u8) -> String {
-    let table: &[&str] = match proto {
-        6 => &TCP_STATES,
-        _ => &OTHER_STATES,
-    };
-    table
-        .get(usize::from(st))
-        .map_or_else(|| st.to_string(), |s| (*s).to_string())
+    display::peer_state_name(proto, st).map_or_else(|| st.to_string(), str::to_string)
 }
 
 fn proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmp6".into(),
-        132 => "sctp".into(),
-        p => format!("proto-{p}"),
-    }
+    display::proto_name(p).map_or_else(|| format!("proto-{p}"), str::to_string)
 }
 
 fn host_port(addr: &[u8; 16], port: u16, af: AddrFamily) -> String {

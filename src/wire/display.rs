@@ -65,7 +65,8 @@ fn write_key(f: &mut fmt::Formatter<'_>, k: &StateKeyRepr, af: AddrFamily, dir: 
     write!(f, "{} -> {}", Endpoint(k, s, af), Endpoint(k, d, af))
 }
 
-fn proto_name(p: u8) -> Option<&'static str> {
+/// pf's name for an IP protocol, if it has one.
+pub fn proto_name(p: u8) -> Option<&'static str> {
     Some(match p {
         1 => "icmp",
         6 => "tcp",
@@ -95,16 +96,21 @@ const TCP_STATES: [&str; 13] = [
 ];
 const OTHER_STATES: [&str; 3] = ["NO_TRAFFIC", "SINGLE", "MULTIPLE"];
 
+/// The name pf prints for a peer's state (`ESTABLISHED`, `MULTIPLE`, …) under `proto`.
+pub fn peer_state_name(proto: u8, state: u8) -> Option<&'static str> {
+    let table: &[&str] = if proto == 6 {
+        &TCP_STATES
+    } else {
+        &OTHER_STATES
+    };
+    table.get(usize::from(state)).copied()
+}
+
 struct PeerState(u8, u8);
 
 impl fmt::Display for PeerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let table: &[&str] = if self.1 == 6 {
-            &TCP_STATES
-        } else {
-            &OTHER_STATES
-        };
-        match table.get(usize::from(self.0)) {
+        match peer_state_name(self.1, self.0) {
             Some(n) => f.write_str(n),
             None => write!(f, "{}", self.0),
         }

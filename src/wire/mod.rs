@@ -5,7 +5,7 @@
 //! Nothing here allocates on the per-packet path.
 
 mod action;
-mod display;
+pub mod display;
 pub mod error;
 mod field;
 mod header;
