@@ -790,10 +790,10 @@ struct LocalBulk {
 const PFSYNC_BULK_RETRY: Duration = Duration::from_secs(5);
 const PFSYNC_MAX_BULKTRIES: u32 = 12;
 
-/// Time between reconciliation sweeps: at least 20 s, longer for big tables so that the
+/// Time between reconciliation sweeps: at least 10 s, longer for big tables so that the
 /// dumps stay a small share of the sync link (2,000 states per second of interval).
 fn sweep_interval(states: usize) -> Duration {
-    Duration::from_secs(20).max(Duration::from_millis(states as u64 / 2))
+    Duration::from_secs(10).max(Duration::from_millis(states as u64 / 2))
 }
 
 /// Delay from a tunnel coming up to the reconciliation sweep (the resync goes first).
