@@ -499,10 +499,6 @@ impl Replica {
 
     /// A native pfsync packet captured from the local firewall (from `pfsync_header` on).
     pub fn on_local_pfsync(&mut self, pkt: &[u8], now: Instant) -> Result<(), WireError> {
-        if self.injector.is_echo(pkt, now) {
-            self.stats.echoes_dropped += 1;
-            return Ok(());
-        }
         let p = match Packet::new_checked(pkt, self.cfg.local_dialect) {
             Ok(p) => p,
             Err(e) => {
@@ -510,6 +506,15 @@ impl Replica {
                 return Err(e);
             }
         };
+        // Requests and bulk status are the same bytes whoever sends them (our bulk request
+        // and the firewall's are identical): only packets carrying states can be echoes.
+        let carries_states = p
+            .messages()
+            .any(|m| !matches!(m, Message::UpdReq(_) | Message::Bus { .. } | Message::Eof));
+        if carries_states && self.injector.is_echo(pkt, now) {
+            self.stats.echoes_dropped += 1;
+            return Ok(());
+        }
         self.stats.local_packets += 1;
         self.clock += 1;
         let v = Version::new(self.clock, self.cfg.node_id);
