@@ -23,10 +23,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const RATE: u32 = 1000;
 /// Bound on convergence after churn stops on a clean link. The issue asks for 2 s; we
 /// assert with headroom for loaded CI machines and log the measured time.
-/// The issue asks for 2 s. Measured here: the firewalls agree ~1 s after churn stops, but a
-/// few mirror entries can hold another equally-advanced copy than the firewall that created
-/// them until the next reconciliation sweep (≤ 10 s) corrects them; see the issue notes.
-const CLEAN_BOUND: Duration = Duration::from_secs(15);
+/// The issue asks for 2 s; measured here 0.0–1.3 s (the emulators flush once a second).
+/// The extra second absorbs a loaded CI machine.
+const CLEAN_BOUND: Duration = Duration::from_secs(3);
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -135,9 +134,7 @@ fn churn_with_20_percent_loss_converges() {
         .impair(&net.transit_ns, common::gw::TUNNEL_PORT, Impair::Loss(20));
     run_until(&net, end, &all_procs(&net));
     // The loss stays on while converging: delivery must repair it by itself.
-    // Most repairs land within a few seconds; the last gaps on the firewall side can wait for
-    // the next reconciliation sweep (every 10 s).
-    converge(&net, "20% loss", Duration::from_secs(30));
+    converge(&net, "20% loss", Duration::from_secs(15));
     let st = net.status(0);
     assert!(
         st.peers[0].retransmits + net.status(1).peers[0].retransmits > 0,
@@ -169,7 +166,7 @@ fn partition_of_30s_heals_and_converges() {
     net.lab
         .impair(&net.transit_ns, common::gw::TUNNEL_PORT, Impair::None);
     run_until(&net, end, &procs);
-    converge(&net, "30s partition", Duration::from_secs(30));
+    converge(&net, "30s partition", Duration::from_secs(15));
 }
 
 #[test]
@@ -188,9 +185,7 @@ fn gateway_sigkill_mid_churn_loses_and_rolls_back_nothing() {
     net.start_gw(1);
     net.lab.log("gw-b restarted");
     run_until(&net, end, &procs);
-    // Deletions made while gw-b was dead are only known to fw-b; the reconciliation sweeps
-    // that follow a tunnel coming up repair them, a few seconds after the restart.
-    converge(&net, "gw-b SIGKILL + restart", Duration::from_secs(20));
+    converge(&net, "gw-b SIGKILL + restart", Duration::from_secs(10));
     // "Nothing rolled back": each firewall's own states in the peer's table equal its own
     // view (the digests above cover content); and no firewall counted stale updates
     // pushed at it as newer.

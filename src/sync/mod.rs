@@ -337,6 +337,9 @@ pub struct Replica {
     scratch_msgs: Vec<(Message, Applied)>,
     /// The local firewall's bulk answer being received (reconciliation sweep).
     sweep: Option<Sweep>,
+    /// Creator ids of our own firewall (from its INS and BUS): it is the authority on those
+    /// states, and only an echo for everyone else's.
+    local_creators: Vec<u32>,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -362,6 +365,7 @@ impl Replica {
             scratch_refs: Vec::new(),
             scratch_msgs: Vec::new(),
             sweep: None,
+            local_creators: Vec::new(),
             cfg,
         }
     }
@@ -489,6 +493,21 @@ impl Replica {
         self.stats.sweep_restored += (replies.len() - before) as u64;
     }
 
+    /// The version for a message from our own firewall: fresh for its own states; for the
+    /// states of other firewalls it only repeats what it imported (bulk dumps, stale
+    /// corrections), so it must not beat their creators' updates on version alone.
+    fn local_version(&self, msg: &Message, v: Version) -> Version {
+        match msg.state_id() {
+            Some(id)
+                if !self.local_creators.is_empty()
+                    && !self.local_creators.contains(&id.creator) =>
+            {
+                Version::ZERO
+            }
+            _ => v,
+        }
+    }
+
     /// Ask our own firewall for a bulk update (`UPD_REQ 0/0`), as a pfsync kernel does when
     /// its sync link comes up: a gateway that (re)starts with an empty mirror learns every
     /// state the firewall holds, including those created while the gateway was down.
@@ -524,6 +543,16 @@ impl Replica {
         let mut replies: Vec<Message> = Vec::new();
         let mut sweep_done = false;
         for msg in p.messages() {
+            let own = match msg {
+                Message::Ins(s) => Some(s.id.creator),
+                Message::Bus { creator, .. } => Some(creator),
+                _ => None,
+            };
+            if let Some(c) = own {
+                if c != 0 && !self.local_creators.contains(&c) && self.local_creators.len() < 16 {
+                    self.local_creators.push(c);
+                }
+            }
             match msg {
                 Message::Bus {
                     creator,
@@ -556,7 +585,9 @@ impl Replica {
             } else {
                 None
             };
-            let a = self.table.apply_versioned(&msg, now, v);
+            let a = self
+                .table
+                .apply_versioned(&msg, now, self.local_version(&msg, v));
             if in_sweep {
                 let id = msg.state_id().expect("ins/upd have ids");
                 if self.table.get(id).map(|e| e.hash()) != before {
@@ -911,7 +942,13 @@ impl Replica {
         let mut clean = true;
         self.scratch_msgs.clear();
         for msg in pkt.messages() {
-            let a = self.table.apply_versioned(&msg, now, v);
+            // What a peer says about our own firewall's states is an echo or a correction:
+            // it wins only where it is strictly more advanced, never on version alone.
+            let vm = match msg.state_id() {
+                Some(id) if self.local_creators.contains(&id.creator) => Version::ZERO,
+                _ => v,
+            };
+            let a = self.table.apply_versioned(&msg, now, vm);
             match a {
                 Applied::Stale(id) | Applied::Older(id) => {
                     clean = false;
