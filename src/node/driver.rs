@@ -599,26 +599,25 @@ impl Node {
             // Replica → firewall, paced: a pf kernel's input queue (and a veth's backlog)
             // drops what arrives in one long burst, so big repairs go out in slices.
             while self.injected_this_wakeup < INJECT_PER_WAKEUP {
-                let Some(n) = self
-                    .replica
-                    .poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU])
-                else {
-                    break;
-                };
-                self.injected_this_wakeup += 1;
-                moved += 1;
-                bump(&mut self.counters, "injected");
                 match &mut self.local {
                     Local::Raw(raw) => {
-                        let RawSide { sock, tx, .. } = &mut **raw;
-                        tx.slot()[..n].copy_from_slice(&self.scratch[..n]);
-                        tx.commit(n, sock.get_ref().inject_to());
-                        if tx.is_full() {
-                            let (_, failed) = tx.flush(sock.get_ref().as_raw_fd());
-                            *self.counters.entry("inject_failed").or_insert(0) += failed as u64;
+                        // Straight into the send batch's slot: no copy per packet.
+                        let Some(n) = self.replica.poll_local_inject(raw.tx.slot()) else {
+                            break;
+                        };
+                        let to = raw.sock.get_ref().inject_to();
+                        raw.tx.commit(n, to);
+                        if raw.tx.is_full() {
+                            flush_raw(raw, &mut self.counters);
                         }
                     }
                     Local::Emulated(e) => {
+                        let Some(n) = self
+                            .replica
+                            .poll_local_inject(&mut self.scratch[..LOCAL_PFSYNC_MTU])
+                        else {
+                            break;
+                        };
                         // In-process: the gateway injects with TTL 255 on the sync interface.
                         if e.on_receive(&self.scratch[..n], wire::PFSYNC_DFLTTL, true, now)
                             .is_err()
@@ -627,13 +626,12 @@ impl Node {
                         }
                     }
                 }
+                self.injected_this_wakeup += 1;
+                moved += 1;
+                bump(&mut self.counters, "injected");
             }
             if let Local::Raw(raw) = &mut self.local {
-                let RawSide { sock, tx, .. } = &mut **raw;
-                if !tx.is_empty() {
-                    let (_, failed) = tx.flush(sock.get_ref().as_raw_fd());
-                    *self.counters.entry("inject_failed").or_insert(0) += failed as u64;
-                }
+                flush_raw(raw, &mut self.counters);
             }
             if moved == 0 {
                 break;
@@ -846,6 +844,14 @@ enum Wake {
     Shutdown,
     Churn,
     Reload(Option<Option<Box<Config>>>),
+}
+
+/// Send what the raw side's batch holds, counting datagrams the kernel refused.
+fn flush_raw(raw: &mut RawSide, counters: &mut BTreeMap<&'static str, u64>) {
+    if !raw.tx.is_empty() {
+        let (_, failed) = raw.tx.flush(raw.sock.get_ref().as_raw_fd());
+        *counters.entry("inject_failed").or_insert(0) += failed as u64;
+    }
 }
 
 /// Keepalive used when the config sets none: short, so a dead peer is noticed quickly

@@ -175,17 +175,10 @@ impl RawPf {
             let n =
                 unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
-                let e = io::Error::last_os_error();
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) {
-                    return None;
-                }
-                if e.kind() == io::ErrorKind::Interrupted {
+                if retry_after(io::Error::last_os_error(), "recv on raw socket") {
                     continue;
                 }
-                panic!("recv on raw socket: {e}");
+                return None;
             }
             if let Some(p) = IpPkt::parse(&buf[..n as usize]) {
                 return Some(p);
@@ -322,17 +315,10 @@ impl LinkCapture {
                 )
             };
             if n < 0 {
-                let e = io::Error::last_os_error();
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) {
-                    return None;
-                }
-                if e.kind() == io::ErrorKind::Interrupted {
+                if retry_after(io::Error::last_os_error(), "recv AF_PACKET") {
                     continue;
                 }
-                panic!("recv AF_PACKET: {e}");
+                return None;
             }
             if sll.sll_protocol != (libc::ETH_P_IP as u16).to_be() {
                 continue;
@@ -397,5 +383,15 @@ pub fn udp_recv(sock: &UdpSocket, timeout: Duration) -> Option<(SocketAddr, Vec<
         // An ICMP port unreachable for an earlier send is not a reply from the daemon.
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => None,
         Err(e) => panic!("udp recv: {e}"),
+    }
+}
+
+/// What a failed `recv` means in a capture loop with a receive timeout: `false` when the
+/// time ran out (stop), `true` when interrupted (retry). Anything else is a broken setup.
+fn retry_after(e: io::Error, what: &str) -> bool {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => false,
+        io::ErrorKind::Interrupted => true,
+        _ => panic!("{what}: {e}"),
     }
 }
