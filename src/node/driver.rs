@@ -729,7 +729,10 @@ impl Node {
                     name: slot.cfg.name.clone(),
                     public_key: slot.cfg.public_key.to_base64(),
                     endpoint: t.as_ref().and_then(|t| t.endpoint).map(|e| e.to_string()),
-                    established: t.as_ref().is_some_and(|t| t.established),
+                    // Up means relaying works: the tunnel session and the sync epoch inside
+                    // it (a packet sent before the epoch handshake travels as a repair).
+                    established: t.as_ref().is_some_and(|t| t.established)
+                        && s.as_ref().is_some_and(|s| s.established),
                     last_handshake_secs: t
                         .as_ref()
                         .and_then(|t| t.last_handshake)

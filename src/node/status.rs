@@ -31,6 +31,7 @@ pub struct PeerView {
     pub name: String,
     pub public_key: String,
     pub endpoint: Option<String>,
+    /// Tunnel session and sync epoch both up: packets are relayed as they are.
     pub established: bool,
     /// Seconds since the last completed handshake.
     pub last_handshake_secs: Option<f64>,
