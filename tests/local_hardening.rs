@@ -1,0 +1,350 @@
+//! The daemon's local interfaces against a hostile local user (docs/SECURITY.md, "Local
+//! user"): the control socket's mode does not depend on the umask; idle, slow, oversized
+//! and too many clients, and descriptor exhaustion, never stop the control socket or
+//! `/metrics` for good.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pfsync-gw")
+}
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("pfsync-gw-lh-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start an emulator-mode daemon with a control socket and `/metrics`; `nofile` sets its
+/// RLIMIT_NOFILE, `umask` its umask, `extra` adds `[node]` lines.
+fn start(dir: &Dir, nofile: Option<u64>, umask: Option<u32>, extra: &str) -> Daemon {
+    let key = dir.path("gw.key");
+    if !key.exists() {
+        assert!(Command::new(bin())
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let port = free_tcp_port();
+    let cfg = dir.path("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nname = \"lh\"\nprivate_key_file = \"gw.key\"\nlisten = \"127.0.0.1:0\"\n\
+             control_socket = \"gw.sock\"\nmetrics_listen = \"127.0.0.1:{port}\"\n{extra}\n\
+             [local]\nmode = \"emulator\"\ndialect = \"openbsd-v6\"\n\n[emulator]\nrate = 0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path("gw.log");
+    let mut c = Command::new(bin());
+    c.args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: only async-signal-safe calls (setrlimit, umask) between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            if let Some(n) = nofile {
+                let r = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
+            Ok(())
+        });
+    }
+    let d = Daemon {
+        child: c.spawn().unwrap(),
+        sock: dir.path("gw.sock"),
+        metrics: format!("127.0.0.1:{port}").parse().unwrap(),
+        log,
+    };
+    let t = Instant::now();
+    while status(&d).is_err() || get_metrics(&d).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "daemon did not come up:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d
+}
+
+/// One `status` exchange on the control socket, with a client-side deadline.
+fn status(d: &Daemon) -> Result<String, String> {
+    let mut s = UnixStream::connect(&d.sock).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"status\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if out.starts_with("{\"node\"") {
+        Ok(out)
+    } else {
+        Err(format!("bad reply `{out}`"))
+    }
+}
+
+/// One `GET /metrics`, with a client-side deadline.
+fn get_metrics(d: &Daemon) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&d.metrics, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nUser-Agent: test\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if out.starts_with("HTTP/1.0 200 OK") && out.contains("pfsync_gw_states") {
+        Ok(out)
+    } else {
+        Err(format!("bad reply `{out}`"))
+    }
+}
+
+/// The value of `pfsync_gw_admin_clients_total{listener,event}` in a metrics page.
+fn admin_counter(page: &str, listener: &str, event: &str) -> u64 {
+    let key = format!("listener=\"{listener}\",event=\"{event}\"}} ");
+    page.lines()
+        .find(|l| l.starts_with("pfsync_gw_admin_clients_total") && l.contains(&key))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {listener}/{event} counter in:\n{page}"))
+}
+
+/// Retry `f` until it succeeds or `limit` passes; returns how long it took.
+fn within<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> Duration {
+    let t = Instant::now();
+    loop {
+        match f() {
+            Ok(_) => return t.elapsed(),
+            Err(e) if t.elapsed() >= limit => panic!("{what}: still failing after {limit:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn control_socket_is_0600_whatever_the_umask() {
+    let dir = Dir::new("umask");
+    // A stale file where the socket goes (a crashed run) is replaced.
+    std::fs::write(dir.path("gw.sock"), b"stale").unwrap();
+    let d = start(&dir, None, Some(0o000), "");
+    let m = std::fs::symlink_metadata(&d.sock).unwrap();
+    assert!(m.file_type().is_socket());
+    assert_eq!(
+        m.mode() & 0o7777,
+        0o600,
+        "control socket mode with umask 000"
+    );
+    assert_eq!(m.uid(), unsafe { libc::geteuid() });
+    // The private directory it was bound in is gone.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".pfsync-gw"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    drop(d);
+
+    // With a control group: 0660, owned by that group (needs root to chown).
+    if unsafe { libc::geteuid() } == 0 {
+        let gid = pfsync_gw::config::account::lookup_group("daemon").expect("group daemon");
+        let d = start(&dir, None, Some(0o000), "control_group = \"daemon\"");
+        let m = std::fs::symlink_metadata(&d.sock).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o660);
+        assert_eq!(m.gid(), gid);
+    }
+}
+
+#[test]
+fn idle_clients_beyond_the_cap_do_not_block_others() {
+    // The issue's attack at the usual limit: ~1,030 idle connections used to exhaust the
+    // descriptors and end both loops.
+    let dir = Dir::new("idle");
+    let d = start(&dir, Some(1024), None, "");
+    let mut idle_tcp = Vec::new();
+    for _ in 0..1100 {
+        idle_tcp.push(TcpStream::connect(d.metrics).unwrap());
+    }
+    let mut idle_unix = Vec::new();
+    for _ in 0..200 {
+        idle_unix.push(UnixStream::connect(&d.sock).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let fds = open_fds(d.child.id());
+    // The caps hold: 64 per listener plus the daemon's own sockets.
+    assert!(fds < 2 * 64 + 40, "daemon holds {fds} descriptors");
+    let t_status = within("status during the flood", Duration::from_secs(2), || {
+        status(&d)
+    });
+    let t_metrics = within("/metrics during the flood", Duration::from_secs(2), || {
+        get_metrics(&d)
+    });
+    eprintln!(
+        "1100 idle /metrics + 200 idle control clients: daemon holds {fds} fds; status {t_status:?}, /metrics {t_metrics:?}"
+    );
+    drop(idle_tcp);
+    drop(idle_unix);
+    let page = get_metrics(&d).unwrap();
+    assert!(admin_counter(&page, "metrics", "evicted") >= 1000, "{page}");
+    assert!(admin_counter(&page, "control", "evicted") >= 130, "{page}");
+    status(&d).unwrap();
+}
+
+#[test]
+fn descriptor_exhaustion_is_survived() {
+    // RLIMIT_NOFILE 40: far fewer descriptors than the clients we open.
+    let dir = Dir::new("emfile");
+    let d = start(&dir, Some(40), None, "");
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(TcpStream::connect(d.metrics).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        open_fds(d.child.id()) >= 38,
+        "the descriptors were not exhausted"
+    );
+    // /metrics keeps answering: on EMFILE it closes its oldest client to make room.
+    let t_during = within(
+        "/metrics while out of descriptors",
+        Duration::from_secs(3),
+        || get_metrics(&d),
+    );
+    drop(idle);
+    // After the clients are gone, both loops are back.
+    let t = Instant::now();
+    within("status after exhaustion", Duration::from_secs(3), || {
+        status(&d)
+    });
+    within("/metrics after exhaustion", Duration::from_secs(3), || {
+        get_metrics(&d)
+    });
+    let page = get_metrics(&d).unwrap();
+    assert!(
+        admin_counter(&page, "metrics", "accept_error") >= 1,
+        "EMFILE never happened:\n{page}"
+    );
+    eprintln!(
+        "RLIMIT_NOFILE 40, 400 idle clients: /metrics answered in {t_during:?} during, both back {:?} after",
+        t.elapsed()
+    );
+    let log = d.log();
+    assert!(log.contains("accept failed"), "{log}");
+}
+
+#[test]
+fn slow_and_oversized_clients_are_cut_off() {
+    let dir = Dir::new("slow");
+    let d = start(&dir, None, None, "");
+    // An oversized request is answered with an error, not read forever.
+    let mut s = UnixStream::connect(&d.sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(&[b'x'; 1000]).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("longer than"),
+        "{out}"
+    );
+    // A garbage request gets a JSON error, properly escaped.
+    let mut s = UnixStream::connect(&d.sock).unwrap();
+    s.write_all(b"st\x01\"atus\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("unknown request"));
+
+    // Slowloris: a client that never finishes its request is closed after the deadline.
+    let t = Instant::now();
+    let mut slow = UnixStream::connect(&d.sock).unwrap();
+    slow.write_all(b"sta").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let n = slow.read_to_end(&mut rest).unwrap_or(0);
+    let waited = t.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(10),
+        "slow client closed after {waited:?}"
+    );
+    let mut slow_http = TcpStream::connect(d.metrics).unwrap();
+    slow_http.write_all(b"GET /metr").unwrap();
+    slow_http
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let _ = slow_http.read_to_end(&mut rest);
+    let page = get_metrics(&d).unwrap();
+    assert_eq!(admin_counter(&page, "control", "timed_out"), 1, "{page}");
+    assert_eq!(admin_counter(&page, "metrics", "timed_out"), 1, "{page}");
+    assert_eq!(admin_counter(&page, "control", "bad_request"), 2, "{page}");
+    // A wrong path is a 404.
+    let mut s = TcpStream::connect(d.metrics).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.0 404"), "{out}");
+}
