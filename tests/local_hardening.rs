@@ -3,6 +3,9 @@
 //! and too many clients, and descriptor exhaustion, never stop the control socket or
 //! `/metrics` for good.
 
+#[path = "common/lab.rs"]
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -63,15 +66,7 @@ fn free_tcp_port() -> u16 {
 /// Start an emulator-mode daemon with a control socket and `/metrics`; `nofile` sets its
 /// RLIMIT_NOFILE, `umask` its umask, `extra` adds `[node]` lines.
 fn start(dir: &Dir, nofile: Option<u64>, umask: Option<u32>, extra: &str) -> Daemon {
-    let key = dir.path("gw.key");
-    if !key.exists() {
-        assert!(Command::new(bin())
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .status()
-            .unwrap()
-            .success());
-    }
+    keygen(dir, "gw.key");
     let port = free_tcp_port();
     let cfg = dir.path("gw.toml");
     std::fs::write(
@@ -84,7 +79,48 @@ fn start(dir: &Dir, nofile: Option<u64>, umask: Option<u32>, extra: &str) -> Dae
     )
     .unwrap();
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let log = dir.path("gw.log");
+    let d = spawn(dir, "gw", nofile, umask, Some(port));
+    let t = Instant::now();
+    while status(&d).is_err() || get_metrics(&d).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "daemon did not come up:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d
+}
+
+/// `pfsync-gw keygen` into `dir/name` (kept if it exists); returns the public key.
+fn keygen(dir: &Dir, name: &str) -> String {
+    let key = dir.path(name);
+    if !key.exists() {
+        assert!(Command::new(bin())
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let out = Command::new(bin())
+        .arg("pubkey")
+        .stdin(std::fs::File::open(&key).unwrap())
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `pfsync-gw run --config dir/<name>.toml` (socket `<name>.sock`, log `<name>.log`).
+fn spawn(
+    dir: &Dir,
+    name: &str,
+    nofile: Option<u64>,
+    umask: Option<u32>,
+    metrics_port: Option<u16>,
+) -> Daemon {
+    let cfg = dir.path(&format!("{name}.toml"));
+    let log = dir.path(&format!("{name}.log"));
     let mut c = Command::new(bin());
     c.args(["run", "--config"])
         .arg(&cfg)
@@ -108,22 +144,14 @@ fn start(dir: &Dir, nofile: Option<u64>, umask: Option<u32>, extra: &str) -> Dae
             Ok(())
         });
     }
-    let d = Daemon {
+    Daemon {
         child: c.spawn().unwrap(),
-        sock: dir.path("gw.sock"),
-        metrics: format!("127.0.0.1:{port}").parse().unwrap(),
+        sock: dir.path(&format!("{name}.sock")),
+        metrics: format!("127.0.0.1:{}", metrics_port.unwrap_or(9))
+            .parse()
+            .unwrap(),
         log,
-    };
-    let t = Instant::now();
-    while status(&d).is_err() || get_metrics(&d).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "daemon did not come up:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
-    d
 }
 
 /// One `status` exchange on the control socket, with a client-side deadline.
@@ -347,4 +375,248 @@ fn slow_and_oversized_clients_are_cut_off() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.0 404"), "{out}");
+}
+
+// ---- least privilege (`[node] user`) ----------------------------------------------------
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `Key:\tvalue` lines of /proc/<pid>/task/<tid>/status for every thread of `pid`.
+fn proc_status(pid: u32) -> Vec<std::collections::HashMap<String, String>> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let text = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        out.push(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Every thread of `pid` runs as `uid`/`gid` with exactly `caps` (hex bitmask) in the
+/// permitted, effective and bounding sets, none inheritable or ambient, no new privileges.
+fn assert_dropped(pid: u32, uid: u32, gid: u32, caps: u64) {
+    let want = format!("{caps:016x}");
+    for st in proc_status(pid) {
+        let ids = |k: &str| -> Vec<u32> {
+            st[k]
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect()
+        };
+        assert_eq!(ids("Uid"), vec![uid; 4], "{st:?}");
+        assert_eq!(ids("Gid"), vec![gid; 4], "{st:?}");
+        assert_eq!(ids("Groups"), vec![gid], "{st:?}");
+        for k in ["CapPrm", "CapEff", "CapBnd"] {
+            assert_eq!(st[k], want, "{k}: {st:?}");
+        }
+        for k in ["CapInh", "CapAmb"] {
+            assert_eq!(st[k], "0000000000000000", "{k}: {st:?}");
+        }
+        assert_eq!(st["NoNewPrivs"], "1");
+    }
+}
+
+fn query(sock: &std::path::Path) -> Option<pfsync_gw::node::status::Status> {
+    pfsync_gw::node::control::query(sock).ok()
+}
+
+fn wait(what: &str, limit: Duration, d: &[&Daemon], mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > limit {
+            for x in d {
+                eprintln!("--- {}:\n{}", x.log.display(), x.log());
+            }
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn privilege_drop_emulator_mode_relays_and_reloads() {
+    if !is_root() {
+        eprintln!("SKIP privilege_drop_emulator_mode_relays_and_reloads: needs root");
+        return;
+    }
+    let (nobody, nogroup) = pfsync_gw::config::account::lookup_user("nobody").unwrap();
+    let dir = Dir::new("drop");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (pa, pb, pc) = (
+        keygen(&dir, "a.key"),
+        keygen(&dir, "b.key"),
+        keygen(&dir, "c.key"),
+    );
+    // a's key belongs to the account a drops to, so a can re-read it on SIGHUP.
+    std::os::unix::fs::chown(dir.path("a.key"), Some(nobody), None).unwrap();
+    let (qa, qb) = (free_udp_port(), free_udp_port());
+    let write = |me: &str, extra: &str, rate: u32, hostid: u32, peers: &[(&str, &str, u16)]| {
+        let mut t = format!(
+            "[node]\nname = \"{me}\"\nprivate_key_file = \"{me}.key\"\nlisten = \"127.0.0.1:{}\"\n\
+             control_socket = \"{me}.sock\"\n{extra}\n[local]\nmode = \"emulator\"\n\
+             dialect = \"openbsd-v6\"\n\n[emulator]\nhostid = {hostid}\nrate = {rate}\n",
+            if me == "a" { qa } else { qb }
+        );
+        for (n, k, p) in peers {
+            t += &format!(
+                "\n[[peer]]\nname = \"{n}\"\npublic_key = \"{k}\"\nendpoint = \"127.0.0.1:{p}\"\npersistent_keepalive = 1\n"
+            );
+        }
+        let p = dir.path(&format!("{me}.toml"));
+        std::fs::write(&p, t).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    write("a", "user = \"nobody\"", 200, 0xa, &[("b", &pb, qb)]);
+    write("b", "", 0, 0xb, &[("a", &pa, qa)]);
+    let a = spawn(&dir, "a", None, None, None);
+    let b = spawn(&dir, "b", None, None, None);
+    wait("a–b tunnel", Duration::from_secs(10), &[&a, &b], || {
+        query(&a.sock).is_some_and(|s| s.peers.iter().any(|p| p.established))
+    });
+    assert_dropped(a.child.id(), nobody, nogroup, 0);
+    assert!(a.log().contains("privileges dropped"), "{}", a.log());
+    // The control socket stays root's, 0600: created before the drop.
+    let m = std::fs::symlink_metadata(&a.sock).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600));
+
+    // Relaying works after the drop: b's firewall creates nothing, so every state it holds
+    // came from a's firewall through the unprivileged a.
+    wait(
+        "a's states at b's firewall",
+        Duration::from_secs(15),
+        &[&a, &b],
+        || query(&b.sock).is_some_and(|s| s.firewall.is_some_and(|f| f.states > 100)),
+    );
+
+    // SIGHUP as nobody: the config (root's, 0644) and a's key (nobody's) are re-read.
+    write(
+        "a",
+        "user = \"nobody\"",
+        200,
+        0xa,
+        &[("b", &pb, qb), ("c", &pc, 9)],
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGHUP) };
+    wait(
+        "peer c after SIGHUP",
+        Duration::from_secs(10),
+        &[&a],
+        || query(&a.sock).is_some_and(|s| s.peers.iter().any(|p| p.name == "c")),
+    );
+    assert!(!a.log().contains("reload failed"), "{}", a.log());
+    assert!(query(&a.sock)
+        .unwrap()
+        .peers
+        .iter()
+        .any(|p| p.name == "b" && p.established));
+}
+
+#[test]
+fn privilege_drop_needs_root_or_that_user() {
+    if !is_root() {
+        return;
+    }
+    // The daemon already runs as nobody and is told to become daemon: exit 1, clear error.
+    let dir = Dir::new("drop2");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    keygen(&dir, "gw.key");
+    let (nobody, nogroup) = pfsync_gw::config::account::lookup_user("nobody").unwrap();
+    std::os::unix::fs::chown(dir.path("gw.key"), Some(nobody), None).unwrap();
+    let cfg = dir.path("gw.toml");
+    std::fs::write(
+        &cfg,
+        "[node]\nprivate_key_file = \"gw.key\"\nlisten = \"127.0.0.1:0\"\nuser = \"daemon\"\n\
+         [local]\nmode = \"emulator\"\ndialect = \"openbsd-v6\"\n",
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&cfg, Some(nobody), None).unwrap();
+    let mut c = Command::new(bin());
+    c.args(["run", "--config"])
+        .arg(&cfg)
+        .uid(nobody)
+        .gid(nogroup);
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("only root can switch to user `daemon`"),
+        "{err}"
+    );
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn privilege_drop_raw_mode_keeps_only_cap_net_raw_and_relays() {
+    use common::capture::{RawPf, PFSYNC_GROUP};
+    use common::gw::{Net, SYNC_IF};
+    use common::pf::{packet, tcp_state};
+    use pfsync_gw::wire::Message;
+    if common::netns::skip_unless_root("privilege_drop_raw_mode_keeps_only_cap_net_raw_and_relays")
+    {
+        return;
+    }
+    let (nobody, nogroup) = pfsync_gw::config::account::lookup_user("nobody").unwrap();
+    let net = Net::new("drop", 2, false);
+    // gw-a drops to nobody after opening its raw socket; gw-b stays root.
+    let cfg = net.write_gw_config(0, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[node]\n",
+        "[node]\nuser = \"nobody\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    net.start_gw(0);
+    net.start_gw(1);
+    net.wait_established(&[0, 1], Duration::from_secs(15));
+    let pid = net.lab.pid("gw-a").expect("gw-a pid");
+    assert_dropped(
+        pid,
+        nobody,
+        nogroup,
+        1 << pfsync_gw::node::privdrop::CAP_NET_RAW,
+    );
+
+    // Both directions through the unprivileged gateway: its raw socket captures (fw-a →)
+    // and injects (→ fw-a) with only CAP_NET_RAW left.
+    for (from, to, creator) in [(0, 1, 0xa), (1, 0, 0xb)] {
+        let tx = RawPf::open(&net.site(from).fw_ns, SYNC_IF, true);
+        let rx = RawPf::open(&net.site(to).fw_ns, SYNC_IF, true);
+        let p = packet(&[Message::Ins(tcp_state(0x100 + creator as u64, creator))]);
+        tx.send(&p, PFSYNC_GROUP);
+        let t = Instant::now();
+        let mut got = false;
+        while let Some(left) = Duration::from_secs(5).checked_sub(t.elapsed()) {
+            match rx.recv(left) {
+                Some(q) if q.payload == p => {
+                    assert_eq!(q.ttl, 255);
+                    got = true;
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert!(
+            got,
+            "fw-{} → fw-{} not relayed; gw-a: {:?}",
+            net.site(from).name,
+            net.site(to).name,
+            net.status(0)
+        );
+    }
 }

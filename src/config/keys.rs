@@ -102,6 +102,16 @@ impl Key {
             also_owner,
         };
         let mut f = open_checked(path, rules).map_err(|e| match e {
+            FileError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                KeyError::Io {
+                    path: p.clone(),
+                    // SAFETY: geteuid cannot fail.
+                    reason: format!(
+                        "{e}: this process runs as uid {}; after dropping privileges (`[node] user`) the key files must be owned by that user to be re-read on SIGHUP",
+                        unsafe { libc::geteuid() }
+                    ),
+                }
+            }
             FileError::Io(e) => KeyError::Io {
                 path: p.clone(),
                 reason: e.to_string(),
