@@ -402,6 +402,11 @@ fn proc_status(pid: u32) -> Vec<std::collections::HashMap<String, String>> {
 /// Every thread of `pid` runs as `uid`/`gid` with exactly `caps` (hex bitmask) in the
 /// permitted, effective and bounding sets, none inheritable or ambient, no new privileges.
 fn assert_dropped(pid: u32, uid: u32, gid: u32, caps: u64) {
+    assert_caps(pid, uid, gid, &[gid], caps, caps)
+}
+
+/// Like [`assert_dropped`], with the supplementary groups and bounding set given.
+fn assert_caps(pid: u32, uid: u32, gid: u32, groups: &[u32], caps: u64, bounding: u64) {
     let want = format!("{caps:016x}");
     for st in proc_status(pid) {
         let ids = |k: &str| -> Vec<u32> {
@@ -412,10 +417,11 @@ fn assert_dropped(pid: u32, uid: u32, gid: u32, caps: u64) {
         };
         assert_eq!(ids("Uid"), vec![uid; 4], "{st:?}");
         assert_eq!(ids("Gid"), vec![gid; 4], "{st:?}");
-        assert_eq!(ids("Groups"), vec![gid], "{st:?}");
-        for k in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(ids("Groups"), groups, "{st:?}");
+        for k in ["CapPrm", "CapEff"] {
             assert_eq!(st[k], want, "{k}: {st:?}");
         }
+        assert_eq!(st["CapBnd"], format!("{bounding:016x}"), "{st:?}");
         for k in ["CapInh", "CapAmb"] {
             assert_eq!(st[k], "0000000000000000", "{k}: {st:?}");
         }
@@ -572,24 +578,68 @@ fn privilege_drop_raw_mode_keeps_only_cap_net_raw_and_relays() {
     }
     let (nobody, nogroup) = pfsync_gw::config::account::lookup_user("nobody").unwrap();
     let net = Net::new("drop", 2, false);
-    // gw-a drops to nobody after opening its raw socket; gw-b stays root.
-    let cfg = net.write_gw_config(0, "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
-        "[node]\n",
-        "[node]\nuser = \"nobody\"\n",
-        1,
-    );
-    std::fs::write(&cfg, text).unwrap();
+    let with_user = |i: usize| {
+        let cfg = net.write_gw_config(i, "");
+        let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+            "[node]\n",
+            "[node]\nuser = \"nobody\"\n",
+            1,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    // gw-a starts as root and drops to nobody after opening its raw socket.
+    with_user(0);
     net.start_gw(0);
-    net.start_gw(1);
-    net.wait_established(&[0, 1], Duration::from_secs(15));
-    let pid = net.lab.pid("gw-a").expect("gw-a pid");
-    assert_dropped(
-        pid,
-        nobody,
-        nogroup,
-        1 << pfsync_gw::node::privdrop::CAP_NET_RAW,
+    // gw-b starts the way the systemd unit starts it: already the service user, with
+    // ambient CAP_NET_RAW + CAP_NET_ADMIN; it drops CAP_NET_ADMIN after start-up.
+    let cfg_b = with_user(1);
+    let run_dir = net.lab.path("run-b");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::os::unix::fs::chown(&run_dir, Some(nobody), Some(nogroup)).unwrap();
+    let sock_b = run_dir.join("control.sock");
+    let text = std::fs::read_to_string(&cfg_b).unwrap().replace(
+        &format!("control_socket = \"{}\"", net.control_socket(1).display()),
+        &format!("control_socket = \"{}\"", sock_b.display()),
     );
+    std::fs::write(&cfg_b, text).unwrap();
+    std::os::unix::fs::chown(&net.site(1).keys.private_file, Some(nobody), None).unwrap();
+    net.lab.spawn(
+        "gw-b",
+        &net.site(1).gw_ns,
+        "setpriv",
+        &[
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all,+net_raw,+net_admin",
+            "--ambient-caps=-all,+net_raw,+net_admin",
+            "--bounding-set=-all,+net_raw,+net_admin",
+            common::gw::bin(),
+            "run",
+            "--config",
+            cfg_b.to_str().unwrap(),
+        ],
+        &[],
+    );
+    common::poll::wait_for("gw-b (setpriv) up", Duration::from_secs(10), |last| {
+        if let Err(e) = net.lab.check_running("gw-b") {
+            panic!("{e}");
+        }
+        common::gw::status(&sock_b).map_err(|e| *last = e).ok()
+    });
+    common::poll::wait_for("gw-b's tunnel", Duration::from_secs(15), |last| {
+        let st = common::gw::status(&sock_b).map_err(|e| *last = e).ok()?;
+        st.peers.iter().all(|p| p.established).then_some(())
+    });
+    net.wait_established(&[0], Duration::from_secs(15));
+    let raw = 1u64 << pfsync_gw::node::privdrop::CAP_NET_RAW;
+    let pid = net.lab.pid("gw-a").expect("gw-a pid");
+    assert_dropped(pid, nobody, nogroup, raw);
+    let pid = net.lab.pid("gw-b").expect("gw-b pid");
+    // CAP_NET_ADMIN (bit 12) is gone from the usable sets; only root could shrink the
+    // bounding set, and nothing can raise a capability back from it (NO_NEW_PRIVS).
+    assert_caps(pid, nobody, nogroup, &[], raw, raw | 1 << 12);
 
     // Both directions through the unprivileged gateway: its raw socket captures (fw-a →)
     // and injects (→ fw-a) with only CAP_NET_RAW left.
