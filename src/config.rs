@@ -413,6 +413,20 @@ impl Config {
         if let Some(m) = &self.metrics_listen {
             let _ = writeln!(s, "  metrics           http://{m}/metrics");
         }
+        if let Some(g) = &self.privileges.control_group {
+            let _ = writeln!(
+                s,
+                "  control group     {} (gid {}), socket mode 0660",
+                g.name, g.id
+            );
+        }
+        if let Some(r) = &self.privileges.run_as {
+            let _ = writeln!(
+                s,
+                "  runs as           user {} (uid {}), group {} (gid {}) once its sockets are open",
+                r.user.name, r.user.id, r.group.name, r.group.id
+            );
+        }
         let _ = writeln!(s, "{} peer(s)", self.peers.len());
         for p in &self.peers {
             let _ = writeln!(

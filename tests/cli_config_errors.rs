@@ -246,6 +246,11 @@ fn key_file_owned_by_someone_else_is_refused_unless_it_is_the_service_user() {
     );
     let o = check(&d, &text);
     assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("runs as           user nobody (uid 65534)"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -230,7 +230,7 @@ fn control_socket_is_0600_whatever_the_umask() {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".pfsync-gw"))
+        .filter(|n| n.starts_with(".pgw"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     drop(d);

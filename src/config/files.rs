@@ -63,7 +63,6 @@ pub fn open_checked(path: &Path, rules: Rules) -> Result<File, FileError> {
     if mode & rules.forbidden_mode != 0 {
         return Err(FileError::Mode(mode));
     }
-    // Back to blocking reads for a regular file (O_NONBLOCK has no effect on them anyway).
     Ok(f)
 }
 

@@ -277,7 +277,8 @@ pub fn bind_control(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmpdir = parent.join(format!(".pfsync-gw.{}.tmp", std::process::id()));
+    // Short: a unix socket path has ~107 bytes at most.
+    let tmpdir = parent.join(format!(".pgw{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmpdir);
     std::fs::DirBuilder::new().mode(0o700).create(&tmpdir)?;
     let tmp = tmpdir.join("s");
