@@ -439,6 +439,9 @@ pub fn query(path: &Path) -> Result<Status, String> {
             path.display()
         )
     })?;
+    // A wedged daemon must not hang `pfsync-gw status` (or a monitoring script) forever.
+    let _ = s.set_read_timeout(Some(CLIENT_DEADLINE));
+    let _ = s.set_write_timeout(Some(CLIENT_DEADLINE));
     s.write_all(b"status\n")
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = String::new();
