@@ -203,6 +203,23 @@ impl Config {
         Config::parse(path, &read_config_file(path)?)
     }
 
+    /// Only the control socket path of the config at `path`, without loading the key
+    /// files: for `pfsync-gw status --config`, which operators in `control_group` run
+    /// without access to the keys.
+    pub fn load_control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+        let text = read_config_file(path)?;
+        let raw: RawFile = match toml::from_str(&text) {
+            Ok(r) => r,
+            // The full parse reports the error with its line (and fails the same way).
+            Err(_) => return Config::parse(path, &text).map(|c| c.control_socket),
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(raw
+            .node
+            .control_socket
+            .map(|p| if p.is_absolute() { p } else { base.join(p) }))
+    }
+
     /// Parse `text` as if read from `path` (relative key paths resolve against its folder).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let err = |field: &str, reason: String| ConfigError {

@@ -242,6 +242,26 @@ fn control_socket_is_0600_whatever_the_umask() {
         let m = std::fs::symlink_metadata(&d.sock).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o660);
         assert_eq!(m.gid(), gid);
+        // A member of the group may ask (`status --config` does not need the keys, which
+        // it cannot read); another unprivileged user may not.
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (nobody, nogroup) = pfsync_gw::config::account::lookup_user("nobody").unwrap();
+        let cfg = dir.path("gw.toml");
+        let ask = |gid: u32| {
+            Command::new(bin())
+                .args(["status", "--json", "--config"])
+                .arg(&cfg)
+                .uid(nobody)
+                .gid(gid)
+                .output()
+                .unwrap()
+        };
+        let o = ask(gid);
+        assert!(o.status.success(), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("\"node\""));
+        let o = ask(nogroup);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"));
     }
 }
 

@@ -454,10 +454,8 @@ pub fn query(path: &Path) -> Result<Status, String> {
 pub fn status_command(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> i32 {
     let path = match (socket, config) {
         (Some(s), _) => s,
-        (None, Some(c)) => match Config::load(&c) {
-            Ok(cfg) => cfg
-                .control_socket
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+        (None, Some(c)) => match Config::load_control_socket(&c) {
+            Ok(sock) => sock.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             Err(e) => {
                 eprintln!("error: {e}");
                 return crate::cli::EXIT_BAD_INPUT;
