@@ -299,13 +299,7 @@ pub fn bind_control(
 
 /// Serve `status` requests on a bound unix socket: one line in (`status`), one JSON
 /// document out. Never returns.
-pub async fn serve_control(
-    listener: std::os::unix::net::UnixListener,
-    status: SharedStatus,
-    stats: Arc<AdminStats>,
-) -> io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = UnixListener::from_std(listener)?;
+pub async fn serve_control(listener: UnixListener, status: SharedStatus, stats: Arc<AdminStats>) {
     accept_loop(
         "control socket",
         stats,
@@ -338,16 +332,11 @@ pub async fn serve_control(
             }
         },
     )
-    .await;
-    Ok(())
+    .await
 }
 
 /// A minimal HTTP/1.0 responder for `GET /metrics`. Never returns.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    status: SharedStatus,
-    stats: Arc<AdminStats>,
-) -> io::Result<()> {
+pub async fn serve_metrics(listener: TcpListener, status: SharedStatus, stats: Arc<AdminStats>) {
     accept_loop(
         "metrics",
         stats,
@@ -406,8 +395,7 @@ pub async fn serve_metrics(
             }
         },
     )
-    .await;
-    Ok(())
+    .await
 }
 
 /// Bind the control socket and the metrics listener the config asks for (errors are
@@ -416,10 +404,15 @@ pub async fn start(cfg: &Config, status: &SharedStatus) -> Result<(), NodeError>
     let stats = Arc::new(AdminStats::default());
     if let Some(path) = &cfg.control_socket {
         let gid = cfg.privileges.control_group.as_ref().map(|g| g.id);
-        let l = bind_control(path, gid).map_err(|err| NodeError::Control {
-            path: path.display().to_string(),
-            err,
-        })?;
+        let l = bind_control(path, gid)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                UnixListener::from_std(l)
+            })
+            .map_err(|err| NodeError::Control {
+                path: path.display().to_string(),
+                err,
+            })?;
         tokio::spawn(serve_control(l, status.clone(), stats.clone()));
     }
     if let Some(addr) = cfg.metrics_listen {
