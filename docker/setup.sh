@@ -44,6 +44,14 @@ if [ "${SKIP_IMAGE:-0}" != 1 ]; then
 fi
 
 # --- 3. keys and configs ----------------------------------------------------------------
+# The gateways run as root in their containers and pfsync-gw refuses key and config files
+# owned by anyone but root or the user running it (docs/DEPLOYMENT.md, "Key and config
+# files"), so the files must be root's: generate them as root.
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (sudo): the gateways run as root in their containers and refuse" \
+        "key and config files owned by uid $(id -u)" >&2
+    exit 1
+fi
 # One directory per container, mounted read-only at /etc/pfsync-gw: each gateway sees only
 # its own private key. Keys are new on every run; the preshared key is shared by gw-a/gw-b.
 umask 077

@@ -12,8 +12,11 @@ use serde::Deserialize;
 
 use crate::wire::Dialect;
 
+pub mod account;
+mod files;
 pub mod keys;
 
+pub use account::{NamedId, Privileges, RunAs};
 pub use keys::{Key, KeyError};
 
 /// Default UDP port of the tunnel.
@@ -81,6 +84,14 @@ struct RawNode {
     metrics_listen: Option<String>,
     #[serde(default)]
     mtu: Option<usize>,
+    /// Drop to this user after opening the sockets.
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    /// Group allowed to use the control socket (mode 0660 instead of 0600).
+    #[serde(default)]
+    control_group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +159,8 @@ pub struct Config {
     pub local: LocalConfig,
     pub emulator: EmulatorConfig,
     pub peers: Vec<PeerConfig>,
+    /// `[node] user`, `group`, `control_group`.
+    pub privileges: Privileges,
 }
 
 #[derive(Debug, Clone)]
@@ -183,13 +196,28 @@ pub struct PeerConfig {
 
 impl Config {
     /// Read, parse and validate `path`, loading the key files it references.
+    ///
+    /// The file decides which peers may inject states, so it must be a regular file owned
+    /// by root or the running user that group and others cannot write.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            field: String::new(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        Config::parse(path, &text)
+        Config::parse(path, &read_config_file(path)?)
+    }
+
+    /// Only the control socket path of the config at `path`, without loading the key
+    /// files: for `pfsync-gw status --config`, which operators in `control_group` run
+    /// without access to the keys.
+    pub fn load_control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+        let text = read_config_file(path)?;
+        let raw: RawFile = match toml::from_str(&text) {
+            Ok(r) => r,
+            // The full parse reports the error with its line (and fails the same way).
+            Err(_) => return Config::parse(path, &text).map(|c| c.control_socket),
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(raw
+            .node
+            .control_socket
+            .map(|p| if p.is_absolute() { p } else { base.join(p) }))
     }
 
     /// Parse `text` as if read from `path` (relative key paths resolve against its folder).
@@ -220,7 +248,10 @@ impl Config {
             }
         };
 
-        let private_key = Key::load_file(&resolve(&raw.node.private_key_file))
+        let privileges = privileges(&raw.node).map_err(|(f, r)| err(f, r))?;
+        // Key files may belong to the account we drop to, so that SIGHUP can re-read them.
+        let key_owner = privileges.run_as.as_ref().map(|r| r.user.id);
+        let private_key = Key::load_file_owned(&resolve(&raw.node.private_key_file), key_owner)
             .map_err(|e| err("node.private_key_file", e.to_string()))?;
         let listen = match &raw.node.listen {
             None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
@@ -303,7 +334,7 @@ impl Config {
             let psk = match &p.preshared_key_file {
                 None => None,
                 Some(path) => Some(
-                    Key::load_file(&resolve(path))
+                    Key::load_file_owned(&resolve(path), key_owner)
                         .map_err(|e| err(&f("preshared_key_file"), e.to_string()))?,
                 ),
             };
@@ -353,6 +384,7 @@ impl Config {
                 churn_for: emu.churn_for.map(Duration::from_secs),
             },
             peers,
+            privileges,
         })
     }
 
@@ -398,6 +430,20 @@ impl Config {
         if let Some(m) = &self.metrics_listen {
             let _ = writeln!(s, "  metrics           http://{m}/metrics");
         }
+        if let Some(g) = &self.privileges.control_group {
+            let _ = writeln!(
+                s,
+                "  control group     {} (gid {}), socket mode 0660",
+                g.name, g.id
+            );
+        }
+        if let Some(r) = &self.privileges.run_as {
+            let _ = writeln!(
+                s,
+                "  runs as           user {} (uid {}), group {} (gid {}) once its sockets are open",
+                r.user.name, r.user.id, r.group.name, r.group.id
+            );
+        }
         let _ = writeln!(s, "{} peer(s)", self.peers.len());
         for p in &self.peers {
             let _ = writeln!(
@@ -418,6 +464,93 @@ impl Config {
         }
         s
     }
+}
+
+/// Largest config file we read.
+const CONFIG_MAX: u64 = 1 << 20;
+
+/// Read the config file, refusing one that others could have changed.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use files::{open_checked, owners_text, FileError, Rules};
+    use std::io::Read;
+    let err = |reason: String| ConfigError {
+        file: path.to_path_buf(),
+        field: String::new(),
+        reason,
+    };
+    let rules = Rules {
+        // A config under configuration management is often a link; its target is checked.
+        no_symlink: false,
+        forbidden_mode: 0o022,
+        also_owner: None,
+    };
+    let f = open_checked(path, rules).map_err(|e| match e {
+        FileError::Io(e) => err(format!("cannot read: {e}")),
+        FileError::Symlink | FileError::NotRegular => err("not a regular file".into()),
+        FileError::Owner { uid, allowed } => err(format!(
+            "owned by {}: the config decides who may inject states, so it must be owned by {} (`chown` it)",
+            owners_text(&[uid]),
+            owners_text(&allowed)
+        )),
+        FileError::Mode(mode) => err(format!(
+            "writable by group or others (mode {mode:o}): the config decides who may inject states; run `chmod go-w {}`",
+            path.display()
+        )),
+    })?;
+    let mut text = String::new();
+    f.take(CONFIG_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if text.len() as u64 > CONFIG_MAX {
+        return Err(err(format!("larger than {CONFIG_MAX} bytes")));
+    }
+    Ok(text)
+}
+
+/// Resolve `[node] user`, `group` and `control_group` (field, reason on error).
+fn privileges(n: &RawNode) -> Result<Privileges, (&'static str, String)> {
+    let run_as = match &n.user {
+        None => {
+            if n.group.is_some() {
+                return Err((
+                    "node.group",
+                    "needs `node.user` (the account to drop to)".into(),
+                ));
+            }
+            None
+        }
+        Some(u) => {
+            let (uid, primary) = account::lookup_user(u).map_err(|r| ("node.user", r))?;
+            let group = match &n.group {
+                None => NamedId {
+                    name: account::group_name(primary),
+                    id: primary,
+                },
+                Some(g) => NamedId {
+                    name: g.clone(),
+                    id: account::lookup_group(g).map_err(|r| ("node.group", r))?,
+                },
+            };
+            Some(RunAs {
+                user: NamedId {
+                    name: u.clone(),
+                    id: uid,
+                },
+                group,
+            })
+        }
+    };
+    let control_group = match &n.control_group {
+        None => None,
+        Some(g) => Some(NamedId {
+            name: g.clone(),
+            id: account::lookup_group(g).map_err(|r| ("node.control_group", r))?,
+        }),
+    };
+    Ok(Privileges {
+        run_as,
+        control_group,
+    })
 }
 
 /// `host:port`, `a.b.c.d:port` or `[v6]:port`; names are resolved once, at load time.

@@ -71,9 +71,22 @@ endpoint = "127.0.0.1:51901"
 }
 
 fn check(dir: &Dir, text: &str) -> Output {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.path("c.toml");
     std::fs::write(&p, text).unwrap();
+    // Whatever the umask: a group-writable config is refused (see below).
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     run(&["check", "--config", p.to_str().unwrap()], None)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn chown(p: &Path, user: &str) {
+    let uid = pfsync_gw::config::account::lookup_user(user).unwrap().0;
+    std::os::unix::fs::chown(p, Some(uid), None).unwrap();
 }
 
 fn assert_exit2(o: &Output, needles: &[&str]) {
@@ -180,4 +193,112 @@ fn run_with_bad_config_exits_2_without_starting() {
     std::fs::write(&p, "garbage = [").unwrap();
     let o = run(&["run", "--config", p.to_str().unwrap()], None);
     assert_exit2(&o, &["c.toml"]);
+}
+
+#[test]
+fn symlinked_key_file_is_refused() {
+    let d = Dir::new("symlink");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let link = d.path("link.key");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let o = check(&d, &config(&link, &b_pub, ""));
+    assert_exit2(
+        &o,
+        &[
+            "c.toml",
+            "node.private_key_file",
+            "link.key",
+            "symbolic link",
+        ],
+    );
+}
+
+#[test]
+fn key_file_that_is_not_a_regular_file_is_refused() {
+    // A FIFO would block start-up forever if it were opened blocking and read.
+    let d = Dir::new("fifo");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let fifo = d.path("fifo.key");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = check(&d, &config(&fifo, &b_pub, ""));
+    assert_exit2(&o, &["node.private_key_file", "not a regular file"]);
+}
+
+#[test]
+fn key_file_owned_by_someone_else_is_refused_unless_it_is_the_service_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to chown");
+        return;
+    }
+    let d = Dir::new("owner");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    chown(&a, "nobody");
+    let o = check(&d, &config(&a, &b_pub, ""));
+    assert_exit2(&o, &["node.private_key_file", "owned by nobody", "root"]);
+    // The account the daemon drops to may own its keys (so that SIGHUP can re-read them).
+    let text = config(&a, &b_pub, "").replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nuser = \"nobody\"",
+    );
+    let o = check(&d, &text);
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("runs as           user nobody (uid 65534)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_user_and_group_are_refused() {
+    let d = Dir::new("user");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let with = |line: &str| {
+        config(&a, &b_pub, "").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:0\"\n{line}"),
+        )
+    };
+    let o = check(&d, &with("user = \"no-such-user-pfsync\""));
+    assert_exit2(&o, &["c.toml", "node.user", "no such user"]);
+    let o = check(
+        &d,
+        &with("user = \"root\"\ngroup = \"no-such-group-pfsync\""),
+    );
+    assert_exit2(&o, &["node.group", "no such group"]);
+    let o = check(&d, &with("control_group = \"no-such-group-pfsync\""));
+    assert_exit2(&o, &["node.control_group", "no such group"]);
+    let o = check(&d, &with("group = \"root\""));
+    assert_exit2(&o, &["node.group", "node.user"]);
+}
+
+#[test]
+fn config_writable_by_group_or_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Dir::new("cfgmode");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let p = d.path("c.toml");
+    std::fs::write(&p, config(&a, &b_pub, "")).unwrap();
+    for mode in [0o666, 0o620, 0o602] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        for cmd in ["check", "run"] {
+            let o = run(&[cmd, "--config", p.to_str().unwrap()], None);
+            assert_exit2(&o, &["c.toml", "writable by group or others", "chmod go-w"]);
+        }
+    }
+    // Readable by all is fine: the config holds no secrets (keys are separate files).
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["check", "--config", p.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+    if is_root() {
+        chown(&p, "nobody");
+        let o = run(&["check", "--config", p.to_str().unwrap()], None);
+        assert_exit2(&o, &["c.toml", "owned by nobody"]);
+    }
 }

@@ -40,6 +40,7 @@ fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
             churn_for: None,
         },
         peers: Vec::new(),
+        privileges: Default::default(),
     }
 }
 

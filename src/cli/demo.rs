@@ -95,6 +95,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 churn_for: None,
             },
             peers: Vec::new(),
+            privileges: Default::default(),
         };
         let (node, h) = match Node::bind(cfg.clone()).await {
             Ok(x) => x,

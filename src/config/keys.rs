@@ -22,6 +22,18 @@ pub enum KeyError {
         "key file {path} is accessible by group or others (mode {mode:o}); run `chmod 600 {path}`"
     )]
     Permissions { path: String, mode: u32 },
+    #[error("key file {path} is a symbolic link; name the file itself (links are not followed, so nobody can redirect the daemon to another file)")]
+    Symlink { path: String },
+    #[error("key file {path} is not a regular file")]
+    NotRegular { path: String },
+    #[error("key file {path} is owned by {owner}; it must be owned by {allowed} (`chown` it)")]
+    Owner {
+        path: String,
+        owner: String,
+        allowed: String,
+    },
+    #[error("key file {path} is larger than a key file can be ({max} bytes)")]
+    TooLarge { path: String, max: usize },
     #[error("not a key: expected 44 characters of base64 encoding 32 bytes, got {0} characters")]
     Length(usize),
     #[error("not a key: invalid base64")]
@@ -75,24 +87,81 @@ impl Key {
 
     /// Read a key file, refusing files that group or others can read.
     pub fn load_file(path: &Path) -> Result<Key, KeyError> {
+        Key::load_file_owned(path, None)
+    }
+
+    /// Read a key file: a regular file, not a symbolic link, owned by root, the running
+    /// user or `also_owner` (the account the daemon drops to), that group and others
+    /// cannot access. The text read is wiped from memory afterwards.
+    pub fn load_file_owned(path: &Path, also_owner: Option<u32>) -> Result<Key, KeyError> {
+        use super::files::{open_checked, owners_text, FileError, Rules};
         let p = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| KeyError::Io {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Permissions { path: p, mode });
+        let rules = Rules {
+            no_symlink: true,
+            forbidden_mode: 0o077,
+            also_owner,
+        };
+        let mut f = open_checked(path, rules).map_err(|e| match e {
+            FileError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                KeyError::Io {
+                    path: p.clone(),
+                    // SAFETY: geteuid cannot fail.
+                    reason: format!(
+                        "{e}: this process runs as uid {}; after dropping privileges (`[node] user`) the key files must be owned by that user to be re-read on SIGHUP",
+                        unsafe { libc::geteuid() }
+                    ),
+                }
             }
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Io {
-            path: p,
-            reason: e.to_string(),
+            FileError::Io(e) => KeyError::Io {
+                path: p.clone(),
+                reason: e.to_string(),
+            },
+            FileError::Symlink => KeyError::Symlink { path: p.clone() },
+            FileError::NotRegular => KeyError::NotRegular { path: p.clone() },
+            FileError::Owner { uid, allowed } => KeyError::Owner {
+                path: p.clone(),
+                owner: owners_text(&[uid]),
+                allowed: owners_text(&allowed),
+            },
+            FileError::Mode(mode) => KeyError::Permissions {
+                path: p.clone(),
+                mode,
+            },
         })?;
-        Key::from_base64(&text)
+        // A key file is one base64 line; read into a fixed buffer we can wipe.
+        const MAX: usize = 128;
+        let mut buf = [0u8; MAX];
+        let mut n = 0;
+        let res = loop {
+            match std::io::Read::read(&mut f, &mut buf[n..]) {
+                Ok(0) => break Ok(()),
+                Ok(k) => {
+                    n += k;
+                    if n == MAX {
+                        break Err(KeyError::TooLarge {
+                            path: p.clone(),
+                            max: MAX - 1,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    break Err(KeyError::Io {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        };
+        let key = res.and_then(|()| match std::str::from_utf8(&buf[..n]) {
+            Ok(text) => Key::from_base64(text),
+            Err(_) => Err(KeyError::Base64),
+        });
+        for b in buf.iter_mut() {
+            // SAFETY: a valid, aligned &mut u8.
+            unsafe { core::ptr::write_volatile(b, 0) };
+        }
+        key
     }
 
     /// Write the key as one base64 line to a new file created with mode 0600.

@@ -191,28 +191,7 @@ impl Node {
         );
 
         let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
-        if let Some(path) = &cfg.control_socket {
-            // Bind now so errors are reported at start-up, serve in the background.
-            let _ = std::fs::remove_file(path);
-            let st = status.clone();
-            let p = path.clone();
-            tokio::spawn(async move {
-                if let Err(e) = control::serve_control(p.clone(), st).await {
-                    tracing::error!("control socket {}: {e}", p.display());
-                }
-            });
-        }
-        if let Some(addr) = cfg.metrics_listen {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|err| NodeError::Metrics { addr, err })?;
-            let st = status.clone();
-            tokio::spawn(async move {
-                if let Err(e) = control::serve_metrics(l, st).await {
-                    tracing::error!("metrics: {e}");
-                }
-            });
-        }
+        control::start(&cfg, &status).await?;
 
         let (sd_tx, sd_rx) = watch::channel(false);
         let (churn_tx, churn_rx) = watch::channel(true);

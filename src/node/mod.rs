@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod driver;
+pub mod privdrop;
 pub mod ratelimit;
 pub mod status;
 
@@ -26,6 +27,8 @@ pub fn run_daemon(cfg: Config) -> i32 {
             return 1;
         }
     };
+    let run_as = cfg.privileges.run_as.clone();
+    let keep_net_raw = cfg.local.mode == crate::config::LocalMode::Raw;
     rt.block_on(async move {
         let (node, handle) = match Node::bind(cfg).await {
             Ok(n) => n,
@@ -34,6 +37,16 @@ pub fn run_daemon(cfg: Config) -> i32 {
                 return 1;
             }
         };
+        // Every socket is open: give up root (see privdrop.rs and docs/DEPLOYMENT.md).
+        if let Some(r) = &run_as {
+            match privdrop::drop_privileges(r, keep_net_raw) {
+                Ok(summary) => tracing::info!("privileges dropped: {summary}"),
+                Err(e) => {
+                    tracing::error!("cannot drop privileges to user `{}`: {e}", r.user.name);
+                    return 1;
+                }
+            }
+        }
         let reload = handle.clone();
         let stop = handle.clone();
         tokio::spawn(async move {

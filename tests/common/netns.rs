@@ -315,6 +315,11 @@ impl Lab {
         assert!(old.is_none(), "process name `{name}` already running");
     }
 
+    /// The pid of process `name` (`ip netns exec` execs it, so it is the child's pid).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.lock().unwrap().get(name).map(|p| p.child.id())
+    }
+
     /// Send `sig` to process `name` and reap it (waits up to 5 s, then SIGKILL).
     pub fn kill(&self, name: &str, sig: i32) {
         let p = self.procs.lock().unwrap().remove(name);
