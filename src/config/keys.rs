@@ -68,8 +68,16 @@ impl Key {
         if s.len() != 44 {
             return Err(KeyError::Length(s.len()));
         }
-        let v = STANDARD.decode(s).map_err(|_| KeyError::Base64)?;
-        let b: [u8; 32] = v.try_into().map_err(|_| KeyError::Base64)?;
+        // Decode into a wiped buffer: the key must not linger in freed heap memory.
+        let mut v = zeroize::Zeroizing::new([0u8; 33]);
+        let n = STANDARD
+            .decode_slice(s, &mut v[..])
+            .map_err(|_| KeyError::Base64)?;
+        if n != 32 {
+            return Err(KeyError::Base64);
+        }
+        let mut b = [0u8; 32];
+        b.copy_from_slice(&v[..32]);
         Ok(Key(b))
     }
 
@@ -88,10 +96,11 @@ impl Key {
                 return Err(KeyError::Permissions { path: p, mode });
             }
         }
-        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Io {
-            path: p,
-            reason: e.to_string(),
-        })?;
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| KeyError::Io {
+                path: p,
+                reason: e.to_string(),
+            })?);
         Key::from_base64(&text)
     }
 
@@ -124,12 +133,12 @@ impl fmt::Debug for Key {
 
 impl Drop for Key {
     fn drop(&mut self) {
-        // Best effort: don't leave key bytes in freed memory.
-        for b in self.0.iter_mut() {
-            unsafe { core::ptr::write_volatile(b, 0) };
-        }
+        // Don't leave key bytes in freed memory.
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
+
+impl zeroize::ZeroizeOnDrop for Key {}
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,9 @@
 //! ```
 //! The wire protocol is specified in `docs/PROTOCOL.md` (section "Tunnel").
 
+mod cookie;
+mod dh;
+mod dos;
 mod endpoint;
 mod errors;
 mod handshake;
@@ -21,7 +24,14 @@ mod replay;
 mod session;
 mod timers;
 
-pub use endpoint::{Endpoint, Event, PeerId, PeerStatus, Recv, Send, Transmit};
+pub use cookie::{COOKIE_REFRESH_TIME, COOKIE_REPLY_LEN};
+pub use dos::{
+    COOKIE_QUEUE, HANDSHAKE_BUDGET_BURST, HANDSHAKE_BUDGET_RATE, LOAD_WINDOW, SOURCE_BUCKETS,
+    SOURCE_BURST, SOURCE_RATE, UNDER_LOAD_HOLD, UNDER_LOAD_THRESHOLD,
+};
+pub use endpoint::{
+    DosStats, Endpoint, Event, PeerId, PeerStatus, Recv, Send, Transmit, ROAM_BUDGET_FACTOR,
+};
 pub use errors::{DropCounters, DropReason};
 pub use handshake::{Identity, NOISE_PATTERN, PROLOGUE};
 pub use messages::{
