@@ -127,6 +127,8 @@ struct RawPeer {
     name: String,
     public_key: String,
     #[serde(default)]
+    public_key_next: Option<String>,
+    #[serde(default)]
     endpoint: Option<String>,
     #[serde(default)]
     preshared_key_file: Option<PathBuf>,
@@ -176,6 +178,8 @@ pub struct EmulatorConfig {
 pub struct PeerConfig {
     pub name: String,
     pub public_key: Key,
+    /// Key rotation window: a second public key also accepted for this peer.
+    pub public_key_next: Option<Key>,
     pub endpoint: Option<SocketAddr>,
     pub psk: Option<Key>,
     pub persistent_keepalive: Option<Duration>,
@@ -296,6 +300,33 @@ impl Config {
             {
                 return Err(err(&f("public_key"), "duplicate public key".into()));
             }
+            let public_key_next = match &p.public_key_next {
+                None => None,
+                Some(s) => {
+                    let k = Key::from_base64(s)
+                        .map_err(|e| err(&f("public_key_next"), e.to_string()))?;
+                    if k == private_key.public() {
+                        return Err(err(
+                            &f("public_key_next"),
+                            "is this node's own public key".into(),
+                        ));
+                    }
+                    let taken = k == public_key
+                        || peers.iter().any(|q: &PeerConfig| {
+                            q.public_key == k || q.public_key_next.as_ref() == Some(&k)
+                        });
+                    if taken {
+                        return Err(err(&f("public_key_next"), "duplicate public key".into()));
+                    }
+                    Some(k)
+                }
+            };
+            if peers
+                .iter()
+                .any(|q: &PeerConfig| q.public_key_next.as_ref() == Some(&public_key))
+            {
+                return Err(err(&f("public_key"), "duplicate public key".into()));
+            }
             let endpoint = match &p.endpoint {
                 None => None,
                 Some(s) => Some(parse_addr(s).map_err(|r| err(&f("endpoint"), r))?),
@@ -320,6 +351,7 @@ impl Config {
             peers.push(PeerConfig {
                 name: p.name.clone(),
                 public_key,
+                public_key_next,
                 endpoint,
                 psk,
                 persistent_keepalive,
