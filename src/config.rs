@@ -434,9 +434,12 @@ impl Config {
         for p in &self.peers {
             let _ = writeln!(
                 s,
-                "  {:<16} {}  endpoint {}{}{}",
+                "  {:<16} {}{}  endpoint {}{}{}",
                 p.name,
                 p.public_key.to_base64(),
+                p.public_key_next
+                    .as_ref()
+                    .map_or(String::new(), |k| format!(" (next {})", k.to_base64())),
                 p.endpoint
                     .map_or("(learned from its handshakes)".into(), |e| e.to_string()),
                 if p.psk.is_some() {

@@ -188,19 +188,20 @@ fn flood(
     });
 }
 
-/// One `status` request on the control socket; returns how long the answer took.
+/// One `status` request on the control socket; returns how long the answer took (no
+/// answer within 5 s counts as `Duration::MAX`, so a starved daemon still yields figures).
 fn status_latency(sock: &std::path::Path) -> Duration {
     let t = Instant::now();
     let mut s = std::os::unix::net::UnixStream::connect(sock).expect("control socket");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"status\n").unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    assert!(
-        out.contains("states") || out.contains("peer"),
-        "bad status answer: {out:?}"
-    );
-    t.elapsed()
+    if out.contains("peer") {
+        t.elapsed()
+    } else {
+        Duration::MAX
+    }
 }
 
 /// State ids (of creator CREATOR) in a pfsync packet.
@@ -269,6 +270,15 @@ fn relay_phase(
     })
 }
 
+/// Milliseconds, or "no answer" for a status request that timed out.
+fn ms(d: Duration) -> String {
+    if d == Duration::MAX {
+        "no answer".into()
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -293,9 +303,9 @@ fn relay_survives_a_handshake_flood() {
     let (n0, got0, mut lat0) = relay_phase(&net, &fw_a, &fw_b, 2_000_000, &mut seen);
     let base = got0 as f64 / PHASE.as_secs_f64();
     net.lab.log(&format!(
-        "unloaded: {got0}/{n0} states in {PHASE:?} ({base:.0}/s); status p50 {:?} max {:?}",
-        pct(&mut lat0, 0.5),
-        pct(&mut lat0, 1.0)
+        "unloaded: {got0}/{n0} states in {PHASE:?} ({base:.0}/s); status p50 {} max {}",
+        ms(pct(&mut lat0, 0.5)),
+        ms(pct(&mut lat0, 1.0))
     ));
     assert!(
         got0 * 10 >= n0 * 9,
@@ -324,7 +334,12 @@ fn relay_survives_a_handshake_flood() {
     flooder.join().unwrap();
     let flood_secs = flood_start.elapsed().as_secs_f64();
     let flood_pps = sent.load(Ordering::Relaxed) as f64 / flood_secs;
-    let after = net.status(1);
+    let sock = net.control_socket(1);
+    let (after, _) = common::poll::wait_for(
+        "gw-b status after the flood",
+        Duration::from_secs(30),
+        |last| common::gw::status(&sock).map_err(|e| *last = e).ok(),
+    );
     let loaded = got1 as f64 / PHASE.as_secs_f64();
     let p95 = pct(&mut lat1, 0.95);
     let max = pct(&mut lat1, 1.0);
@@ -334,11 +349,13 @@ fn relay_survives_a_handshake_flood() {
     };
     net.lab.log(&format!(
         "flood: {:.0} pkt/s for {flood_secs:.1} s; relay {got1}/{n1} ({loaded:.0}/s, {:.1} % of unloaded); \
-         status p50 {:?} p95 {p95:?} max {max:?} ({} samples); gw-b: handshakes processed {}, cookie replies {}, \
+         status p50 {} p95 {} max {} ({} samples); gw-b: handshakes processed {}, cookie replies {}, \
          under_load {}, cookie_queue_full {}, source_rate {}, handshake_budget {}, unknown_key {}, bad_type {}, unknown_index {}",
         flood_pps,
         100.0 * loaded / base,
-        pct(&mut lat1, 0.5),
+        ms(pct(&mut lat1, 0.5)),
+        ms(p95),
+        ms(max),
         lat1.len(),
         c("tunnel_handshakes_processed"),
         c("tunnel_cookie_replies_sent"),
@@ -354,19 +371,21 @@ fn relay_survives_a_handshake_flood() {
         flood_pps >= 50_000.0,
         "flood too slow to prove anything: {flood_pps:.0} pkt/s"
     );
-    // The flood reached gw-b and was handled by the defences.
-    assert!(d("tunnel_under_load") + d("tunnel_cookie_queue_full") > 10_000);
-    assert!(
-        c("tunnel_handshakes_processed") < 20 * 500,
-        "DH work not bounded"
-    );
     assert!(
         loaded >= KEEP * base,
         "relay fell to {loaded:.0}/s under the flood (unloaded {base:.0}/s)"
     );
     assert!(
         p95 <= STATUS_BOUND,
-        "status p95 {p95:?} (max {max:?}) over {STATUS_BOUND:?}"
+        "status p95 {} (max {}) over {STATUS_BOUND:?}",
+        ms(p95),
+        ms(max)
+    );
+    // The flood reached gw-b and was handled by the defences.
+    assert!(d("tunnel_under_load") + d("tunnel_cookie_queue_full") > 10_000);
+    assert!(
+        c("tunnel_handshakes_processed") < 20 * 500,
+        "DH work not bounded"
     );
 
     // No state lost: everything offered arrives, and the tunnel never went down.

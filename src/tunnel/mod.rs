@@ -1,5 +1,8 @@
 //! The tunnel: WireGuard's protocol (Noise IKpsk2 handshake, transport messages, timers,
-//! replay window, mac1) as a sans-IO state machine. No sockets, clocks or threads: the
+//! replay window, mac1, cookie replies and mac2) as a sans-IO state machine, with
+//! handshake flood bounds checked before any Diffie-Hellman (`dos.rs`), a send budget for
+//! newly roamed endpoints, and live key rotation (`Endpoint::set_identity`,
+//! `Endpoint::set_peer_keys`). No sockets, clocks or threads: the
 //! driver passes datagrams and `Instant`s in and polls datagrams, deadlines and events out.
 //!
 //! Driver loop:
