@@ -181,3 +181,27 @@ fn run_with_bad_config_exits_2_without_starting() {
     let o = run(&["run", "--config", p.to_str().unwrap()], None);
     assert_exit2(&o, &["c.toml"]);
 }
+
+#[test]
+fn public_key_next_is_checked_and_shown() {
+    let d = Dir::new("next");
+    let (a, a_pub) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let (_, b_next) = keygen(&d, "b2.key");
+    let ok = config(&a, &b_pub, "") + &format!("public_key_next = \"{b_next}\"\n");
+    let o = check(&d, &ok);
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("(next {b_next})")));
+    let bad = config(&a, &b_pub, "") + "public_key_next = \"AAAA\"\n";
+    assert_exit2(
+        &check(&d, &bad),
+        &["c.toml", "peer[0].public_key_next", "44 characters"],
+    );
+    let same = config(&a, &b_pub, "") + &format!("public_key_next = \"{b_pub}\"\n");
+    assert_exit2(&check(&d, &same), &["peer[0].public_key_next", "duplicate"]);
+    let own = config(&a, &b_pub, "") + &format!("public_key_next = \"{a_pub}\"\n");
+    assert_exit2(
+        &check(&d, &own),
+        &["peer[0].public_key_next", "own public key"],
+    );
+}
