@@ -194,9 +194,12 @@ fn per_source_bucket_limits_one_address() {
         .iter()
         .map(|m| b.handle_datagram(src, m, now, &mut plain))
         .collect();
-    // Burst of 5 reaches DH (unknown keys), the rest are refused before it.
+    // Burst of 5 reaches DH (unknown keys), the next is refused before it and puts b
+    // under load, so the rest need a cookie.
     assert_eq!(b.drops().unknown_key, 5, "{verdicts:?}");
-    assert_eq!(b.drops().source_rate, 5);
+    assert_eq!(b.drops().source_rate, 1);
+    assert_eq!(b.drops().under_load, 4);
+    assert!(b.dos_stats().under_load);
 }
 
 fn mac1_key(public: &[u8; 32]) -> [u8; 32] {
@@ -347,4 +350,59 @@ fn key_rotation_keeps_sessions_and_rehandshakes_with_the_new_key() {
     }
     assert!(b.peer_status(0).unwrap().established);
     assert_eq!(a.drops().bad_mac1, 0);
+}
+
+#[test]
+fn attackers_with_cookies_cannot_use_up_the_peers_handshakes() {
+    let now = Instant::now();
+    let (mut a, mut b, a_addr, b_addr) = pair(now);
+    let mut plain = vec![0u8; 4096];
+    let mut wire = vec![0u8; 4096];
+    let mut w2 = vec![0u8; 4096];
+    // b under load.
+    let junk = attacker_initiations(b.public(), 8, now);
+    for i in 0..100u32 {
+        b.handle_datagram(sa(5000 + i), &junk[i as usize % 8], now, &mut plain);
+    }
+    while b.poll_transmit(now, &mut wire).is_some() {}
+    assert!(b.dos_stats().under_load);
+    // 60 attackers at real addresses get cookies, like a does.
+    let mut attackers = Vec::new();
+    for k in 0..60u32 {
+        let src = sa(20_000 + k);
+        let mut e = Endpoint::new(Identity::generate(&mut OsRng), OsRng, now);
+        e.add_peer(0, b.public(), None, Some(b_addr), None);
+        assert_eq!(e.send(0, b"x", now, &mut wire), Send::Queued);
+        let t = e.poll_transmit(now, &mut wire).unwrap();
+        assert_eq!(
+            b.handle_datagram(src, &wire[..t.len], now, &mut plain),
+            Recv::Dropped(DropReason::UnderLoad)
+        );
+        while let Some(tx) = b.poll_transmit(now, &mut w2) {
+            assert_eq!(tx.to, src);
+            assert_eq!(
+                e.handle_datagram(b_addr, &w2[..tx.len], now, &mut plain),
+                Recv::Cookie { peer: 0 }
+            );
+        }
+        attackers.push((src, e));
+    }
+    assert_eq!(a.send(0, b"hello", now, &mut wire), Send::Queued);
+    pump(&mut a, a_addr, &mut b, now);
+    let back = pump(&mut b, b_addr, &mut a, now);
+    assert_eq!(back[0].2, Recv::Cookie { peer: 0 });
+    // All retransmit with mac2; each attacker's message arrives 5 times (its burst).
+    let t1 = now + REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX;
+    for (src, e) in &mut attackers {
+        e.handle_timeout(t1);
+        let t = e.poll_transmit(t1, &mut wire).unwrap();
+        for _ in 0..5 {
+            b.handle_datagram(*src, &wire[..t.len], t1, &mut plain);
+        }
+    }
+    assert!(b.drops().handshake_budget > 200, "{:?}", b.drops());
+    // a comes from a configured peer's address: its reserved bucket is untouched.
+    a.handle_timeout(t1);
+    let sent = pump(&mut a, a_addr, &mut b, t1);
+    assert_eq!(sent[0].2, Recv::Handshake { peer: 0 });
 }

@@ -2,8 +2,8 @@
 //! per packet (every table is sized once, at construction):
 //!
 //! 1. **Under-load detection.** More than [`UNDER_LOAD_THRESHOLD`] mac1-valid handshake
-//!    messages within one [`LOAD_WINDOW`] puts the endpoint under load for at least
-//!    [`UNDER_LOAD_HOLD`]. Under load, handshake messages need a valid mac2 (a cookie
+//!    messages within one [`LOAD_WINDOW`], or any message refused by a bucket below, puts
+//!    the endpoint under load for at least [`UNDER_LOAD_HOLD`]. Under load, handshake messages need a valid mac2 (a cookie
 //!    proving the sender receives at its source address); the others get a cookie reply,
 //!    never a handshake answer, and are not processed further.
 //! 2. **Per-source token bucket** ([`SOURCE_RATE`]/s, burst [`SOURCE_BURST`]), in a
@@ -14,6 +14,9 @@
 //!    [`HANDSHAKE_BUDGET_BURST`]): an upper bound on Diffie-Hellman work per second,
 //!    whatever the number of sources. At ≈0.2 ms per handshake this caps handshake CPU at
 //!    about 10 % of one core, so transport data and the control socket always get the rest.
+//!    Handshakes from a configured peer's current or proven address use a reserved bucket
+//!    ([`KNOWN_RATE`]/s, burst [`KNOWN_BURST`]) instead, so the peers still get through
+//!    when attackers with real addresses and valid cookies use up the global budget.
 //! 4. **Cookie replies** wait in a fixed ring of [`COOKIE_QUEUE`] entries (drained by
 //!    `poll_transmit`) and are sealed only when sent; when the ring is full further
 //!    replies are dropped and counted, so answering a flood costs at most the ring's size
@@ -42,6 +45,11 @@ pub const SOURCE_BUCKETS: usize = 4096;
 pub const HANDSHAKE_BUDGET_RATE: u32 = 500;
 /// Burst of the global handshake budget.
 pub const HANDSHAKE_BUDGET_BURST: u32 = 50;
+/// Handshakes per second from the addresses of configured peers, all together (reserved,
+/// outside the global budget).
+pub const KNOWN_RATE: u32 = 50;
+/// Burst of the reserved bucket.
+pub const KNOWN_BURST: u32 = 10;
 /// Pending cookie replies (fixed ring).
 pub const COOKIE_QUEUE: usize = 256;
 
@@ -108,6 +116,7 @@ pub(crate) struct Guard {
     hasher: std::collections::hash_map::RandomState,
     buckets: Box<[Bucket]>,
     budget: Bucket,
+    known: Bucket,
     ring: Box<[Option<PendingCookie>]>,
     ring_head: usize,
     ring_len: usize,
@@ -122,6 +131,7 @@ impl Guard {
             hasher: std::collections::hash_map::RandomState::new(),
             buckets: vec![Bucket::EMPTY; SOURCE_BUCKETS].into_boxed_slice(),
             budget: Bucket::EMPTY,
+            known: Bucket::EMPTY,
             ring: vec![None; COOKIE_QUEUE].into_boxed_slice(),
             ring_head: 0,
             ring_len: 0,
@@ -147,8 +157,29 @@ impl Guard {
         self.loaded_until.is_some_and(|t| now < t)
     }
 
-    /// Per-source bucket, then the global budget. Runs after the mac2 check.
-    pub fn admit(&mut self, src: SocketAddr, now: Instant) -> Admit {
+    /// Per-source bucket, then the global budget. Runs after the mac2 check. A source
+    /// that is a configured peer's address (`known`) uses a reserved bucket instead, so
+    /// attackers holding valid cookies for their own addresses cannot use up the budget
+    /// the real peers need (under load, spoofing a peer's address gets no cookie).
+    pub fn admit(&mut self, src: SocketAddr, known: bool, now: Instant) -> Admit {
+        let verdict = self.admit_inner(src, known, now);
+        if verdict != Admit::Process {
+            // Any budget exceeded means load: from now on, senders must prove their
+            // address with a cookie. Without this, a flood spoofing a peer's address below
+            // the load threshold could keep that address's bucket empty.
+            self.loaded_until = Some(now + UNDER_LOAD_HOLD);
+        }
+        verdict
+    }
+
+    fn admit_inner(&mut self, src: SocketAddr, known: bool, now: Instant) -> Admit {
+        if known {
+            return if self.known.take(now, KNOWN_RATE, KNOWN_BURST) {
+                Admit::Process
+            } else {
+                Admit::SourceRate
+            };
+        }
         let ip = match src.ip() {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
@@ -222,13 +253,17 @@ mod tests {
         let a: SocketAddr = "198.51.100.7:1".parse().unwrap();
         let b: SocketAddr = "198.51.100.7:2".parse().unwrap();
         for _ in 0..SOURCE_BURST {
-            assert_eq!(g.admit(a, t), Admit::Process);
+            assert_eq!(g.admit(a, false, t), Admit::Process);
         }
         // Same IP, other port: same bucket.
-        assert_eq!(g.admit(b, t), Admit::SourceRate);
+        assert_eq!(g.admit(b, false, t), Admit::SourceRate);
         // Refills at SOURCE_RATE per second.
         assert_eq!(
-            g.admit(a, t + Duration::from_millis(1000 / SOURCE_RATE as u64)),
+            g.admit(
+                a,
+                false,
+                t + Duration::from_millis(1000 / SOURCE_RATE as u64)
+            ),
             Admit::Process
         );
     }
@@ -240,7 +275,7 @@ mod tests {
         let mut processed = 0;
         for i in 0..10_000u32 {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 | i);
-            if g.admit(SocketAddr::from((ip, 9)), t) == Admit::Process {
+            if g.admit(SocketAddr::from((ip, 9)), false, t) == Admit::Process {
                 processed += 1;
             }
         }

@@ -1011,7 +1011,12 @@ impl Endpoint {
             }
             sh.dos.mac2_accepted += 1;
         }
-        match sh.guard.admit(src, now) {
+        let ip = src.ip();
+        let known = self.peers.values().any(|p| {
+            p.endpoint.is_some_and(|e| e.ip() == ip) || p.proven.is_some_and(|e| e.ip() == ip)
+        });
+        let sh = &mut self.shared;
+        match sh.guard.admit(src, known, now) {
             Admit::Process => {
                 sh.dos.handshakes_processed += 1;
                 Ok(())
