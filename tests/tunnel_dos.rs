@@ -8,9 +8,9 @@ use blake2::digest::consts::U16;
 use blake2::digest::{KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 use pfsync_gw::tunnel::{
-    DropReason, Endpoint, Identity, Recv, Send, COOKIE_QUEUE, COOKIE_REPLY_LEN,
-    HANDSHAKE_BUDGET_BURST, HANDSHAKE_BUDGET_RATE, INITIATION_LEN, MSG_COOKIE_REPLY,
-    MSG_INITIATION, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, ROAM_BUDGET_FACTOR,
+    DropReason, Endpoint, Identity, Recv, Send, COOKIE_BURST, COOKIE_QUEUE, COOKIE_RATE,
+    COOKIE_REPLY_LEN, HANDSHAKE_BUDGET_BURST, HANDSHAKE_BUDGET_RATE, INITIATION_LEN,
+    MSG_COOKIE_REPLY, MSG_INITIATION, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, ROAM_BUDGET_FACTOR,
     TRANSPORT_OVERHEAD,
 };
 use rand_core::OsRng;
@@ -128,9 +128,13 @@ fn flood_is_bounded_before_diffie_hellman_and_answered_with_cookies() {
     // Before load set in, spoofed sources are processed (up to the budget) and fail as
     // unknown keys; after, they need mac2 and get cookies.
     assert!(
-        d.under_load + d.cookie_queue_full > u64::from(n) * 9 / 10,
+        d.under_load + d.cookie_queue_full + d.cookie_rate > u64::from(n) * 9 / 10,
         "{d:?}"
     );
+    // Cookie replies to these non-peer sources: at most the rate's burst plus its rate
+    // over the 0.2 s of flood.
+    let cookie_bound = u64::from(COOKIE_BURST) + u64::from(COOKIE_RATE) / 5 + 1;
+    assert!(stats.cookie_replies_sent <= cookie_bound, "{stats:?}");
     assert_eq!(cookie_replies as u64, stats.cookie_replies_sent);
     assert_eq!(stats.cookie_replies_sent, d.under_load);
     assert!(d.unknown_key <= stats.handshakes_processed);

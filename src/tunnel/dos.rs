@@ -20,7 +20,10 @@
 //! 4. **Cookie replies** wait in a fixed ring of [`COOKIE_QUEUE`] entries (drained by
 //!    `poll_transmit`) and are sealed only when sent; when the ring is full further
 //!    replies are dropped and counted, so answering a flood costs at most the ring's size
-//!    per driver wakeup. A reply (64 bytes) is smaller than what triggers it (92/148).
+//!    per driver wakeup. Sources other than the peers' addresses get at most
+//!    [`COOKIE_RATE`]/s replies (burst [`COOKIE_BURST`]) in all; the peers' addresses always
+//!    get one (a peer that moved to a new address during a flood may need a few retries).
+//!    A reply (64 bytes) is smaller than what triggers it (92/148).
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +53,10 @@ pub const HANDSHAKE_BUDGET_BURST: u32 = 50;
 pub const KNOWN_RATE: u32 = 50;
 /// Burst of the reserved bucket.
 pub const KNOWN_BURST: u32 = 10;
+/// Cookie replies per second to sources that are not a configured peer's address.
+pub const COOKIE_RATE: u32 = 2_000;
+/// Burst of the cookie-reply rate.
+pub const COOKIE_BURST: u32 = 200;
 /// Pending cookie replies (fixed ring).
 pub const COOKIE_QUEUE: usize = 256;
 
@@ -117,6 +124,7 @@ pub(crate) struct Guard {
     buckets: Box<[Bucket]>,
     budget: Bucket,
     known: Bucket,
+    cookies: Bucket,
     ring: Box<[Option<PendingCookie>]>,
     ring_head: usize,
     ring_len: usize,
@@ -132,6 +140,7 @@ impl Guard {
             buckets: vec![Bucket::EMPTY; SOURCE_BUCKETS].into_boxed_slice(),
             budget: Bucket::EMPTY,
             known: Bucket::EMPTY,
+            cookies: Bucket::EMPTY,
             ring: vec![None; COOKIE_QUEUE].into_boxed_slice(),
             ring_head: 0,
             ring_len: 0,
@@ -201,6 +210,11 @@ impl Guard {
             return Admit::Budget;
         }
         Admit::Process
+    }
+
+    /// May we answer a source that is not a peer's address with a cookie reply now?
+    pub fn cookie_allowed(&mut self, now: Instant) -> bool {
+        self.cookies.take(now, COOKIE_RATE, COOKIE_BURST)
     }
 
     /// Queue a cookie reply; false (drop it) when the ring is full.

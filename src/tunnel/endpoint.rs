@@ -989,12 +989,21 @@ impl Endpoint {
         mac1: &[u8],
         now: Instant,
     ) -> Result<(), Recv> {
+        let ip = src.ip();
+        let known = self.peers.values().any(|p| {
+            p.endpoint.is_some_and(|e| e.ip() == ip) || p.proven.is_some_and(|e| e.ip() == ip)
+        });
         let sh = &mut self.shared;
         if sh.guard.note_handshake(now) {
             if !sh
                 .cookies
                 .verify_mac2(src, mac2_input, mac2, now, &mut *sh.rng)
             {
+                // Peers' addresses always get a cookie; others within a global rate, so
+                // answering a spoofed flood costs a bounded amount of work per second.
+                if !known && !sh.guard.cookie_allowed(now) {
+                    return Err(sh.dropped(DropReason::CookieRate));
+                }
                 let mut m = [0u8; super::mac::MAC_LEN];
                 m.copy_from_slice(mac1);
                 let queued = sh.guard.push_cookie(PendingCookie {
@@ -1011,11 +1020,6 @@ impl Endpoint {
             }
             sh.dos.mac2_accepted += 1;
         }
-        let ip = src.ip();
-        let known = self.peers.values().any(|p| {
-            p.endpoint.is_some_and(|e| e.ip() == ip) || p.proven.is_some_and(|e| e.ip() == ip)
-        });
-        let sh = &mut self.shared;
         match sh.guard.admit(src, known, now) {
             Admit::Process => {
                 sh.dos.handshakes_processed += 1;

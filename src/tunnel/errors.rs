@@ -67,6 +67,7 @@ drop_reasons! {
     NoSession => no_session: "Queued payloads discarded because the handshake gave up or keys were zeroed.",
     UnderLoad => under_load: "Handshake message without a valid mac2 while under load: not processed, answered with a cookie reply.",
     CookieQueueFull => cookie_queue_full: "As under_load, but the cookie-reply ring was full: no reply.",
+    CookieRate => cookie_rate: "As under_load, from a source that is not a peer's address, over the cookie-reply rate (2000/s): no reply.",
     SourceRate => source_rate: "Handshake message over its source address's rate (20/s, burst 5), before any Diffie-Hellman.",
     HandshakeBudget => handshake_budget: "Handshake message over the global handshake budget (500/s), before any Diffie-Hellman.",
     BadCookieReply => bad_cookie_reply: "Cookie reply that does not decrypt, or answers no message we sent.",
