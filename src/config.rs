@@ -288,6 +288,12 @@ impl Config {
             }
             let public_key = Key::from_base64(&p.public_key)
                 .map_err(|e| err(&f("public_key"), e.to_string()))?;
+            if public_key.is_low_order_public() {
+                return Err(err(
+                    &f("public_key"),
+                    "is a low-order point (no secret would go into the handshake)".into(),
+                ));
+            }
             if public_key == private_key.public() {
                 return Err(err(
                     &f("public_key"),
@@ -305,6 +311,12 @@ impl Config {
                 Some(s) => {
                     let k = Key::from_base64(s)
                         .map_err(|e| err(&f("public_key_next"), e.to_string()))?;
+                    if k.is_low_order_public() {
+                        return Err(err(
+                            &f("public_key_next"),
+                            "is a low-order point (no secret would go into the handshake)".into(),
+                        ));
+                    }
                     if k == private_key.public() {
                         return Err(err(
                             &f("public_key_next"),

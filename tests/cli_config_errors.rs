@@ -199,6 +199,9 @@ fn public_key_next_is_checked_and_shown() {
     );
     let same = config(&a, &b_pub, "") + &format!("public_key_next = \"{b_pub}\"\n");
     assert_exit2(&check(&d, &same), &["peer[0].public_key_next", "duplicate"]);
+    let zero = config(&a, &b_pub, "")
+        + "public_key_next = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
+    assert_exit2(&check(&d, &zero), &["peer[0].public_key_next", "low-order"]);
     let own = config(&a, &b_pub, "") + &format!("public_key_next = \"{a_pub}\"\n");
     assert_exit2(
         &check(&d, &own),

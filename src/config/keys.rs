@@ -59,6 +59,13 @@ impl Key {
         Key(PublicKey::from(&StaticSecret::from(self.0)).to_bytes())
     }
 
+    /// A public key of small order: every Diffie-Hellman with it gives zero, so a
+    /// handshake with it would not depend on any secret. (Any clamped scalar times such a
+    /// point is the identity, so one multiplication by a fixed scalar decides it.)
+    pub fn is_low_order_public(&self) -> bool {
+        x25519_dalek::x25519([0x42; 32], self.0) == [0u8; 32]
+    }
+
     pub fn to_base64(&self) -> String {
         STANDARD.encode(self.0)
     }
@@ -171,6 +178,15 @@ mod tests {
             Key::from_base64("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!="),
             Err(KeyError::Base64)
         );
+    }
+
+    #[test]
+    fn low_order_public_keys_are_recognised() {
+        assert!(Key::from_bytes([0; 32]).is_low_order_public());
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert!(Key::from_bytes(one).is_low_order_public());
+        assert!(!Key::generate().public().is_low_order_public());
     }
 
     #[test]
