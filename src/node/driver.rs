@@ -129,7 +129,7 @@ fn same_peer(a: &PeerConfig, b: &PeerConfig) -> bool {
 /// Handshake flood and roaming figures (docs/DEPLOYMENT.md, "Counters").
 fn tunnel_dos_counters(d: &tunnel::DosStats) -> [(String, u64); 6] {
     [
-        ("tunnel_under_load".into(), u64::from(d.under_load)),
+        ("tunnel_under_load_now".into(), u64::from(d.under_load)),
         ("tunnel_handshakes_processed".into(), d.handshakes_processed),
         ("tunnel_cookie_replies_sent".into(), d.cookie_replies_sent),
         (
