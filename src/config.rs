@@ -138,6 +138,8 @@ struct RawPeer {
     name: String,
     public_key: String,
     #[serde(default)]
+    public_key_next: Option<String>,
+    #[serde(default)]
     endpoint: Option<String>,
     #[serde(default)]
     preshared_key_file: Option<PathBuf>,
@@ -189,6 +191,8 @@ pub struct EmulatorConfig {
 pub struct PeerConfig {
     pub name: String,
     pub public_key: Key,
+    /// Key rotation window: a second public key also accepted for this peer.
+    pub public_key_next: Option<Key>,
     pub endpoint: Option<SocketAddr>,
     pub psk: Option<Key>,
     pub persistent_keepalive: Option<Duration>,
@@ -315,6 +319,12 @@ impl Config {
             }
             let public_key = Key::from_base64(&p.public_key)
                 .map_err(|e| err(&f("public_key"), e.to_string()))?;
+            if public_key.is_low_order_public() {
+                return Err(err(
+                    &f("public_key"),
+                    "is a low-order point (no secret would go into the handshake)".into(),
+                ));
+            }
             if public_key == private_key.public() {
                 return Err(err(
                     &f("public_key"),
@@ -324,6 +334,39 @@ impl Config {
             if peers
                 .iter()
                 .any(|q: &PeerConfig| q.public_key == public_key)
+            {
+                return Err(err(&f("public_key"), "duplicate public key".into()));
+            }
+            let public_key_next = match &p.public_key_next {
+                None => None,
+                Some(s) => {
+                    let k = Key::from_base64(s)
+                        .map_err(|e| err(&f("public_key_next"), e.to_string()))?;
+                    if k.is_low_order_public() {
+                        return Err(err(
+                            &f("public_key_next"),
+                            "is a low-order point (no secret would go into the handshake)".into(),
+                        ));
+                    }
+                    if k == private_key.public() {
+                        return Err(err(
+                            &f("public_key_next"),
+                            "is this node's own public key".into(),
+                        ));
+                    }
+                    let taken = k == public_key
+                        || peers.iter().any(|q: &PeerConfig| {
+                            q.public_key == k || q.public_key_next.as_ref() == Some(&k)
+                        });
+                    if taken {
+                        return Err(err(&f("public_key_next"), "duplicate public key".into()));
+                    }
+                    Some(k)
+                }
+            };
+            if peers
+                .iter()
+                .any(|q: &PeerConfig| q.public_key_next.as_ref() == Some(&public_key))
             {
                 return Err(err(&f("public_key"), "duplicate public key".into()));
             }
@@ -351,6 +394,7 @@ impl Config {
             peers.push(PeerConfig {
                 name: p.name.clone(),
                 public_key,
+                public_key_next,
                 endpoint,
                 psk,
                 persistent_keepalive,
@@ -448,9 +492,12 @@ impl Config {
         for p in &self.peers {
             let _ = writeln!(
                 s,
-                "  {:<16} {}  endpoint {}{}{}",
+                "  {:<16} {}{}  endpoint {}{}{}",
                 p.name,
                 p.public_key.to_base64(),
+                p.public_key_next
+                    .as_ref()
+                    .map_or(String::new(), |k| format!(" (next {})", k.to_base64())),
                 p.endpoint
                     .map_or("(learned from its handshakes)".into(), |e| e.to_string()),
                 if p.psk.is_some() {

@@ -302,3 +302,30 @@ fn config_writable_by_group_or_others_is_refused() {
         assert_exit2(&o, &["c.toml", "owned by nobody"]);
     }
 }
+
+#[test]
+fn public_key_next_is_checked_and_shown() {
+    let d = Dir::new("next");
+    let (a, a_pub) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let (_, b_next) = keygen(&d, "b2.key");
+    let ok = config(&a, &b_pub, "") + &format!("public_key_next = \"{b_next}\"\n");
+    let o = check(&d, &ok);
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("(next {b_next})")));
+    let bad = config(&a, &b_pub, "") + "public_key_next = \"AAAA\"\n";
+    assert_exit2(
+        &check(&d, &bad),
+        &["c.toml", "peer[0].public_key_next", "44 characters"],
+    );
+    let same = config(&a, &b_pub, "") + &format!("public_key_next = \"{b_pub}\"\n");
+    assert_exit2(&check(&d, &same), &["peer[0].public_key_next", "duplicate"]);
+    let zero = config(&a, &b_pub, "")
+        + "public_key_next = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
+    assert_exit2(&check(&d, &zero), &["peer[0].public_key_next", "low-order"]);
+    let own = config(&a, &b_pub, "") + &format!("public_key_next = \"{a_pub}\"\n");
+    assert_exit2(
+        &check(&d, &own),
+        &["peer[0].public_key_next", "own public key"],
+    );
+}

@@ -64,6 +64,7 @@ async fn mesh(dialects: &[Dialect], rate: u32, tweak: impl Fn(usize, &mut Config
             .map(|j| PeerConfig {
                 name: format!("gw-{j}"),
                 public_key: keys[j].public(),
+                public_key_next: None,
                 endpoint: Some(sites[j].handle.local_addr),
                 psk: None,
                 persistent_keepalive: Some(Duration::from_secs(1)),

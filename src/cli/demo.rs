@@ -119,6 +119,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
             .map(|j| PeerConfig {
                 name: name(j),
                 public_key: keys[j].public(),
+                public_key_next: None,
                 endpoint: Some(handles[j].local_addr),
                 psk: None,
                 persistent_keepalive: Some(Duration::from_secs(2)),

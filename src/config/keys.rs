@@ -71,6 +71,13 @@ impl Key {
         Key(PublicKey::from(&StaticSecret::from(self.0)).to_bytes())
     }
 
+    /// A public key of small order: every Diffie-Hellman with it gives zero, so a
+    /// handshake with it would not depend on any secret. (Any clamped scalar times such a
+    /// point is the identity, so one multiplication by a fixed scalar decides it.)
+    pub fn is_low_order_public(&self) -> bool {
+        x25519_dalek::x25519([0x42; 32], self.0) == [0u8; 32]
+    }
+
     pub fn to_base64(&self) -> String {
         STANDARD.encode(self.0)
     }
@@ -80,8 +87,16 @@ impl Key {
         if s.len() != 44 {
             return Err(KeyError::Length(s.len()));
         }
-        let v = STANDARD.decode(s).map_err(|_| KeyError::Base64)?;
-        let b: [u8; 32] = v.try_into().map_err(|_| KeyError::Base64)?;
+        // Decode into a wiped buffer: the key must not linger in freed heap memory.
+        let mut v = zeroize::Zeroizing::new([0u8; 33]);
+        let n = STANDARD
+            .decode_slice(s, &mut v[..])
+            .map_err(|_| KeyError::Base64)?;
+        if n != 32 {
+            return Err(KeyError::Base64);
+        }
+        let mut b = [0u8; 32];
+        b.copy_from_slice(&v[..32]);
         Ok(Key(b))
     }
 
@@ -157,10 +172,7 @@ impl Key {
             Ok(text) => Key::from_base64(text),
             Err(_) => Err(KeyError::Base64),
         });
-        for b in buf.iter_mut() {
-            // SAFETY: a valid, aligned &mut u8.
-            unsafe { core::ptr::write_volatile(b, 0) };
-        }
+        zeroize::Zeroize::zeroize(&mut buf);
         key
     }
 
@@ -193,12 +205,12 @@ impl fmt::Debug for Key {
 
 impl Drop for Key {
     fn drop(&mut self) {
-        // Best effort: don't leave key bytes in freed memory.
-        for b in self.0.iter_mut() {
-            unsafe { core::ptr::write_volatile(b, 0) };
-        }
+        // Don't leave key bytes in freed memory.
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
+
+impl zeroize::ZeroizeOnDrop for Key {}
 
 #[cfg(test)]
 mod tests {
@@ -231,6 +243,15 @@ mod tests {
             Key::from_base64("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!="),
             Err(KeyError::Base64)
         );
+    }
+
+    #[test]
+    fn low_order_public_keys_are_recognised() {
+        assert!(Key::from_bytes([0; 32]).is_low_order_public());
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert!(Key::from_bytes(one).is_low_order_public());
+        assert!(!Key::generate().public().is_low_order_public());
     }
 
     #[test]

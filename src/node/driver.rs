@@ -118,6 +118,29 @@ pub enum NodeError {
     Io(#[from] io::Error),
 }
 
+/// The same peer across a reload: same name, and at least one key in common (so a key
+/// rotation, `public_key_next` then `public_key`, keeps the peer and its sync state).
+fn same_peer(a: &PeerConfig, b: &PeerConfig) -> bool {
+    let ka = [Some(&a.public_key), a.public_key_next.as_ref()];
+    let kb = [Some(&b.public_key), b.public_key_next.as_ref()];
+    a.name == b.name && ka.iter().flatten().any(|k| kb.contains(&Some(*k)))
+}
+
+/// Handshake flood and roaming figures (docs/DEPLOYMENT.md, "Counters").
+fn tunnel_dos_counters(d: &tunnel::DosStats) -> [(String, u64); 6] {
+    [
+        ("tunnel_under_load_now".into(), u64::from(d.under_load)),
+        ("tunnel_handshakes_processed".into(), d.handshakes_processed),
+        ("tunnel_cookie_replies_sent".into(), d.cookie_replies_sent),
+        (
+            "tunnel_cookie_replies_received".into(),
+            d.cookie_replies_received,
+        ),
+        ("tunnel_mac2_accepted".into(), d.mac2_accepted),
+        ("tunnel_roam_fallbacks".into(), d.roam_fallbacks),
+    ]
+}
+
 fn bump(c: &mut BTreeMap<&'static str, u64>, k: &'static str) {
     *c.entry(k).or_insert(0) += 1;
 }
@@ -251,6 +274,10 @@ impl Node {
             p.endpoint,
             Some(p.persistent_keepalive.unwrap_or(DEFAULT_KEEPALIVE)),
         );
+        if let Some(next) = &p.public_key_next {
+            self.endpoint
+                .set_peer_keys(id, *p.public_key.as_bytes(), Some(*next.as_bytes()));
+        }
         self.replica.add_peer(id, now);
         tracing::info!(peer = %p.name, endpoint = ?p.endpoint, "peer added");
         self.peers.push(PeerSlot { id, cfg: p });
@@ -258,27 +285,33 @@ impl Node {
 
     /// Apply a new configuration's peer list: unchanged peers keep their sessions.
     fn apply_reload(&mut self, new: Config, now: Instant) {
-        if new.private_key != self.cfg.private_key
-            || new.listen != self.cfg.listen
+        if new.listen != self.cfg.listen
             || new.local.dialect != self.cfg.local.dialect
             || new.local.interface != self.cfg.local.interface
         {
-            tracing::warn!("reload: private key, listen address and firewall side changes need a restart; applying peer changes only");
+            tracing::warn!("reload: listen address and firewall side changes need a restart; applying key and peer changes only");
         }
-        // Removed or re-keyed peers go; a peer whose public key changed is a new peer.
+        self.reload_private_key(&new);
+        // Removed peers go; a peer whose keys changed entirely is a new peer.
         let mut kept = Vec::new();
         for slot in std::mem::take(&mut self.peers) {
-            match new
-                .peers
-                .iter()
-                .find(|p| p.public_key == slot.cfg.public_key && p.name == slot.cfg.name)
-            {
+            match new.peers.iter().find(|p| same_peer(p, &slot.cfg)) {
                 None => {
                     self.endpoint.remove_peer(slot.id);
                     self.replica.remove_peer(slot.id);
                     tracing::info!(peer = %slot.cfg.name, "reload: peer removed");
                 }
                 Some(p) => {
+                    if (&p.public_key, &p.public_key_next)
+                        != (&slot.cfg.public_key, &slot.cfg.public_key_next)
+                    {
+                        self.endpoint.set_peer_keys(
+                            slot.id,
+                            *p.public_key.as_bytes(),
+                            p.public_key_next.as_ref().map(|k| *k.as_bytes()),
+                        );
+                        tracing::info!(peer = %p.name, "reload: peer keys changed (rotation)");
+                    }
                     if *p != slot.cfg {
                         self.endpoint.update_peer(
                             slot.id,
@@ -297,15 +330,25 @@ impl Node {
         }
         self.peers = kept;
         for p in &new.peers {
-            if !self
-                .peers
-                .iter()
-                .any(|s| s.cfg.public_key == p.public_key && s.cfg.name == p.name)
-            {
+            if !self.peers.iter().any(|s| same_peer(p, &s.cfg)) {
                 self.add_peer(p.clone(), now);
             }
         }
         self.cfg.peers = new.peers;
+    }
+
+    /// SIGHUP key rotation: a new private key replaces ours in the tunnel; sessions keep
+    /// running and every peer gets a new handshake with the new key.
+    fn reload_private_key(&mut self, new: &Config) {
+        if new.private_key != self.cfg.private_key {
+            self.endpoint
+                .set_identity(Identity::from_private(*new.private_key.as_bytes()));
+            self.cfg.private_key = new.private_key.clone();
+            tracing::info!(
+                public_key = %self.cfg.private_key.public().to_base64(),
+                "reload: private key changed; re-handshaking with every peer"
+            );
+        }
     }
 
     /// Run until shutdown.
@@ -697,6 +740,7 @@ impl Node {
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),
             ])
+            .chain(tunnel_dos_counters(&self.endpoint.dos_stats()))
             .collect();
         let peers = self
             .peers

@@ -10,13 +10,15 @@ use rand_core::CryptoRngCore;
 use snow::params::NoiseParams;
 use subtle::ConstantTimeEq;
 
+use super::cookie::{self, CookieChecker, CookieMaker, COOKIE_REPLY_LEN};
+use super::dos::{Admit, Guard, PendingCookie};
 use super::errors::{DropCounters, DropReason};
 use super::handshake::{
     self, tai64n, tai64n_next, wipe, Identity, InitiatorHandshake, Tai64n, ZERO_PSK,
 };
 use super::mac::Mac1Key;
 use super::messages::{
-    Initiation, Message, Response, Transport, INITIATION_LEN, MAX_PAYLOAD, RESPONSE_LEN,
+    field, Initiation, Message, Response, Transport, INITIATION_LEN, MAX_PAYLOAD, RESPONSE_LEN,
 };
 use super::session::Session;
 use super::timers::{
@@ -44,8 +46,11 @@ pub enum Recv {
     Keepalive { peer: PeerId },
     /// A handshake message was accepted; a reply may be pending: call `poll_transmit`.
     Handshake { peer: PeerId },
-    /// Discarded (and counted in [`Endpoint::drops`]); never answered.
+    /// Discarded (and counted in [`Endpoint::drops`]). Never answered, except that an
+    /// `UnderLoad` handshake message gets a cookie reply (call `poll_transmit`).
     Dropped(DropReason),
+    /// A valid cookie reply from this peer: our next handshake message carries mac2.
+    Cookie { peer: PeerId },
 }
 
 /// Outcome of [`Endpoint::send`].
@@ -91,7 +96,31 @@ pub struct PeerStatus {
     pub persistent_keepalive: Option<Duration>,
     /// Payloads waiting for a session.
     pub queued: usize,
+    /// `endpoint` has not yet proven that it receives what we send (roaming); transport
+    /// traffic to it is limited to ROAM_BUDGET_FACTOR × what it sent us.
+    pub endpoint_unproven: bool,
 }
+
+/// Handshake DoS figures for metrics (see `docs/DEPLOYMENT.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DosStats {
+    /// The endpoint is under load now: handshakes need a valid mac2.
+    pub under_load: bool,
+    /// Handshake messages that reached Diffie-Hellman.
+    pub handshakes_processed: u64,
+    /// Cookie replies sent.
+    pub cookie_replies_sent: u64,
+    /// Valid cookie replies received (we were asked for mac2).
+    pub cookie_replies_received: u64,
+    /// Handshake messages with a valid mac2 accepted under load.
+    pub mac2_accepted: u64,
+    /// Transport datagrams sent to a peer's last proven address instead of its newly
+    /// roamed, unproven one, because the roam budget was used up.
+    pub roam_fallbacks: u64,
+}
+
+/// Bytes we may send to a newly roamed, unproven endpoint per byte it sent us.
+pub const ROAM_BUDGET_FACTOR: u64 = 3;
 
 /// A peer's pre-shared key, erased on drop.
 struct Psk([u8; 32]);
@@ -110,6 +139,19 @@ struct Peer {
     psk: Psk,
     endpoint: Option<SocketAddr>,
     keepalive: Option<Duration>,
+    /// mac2 cookie state for messages we send to this peer.
+    cookie: CookieMaker,
+    /// Second public key accepted during a key-rotation window; initiations alternate
+    /// between the two keys until one answers.
+    alt_public: Option<[u8; 32]>,
+    /// Last address proven to receive what we send (configured, or a handshake sent there
+    /// was answered). `None` before any proof.
+    proven: Option<SocketAddr>,
+    /// Transport bytes we may still send to an unproven `endpoint`.
+    roam_budget: u64,
+    /// Where our pending initiation / our last response went: answering it proves receipt.
+    initiation_sent_to: Option<SocketAddr>,
+    response_sent_to: Option<SocketAddr>,
 
     /// Our pending initiation, if any.
     handshake: Option<InitiatorHandshake>,
@@ -156,6 +198,9 @@ struct Shared {
     by_index: HashMap<u32, PeerId>,
     drops: DropCounters,
     events: VecDeque<Event>,
+    cookies: CookieChecker,
+    guard: Guard,
+    dos: DosStats,
 }
 
 /// All peers of this node. See the module documentation of [`crate::tunnel`].
@@ -257,6 +302,10 @@ impl Peer {
         }
         if let Some(old) = self.handshake.take() {
             shared.free_index(old.local_index);
+            // Rotation window: the peer may hold either key; try the other one next.
+            if retry && self.alt_public.is_some() {
+                self.swap_keys();
+            }
         }
         let index = shared.new_index(self.id);
         let mut ts = tai64n(shared.wall(now));
@@ -317,7 +366,7 @@ impl Peer {
 
     /// Bookkeeping for any authenticated datagram from this peer.
     fn authenticated_rx(&mut self, src: SocketAddr, len: usize, now: Instant) {
-        self.endpoint = Some(src);
+        self.roamed_rx(src, len);
         self.rx_bytes += len as u64;
         self.rx_packets += 1;
         self.last_authenticated_rx = Some(now);
@@ -378,6 +427,7 @@ impl Endpoint {
         wall: SystemTime,
     ) -> Endpoint {
         let mac1 = Mac1Key::new(&identity.public());
+        let identity_public = identity.public();
         Endpoint {
             shared: Shared {
                 identity,
@@ -389,6 +439,9 @@ impl Endpoint {
                 by_index: HashMap::new(),
                 drops: DropCounters::default(),
                 events: VecDeque::new(),
+                cookies: CookieChecker::new(&identity_public),
+                guard: Guard::new(),
+                dos: DosStats::default(),
             },
             peers: BTreeMap::new(),
             by_key: HashMap::new(),
@@ -427,6 +480,13 @@ impl Endpoint {
             psk: Psk(psk.unwrap_or(ZERO_PSK)),
             endpoint,
             keepalive: persistent_keepalive,
+            cookie: CookieMaker::new(&public),
+            alt_public: None,
+            // A configured endpoint is trusted by the operator.
+            proven: endpoint,
+            roam_budget: 0,
+            initiation_sent_to: None,
+            response_sent_to: None,
             handshake: None,
             last_initiation_sent: None,
             attempt_started: None,
@@ -479,6 +539,7 @@ impl Endpoint {
         };
         if let Some(ep) = endpoint {
             peer.endpoint = Some(ep);
+            peer.proven = Some(ep);
         }
         if peer.keepalive != persistent_keepalive {
             peer.keepalive = persistent_keepalive;
@@ -512,6 +573,7 @@ impl Endpoint {
             Ok(Message::Transport(t)) => self.handle_transport(src, &t, datagram.len(), now, out),
             Ok(Message::Initiation(i)) => self.handle_initiation(src, &i, now),
             Ok(Message::Response(r)) => self.handle_response(src, &r, now),
+            Ok(Message::CookieReply(c)) => self.handle_cookie_reply(c, now),
         }
     }
 
@@ -519,6 +581,16 @@ impl Endpoint {
         // mac1 first: cheap, and no DH for senders that don't know our key.
         if !self.shared.mac1.verify(msg.mac1_input(), msg.mac1()) {
             return self.shared.dropped(DropReason::BadMac1);
+        }
+        if let Err(r) = self.guard_handshake(
+            src,
+            msg.mac2_input(),
+            msg.mac2(),
+            msg.sender(),
+            msg.mac1(),
+            now,
+        ) {
+            return r;
         }
         let consumed =
             match handshake::consume_initiation(&self.shared.params, &self.shared.identity, msg) {
@@ -530,6 +602,10 @@ impl Endpoint {
         };
         let shared = &mut self.shared;
         let peer = self.peers.get_mut(&id).expect("by_key and peers agree");
+        if consumed.remote != peer.public {
+            // The peer answers to its rotation key: use it from now on.
+            peer.swap_keys();
+        }
         if peer
             .last_received_timestamp
             .is_some_and(|last| consumed.timestamp <= last)
@@ -576,9 +652,26 @@ impl Endpoint {
             .get_mut(&id)
             .expect("index table and peers agree");
         let index = msg.receiver();
-        let Some(hs) = peer.handshake.as_mut().filter(|h| h.local_index == index) else {
+        if peer
+            .handshake
+            .as_ref()
+            .is_none_or(|h| h.local_index != index)
+        {
             return shared.dropped(DropReason::UnknownIndex);
-        };
+        }
+        if let Err(r) = self.guard_handshake(
+            src,
+            msg.mac2_input(),
+            msg.mac2(),
+            msg.sender(),
+            msg.mac1(),
+            now,
+        ) {
+            return r;
+        }
+        let shared = &mut self.shared;
+        let peer = self.peers.get_mut(&id).expect("checked above");
+        let hs = peer.handshake.as_mut().expect("checked above");
         if let Err(reason) = hs.consume_response(msg) {
             return shared.dropped(reason);
         }
@@ -599,6 +692,8 @@ impl Endpoint {
             Peer::discard(shared, core::mem::replace(&mut peer.previous, current));
         }
         peer.current = Some(session);
+        // The response answers an initiation we sent there: that address receives.
+        peer.proven = peer.initiation_sent_to.take().or(peer.proven);
         peer.out_initiation = None;
         peer.timers.on_handshake_complete();
         peer.timers.on_session_derived(now);
@@ -650,6 +745,8 @@ impl Endpoint {
             Err(reason) => return shared.dropped(reason),
         };
         if confirms {
+            // Keys from our response: the address it went to receives.
+            peer.proven = peer.response_sent_to.or(peer.proven);
             let next = peer.next.take();
             let current = core::mem::replace(&mut peer.current, next);
             Peer::discard(shared, core::mem::replace(&mut peer.previous, current));
@@ -691,8 +788,15 @@ impl Endpoint {
             return Send::Dropped(DropReason::UnknownPeer);
         };
         let usable = p.usable(now);
-        if usable && p.queue.is_empty() {
-            if let Some(to) = p.endpoint {
+        if usable && p.queue.is_empty() && p.endpoint.is_some() {
+            let to = match p.transport_dest(shared, payload.len()) {
+                Ok(to) => to,
+                Err(reason) => {
+                    shared.drops.record(reason);
+                    return Send::Dropped(reason);
+                }
+            };
+            {
                 return match p.send_transport(shared, payload, now, out) {
                     Ok(len) => Send::Datagram(Transmit { to, len }),
                     Err(reason) => {
@@ -718,11 +822,16 @@ impl Endpoint {
     /// INITIATION_LEN bytes and the largest queued payload plus TRANSPORT_OVERHEAD.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
         self.last_now = now;
+        if let Some(t) = self.poll_cookie_reply(now, out) {
+            return Some(t);
+        }
         let shared = &mut self.shared;
         for peer in self.peers.values_mut() {
             let Some(to) = peer.endpoint else { continue };
             if out.len() >= RESPONSE_LEN {
-                if let Some(msg) = peer.out_response.take() {
+                if let Some(mut msg) = peer.out_response.take() {
+                    peer.cookie.seal(&mut msg, field::RESP_MAC1.start, now);
+                    peer.response_sent_to = Some(to);
                     out[..RESPONSE_LEN].copy_from_slice(&msg);
                     peer.authenticated_tx(RESPONSE_LEN, now);
                     return Some(Transmit {
@@ -732,7 +841,9 @@ impl Endpoint {
                 }
             }
             if out.len() >= INITIATION_LEN {
-                if let Some(msg) = peer.out_initiation.take() {
+                if let Some(mut msg) = peer.out_initiation.take() {
+                    peer.cookie.seal(&mut msg, field::INIT_MAC1.start, now);
+                    peer.initiation_sent_to = Some(to);
                     out[..INITIATION_LEN].copy_from_slice(&msg);
                     peer.authenticated_tx(INITIATION_LEN, now);
                     return Some(Transmit {
@@ -746,15 +857,21 @@ impl Endpoint {
                 continue;
             }
             while let Some(payload) = peer.queue.pop_front() {
-                match peer.send_transport(shared, &payload, now, out) {
-                    Ok(len) => return Some(Transmit { to, len }),
+                let sent = peer
+                    .transport_dest(shared, payload.len())
+                    .and_then(|to| Ok((to, peer.send_transport(shared, &payload, now, out)?)));
+                match sent {
+                    Ok((to, len)) => return Some(Transmit { to, len }),
                     Err(reason) => shared.drops.record(reason),
                 }
             }
             if peer.out_keepalive {
                 peer.out_keepalive = false;
-                match peer.send_transport(shared, &[], now, out) {
-                    Ok(len) => return Some(Transmit { to, len }),
+                let sent = peer
+                    .transport_dest(shared, 0)
+                    .and_then(|to| Ok((to, peer.send_transport(shared, &[], now, out)?)));
+                match sent {
+                    Ok((to, len)) => return Some(Transmit { to, len }),
                     Err(reason) => shared.drops.record(reason),
                 }
             }
@@ -834,6 +951,7 @@ impl Endpoint {
             last_authenticated_rx: p.last_authenticated_rx,
             persistent_keepalive: p.keepalive,
             queued: p.queue.len(),
+            endpoint_unproven: p.endpoint.is_some() && p.endpoint != p.proven,
         })
     }
 
@@ -853,5 +971,225 @@ impl core::fmt::Debug for Endpoint {
             .field("peers", &self.peers.len())
             .field("drops", &self.shared.drops)
             .finish_non_exhaustive()
+    }
+}
+
+// Flood defences, cookies, roaming and key rotation (see `dos.rs`, `cookie.rs` and
+// docs/PROTOCOL.md "Cookie reply" / "Roaming").
+impl Endpoint {
+    /// Cheap checks for a mac1-valid handshake message before any Diffie-Hellman:
+    /// load accounting, mac2 under load (else a cookie reply), per-source bucket and the
+    /// global budget. `Err` carries the verdict to return.
+    fn guard_handshake(
+        &mut self,
+        src: SocketAddr,
+        mac2_input: &[u8],
+        mac2: &[u8],
+        sender: u32,
+        mac1: &[u8],
+        now: Instant,
+    ) -> Result<(), Recv> {
+        let ip = src.ip();
+        let known = self.peers.values().any(|p| {
+            p.endpoint.is_some_and(|e| e.ip() == ip) || p.proven.is_some_and(|e| e.ip() == ip)
+        });
+        let sh = &mut self.shared;
+        if sh.guard.note_handshake(now) {
+            if !sh
+                .cookies
+                .verify_mac2(src, mac2_input, mac2, now, &mut *sh.rng)
+            {
+                // Peers' addresses always get a cookie; others within a global rate, so
+                // answering a spoofed flood costs a bounded amount of work per second.
+                if !known && !sh.guard.cookie_allowed(now) {
+                    return Err(sh.dropped(DropReason::CookieRate));
+                }
+                let mut m = [0u8; super::mac::MAC_LEN];
+                m.copy_from_slice(mac1);
+                let queued = sh.guard.push_cookie(PendingCookie {
+                    to: src,
+                    receiver: sender,
+                    mac1: m,
+                });
+                let reason = if queued {
+                    DropReason::UnderLoad
+                } else {
+                    DropReason::CookieQueueFull
+                };
+                return Err(sh.dropped(reason));
+            }
+            sh.dos.mac2_accepted += 1;
+        }
+        match sh.guard.admit(src, known, now) {
+            Admit::Process => {
+                sh.dos.handshakes_processed += 1;
+                Ok(())
+            }
+            Admit::SourceRate => Err(sh.dropped(DropReason::SourceRate)),
+            Admit::Budget => Err(sh.dropped(DropReason::HandshakeBudget)),
+        }
+    }
+
+    /// Seal and hand out one pending cookie reply.
+    fn poll_cookie_reply(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        if out.len() < COOKIE_REPLY_LEN {
+            return None;
+        }
+        let sh = &mut self.shared;
+        let c = sh.guard.pop_cookie()?;
+        sh.cookies
+            .write_reply(c.to, c.receiver, &c.mac1, now, &mut *sh.rng, out);
+        sh.dos.cookie_replies_sent += 1;
+        Some(Transmit {
+            to: c.to,
+            len: COOKIE_REPLY_LEN,
+        })
+    }
+
+    /// A cookie reply: its receiver index names our pending initiation or the session our
+    /// last response created. Not authenticated as coming from the peer (it proves only
+    /// that the responder saw our mac1), so it changes nothing but the cookie.
+    fn handle_cookie_reply(&mut self, reply: &[u8], now: Instant) -> Recv {
+        let index = cookie::reply_receiver(reply);
+        let Some(&id) = self.shared.by_index.get(&index) else {
+            return self.shared.dropped(DropReason::UnknownIndex);
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return self.shared.dropped(DropReason::UnknownIndex);
+        };
+        if peer.cookie.consume_reply(reply, now) {
+            self.shared.dos.cookie_replies_received += 1;
+            Recv::Cookie { peer: id }
+        } else {
+            self.shared.dropped(DropReason::BadCookieReply)
+        }
+    }
+
+    /// Handshake DoS figures.
+    pub fn dos_stats(&self) -> DosStats {
+        DosStats {
+            under_load: self.shared.guard.under_load(self.last_now),
+            ..self.shared.dos.clone()
+        }
+    }
+
+    /// Replace our static key (SIGHUP key rotation). Established sessions keep running
+    /// (they do not depend on the static key); a pending handshake is restarted with the
+    /// new key, and every peer with an endpoint starts one now so it learns the new key
+    /// within a round trip. Peers must already accept the new public key (as their
+    /// `public_key` or rotation key), else they drop our initiations as `unknown_key`.
+    pub fn set_identity(&mut self, identity: Identity) {
+        let now = self.last_now;
+        let public = identity.public();
+        self.shared.mac1 = Mac1Key::new(&public);
+        self.shared.cookies = CookieChecker::new(&public);
+        self.shared.identity = identity;
+        let shared = &mut self.shared;
+        for peer in self.peers.values_mut() {
+            if let Some(hs) = peer.handshake.take() {
+                shared.free_index(hs.local_index);
+            }
+            peer.out_initiation = None;
+            peer.last_initiation_sent = None;
+            peer.timers.retransmit_handshake = None;
+            peer.start_handshake(shared, now, false);
+        }
+    }
+
+    /// Set a peer's keys: `public` first, `alt` accepted as well during a rotation window
+    /// (either key may authenticate the peer; initiations alternate between them until
+    /// one answers). Sessions are kept: they were authenticated by a key still accepted,
+    /// or, if neither key is the one the sessions were made with, they are erased.
+    pub fn set_peer_keys(&mut self, id: PeerId, public: [u8; 32], alt: Option<[u8; 32]>) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let old = [Some(peer.public), peer.alt_public];
+        for k in old.iter().flatten() {
+            if self.by_key.get(k) == Some(&id) {
+                self.by_key.remove(k);
+            }
+        }
+        let keep = old.contains(&Some(public)) || (alt.is_some() && old.contains(&alt));
+        for k in [Some(public), alt].into_iter().flatten() {
+            if let Some(&other) = self.by_key.get(&k) {
+                if other != id {
+                    self.remove_peer(other);
+                }
+            }
+        }
+        let peer = self.peers.get_mut(&id).expect("checked above");
+        let was_active = peer.public;
+        peer.public = public;
+        peer.alt_public = alt.filter(|a| *a != public);
+        // Stay on the key that last worked while it is still accepted.
+        if peer.alt_public == Some(was_active) {
+            peer.swap_keys();
+        } else {
+            peer.mac1 = Mac1Key::new(&peer.public);
+            peer.cookie = CookieMaker::new(&peer.public);
+        }
+        self.by_key.insert(peer.public, id);
+        if let Some(a) = peer.alt_public {
+            self.by_key.insert(a, id);
+        }
+        if !keep {
+            peer.clear_keys(&mut self.shared);
+            peer.last_initiation_sent = None;
+            peer.start_handshake(&mut self.shared, self.last_now, false);
+        }
+    }
+}
+
+impl Peer {
+    /// Make the rotation key the active one (the one we initiate to).
+    fn swap_keys(&mut self) {
+        if let Some(alt) = self.alt_public {
+            self.alt_public = Some(self.public);
+            self.public = alt;
+            self.mac1 = Mac1Key::new(&self.public);
+            self.cookie = CookieMaker::new(&self.public);
+        }
+    }
+
+    /// Endpoint learning (WireGuard roaming) with a send budget: an address that has not
+    /// proven it receives may get at most ROAM_BUDGET_FACTOR × the authenticated bytes it
+    /// sent us, so replaying a peer's packet from a spoofed source cannot aim amplified
+    /// answers at a third party.
+    fn roamed_rx(&mut self, src: SocketAddr, len: usize) {
+        if self.endpoint != Some(src) {
+            self.endpoint = Some(src);
+            self.roam_budget = 0;
+        }
+        if self.proven != Some(src) {
+            self.roam_budget = self
+                .roam_budget
+                .saturating_add(ROAM_BUDGET_FACTOR * len as u64);
+        }
+    }
+
+    /// Where a transport datagram of `payload_len` bytes of payload goes: the endpoint if
+    /// proven or within its roam budget, else the last proven address, else nowhere.
+    fn transport_dest(
+        &mut self,
+        shared: &mut Shared,
+        payload_len: usize,
+    ) -> Result<SocketAddr, DropReason> {
+        let to = self.endpoint.ok_or(DropReason::NoSession)?;
+        if self.proven == Some(to) {
+            return Ok(to);
+        }
+        let cost = (payload_len + super::messages::TRANSPORT_OVERHEAD) as u64;
+        if self.roam_budget >= cost {
+            self.roam_budget -= cost;
+            return Ok(to);
+        }
+        match self.proven {
+            Some(p) => {
+                shared.dos.roam_fallbacks += 1;
+                Ok(p)
+            }
+            None => Err(DropReason::RoamBudget),
+        }
     }
 }

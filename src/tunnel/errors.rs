@@ -50,7 +50,7 @@ macro_rules! drop_reasons {
 
 drop_reasons! {
     BadLength => bad_length: "Datagram too short or the wrong size for its message type.",
-    BadType => bad_type: "Unknown message type, non-zero reserved bytes, or cookie reply (unsupported).",
+    BadType => bad_type: "Unknown message type or non-zero reserved bytes.",
     BadMac1 => bad_mac1: "Handshake message whose mac1 does not verify: sender does not know our public key.",
     HandshakeFailed => handshake_failed: "Handshake message that failed Noise processing (bad AEAD, bad payload).",
     UnknownKey => unknown_key: "Initiation from a static key that is not a configured peer.",
@@ -65,6 +65,14 @@ drop_reasons! {
     PayloadTooLarge => payload_too_large: "`send` payload larger than MAX_PAYLOAD.",
     QueueFull => queue_full: "Payload queued while handshaking, but the per-peer queue is full.",
     NoSession => no_session: "Queued payloads discarded because the handshake gave up or keys were zeroed.",
+    UnderLoad => under_load: "Handshake message without a valid mac2 while under load: not processed, answered with a cookie reply.",
+    CookieQueueFull => cookie_queue_full: "As under_load, but the cookie-reply ring was full: no reply.",
+    CookieRate => cookie_rate: "As under_load, from a source that is not a peer's address, over the cookie-reply rate (2000/s): no reply.",
+    SourceRate => source_rate: "Handshake message over its source address's rate (20/s, burst 5), before any Diffie-Hellman.",
+    HandshakeBudget => handshake_budget: "Handshake message over the global handshake budget (500/s), before any Diffie-Hellman.",
+    BadCookieReply => bad_cookie_reply: "Cookie reply that does not decrypt, or answers no message we sent.",
+    RoamBudget => roam_budget: "Transport datagram not sent: the peer's new endpoint has not proven it receives, its budget is used up and no proven address is known.",
+    LowOrderKey => low_order_key: "Handshake whose Diffie-Hellman result was all-zero (a low-order public key).",
 }
 
 impl DropCounters {

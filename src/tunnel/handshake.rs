@@ -14,7 +14,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use snow::params::NoiseParams;
-use snow::{Builder, HandshakeState, StatelessTransportState};
+use snow::{HandshakeState, StatelessTransportState};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::errors::DropReason;
@@ -33,16 +33,13 @@ pub const ZERO_PSK: [u8; 32] = [0; 32];
 /// Position of the PSK token in the pattern.
 const PSK_LOCATION: usize = 2;
 
-/// Best-effort erasure that the optimiser may not elide.
+/// Erasure the optimiser may not elide (zeroize's volatile writes and fence).
 pub(crate) fn wipe(buf: &mut [u8]) {
-    for b in buf.iter_mut() {
-        // SAFETY: `b` is a valid, aligned, exclusive reference.
-        unsafe { core::ptr::write_volatile(b, 0) };
-    }
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    zeroize::Zeroize::zeroize(buf);
 }
 
-/// This node's static X25519 key pair. The private half is erased on drop.
+/// This node's static X25519 key pair. The private half is erased on drop (x25519-dalek's
+/// `StaticSecret` is `ZeroizeOnDrop`).
 #[derive(Clone)]
 pub struct Identity {
     secret: StaticSecret,
@@ -116,6 +113,14 @@ pub(crate) fn tai64n_next(t: &Tai64n) -> Tai64n {
     out
 }
 
+/// snow reports an all-zero DH result (low-order public key, see `dh.rs`) as `Error::Dh`.
+fn dh_error(e: snow::Error) -> DropReason {
+    match e {
+        snow::Error::Dh => DropReason::LowOrderKey,
+        _ => DropReason::HandshakeFailed,
+    }
+}
+
 pub(crate) fn noise_params() -> NoiseParams {
     NOISE_PATTERN.parse().expect("valid noise pattern")
 }
@@ -137,7 +142,7 @@ pub(crate) fn create_initiation(
     timestamp: &Tai64n,
 ) -> Result<(InitiatorHandshake, [u8; INITIATION_LEN]), snow::Error> {
     let mut state = identity.with_private(|private| {
-        Builder::new(params.clone())
+        super::dh::builder(params)
             .local_private_key(private)?
             .remote_public_key(remote)?
             .psk(PSK_LOCATION as u8, psk)?
@@ -169,7 +174,7 @@ pub(crate) fn consume_initiation(
 ) -> Result<ConsumedInitiation, DropReason> {
     let mut state = identity
         .with_private(|private| {
-            Builder::new(params.clone())
+            super::dh::builder(params)
                 .local_private_key(private)?
                 .prologue(PROLOGUE)?
                 .build_responder()
@@ -178,7 +183,7 @@ pub(crate) fn consume_initiation(
     let mut payload = [0u8; NOISE_INITIATION_LEN];
     let n = state
         .read_message(msg.noise(), &mut payload)
-        .map_err(|_| DropReason::HandshakeFailed)?;
+        .map_err(dh_error)?;
     if n != TIMESTAMP_LEN {
         return Err(DropReason::HandshakeFailed);
     }
@@ -221,6 +226,7 @@ impl InitiatorHandshake {
         let mut payload = [0u8; NOISE_RESPONSE_LEN];
         match self.state.read_message(msg.noise(), &mut payload) {
             Ok(0) => Ok(()),
+            Err(e @ snow::Error::Dh) => Err(dh_error(e)),
             // A 48-byte message 2 carries an empty payload; anything else is malformed.
             Ok(_) | Err(_) => Err(DropReason::HandshakeFailed),
         }

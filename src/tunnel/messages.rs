@@ -4,6 +4,7 @@
 //! ```text
 //! initiation (148): type=1 | 0 0 0 | sender u32 | noise msg1 (108) | mac1 (16) | mac2 (16)
 //! response    (92): type=2 | 0 0 0 | sender u32 | receiver u32 | noise msg2 (48) | mac1 | mac2
+//! cookie      (64): type=3 | 0 0 0 | receiver u32 | nonce (24) | encrypted cookie (16) | tag (16)
 //! transport (32+n): type=4 | 0 0 0 | receiver u32 | counter u64 | ciphertext (n) | tag (16)
 //! ```
 
@@ -13,7 +14,7 @@ use super::errors::DropReason;
 pub const MSG_INITIATION: u8 = 1;
 /// Message type byte of a handshake response.
 pub const MSG_RESPONSE: u8 = 2;
-/// WireGuard's cookie reply; reserved, not implemented (dropped as `bad_type`).
+/// Message type byte of a cookie reply (see `cookie.rs`).
 pub const MSG_COOKIE_REPLY: u8 = 3;
 /// Message type byte of a transport (data or keepalive) message.
 pub const MSG_TRANSPORT: u8 = 4;
@@ -45,14 +46,12 @@ pub(crate) mod field {
     pub const INIT_SENDER: Range<usize> = 4..8;
     pub const INIT_NOISE: Range<usize> = 8..116;
     pub const INIT_MAC1: Range<usize> = 116..132;
-    #[allow(dead_code)] // mac2 (cookies) is unused: always zero, never checked
     pub const INIT_MAC2: Range<usize> = 132..148;
 
     pub const RESP_SENDER: Range<usize> = 4..8;
     pub const RESP_RECEIVER: Range<usize> = 8..12;
     pub const RESP_NOISE: Range<usize> = 12..60;
     pub const RESP_MAC1: Range<usize> = 60..76;
-    #[allow(dead_code)]
     pub const RESP_MAC2: Range<usize> = 76..92;
 
     pub const DATA_RECEIVER: Range<usize> = 4..8;
@@ -72,6 +71,8 @@ pub enum Message<'a> {
     Initiation(Initiation<'a>),
     Response(Response<'a>),
     Transport(Transport<'a>),
+    /// A 64-byte cookie reply (layout in `cookie.rs`).
+    CookieReply(&'a [u8]),
 }
 
 impl<'a> Message<'a> {
@@ -88,13 +89,18 @@ impl<'a> Message<'a> {
                 Ok(Message::Initiation(Initiation { buf }))
             }
             MSG_RESPONSE if buf.len() == RESPONSE_LEN => Ok(Message::Response(Response { buf })),
+            MSG_COOKIE_REPLY if buf.len() == super::cookie::COOKIE_REPLY_LEN => {
+                Ok(Message::CookieReply(buf))
+            }
             MSG_TRANSPORT
                 if buf.len() >= TRANSPORT_OVERHEAD
                     && buf.len() - TRANSPORT_HEADER_LEN <= MAX_PAYLOAD + TAG_LEN =>
             {
                 Ok(Message::Transport(Transport { buf }))
             }
-            MSG_INITIATION | MSG_RESPONSE | MSG_TRANSPORT => Err(DropReason::BadLength),
+            MSG_INITIATION | MSG_RESPONSE | MSG_TRANSPORT | MSG_COOKIE_REPLY => {
+                Err(DropReason::BadLength)
+            }
             _ => Err(DropReason::BadType),
         }
     }
@@ -120,6 +126,13 @@ impl<'a> Initiation<'a> {
     pub fn mac1(&self) -> &'a [u8] {
         &self.buf[field::INIT_MAC1]
     }
+    /// Bytes covered by mac2 (everything before it, mac1 included).
+    pub fn mac2_input(&self) -> &'a [u8] {
+        &self.buf[..field::INIT_MAC2.start]
+    }
+    pub fn mac2(&self) -> &'a [u8] {
+        &self.buf[field::INIT_MAC2]
+    }
 }
 
 /// View over a 92-byte response.
@@ -144,6 +157,12 @@ impl<'a> Response<'a> {
     pub fn mac1(&self) -> &'a [u8] {
         &self.buf[field::RESP_MAC1]
     }
+    pub fn mac2_input(&self) -> &'a [u8] {
+        &self.buf[..field::RESP_MAC2.start]
+    }
+    pub fn mac2(&self) -> &'a [u8] {
+        &self.buf[field::RESP_MAC2]
+    }
 }
 
 /// View over a transport message (header, ciphertext, tag).
@@ -167,7 +186,7 @@ impl<'a> Transport<'a> {
     }
 }
 
-/// Build an initiation without its MACs (the caller fills mac1; mac2 stays zero).
+/// Build an initiation without its MACs (the caller fills mac1; the endpoint sets mac2).
 pub(crate) fn emit_initiation(sender: u32, noise: &[u8]) -> [u8; INITIATION_LEN] {
     let mut out = [0u8; INITIATION_LEN];
     out[field::TYPE] = MSG_INITIATION;
@@ -272,7 +291,8 @@ mod tests {
         assert_eq!(Message::parse(&r).unwrap_err(), DropReason::BadType);
         let mut c = [0u8; 64];
         c[0] = MSG_COOKIE_REPLY;
-        assert_eq!(Message::parse(&c).unwrap_err(), DropReason::BadType);
+        assert!(matches!(Message::parse(&c), Ok(Message::CookieReply(_))));
+        assert_eq!(Message::parse(&c[..63]).unwrap_err(), DropReason::BadLength);
         let mut i = [0u8; 149];
         i[0] = 1;
         assert_eq!(Message::parse(&i).unwrap_err(), DropReason::BadLength);

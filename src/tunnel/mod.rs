@@ -1,5 +1,8 @@
 //! The tunnel: WireGuard's protocol (Noise IKpsk2 handshake, transport messages, timers,
-//! replay window, mac1) as a sans-IO state machine. No sockets, clocks or threads: the
+//! replay window, mac1, cookie replies and mac2) as a sans-IO state machine, with
+//! handshake flood bounds checked before any Diffie-Hellman (`dos.rs`), a send budget for
+//! newly roamed endpoints, and live key rotation (`Endpoint::set_identity`,
+//! `Endpoint::set_peer_keys`). No sockets, clocks or threads: the
 //! driver passes datagrams and `Instant`s in and polls datagrams, deadlines and events out.
 //!
 //! Driver loop:
@@ -12,6 +15,9 @@
 //! ```
 //! The wire protocol is specified in `docs/PROTOCOL.md` (section "Tunnel").
 
+mod cookie;
+mod dh;
+mod dos;
 mod endpoint;
 mod errors;
 mod handshake;
@@ -21,7 +27,15 @@ mod replay;
 mod session;
 mod timers;
 
-pub use endpoint::{Endpoint, Event, PeerId, PeerStatus, Recv, Send, Transmit};
+pub use cookie::{COOKIE_REFRESH_TIME, COOKIE_REPLY_LEN};
+pub use dos::{
+    COOKIE_BURST, COOKIE_QUEUE, COOKIE_RATE, HANDSHAKE_BUDGET_BURST, HANDSHAKE_BUDGET_RATE,
+    KNOWN_BURST, KNOWN_RATE, LOAD_WINDOW, SOURCE_BUCKETS, SOURCE_BURST, SOURCE_RATE,
+    UNDER_LOAD_HOLD, UNDER_LOAD_THRESHOLD,
+};
+pub use endpoint::{
+    DosStats, Endpoint, Event, PeerId, PeerStatus, Recv, Send, Transmit, ROAM_BUDGET_FACTOR,
+};
 pub use errors::{DropCounters, DropReason};
 pub use handshake::{Identity, NOISE_PATTERN, PROLOGUE};
 pub use messages::{
