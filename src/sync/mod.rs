@@ -340,6 +340,9 @@ pub struct Replica {
     /// Creator ids of our own firewall (from its INS and BUS): it is the authority on those
     /// states, and only an echo for everyone else's.
     local_creators: Vec<u32>,
+    /// Set while a late captured packet is applied: its changes go to the peers as dirty
+    /// state references (sent once each, current version) instead of as DATA.
+    coalesce: bool,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -366,8 +369,26 @@ impl Replica {
             scratch_msgs: Vec::new(),
             sweep: None,
             local_creators: Vec::new(),
+            coalesce: false,
             cfg,
         }
+    }
+
+    /// Like [`Replica::on_local_pfsync`] for a packet that waited too long (the gateway is
+    /// behind): the mirror applies it, but the peers get its states coalesced: each changed
+    /// state is marked dirty once and sent in its current version (newest wins, like pf's
+    /// `maxupd`), so a backlog of updates of the same states costs one record per state.
+    /// Packets carrying requests are relayed as usual.
+    pub fn on_local_pfsync_coalesced(&mut self, pkt: &[u8], now: Instant) -> Result<(), WireError> {
+        self.coalesce = true;
+        let r = self.on_local_pfsync(pkt, now);
+        self.coalesce = false;
+        r
+    }
+
+    /// Packets are waiting to be injected towards the local firewall.
+    pub fn inject_pending(&self) -> bool {
+        !self.injector.is_empty()
     }
 
     pub fn config(&self) -> &ReplicaConfig {
@@ -658,8 +679,15 @@ impl Replica {
         if forward {
             self.stats.forwarded += 1;
             let dialect = self.cfg.local_dialect;
+            let coalesce = self.coalesce
+                && !self.scratch_refs.is_empty()
+                && !p.messages().any(|m| matches!(m, Message::UpdReq(_)));
             for p in self.peers.values_mut() {
-                if p.up && p.established {
+                if p.up && p.established && coalesce {
+                    for r in &self.scratch_refs {
+                        p.mark_dirty(*r);
+                    }
+                } else if p.up && p.established {
                     send_data(
                         &self.cfg,
                         p,
