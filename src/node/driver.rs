@@ -41,7 +41,13 @@ const INJECT_PER_ROUND: usize = 128;
 /// A captured packet that waited longer than this in the kernel's buffer is behind: its
 /// changes are applied to the mirror and sent to the peers coalesced (the current version
 /// of each state once, newest wins, like pf's `maxupd`) instead of relayed packet by packet.
-const CAPTURE_COALESCE_AGE: Duration = Duration::from_millis(20);
+const CAPTURE_COALESCE_AGE: Duration = Duration::from_millis(10);
+/// A captured packet of only compressed updates (`UPD_C`) that waited longer than this is
+/// dropped unapplied: the gateway is far behind, and a newer update of the same states is
+/// queued behind it (pf sends one per state every few packets while it changes); states
+/// that stop changing are repaired by the next reconciliation sweep. Packets carrying
+/// anything else (inserts, deletes, bulk answers, requests) are always applied.
+const CAPTURE_MAX_AGE: Duration = Duration::from_millis(50);
 
 /// Controls a running node from outside its task (signals, demo, tests).
 #[derive(Clone)]
@@ -139,6 +145,8 @@ struct Counters {
     shed_coalesced: u64,
     /// Packets the kernel dropped from the full capture buffer (`SO_RXQ_OVFL`).
     shed_capture_overflow: u64,
+    /// `UPD_C`-only packets older than `CAPTURE_MAX_AGE`, dropped unapplied.
+    shed_capture_late: u64,
     tunnel_send_failed: u64,
     inject_failed: u64,
     other: BTreeMap<&'static str, u64>,
@@ -151,6 +159,7 @@ impl Counters {
             ("injected", self.injected),
             ("shed_coalesced", self.shed_coalesced),
             ("shed_capture_overflow", self.shed_capture_overflow),
+            ("shed_capture_late", self.shed_capture_late),
             ("tunnel_send_failed", self.tunnel_send_failed),
             ("inject_failed", self.inject_failed),
         ]
@@ -598,11 +607,15 @@ impl Node {
                     continue;
                 }
                 self.counters.captured += 1;
-                let late = rx
+                let age = rx
                     .received_at(i)
                     .and_then(|t| wall.duration_since(t).ok())
-                    .is_some_and(|age| age > CAPTURE_COALESCE_AGE);
-                let res = if late {
+                    .unwrap_or_default();
+                if age > CAPTURE_MAX_AGE && only_upd_c(ip.payload(), self.cfg.local.dialect) {
+                    self.counters.shed_capture_late += 1;
+                    continue;
+                }
+                let res = if age > CAPTURE_COALESCE_AGE {
                     self.counters.shed_coalesced += 1;
                     self.replica.on_local_pfsync_coalesced(ip.payload(), now)
                 } else {
@@ -946,6 +959,12 @@ fn flush_raw(raw: &mut RawSide, counters: &mut Counters) {
         let (_, failed) = raw.tx.flush(raw.sock.get_ref().as_raw_fd());
         counters.inject_failed += failed as u64;
     }
+}
+
+/// Does this pfsync packet carry nothing but compressed updates?
+fn only_upd_c(pkt: &[u8], dialect: wire::Dialect) -> bool {
+    wire::Packet::new_checked(pkt, dialect)
+        .is_ok_and(|p| p.messages().all(|m| matches!(m, wire::Message::UpdC(_))))
 }
 
 /// Poll a future once without waiting (readiness that tokio already knows of).

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::link::PacketRing;
 use crate::table::digest::mix64;
 use crate::wire::{translate, Dialect, Message, PacketWriter};
 
@@ -22,8 +23,7 @@ pub struct InjectStats {
 pub struct Injector {
     dialect: Dialect,
     mtu: usize,
-    max: usize,
-    queue: VecDeque<Vec<u8>>,
+    queue: PacketRing,
     echo: VecDeque<(u64, Instant)>,
     buf: Vec<u8>,
     pub stats: InjectStats,
@@ -44,8 +44,7 @@ impl Injector {
         Injector {
             dialect,
             mtu,
-            max: max.max(1),
-            queue: VecDeque::new(),
+            queue: PacketRing::new(max, max.saturating_mul(mtu)),
             echo: VecDeque::new(),
             buf: vec![0; mtu],
             stats: InjectStats::default(),
@@ -61,11 +60,7 @@ impl Injector {
 
     /// Queue bytes for injection, unchanged.
     pub fn push_raw(&mut self, bytes: &[u8], now: Instant) {
-        if self.queue.len() >= self.max {
-            self.queue.pop_front();
-            self.stats.dropped += 1;
-        }
-        self.queue.push_back(bytes.to_vec());
+        self.stats.dropped += self.queue.push(bytes) as u64;
         while self
             .echo
             .front()
@@ -132,17 +127,16 @@ impl Injector {
     }
 
     pub fn pop(&mut self, out: &mut [u8]) -> Option<usize> {
-        let p = self.queue.front()?;
-        if p.len() > out.len() {
+        let n = self.queue.front_len()?;
+        if n > out.len() {
             // Caller's buffer is too small for this packet: drop it rather than stall.
             self.queue.pop_front();
             self.stats.dropped += 1;
             return None;
         }
-        let p = self.queue.pop_front()?;
-        out[..p.len()].copy_from_slice(&p);
+        let n = self.queue.pop_into(out)?;
         self.stats.packets += 1;
-        self.stats.bytes += p.len() as u64;
-        Some(p.len())
+        self.stats.bytes += n as u64;
+        Some(n)
     }
 }
