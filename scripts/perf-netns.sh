@@ -11,6 +11,8 @@
 set -euo pipefail
 
 BIN=${PFSYNC_GW:-$(dirname "$0")/../target/release/pfsync-gw}
+# The gateway daemon to measure (default: the same binary; e.g. an older build to compare).
+GWBIN=${PFSYNC_GW_DAEMON:-$BIN}
 SECS=10
 RATES=5000,20000,50000,100000,200000,0
 SIZES=17,2
@@ -102,9 +104,9 @@ public_key = "$(cat "$DIR/gw-$other.pub")"
 endpoint = "10.99.0.$oaddr:51900"
 EOF
     done
-    ip netns exec $GWA "$BIN" run --config "$DIR/gw-a.toml" >"$DIR/gw-a.log" 2>&1 &
+    ip netns exec $GWA "$GWBIN" run --config "$DIR/gw-a.toml" >"$DIR/gw-a.log" 2>&1 &
     PIDS+=($!); PA=$!
-    ip netns exec $GWB "$BIN" run --config "$DIR/gw-b.toml" >"$DIR/gw-b.log" 2>&1 &
+    ip netns exec $GWB "$GWBIN" run --config "$DIR/gw-b.toml" >"$DIR/gw-b.log" 2>&1 &
     PIDS+=($!); PB=$!
     # Wait until both see their peer up (tunnel and sync epoch).
     for _ in $(seq 100); do
