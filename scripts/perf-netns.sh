@@ -141,7 +141,7 @@ for run in $(seq "$RUNS"); do
             perf record -g -o "$PERF_RECORD-b.data" -p "$PB" >/dev/null 2>&1 & REC+=($!)
         fi
         "$BIN" perf-load --tx-ns $FWA --rx-ns $FWB --states "$STATES" --per-packet "$SIZES" \
-            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "$mode"
+            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}"
         for r in "${REC[@]:-}"; do [ -n "$r" ] && kill -INT "$r" && wait "$r" || true; done
         if [ $mode = gw ]; then
             for s in a b; do

@@ -38,15 +38,14 @@ const UDP_BATCHES_PER_ROUND: usize = 2;
 /// pfsync packets injected towards the firewall per round; the rest goes in the next round
 /// (after the sockets had their turn), so big repairs reach pf in slices, not one burst.
 const INJECT_PER_ROUND: usize = 128;
-/// A captured packet that waited longer than this in the kernel's buffer is behind: its
-/// changes are applied to the mirror and sent to the peers coalesced (the current version
-/// of each state once, newest wins, like pf's `maxupd`) instead of relayed packet by packet.
-const CAPTURE_COALESCE_AGE: Duration = Duration::from_millis(10);
-/// A captured packet of only compressed updates (`UPD_C`) that waited longer than this is
-/// dropped unapplied: the gateway is far behind, and a newer update of the same states is
-/// queued behind it (pf sends one per state every few packets while it changes); states
-/// that stop changing are repaired by the next reconciliation sweep. Packets carrying
-/// anything else (inserts, deletes, bulk answers, requests) are always applied.
+/// A captured packet that waited longer than this in the kernel's buffer is behind. If it
+/// carries only compressed updates (`UPD_C`) it is dropped unapplied: newer updates of the
+/// same states are queued behind it (pf sends one per state every few packets while it
+/// changes), dropping costs a read and a parse instead of an apply, two seals and a send,
+/// and states that stop changing are repaired by the next reconciliation sweep. Anything
+/// else (inserts, deletes, bulk answers) is applied, and its states are sent to the peers
+/// coalesced: each marked dirty once and sent in its current version (newest wins, like
+/// pf's `maxupd`) instead of relayed packet by packet. Requests are always relayed.
 const CAPTURE_MAX_AGE: Duration = Duration::from_millis(50);
 
 /// Controls a running node from outside its task (signals, demo, tests).
@@ -140,8 +139,8 @@ pub enum NodeError {
 struct Counters {
     captured: u64,
     injected: u64,
-    /// Captured packets that had waited longer than `CAPTURE_COALESCE_AGE` and were sent
-    /// to the peers coalesced (shed load, see docs/DEPLOYMENT.md).
+    /// Captured packets that had waited longer than `CAPTURE_MAX_AGE` and were sent to the
+    /// peers coalesced (shed load, see docs/DEPLOYMENT.md).
     shed_coalesced: u64,
     /// Packets the kernel dropped from the full capture buffer (`SO_RXQ_OVFL`).
     shed_capture_overflow: u64,
@@ -615,7 +614,7 @@ impl Node {
                     self.counters.shed_capture_late += 1;
                     continue;
                 }
-                let res = if age > CAPTURE_COALESCE_AGE {
+                let res = if age > CAPTURE_MAX_AGE {
                     self.counters.shed_coalesced += 1;
                     self.replica.on_local_pfsync_coalesced(ip.payload(), now)
                 } else {
