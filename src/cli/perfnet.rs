@@ -271,7 +271,9 @@ fn load(args: &LoadArgs) -> io::Result<()> {
     // Sender: fw-a, on this thread.
     let res = send_all(args, &sh, &lat, n);
     sh.stop.store(true, Ordering::Relaxed);
-    let rx_res = rx.join().unwrap_or_else(|_| Err(io::Error::other("receiver panicked")));
+    let rx_res = rx
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("receiver panicked")));
     res.and(rx_res)
 }
 
@@ -306,8 +308,7 @@ fn send_all(
         sb.flush(fd);
         std::thread::sleep(Duration::from_millis(2));
     }
-    while t0.elapsed() < Duration::from_secs(10)
-        && sh.rx_changes.load(Ordering::Relaxed) < n as u64
+    while t0.elapsed() < Duration::from_secs(10) && sh.rx_changes.load(Ordering::Relaxed) < n as u64
     {
         std::thread::sleep(Duration::from_millis(20));
     }

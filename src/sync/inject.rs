@@ -84,10 +84,10 @@ impl Injector {
     /// Is this captured packet the echo of something we injected?
     pub fn is_echo(&self, bytes: &[u8], now: Instant) -> bool {
         // Nothing injected lately (a gateway that mostly captures): no hashing at all.
-        if !self
+        if self
             .echo
             .back()
-            .is_some_and(|&(_, t)| now.saturating_duration_since(t) <= ECHO_MEMORY)
+            .is_none_or(|&(_, t)| now.saturating_duration_since(t) > ECHO_MEMORY)
         {
             return false;
         }
