@@ -78,6 +78,7 @@ start_plain() {
 }
 
 start_gw() {
+    rm -f "$DIR"/gw-*.key "$DIR"/gw-*.sock
     for s in a b; do
         "$BIN" keygen --out "$DIR/gw-$s.key"
         "$BIN" pubkey <"$DIR/gw-$s.key" >"$DIR/gw-$s.pub"
@@ -141,7 +142,8 @@ for run in $(seq "$RUNS"); do
             perf record -g -o "$PERF_RECORD-b.data" -p "$PB" >/dev/null 2>&1 & REC+=($!)
         fi
         "$BIN" perf-load --tx-ns $FWA --rx-ns $FWB --states "$STATES" --per-packet "$SIZES" \
-            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}"
+            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" |
+            tee -a "$DIR/results"
         for r in "${REC[@]:-}"; do [ -n "$r" ] && kill -INT "$r" && wait "$r" || true; done
         if [ $mode = gw ]; then
             for s in a b; do
@@ -157,3 +159,17 @@ for run in $(seq "$RUNS"); do
         echo "# boringtun: not installed, not measured"
     fi
 done
+
+# Several runs: the median of each column per point (what docs/PERFORMANCE.md reports).
+if [ "$RUNS" -gt 1 ]; then
+    echo "# medians of $RUNS runs"
+    awk '$2 ~ /^[0-9]+$/ && NF == 13 { k = $1 " " $2 " " $3; n[k]++; if (!(k in seen)) { seen[k] = 1; order[++m] = k }
+             for (c = 4; c <= 13; c++) { v = $c; sub(/%$/, "", v); val[k, c, n[k]] = v + 0 } }
+         END { for (i = 1; i <= m; i++) { k = order[i]; line = k
+                 for (c = 4; c <= 13; c++) { cnt = n[k]
+                     for (a = 1; a <= cnt; a++) x[a] = val[k, c, a]
+                     for (a = 1; a <= cnt; a++) for (b = a + 1; b <= cnt; b++) if (x[b] < x[a]) { t = x[a]; x[a] = x[b]; x[b] = t }
+                     med = (cnt % 2) ? x[(cnt + 1) / 2] : (x[cnt / 2] + x[cnt / 2 + 1]) / 2
+                     line = line sprintf(c == 8 ? " %.1f" : " %.0f", med) }
+                 print line } }' "$DIR/results" | column -t
+fi
