@@ -13,6 +13,7 @@ pub mod decode;
 pub mod demo;
 pub mod emulate;
 pub mod pcap;
+pub mod perfnet;
 
 /// Exit code for bad configuration, key or input files.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -75,6 +76,13 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run the pf emulator on a sync interface (a testbed host playing a firewall).
     Emulate(emulate::EmulateArgs),
+    /// Namespace benchmark load generator (fw-a sender, fw-b receiver); see
+    /// scripts/perf-netns.sh.
+    #[command(hide = true)]
+    PerfLoad(perfnet::LoadArgs),
+    /// Namespace benchmark baseline: plain raw 240 <-> UDP relay, no crypto.
+    #[command(hide = true)]
+    PerfRelay(perfnet::RelayArgs),
 }
 
 pub fn main() -> i32 {
@@ -113,6 +121,8 @@ pub fn main() -> i32 {
         Command::Emulate(args) => emulate::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::PerfLoad(args) => perfnet::run_load(&args),
+        Command::PerfRelay(args) => perfnet::run_relay(&args),
     }
 }
 

@@ -13,12 +13,24 @@ use std::os::fd::RawFd;
 /// Datagrams per syscall.
 pub const BATCH: usize = 64;
 
+/// Room for the control messages we ask for: `SCM_TIMESTAMPNS` (a timespec) and
+/// `SO_RXQ_OVFL` (a u32), each behind a cmsghdr.
+const CTRL_LEN: usize = 64;
+
 /// Preallocated receive slots.
 pub struct RecvBatch {
     bufs: Vec<Box<[u8]>>,
     addrs: Vec<libc::sockaddr_storage>,
     lens: [usize; BATCH],
     count: usize,
+    /// Per-slot control buffers (u64 for cmsg alignment), present once timestamps are on.
+    ctrl: Vec<[u64; CTRL_LEN / 8]>,
+    /// Kernel receive time of each datagram of the last batch (CLOCK_REALTIME, ns).
+    stamps: [u64; BATCH],
+    /// Last `SO_RXQ_OVFL` value seen (datagrams the kernel dropped: buffer full) and the
+    /// growth not yet taken by the caller.
+    ovfl_seen: Option<u32>,
+    ovfl_new: u64,
 }
 
 impl RecvBatch {
@@ -30,7 +42,55 @@ impl RecvBatch {
             addrs: vec![unsafe { zeroed() }; BATCH],
             lens: [0; BATCH],
             count: 0,
+            ctrl: Vec::new(),
+            stamps: [0; BATCH],
+            ovfl_seen: None,
+            ovfl_new: 0,
         }
+    }
+
+    /// Ask the kernel for each datagram's receive time and for the count of datagrams it
+    /// dropped because the socket buffer was full (see [`RecvBatch::received_at`],
+    /// [`RecvBatch::take_overflow`]). Best effort: without them both report nothing.
+    pub fn enable_timestamps(&mut self, fd: RawFd) {
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_TIMESTAMPNS, libc::SO_RXQ_OVFL] {
+            // SAFETY: passing a c_int option value of the right size.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&one as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+        self.ctrl = vec![[0u64; CTRL_LEN / 8]; BATCH];
+    }
+
+    /// Datagrams in the last batch.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of datagram `i` of the last batch; `None` = truncated (too big for the slot).
+    pub fn data(&self, i: usize) -> Option<&[u8]> {
+        (i < self.count && self.lens[i] != usize::MAX).then(|| &self.bufs[i][..self.lens[i]])
+    }
+
+    /// When the kernel received datagram `i` (if timestamps are on).
+    pub fn received_at(&self, i: usize) -> Option<std::time::SystemTime> {
+        let ns = *self.stamps.get(i).filter(|_| i < self.count)?;
+        (ns != 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+    }
+
+    /// Datagrams the kernel dropped (socket buffer full) since the last call.
+    pub fn take_overflow(&mut self) -> u64 {
+        std::mem::take(&mut self.ovfl_new)
     }
 
     /// Receive up to `BATCH` datagrams without blocking. `Ok(0)` never happens: an empty
@@ -47,6 +107,10 @@ impl RecvBatch {
             hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
+            if let Some(c) = self.ctrl.get_mut(i) {
+                hdrs[i].msg_hdr.msg_control = c.as_mut_ptr().cast();
+                hdrs[i].msg_hdr.msg_controllen = CTRL_LEN as _;
+            }
         }
         // SAFETY: every header points into buffers owned by self that outlive the call.
         let n = unsafe {
@@ -71,9 +135,41 @@ impl RecvBatch {
             } else {
                 h.msg_len as usize
             };
+            self.stamps[i] = 0;
+            if !self.ctrl.is_empty() {
+                self.read_cmsgs(i, &h.msg_hdr);
+            }
         }
         self.count = n;
         Ok(n)
+    }
+
+    fn read_cmsgs(&mut self, i: usize, mh: &libc::msghdr) {
+        // SAFETY: the kernel filled msg_control/msg_controllen of this header; CMSG_* walk
+        // within that buffer, and each payload is read unaligned at the size its type has.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(mh);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                        let ts: libc::timespec = std::ptr::read_unaligned(data.cast());
+                        self.stamps[i] = (ts.tv_sec as u64)
+                            .saturating_mul(1_000_000_000)
+                            .saturating_add(ts.tv_nsec as u64);
+                    }
+                    (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) => {
+                        let v: u32 = std::ptr::read_unaligned(data.cast());
+                        // Cumulative since the socket opened; only sent once non-zero.
+                        let prev = self.ovfl_seen.unwrap_or(0);
+                        self.ovfl_new += v.wrapping_sub(prev) as u64;
+                        self.ovfl_seen = Some(v);
+                    }
+                    _ => {}
+                }
+                c = libc::CMSG_NXTHDR(mh, c);
+            }
+        }
     }
 
     /// The datagrams of the last `recv`: `(source, bytes)`; `None` bytes = truncated.

@@ -27,11 +27,26 @@ const LOCAL_PFSYNC_MTU: usize = 1480;
 const STATUS_REFRESH: Duration = Duration::from_millis(200);
 /// How often a one-line summary is logged (what `docker compose up` shows).
 const SUMMARY_LOG: Duration = Duration::from_secs(10);
-/// Bound on pump iterations per wakeup, so a chatty peer can't starve the sockets.
+/// Bound on pump iterations per round, so a chatty peer can't starve the sockets.
 const MAX_PUMP_ROUNDS: usize = 16;
-/// pfsync packets injected towards the firewall per wakeup; the rest waits `INJECT_PACE`.
-const INJECT_PER_WAKEUP: usize = 128;
-const INJECT_PACE: Duration = Duration::from_millis(2);
+/// Fair event loop: per round, each source gets at most this many `recvmmsg` batches
+/// (`BATCH` datagrams each) before the others get their turn. Above capacity the excess
+/// waits (and is shed) in the kernel's socket buffer instead of starving the other stages:
+/// a gateway that only drains its capture socket delivers nothing.
+const RAW_BATCHES_PER_ROUND: usize = 2;
+const UDP_BATCHES_PER_ROUND: usize = 2;
+/// pfsync packets injected towards the firewall per round; the rest goes in the next round
+/// (after the sockets had their turn), so big repairs reach pf in slices, not one burst.
+const INJECT_PER_ROUND: usize = 128;
+/// A captured packet that waited longer than this in the kernel's buffer is behind. If it
+/// carries only compressed updates (`UPD_C`) it is dropped unapplied: newer updates of the
+/// same states are queued behind it (pf sends one per state every few packets while it
+/// changes), dropping costs a read and a parse instead of an apply, two seals and a send,
+/// and states that stop changing are repaired by the next reconciliation sweep. Anything
+/// else (inserts, deletes, bulk answers) is applied, and its states are sent to the peers
+/// coalesced: each marked dirty once and sent in its current version (newest wins, like
+/// pf's `maxupd`) instead of relayed packet by packet. Requests are always relayed.
+const CAPTURE_MAX_AGE: Duration = Duration::from_millis(50);
 
 /// Controls a running node from outside its task (signals, demo, tests).
 #[derive(Clone)]
@@ -92,8 +107,8 @@ pub struct Node {
     local: Local,
     plain: Vec<u8>,
     scratch: Vec<u8>,
-    counters: BTreeMap<&'static str, u64>,
-    injected_this_wakeup: usize,
+    counters: Counters,
+    injected_this_round: usize,
     /// Our bulk requests to the firewall (start-up, reconciliation sweeps).
     bulk: LocalBulk,
     log_limit: LogLimiter,
@@ -141,8 +156,43 @@ fn tunnel_dos_counters(d: &tunnel::DosStats) -> [(String, u64); 6] {
     ]
 }
 
-fn bump(c: &mut BTreeMap<&'static str, u64>, k: &'static str) {
-    *c.entry(k).or_insert(0) += 1;
+/// The driver's counters: the per-packet ones are plain fields (no map lookup on the data
+/// path); rare error reasons go through [`bump`] into a small map.
+#[derive(Default)]
+struct Counters {
+    captured: u64,
+    injected: u64,
+    /// Captured packets that had waited longer than `CAPTURE_MAX_AGE` and were sent to the
+    /// peers coalesced (shed load, see docs/DEPLOYMENT.md).
+    shed_coalesced: u64,
+    /// Packets the kernel dropped from the full capture buffer (`SO_RXQ_OVFL`).
+    shed_capture_overflow: u64,
+    /// `UPD_C`-only packets older than `CAPTURE_MAX_AGE`, dropped unapplied.
+    shed_capture_late: u64,
+    tunnel_send_failed: u64,
+    inject_failed: u64,
+    other: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        [
+            ("captured", self.captured),
+            ("injected", self.injected),
+            ("shed_coalesced", self.shed_coalesced),
+            ("shed_capture_overflow", self.shed_capture_overflow),
+            ("shed_capture_late", self.shed_capture_late),
+            ("tunnel_send_failed", self.tunnel_send_failed),
+            ("inject_failed", self.inject_failed),
+        ]
+        .into_iter()
+        .chain(self.other.iter().map(|(k, v)| (*k, *v)))
+    }
+}
+
+/// Count a rare event (errors, drops) by name.
+fn bump(c: &mut Counters, k: &'static str) {
+    *c.other.entry(k).or_insert(0) += 1;
 }
 
 impl Node {
@@ -165,9 +215,11 @@ impl Node {
                             ifname: ifname.clone(),
                             err,
                         })?;
+                let mut rx = RecvBatch::new(65_536);
+                rx.enable_timestamps(sock.as_raw_fd());
                 Local::Raw(Box::new(RawSide {
                     sock: register(sock)?,
-                    rx: RecvBatch::new(65_536),
+                    rx,
                     tx: SendBatch::new(LOCAL_PFSYNC_MTU),
                 }))
             }
@@ -232,8 +284,8 @@ impl Node {
             local,
             plain: vec![0; 65_536],
             scratch: vec![0; 65_536],
-            counters: BTreeMap::new(),
-            injected_this_wakeup: 0,
+            counters: Counters::default(),
+            injected_this_round: 0,
             bulk: LocalBulk::new(now),
             log_limit: LogLimiter::new(Duration::from_secs(1)),
             started: now,
@@ -352,52 +404,69 @@ impl Node {
     }
 
     /// Run until shutdown.
+    ///
+    /// Each wakeup is one fair round: at most a few `recvmmsg` batches from the firewall's
+    /// capture socket, then everything that produced is sent; at most a few batches from the
+    /// tunnel socket, then everything that produced is sent and injected. While a source
+    /// still has data after its share, the loop goes round again without sleeping (after
+    /// letting the runtime poll its other tasks); when all are drained it waits for
+    /// readiness or the next timer. Nothing waits on a timer while there is work: a lone
+    /// packet is relayed in the wakeup that received it.
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut next_status = Instant::now() + STATUS_REFRESH;
         let mut next_summary = Instant::now() + SUMMARY_LOG;
         let mut churn_stop = self.cfg.emulator.churn_for.map(|d| self.started + d);
+        let mut busy = false;
         loop {
             let now = Instant::now();
-            let mut deadline = next_status;
-            if let Some(t) = churn_stop {
-                deadline = deadline.min(t);
-            }
-            deadline = deadline.min(self.bulk.next);
-            if self.injected_this_wakeup >= INJECT_PER_WAKEUP {
-                deadline = deadline.min(now + INJECT_PACE);
-            }
-            for d in [
-                self.endpoint.poll_timeout(),
-                self.replica.poll_timeout(),
-                match &self.local {
-                    Local::Emulated(e) => e.poll_timeout(),
-                    Local::Raw(_) => None,
-                },
-            ]
-            .into_iter()
-            .flatten()
-            {
-                deadline = deadline.min(d);
-            }
-            let deadline = deadline.max(now);
-
-            let wake = {
+            let wake = if busy {
+                // Sources left with work: don't sleep, but let the runtime poll the reactor
+                // and the control/metrics tasks, and look at the control channels.
+                tokio::task::yield_now().await;
+                if self.shutdown.has_changed().unwrap_or(true) && *self.shutdown.borrow_and_update()
+                {
+                    Wake::Shutdown
+                } else if self.churn.has_changed().unwrap_or(false) {
+                    self.churn.borrow_and_update();
+                    Wake::Churn
+                } else {
+                    match self.reload.try_recv() {
+                        Ok(r) => Wake::Reload(Some(r)),
+                        Err(_) => Wake::Round,
+                    }
+                }
+            } else {
+                let mut deadline = next_status;
+                if let Some(t) = churn_stop {
+                    deadline = deadline.min(t);
+                }
+                deadline = deadline.min(self.bulk.next);
+                for d in [
+                    self.endpoint.poll_timeout(),
+                    self.replica.poll_timeout(),
+                    match &self.local {
+                        Local::Emulated(e) => e.poll_timeout(),
+                        Local::Raw(_) => None,
+                    },
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    deadline = deadline.min(d);
+                }
+                let deadline = deadline.max(now);
                 let raw_ready = async {
                     match &self.local {
-                        Local::Raw(r) => match r.sock.readable().await {
-                            Ok(mut g) => {
-                                g.clear_ready();
-                                Ok(())
-                            }
-                            Err(e) => Err(e),
-                        },
+                        // The guard is dropped without clearing readiness: the round reads
+                        // with `try_io`, which clears it only on `WouldBlock`.
+                        Local::Raw(r) => r.sock.readable().await.map(|mut g| g.retain_ready()),
                         Local::Emulated(_) => std::future::pending().await,
                     }
                 };
                 tokio::select! {
-                    r = self.udp.readable() => { r?.clear_ready(); Wake::Udp }
-                    r = raw_ready => { r?; Wake::Raw }
-                    _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+                    r = self.udp.readable() => { r?.retain_ready(); Wake::Round }
+                    r = raw_ready => { r?; Wake::Round }
+                    _ = tokio::time::sleep_until(deadline.into()) => Wake::Round,
                     _ = self.shutdown.changed() => Wake::Shutdown,
                     _ = self.churn.changed() => Wake::Churn,
                     r = self.reload.recv() => Wake::Reload(r),
@@ -406,9 +475,7 @@ impl Node {
             let now = Instant::now();
             match wake {
                 Wake::Shutdown => break,
-                Wake::Udp => self.drain_udp(now),
-                Wake::Raw => self.drain_raw(now),
-                Wake::Timer => {}
+                Wake::Round => {}
                 Wake::Churn => {
                     let on = *self.churn.borrow();
                     if let Local::Emulated(e) = &mut self.local {
@@ -439,7 +506,7 @@ impl Node {
                 }
                 e.handle_timeout(now);
             }
-            self.pump(now);
+            busy = self.round(now);
             if now >= next_status {
                 self.refresh_status(now);
                 next_status = now + STATUS_REFRESH;
@@ -454,17 +521,31 @@ impl Node {
         Ok(())
     }
 
-    fn drain_udp(&mut self, now: Instant) {
-        let fd = self.udp.get_ref().as_raw_fd();
-        loop {
-            match self.udp_rx.recv(fd) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+    /// One fair round over the sources; true if any was left with work.
+    fn round(&mut self, now: Instant) -> bool {
+        self.injected_this_round = 0;
+        let raw_more = self.drain_raw(now, RAW_BATCHES_PER_ROUND);
+        self.pump(now);
+        let udp_more = self.drain_udp(now, UDP_BATCHES_PER_ROUND);
+        self.pump(now);
+        raw_more || udp_more || self.replica.inject_pending()
+    }
+
+    /// Receive up to `budget` batches from the tunnel socket; true if it may hold more.
+    fn drain_udp(&mut self, now: Instant, budget: usize) -> bool {
+        for _ in 0..budget {
+            let r = match poll_now(self.udp.readable()) {
+                Some(Ok(mut g)) => g.try_io(|s| self.udp_rx.recv(s.get_ref().as_raw_fd())),
+                _ => return false,
+            };
+            match r {
+                Ok(Ok(_)) => {}
+                // Readiness cleared by `try_io`: the next wakeup comes from the reactor.
+                Err(_would_block) => return false,
+                Ok(Err(e)) => {
                     // ICMP errors for earlier sends surface here; they're not fatal.
                     tracing::debug!("udp recv: {e}");
-                    return;
+                    continue;
                 }
             }
             for (src, data) in self.udp_rx.iter() {
@@ -494,26 +575,35 @@ impl Node {
                 }
             }
         }
+        true
     }
 
-    fn drain_raw(&mut self, now: Instant) {
+    /// Receive up to `budget` batches from the firewall's capture socket; true if it may
+    /// hold more.
+    fn drain_raw(&mut self, now: Instant, budget: usize) -> bool {
         let Local::Raw(raw) = &mut self.local else {
-            return;
+            return false;
         };
         let RawSide { sock, rx, .. } = &mut **raw;
-        let fd = sock.get_ref().as_raw_fd();
-        loop {
-            match rx.recv(fd) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("raw recv: {e}");
-                    return;
+        let wall = std::time::SystemTime::now();
+        for _ in 0..budget {
+            let r = match poll_now(sock.readable()) {
+                Some(Ok(mut g)) => g.try_io(|s| rx.recv(s.get_ref().as_raw_fd())),
+                _ => return false,
+            };
+            match r {
+                Ok(Ok(_)) => {}
+                Err(_would_block) => return false,
+                Ok(Err(e)) => {
+                    if let Some(n) = self.log_limit.allow("raw_recv", now) {
+                        tracing::warn!(suppressed = n, "raw recv: {e}");
+                    }
+                    continue;
                 }
             }
-            for (_, data) in rx.iter() {
-                let Some(data) = data else {
+            self.counters.shed_capture_overflow += rx.take_overflow();
+            for i in 0..rx.len() {
+                let Some(data) = rx.data(i) else {
                     bump(&mut self.counters, "local_oversized");
                     continue;
                 };
@@ -537,8 +627,22 @@ impl Node {
                     }
                     continue;
                 }
-                bump(&mut self.counters, "captured");
-                if let Err(e) = self.replica.on_local_pfsync(ip.payload(), now) {
+                self.counters.captured += 1;
+                let age = rx
+                    .received_at(i)
+                    .and_then(|t| wall.duration_since(t).ok())
+                    .unwrap_or_default();
+                if age > CAPTURE_MAX_AGE && only_upd_c(ip.payload(), self.cfg.local.dialect) {
+                    self.counters.shed_capture_late += 1;
+                    continue;
+                }
+                let res = if age > CAPTURE_MAX_AGE {
+                    self.counters.shed_coalesced += 1;
+                    self.replica.on_local_pfsync_coalesced(ip.payload(), now)
+                } else {
+                    self.replica.on_local_pfsync(ip.payload(), now)
+                };
+                if let Err(e) = res {
                     bump(&mut self.counters, "local_malformed");
                     if let Some(n) = self.log_limit.allow("local_malformed", now) {
                         tracing::warn!(src = %ip.src(), suppressed = n, "malformed pfsync from firewall dropped: {e}");
@@ -546,11 +650,12 @@ impl Node {
                 }
             }
         }
+        true
     }
 
-    /// Move everything the state machines have to say to the sockets, until quiet.
+    /// Move everything the state machines have to say to the sockets, until quiet; at most
+    /// `INJECT_PER_ROUND` packets towards the firewall per round.
     fn pump(&mut self, now: Instant) {
-        self.injected_this_wakeup = 0;
         for _ in 0..MAX_PUMP_ROUNDS {
             let mut moved = 0usize;
 
@@ -558,7 +663,7 @@ impl Node {
             if let Local::Emulated(e) = &mut self.local {
                 while let Some(n) = e.poll_transmit(&mut self.scratch) {
                     moved += 1;
-                    bump(&mut self.counters, "captured");
+                    self.counters.captured += 1;
                     if let Err(err) = self.replica.on_local_pfsync(&self.scratch[..n], now) {
                         bump(&mut self.counters, "local_malformed");
                         tracing::warn!("emulator produced malformed pfsync: {err}");
@@ -618,9 +723,9 @@ impl Node {
             }
             self.flush_udp(fd);
 
-            // Replica → firewall, paced: a pf kernel's input queue (and a veth's backlog)
-            // drops what arrives in one long burst, so big repairs go out in slices.
-            while self.injected_this_wakeup < INJECT_PER_WAKEUP {
+            // Replica → firewall, in slices: a pf kernel's input queue (and a veth's backlog)
+            // drops what arrives in one long burst.
+            while self.injected_this_round < INJECT_PER_ROUND {
                 match &mut self.local {
                     Local::Raw(raw) => {
                         // Straight into the send batch's slot: no copy per packet.
@@ -648,9 +753,9 @@ impl Node {
                         }
                     }
                 }
-                self.injected_this_wakeup += 1;
+                self.injected_this_round += 1;
                 moved += 1;
-                bump(&mut self.counters, "injected");
+                self.counters.injected += 1;
             }
             if let Local::Raw(raw) = &mut self.local {
                 flush_raw(raw, &mut self.counters);
@@ -681,7 +786,7 @@ impl Node {
     fn flush_udp(&mut self, fd: std::os::fd::RawFd) {
         if !self.udp_tx.is_empty() {
             let (_, failed) = self.udp_tx.flush(fd);
-            *self.counters.entry("tunnel_send_failed").or_insert(0) += failed as u64;
+            self.counters.tunnel_send_failed += failed as u64;
         }
     }
 
@@ -698,13 +803,13 @@ impl Node {
             .iter()
             .map(|r| (format!("tunnel_{}", r.as_str()), tdrops.get(*r)))
             .collect();
-        for (k, v) in &self.counters {
+        for (k, v) in self.counters.iter() {
             if k.starts_with("local_")
                 || k.starts_with("tunnel_")
                 || k.starts_with("sync_")
                 || k.starts_with("inject_")
             {
-                drops.insert((*k).to_string(), *v);
+                drops.insert(k.to_string(), v);
             }
         }
         let rs = self.replica.stats();
@@ -728,8 +833,8 @@ impl Node {
         let local: BTreeMap<String, u64> = self
             .counters
             .iter()
-            .filter(|(k, _)| !drops.contains_key(**k))
-            .map(|(k, v)| ((*k).to_string(), *v))
+            .filter(|(k, _)| !drops.contains_key(*k))
+            .map(|(k, v)| (k.to_string(), v))
             .chain([
                 ("forwarded".to_string(), rs.forwarded),
                 ("bulk_answers".to_string(), rs.bulk_answers),
@@ -864,19 +969,33 @@ impl LocalBulk {
 }
 
 enum Wake {
-    Udp,
-    Raw,
-    Timer,
+    Round,
     Shutdown,
     Churn,
     Reload(Option<Option<Box<Config>>>),
 }
 
 /// Send what the raw side's batch holds, counting datagrams the kernel refused.
-fn flush_raw(raw: &mut RawSide, counters: &mut BTreeMap<&'static str, u64>) {
+fn flush_raw(raw: &mut RawSide, counters: &mut Counters) {
     if !raw.tx.is_empty() {
         let (_, failed) = raw.tx.flush(raw.sock.get_ref().as_raw_fd());
-        *counters.entry("inject_failed").or_insert(0) += failed as u64;
+        counters.inject_failed += failed as u64;
+    }
+}
+
+/// Does this pfsync packet carry nothing but compressed updates?
+fn only_upd_c(pkt: &[u8], dialect: wire::Dialect) -> bool {
+    wire::Packet::new_checked(pkt, dialect)
+        .is_ok_and(|p| p.messages().all(|m| matches!(m, wire::Message::UpdC(_))))
+}
+
+/// Poll a future once without waiting (readiness that tokio already knows of).
+fn poll_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 

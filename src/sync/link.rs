@@ -175,6 +175,85 @@ impl TxQueue {
     }
 }
 
+/// A bounded FIFO of datagrams stored back to back in one byte ring: pushing and popping
+/// copy bytes but allocate nothing once the ring has grown to its working size (a
+/// `VecDeque<Vec<u8>>` costs one allocation per datagram on the data path).
+#[derive(Debug)]
+pub struct PacketRing {
+    bytes: VecDeque<u8>,
+    lens: VecDeque<u16>,
+    max_items: usize,
+    max_bytes: usize,
+}
+
+impl PacketRing {
+    /// At most `max_items` datagrams and `max_bytes` bytes; beyond that the oldest go.
+    pub fn new(max_items: usize, max_bytes: usize) -> PacketRing {
+        PacketRing {
+            bytes: VecDeque::new(),
+            lens: VecDeque::new(),
+            max_items: max_items.max(1),
+            max_bytes: max_bytes.max(u16::MAX as usize),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.lens.clear();
+    }
+
+    /// Append `d` (at most 65,535 bytes; longer is refused). Returns how many old datagrams
+    /// were dropped to make room.
+    pub fn push(&mut self, d: &[u8]) -> usize {
+        if d.len() > u16::MAX as usize {
+            return 0;
+        }
+        let mut dropped = 0;
+        while !self.lens.is_empty()
+            && (self.lens.len() >= self.max_items || self.bytes.len() + d.len() > self.max_bytes)
+        {
+            self.pop_front();
+            dropped += 1;
+        }
+        self.bytes.extend(d);
+        self.lens.push_back(d.len() as u16);
+        dropped
+    }
+
+    /// Length of the oldest datagram.
+    pub fn front_len(&self) -> Option<usize> {
+        self.lens.front().map(|&l| l as usize)
+    }
+
+    /// Drop the oldest datagram.
+    pub fn pop_front(&mut self) {
+        if let Some(l) = self.lens.pop_front() {
+            self.bytes.drain(..l as usize);
+        }
+    }
+
+    /// Move the oldest datagram into `out`; `None` if empty or `out` is too small (then
+    /// the datagram stays).
+    pub fn pop_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let n = self.front_len()?;
+        if n > out.len() {
+            return None;
+        }
+        let (a, b) = self.bytes.as_slices();
+        let k = n.min(a.len());
+        out[..k].copy_from_slice(&a[..k]);
+        out[k..n].copy_from_slice(&b[..n - k]);
+        self.pop_front();
+        Some(n)
+    }
+}
+
 /// Width of the receive window, in sequence numbers.
 pub const RX_WINDOW: u32 = 4096;
 
@@ -332,6 +411,32 @@ mod tests {
             assert_eq!(w.receive(s), RxVerdict::New);
         }
         assert_eq!(w.cum, 2);
+    }
+
+    #[test]
+    fn packet_ring_is_fifo_bounded_and_wraps() {
+        let mut r = PacketRing::new(3, 0);
+        let mut out = [0u8; 8];
+        for round in 0..100u8 {
+            assert_eq!(r.push(&[round; 5]), 0);
+            assert_eq!(r.push(&[round, 1]), 0);
+            assert_eq!(r.pop_into(&mut out), Some(5));
+            assert_eq!(out[..5], [round; 5]);
+            assert_eq!(r.pop_into(&mut out), Some(2));
+            assert_eq!(out[..2], [round, 1]);
+        }
+        assert!(r.is_empty());
+        for i in 0..5u8 {
+            r.push(&[i]);
+        }
+        assert_eq!(r.len(), 3, "oldest dropped beyond max_items");
+        assert_eq!(r.pop_into(&mut out), Some(1));
+        assert_eq!(out[0], 2);
+        r.push(&[9; 8]);
+        assert_eq!(r.pop_into(&mut out[..4]), Some(1));
+        assert_eq!(r.pop_into(&mut out[..4]), Some(1));
+        assert_eq!(r.pop_into(&mut out[..4]), None, "too small: stays queued");
+        assert_eq!(r.front_len(), Some(8));
     }
 
     #[test]

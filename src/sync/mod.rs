@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::table::{Applied, Digest, IdMap, StateTable, TableConfig, TableStats, Version};
 use crate::wire::{BusStatus, Dialect, Message, Packet, StateId, WireError};
 use inject::{InjectStats, Injector};
-use link::{Pushed, RxVerdict, RxWindow, StateRef, TxQueue};
+use link::{PacketRing, Pushed, RxVerdict, RxWindow, StateRef, TxQueue};
 use proto::{encode_record, msg_type, Records, RECORDS_HDR, RECORD_VERSION, SYNC_VERSION};
 pub use proto::{Record, SyncError, SyncMsg};
 
@@ -180,7 +180,7 @@ struct Peer {
     established: bool,
     hello_due: Option<Instant>,
     tx: TxQueue,
-    out: VecDeque<Vec<u8>>,
+    out: PacketRing,
     dirty: VecDeque<StateRef>,
     dirty_set: IdMap<()>,
     leaves: VecDeque<u32>,
@@ -195,6 +195,8 @@ struct Peer {
     rx_unacked: u32,
     ack_due: Option<Instant>,
     partials: VecDeque<Partial>,
+    /// Buffers of completed partials, reused for the next ones (no allocation per packet).
+    spare_bufs: Vec<Vec<u8>>,
     last_rx: Instant,
     // anti-entropy
     resync: bool,
@@ -225,7 +227,7 @@ impl Peer {
             established: false,
             hello_due: None,
             tx: TxQueue::new(1, cfg.resend_max_msgs, cfg.resend_max_refs),
-            out: VecDeque::new(),
+            out: PacketRing::new(cfg.peer_queue_max, cfg.peer_queue_max.saturating_mul(1500)),
             dirty: VecDeque::new(),
             dirty_set: IdMap::default(),
             leaves: VecDeque::new(),
@@ -239,6 +241,7 @@ impl Peer {
             rx_unacked: 0,
             ack_due: None,
             partials: VecDeque::new(),
+            spare_bufs: Vec::new(),
             last_rx: now,
             resync: false,
             summary_due: None,
@@ -247,12 +250,9 @@ impl Peer {
         }
     }
 
-    fn push_out(&mut self, cfg: &ReplicaConfig, d: &[u8]) {
-        if self.out.len() >= cfg.peer_queue_max {
-            // Lost like on the network: NACK/resync recovers it.
-            self.out.pop_front();
-        }
-        self.out.push_back(d.to_vec());
+    fn push_out(&mut self, _cfg: &ReplicaConfig, d: &[u8]) {
+        // Beyond the bound the oldest is lost like on the network: NACK/resync recovers it.
+        self.out.push(d);
     }
 
     fn send(&mut self, cfg: &ReplicaConfig, m: &SyncMsg) {
@@ -316,11 +316,13 @@ impl Peer {
 }
 
 /// Whole-packet receive result for a DATA fragment.
-struct Complete {
+struct Complete<'a> {
     seq: u32,
     dialect: Dialect,
     clock: u64,
-    bytes: Vec<u8>,
+    /// A single fragment is borrowed from the datagram; a reassembled packet owns the
+    /// partial's buffer, which goes back to the peer's spare list after use.
+    bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// The replica: mirror table + all peers' sync state. Pure; see module docs.
@@ -340,6 +342,9 @@ pub struct Replica {
     /// Creator ids of our own firewall (from its INS and BUS): it is the authority on those
     /// states, and only an echo for everyone else's.
     local_creators: Vec<u32>,
+    /// Set while a late captured packet is applied: its changes go to the peers as dirty
+    /// state references (sent once each, current version) instead of as DATA.
+    coalesce: bool,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -366,8 +371,26 @@ impl Replica {
             scratch_msgs: Vec::new(),
             sweep: None,
             local_creators: Vec::new(),
+            coalesce: false,
             cfg,
         }
+    }
+
+    /// Like [`Replica::on_local_pfsync`] for a packet that waited too long (the gateway is
+    /// behind): the mirror applies it, but the peers get its states coalesced: each changed
+    /// state is marked dirty once and sent in its current version (newest wins, like pf's
+    /// `maxupd`), so a backlog of updates of the same states costs one record per state.
+    /// Packets carrying requests are relayed as usual.
+    pub fn on_local_pfsync_coalesced(&mut self, pkt: &[u8], now: Instant) -> Result<(), WireError> {
+        self.coalesce = true;
+        let r = self.on_local_pfsync(pkt, now);
+        self.coalesce = false;
+        r
+    }
+
+    /// Packets are waiting to be injected towards the local firewall.
+    pub fn inject_pending(&self) -> bool {
+        !self.injector.is_empty()
     }
 
     pub fn config(&self) -> &ReplicaConfig {
@@ -658,8 +681,15 @@ impl Replica {
         if forward {
             self.stats.forwarded += 1;
             let dialect = self.cfg.local_dialect;
+            let coalesce = self.coalesce
+                && !self.scratch_refs.is_empty()
+                && !p.messages().any(|m| matches!(m, Message::UpdReq(_)));
             for p in self.peers.values_mut() {
-                if p.up && p.established {
+                if p.up && p.established && coalesce {
+                    for r in &self.scratch_refs {
+                        p.mark_dirty(*r);
+                    }
+                } else if p.up && p.established {
                     send_data(
                         &self.cfg,
                         p,
@@ -774,7 +804,14 @@ impl Replica {
                     return Ok(());
                 }
                 p.stats.rx_data += 1;
-                self.apply_data(peer, &c, now)?;
+                let r = self.apply_data(peer, &c, now);
+                if let std::borrow::Cow::Owned(b) = c.bytes {
+                    let p = self.peers.get_mut(&peer).unwrap();
+                    if p.spare_bufs.len() < MAX_PARTIALS {
+                        p.spare_bufs.push(b);
+                    }
+                }
+                r?;
             }
             SyncMsg::Records {
                 epoch,
@@ -1055,12 +1092,12 @@ impl Replica {
         let cfg = &self.cfg;
         let limit = out.len().min(cfg.max_datagram);
         let p = self.peers.get_mut(&peer)?;
-        if let Some(d) = p.out.pop_front() {
-            if d.len() > out.len() {
+        if let Some(n) = p.out.front_len() {
+            if n > out.len() {
+                p.out.pop_front();
                 return None;
             }
-            out[..d.len()].copy_from_slice(&d);
-            return Some(d.len());
+            return p.out.pop_into(out);
         }
         if p.ack_due.is_some_and(|t| t <= now) {
             if let Some(epoch) = p.rx_epoch {
@@ -1293,7 +1330,7 @@ fn send_data(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn reassemble(
+fn reassemble<'a>(
     p: &mut Peer,
     seq: u32,
     dialect: Dialect,
@@ -1301,8 +1338,8 @@ fn reassemble(
     frag: u8,
     frags: u8,
     total_len: u16,
-    chunk: &[u8],
-) -> Option<Complete> {
+    chunk: &'a [u8],
+) -> Option<Complete<'a>> {
     let total = total_len as usize;
     if frags == 1 {
         if chunk.len() != total {
@@ -1313,7 +1350,7 @@ fn reassemble(
             seq,
             dialect,
             clock,
-            bytes: chunk.to_vec(),
+            bytes: std::borrow::Cow::Borrowed(chunk),
         });
     }
     let idx = match p.partials.iter().position(|x| x.seq == seq) {
@@ -1330,7 +1367,14 @@ fn reassemble(
                 got: [0; 4],
                 ngot: 0,
                 frag_len: 0,
-                buf: vec![0; total],
+                buf: match p.spare_bufs.pop() {
+                    Some(mut b) => {
+                        b.clear();
+                        b.resize(total, 0);
+                        b
+                    }
+                    None => vec![0; total],
+                },
             });
             p.partials.len() - 1
         }
@@ -1366,7 +1410,7 @@ fn reassemble(
         seq,
         dialect: x.dialect,
         clock: x.clock,
-        bytes: x.buf,
+        bytes: std::borrow::Cow::Owned(x.buf),
     })
 }
 

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Namespace benchmark (root): fw-a -> gw-a => gw-b -> fw-b, offered-load sweep for large
+# (17 UPD_C) and small (2 UPD_C) OpenBSD v6 packets, pfsync-gw side by side with a plain
+# relay (raw 240 <-> UDP, no crypto) on the same path. See docs/PERFORMANCE.md.
+#
+#   scripts/perf-netns.sh                 full sweep (10 s per point, ~5 minutes)
+#   scripts/perf-netns.sh --smoke         one tiny point per mode (CI, a few seconds)
+#   options: --secs S  --rates LIST  --sizes LIST  --states N  --modes plain,gw  --runs N
+#
+# boringtun is measured when `boringtun-cli` (or `boringtun`) and `wg` are installed.
+set -euo pipefail
+
+BIN=${PFSYNC_GW:-$(dirname "$0")/../target/release/pfsync-gw}
+# The gateway daemon to measure (default: the same binary; e.g. an older build to compare).
+GWBIN=${PFSYNC_GW_DAEMON:-$BIN}
+SECS=10
+RATES=5000,20000,50000,100000,200000,0
+SIZES=17,2
+STATES=10200
+MODES=plain,gw
+RUNS=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        --smoke) SECS=1; RATES=2000; SIZES=17; STATES=200 ;;
+        --secs) SECS=$2; shift ;;
+        --rates) RATES=$2; shift ;;
+        --sizes) SIZES=$2; shift ;;
+        --states) STATES=$2; shift ;;
+        --modes) MODES=$2; shift ;;
+        --runs) RUNS=$2; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ "$(id -u)" = 0 ] || { echo "perf-netns: needs root (namespaces, raw sockets)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "perf-netns: build first (cargo build --release) or set PFSYNC_GW" >&2; exit 2; }
+
+# Names like the test labs' (pgw-<pid>-...), so scripts/netns-cleanup.sh knows them.
+ID=pgw-$$-perf
+DIR=$(mktemp -d /tmp/$ID.XXXX)
+FWA=$ID-fwa GWA=$ID-gwa GWB=$ID-gwb FWB=$ID-fwb
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for ns in $FWA $GWA $GWB $FWB; do ip netns del "$ns" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+for ns in $FWA $GWA $GWB $FWB; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv4.ip_forward=0
+done
+ip -n $FWA link add sync0 type veth peer name sync0 netns $GWA
+ip -n $FWB link add sync0 type veth peer name sync0 netns $GWB
+ip -n $GWA link add tr0 type veth peer name tr0 netns $GWB
+for ns in $FWA $GWA $GWB $FWB; do ip -n "$ns" link set sync0 up; done
+for ns in $GWA $GWB; do ip -n "$ns" link set tr0 up; done
+ip -n $FWA addr add 10.1.0.2/24 dev sync0
+ip -n $GWA addr add 10.1.0.1/24 dev sync0
+ip -n $GWB addr add 10.2.0.1/24 dev sync0
+ip -n $FWB addr add 10.2.0.2/24 dev sync0
+ip -n $GWA addr add 10.99.0.1/24 dev tr0
+ip -n $GWB addr add 10.99.0.2/24 dev tr0
+
+echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
+
+start_plain() {
+    ip netns exec $GWA "$BIN" perf-relay --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
+    PIDS+=($!); PA=$!
+    ip netns exec $GWB "$BIN" perf-relay --listen 10.99.0.2:51900 --peer 10.99.0.1:51900 >"$DIR/plain-b.log" 2>&1 &
+    PIDS+=($!); PB=$!
+    sleep 0.3
+}
+
+start_gw() {
+    rm -f "$DIR"/gw-*.key "$DIR"/gw-*.sock
+    for s in a b; do
+        "$BIN" keygen --out "$DIR/gw-$s.key"
+        "$BIN" pubkey <"$DIR/gw-$s.key" >"$DIR/gw-$s.pub"
+    done
+    for s in a b; do
+        if [ $s = a ]; then me=1 other=b oaddr=2; else me=2 other=a oaddr=1; fi
+        cat >"$DIR/gw-$s.toml" <<EOF
+[node]
+name = "gw-$s"
+private_key_file = "$DIR/gw-$s.key"
+listen = "10.99.0.$me:51900"
+control_socket = "$DIR/gw-$s.sock"
+# Largest UDP payload on a 1500-byte path: a large pfsync packet still needs two datagrams.
+mtu = 1472
+
+[local]
+mode = "raw"
+interface = "sync0"
+dialect = "openbsd-v6"
+
+[[peer]]
+name = "gw-$other"
+public_key = "$(cat "$DIR/gw-$other.pub")"
+endpoint = "10.99.0.$oaddr:51900"
+EOF
+    done
+    ip netns exec $GWA "$GWBIN" run --config "$DIR/gw-a.toml" >"$DIR/gw-a.log" 2>&1 &
+    PIDS+=($!); PA=$!
+    ip netns exec $GWB "$GWBIN" run --config "$DIR/gw-b.toml" >"$DIR/gw-b.log" 2>&1 &
+    PIDS+=($!); PB=$!
+    # Wait until both see their peer up (tunnel and sync epoch).
+    for _ in $(seq 100); do
+        if "$BIN" status --socket "$DIR/gw-a.sock" --json 2>/dev/null | grep -q '"established": *true' &&
+           "$BIN" status --socket "$DIR/gw-b.sock" --json 2>/dev/null | grep -q '"established": *true'; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "perf-netns: gateways did not come up; logs:" >&2
+    tail -20 "$DIR"/gw-*.log >&2
+    return 1
+}
+
+stop_relays() {
+    kill "$PA" "$PB" 2>/dev/null || true
+    wait "$PA" "$PB" 2>/dev/null || true
+    PIDS=()
+}
+
+for run in $(seq "$RUNS"); do
+    for mode in ${MODES//,/ }; do
+        case $mode in
+            plain) start_plain ;;
+            gw) start_gw ;;
+            *) echo "unknown mode $mode" >&2; exit 2 ;;
+        esac
+        REC=()
+        if [ -n "${PERF_RECORD:-}" ] && [ $mode = gw ]; then
+            # Profile both gateways for the whole sweep (perf report -i $PERF_RECORD-a.data).
+            perf record -g -o "$PERF_RECORD-a.data" -p "$PA" >/dev/null 2>&1 & REC+=($!)
+            perf record -g -o "$PERF_RECORD-b.data" -p "$PB" >/dev/null 2>&1 & REC+=($!)
+        fi
+        "$BIN" perf-load --tx-ns $FWA --rx-ns $FWB --states "$STATES" --per-packet "$SIZES" \
+            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" |
+            tee -a "$DIR/results"
+        for r in "${REC[@]:-}"; do [ -n "$r" ] && kill -INT "$r" && wait "$r" || true; done
+        if [ $mode = gw ]; then
+            for s in a b; do
+                echo "# gw-$s counters: $("$BIN" status --socket "$DIR/gw-$s.sock" --json 2>/dev/null |
+                    tr -d '\n ' | grep -o '"\(shed_[a-z_]*\|captured\|injected\|tunnel_send_failed\|inject_failed\)":[0-9]*' | tr '\n' ' ')"
+            done
+        fi
+        stop_relays
+    done
+    if command -v boringtun-cli >/dev/null || command -v boringtun >/dev/null; then
+        echo "# boringtun is installed but this script does not drive it yet"
+    else
+        echo "# boringtun: not installed, not measured"
+    fi
+done
+
+# Several runs: the median of each column per point (what docs/PERFORMANCE.md reports).
+if [ "$RUNS" -gt 1 ]; then
+    echo "# medians of $RUNS runs"
+    awk '$2 ~ /^[0-9]+$/ && NF == 13 { k = $1 " " $2 " " $3; n[k]++; if (!(k in seen)) { seen[k] = 1; order[++m] = k }
+             for (c = 4; c <= 13; c++) { v = $c; sub(/%$/, "", v); val[k, c, n[k]] = v + 0 } }
+         END { for (i = 1; i <= m; i++) { k = order[i]; line = k
+                 for (c = 4; c <= 13; c++) { cnt = n[k]
+                     for (a = 1; a <= cnt; a++) x[a] = val[k, c, a]
+                     for (a = 1; a <= cnt; a++) for (b = a + 1; b <= cnt; b++) if (x[b] < x[a]) { t = x[a]; x[a] = x[b]; x[b] = t }
+                     med = (cnt % 2) ? x[(cnt + 1) / 2] : (x[cnt / 2] + x[cnt / 2 + 1]) / 2
+                     line = line sprintf(c == 8 ? " %.1f" : " %.0f", med) }
+                 print line } }' "$DIR/results" | column -t
+fi

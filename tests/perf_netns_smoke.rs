@@ -1,0 +1,40 @@
+//! Smoke run of the namespace benchmark (scripts/perf-netns.sh --smoke): one tiny point
+//! per mode, a few seconds. It checks that the benchmark still runs and that both the
+//! plain relay and the gateways deliver; the figures themselves are for docs/PERFORMANCE.md,
+//! not for assertions (benchmarks, not timed tests).
+
+use std::process::Command;
+
+#[test]
+fn perf_netns_smoke_delivers_through_both_relays() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP perf_netns_smoke: needs root (namespaces, raw sockets)");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/perf-netns.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--smoke")
+        .env("PFSYNC_GW", env!("CARGO_BIN_EXE_pfsync-gw"))
+        .output()
+        .expect("run perf-netns.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "perf-netns.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mode in ["plain", "gw"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(mode))
+            .unwrap_or_else(|| panic!("no {mode} row in:\n{stdout}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let sent: f64 = cols[3].parse().unwrap();
+        let delivered: f64 = cols[4].parse().unwrap();
+        assert!(sent > 500.0, "{mode}: sender did not run: {row}");
+        // Loose bound: CI machines are loaded; a broken relay delivers nothing.
+        assert!(delivered > sent * 0.5, "{mode} delivered too little: {row}");
+    }
+}
