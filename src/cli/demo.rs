@@ -85,6 +85,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 dialect: dialects[i % dialects.len()],
                 capture_multicast: false,
                 inject_to: crate::wire::PFSYNC_GROUP,
+                firewalls: Vec::new(),
             },
             emulator: EmulatorConfig {
                 hostid: Some(0x1000_0001 + i as u32),
@@ -95,6 +96,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 churn_for: None,
             },
             peers: Vec::new(),
+            limits: Default::default(),
         };
         let (node, h) = match Node::bind(cfg.clone()).await {
             Ok(x) => x,
@@ -121,6 +123,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 endpoint: Some(handles[j].local_addr),
                 psk: None,
                 persistent_keepalive: Some(Duration::from_secs(2)),
+                creators: Vec::new(),
             })
             .collect();
         handles[i].reload_with(cfg);

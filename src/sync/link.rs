@@ -344,7 +344,11 @@ mod tests {
             assert_eq!(w.high, far.wrapping_add(1));
         }
         // 1000 jumps of ~2^31 each: the old walk took seconds per jump.
-        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
         // The window still works after the jumps: the skipped part is one gap.
         let (c, h) = (w.cum, w.high);
         let mut g = Vec::new();
