@@ -3,6 +3,7 @@
 //! repeated and must leave the replica responsive, bounded and correct.
 
 #[path = "common/pf.rs"]
+#[allow(dead_code)] // shared helpers; this file uses a subset
 mod pf;
 
 use std::time::{Duration, Instant};

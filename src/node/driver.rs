@@ -292,6 +292,9 @@ impl Node {
         {
             tracing::warn!("reload: private key, listen address and firewall side changes need a restart; applying peer changes only");
         }
+        if let Local::Raw(raw) = &mut self.local {
+            raw.sock.get_mut().set_firewalls(&new.local.firewalls);
+        }
         // Removed or re-keyed peers go; a peer whose public key changed is a new peer.
         let mut kept = Vec::new();
         for slot in std::mem::take(&mut self.peers) {
@@ -313,6 +316,7 @@ impl Node {
                             p.endpoint,
                             Some(p.persistent_keepalive.unwrap_or(DEFAULT_KEEPALIVE)),
                         );
+                        self.replica.set_peer_creators(slot.id, &p.creators);
                         tracing::info!(peer = %p.name, "reload: peer updated");
                     }
                     kept.push(PeerSlot {
