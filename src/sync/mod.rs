@@ -652,7 +652,8 @@ impl Replica {
     fn admit(&mut self, peer: PeerId, msg: &Message, learn: bool, now: Instant) -> bool {
         let (creator, insert) = match msg {
             Message::Ins(s) | Message::Upd(s) if s.id.creator != 0 => {
-                if self.table.get(s.id).is_some() {
+                // Held, or deleted (the table refuses it and the tombstone goes back).
+                if self.table.get(s.id).is_some() || self.table.tombstone(s.id).is_some() {
                     return true;
                 }
                 (s.id.creator, true)
@@ -707,6 +708,23 @@ impl Replica {
             }
         }
         true
+    }
+
+    /// A peer holds a state of our own firewall that neither the mirror nor (after a
+    /// completed sweep) the firewall has: the firewall is the authority, so it is gone.
+    /// Tell the peer with a tombstone instead of leaving the digests apart for ever.
+    fn refute_local(&mut self, peer: PeerId, rec: &Record, now: Instant) {
+        let Record::State(v, s) = rec else { return };
+        if self.stats.sweeps == 0 || !self.local_creators.contains(&s.id.creator) {
+            return;
+        }
+        if self.table.get(s.id).is_some() {
+            return;
+        }
+        self.table.apply_versioned(&Message::DelC(s.id), now, *v);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.mark_dirty(StateRef::State(s.id));
+        }
     }
 
     /// A peer claimed a creator id that belongs to another site: log once per pair.
@@ -1323,6 +1341,7 @@ impl Replica {
                 Record::Tombstone(..) => true,
             };
             if !admitted {
+                self.refute_local(peer, &rec, now);
                 continue;
             }
             let p = self.peers.get_mut(&peer).unwrap();
