@@ -678,8 +678,12 @@ impl Replica {
                 });
             let p = self.peers.get_mut(&peer).unwrap();
             if claimed {
-                p.stats.creator_conflicts += 1;
-                self.alarm(peer, creator);
+                // A first-hand claim (its INS, its own version) or a CLR: an alarm. A
+                // second-hand repair of another site's state is normal after restarts.
+                if learn || !insert {
+                    p.stats.creator_conflicts += 1;
+                    self.alarm(peer, creator);
+                }
             } else if learn
                 && insert
                 && p.creators.is_empty()
