@@ -68,6 +68,8 @@ struct RawFile {
     emulator: Option<RawEmulator>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +108,9 @@ struct RawLocal {
     capture_multicast: bool,
     #[serde(default)]
     inject_to: Option<String>,
+    /// Addresses of the firewall(s) on the sync link: the only accepted pfsync sources.
+    #[serde(default)]
+    firewalls: Option<Vec<String>>,
 }
 
 fn default_mode() -> LocalMode {
@@ -145,6 +150,21 @@ struct RawPeer {
     preshared_key_file: Option<PathBuf>,
     #[serde(default)]
     persistent_keepalive: Option<u64>,
+    /// Creator ids (pf hostids) of the peer's site's firewalls.
+    #[serde(default)]
+    creators: Option<Vec<i64>>,
+}
+
+/// `[limits]`: bounds on what peers can make this node hold or send.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    states: Option<usize>,
+    #[serde(default)]
+    peer_states: Option<usize>,
+    #[serde(default)]
+    repair_rate: Option<u64>,
 }
 
 /// The validated configuration of one node.
@@ -163,6 +183,28 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// `[node] user`, `group`, `control_group`.
     pub privileges: Privileges,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]` (see docs/SECURITY.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Most states in the mirror (pf's `set limit states`); new ones beyond are refused.
+    pub states: usize,
+    /// Most states in the creator-id space of one peer.
+    pub peer_states: usize,
+    /// Bytes per second of repair/anti-entropy answers a peer gets beyond 10× what it sends.
+    pub repair_rate: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            states: 1_000_000,
+            peer_states: 500_000,
+            repair_rate: 8 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +215,8 @@ pub struct LocalConfig {
     pub capture_multicast: bool,
     /// Where injected pfsync goes: the group 224.0.0.240 or the firewall's unicast address.
     pub inject_to: Ipv4Addr,
+    /// The firewall(s) on the sync link (raw mode): pfsync from any other source is dropped.
+    pub firewalls: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -196,6 +240,8 @@ pub struct PeerConfig {
     pub endpoint: Option<SocketAddr>,
     pub psk: Option<Key>,
     pub persistent_keepalive: Option<Duration>,
+    /// The peer's site's creator ids: it may insert/clear only these. Empty: learned.
+    pub creators: Vec<u32>,
 }
 
 impl Config {
@@ -284,6 +330,27 @@ impl Config {
             return Err(err(
                 "local.interface",
                 "required when local.mode = \"raw\" (the pfsync sync interface)".into(),
+            ));
+        }
+        let mut firewalls = Vec::new();
+        for (i, a) in raw.local.firewalls.iter().flatten().enumerate() {
+            let ip = a
+                .parse::<Ipv4Addr>()
+                .map_err(|e| err(&format!("local.firewalls[{i}]"), format!("`{a}`: {e}")))?;
+            if ip.is_multicast() || ip.is_unspecified() || ip.is_broadcast() {
+                return Err(err(
+                    &format!("local.firewalls[{i}]"),
+                    format!("`{a}` is not a unicast host address"),
+                ));
+            }
+            firewalls.push(ip);
+        }
+        if raw.local.mode == LocalMode::Raw && firewalls.is_empty() {
+            return Err(err(
+                "local.firewalls",
+                "required when local.mode = \"raw\": the address(es) of the firewall(s) on the \
+                 sync link; pfsync from any other source is dropped (see docs/SECURITY.md)"
+                    .into(),
             ));
         }
         let inject_to = match &raw.local.inject_to {
@@ -391,6 +458,16 @@ impl Config {
                 }
                 Some(s) => Some(Duration::from_secs(s)),
             };
+            let mut creators = Vec::new();
+            for (j, &c) in p.creators.iter().flatten().enumerate() {
+                if !(1..=u32::MAX as i64).contains(&c) {
+                    return Err(err(
+                        &f(&format!("creators[{j}]")),
+                        format!("{c} is not a creator id (1..=0xffffffff)"),
+                    ));
+                }
+                creators.push(c as u32);
+            }
             peers.push(PeerConfig {
                 name: p.name.clone(),
                 public_key,
@@ -398,6 +475,7 @@ impl Config {
                 endpoint,
                 psk,
                 persistent_keepalive,
+                creators,
             });
         }
 
@@ -418,6 +496,7 @@ impl Config {
                 dialect,
                 capture_multicast: raw.local.capture_multicast,
                 inject_to,
+                firewalls,
             },
             emulator: EmulatorConfig {
                 hostid: emu.hostid,
@@ -429,6 +508,23 @@ impl Config {
             },
             peers,
             privileges,
+            limits: {
+                let d = LimitsConfig::default();
+                let l = raw.limits.unwrap_or(RawLimits {
+                    states: None,
+                    peer_states: None,
+                    repair_rate: None,
+                });
+                let states = l.states.unwrap_or(d.states);
+                if states == 0 {
+                    return Err(err("limits.states", "must be at least 1".into()));
+                }
+                LimitsConfig {
+                    states,
+                    peer_states: l.peer_states.unwrap_or(d.peer_states),
+                    repair_rate: l.repair_rate.unwrap_or(d.repair_rate),
+                }
+            },
         })
     }
 
@@ -458,6 +554,12 @@ impl Config {
                         "unicast only"
                     },
                     self.local.inject_to
+                );
+                let fws: Vec<String> = self.local.firewalls.iter().map(|a| a.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "  firewalls         {} (pfsync from other sources dropped)",
+                    fws.join(", ")
                 );
             }
             LocalMode::Emulator => {

@@ -181,7 +181,7 @@ fn spoofed_forged_replayed_and_unknown_key_traffic_is_never_injected() {
         &cfg,
         format!(
             "[node]\nname = \"mallory\"\nprivate_key_file = \"{}\"\nlisten = \"{ATTACKER_ADDR}:{TUNNEL_PORT}\"\ncontrol_socket = \"{}\"\n\n\
-             [local]\nmode = \"raw\"\ninterface = \"sync0\"\ndialect = \"openbsd-v6\"\n\n\
+             [local]\nmode = \"raw\"\ninterface = \"sync0\"\ndialect = \"openbsd-v6\"\nfirewalls = [\"10.66.0.2\"]\n\n\
              [[peer]]\nname = \"gw-b\"\npublic_key = \"{}\"\nendpoint = \"{}\"\npersistent_keepalive = 1\n",
             evil_keys.private_file.display(),
             sock.display(),

@@ -28,12 +28,13 @@ fn write_config(net: &Net, i: usize, own: &Keys, peer: (&str, Option<&str>)) -> 
     let p = net.site(1 - i);
     let mut t = format!(
         "[node]\nname = \"{}\"\nprivate_key_file = \"{}\"\nlisten = \"{}\"\ncontrol_socket = \"{}\"\n\n\
-         [local]\nmode = \"raw\"\ninterface = \"{SYNC_IF}\"\ndialect = \"openbsd-v6\"\n\n\
+         [local]\nmode = \"raw\"\ninterface = \"{SYNC_IF}\"\ndialect = \"openbsd-v6\"\nfirewalls = [\"{}\"]\n\n\
          [[peer]]\nname = \"{}\"\npublic_key = \"{}\"\nendpoint = \"{}\"\n",
         s.gw(),
         own.private_file.display(),
         s.tunnel_addr(),
         net.control_socket(i).display(),
+        s.fw_addr,
         p.gw(),
         peer.0,
         p.tunnel_addr()

@@ -30,6 +30,7 @@ fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
             dialect,
             capture_multicast: false,
             inject_to: pfsync_gw::wire::PFSYNC_GROUP,
+            firewalls: Vec::new(),
         },
         emulator: EmulatorConfig {
             hostid: Some(0x0a00_0001 + i as u32),
@@ -41,6 +42,7 @@ fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
         },
         peers: Vec::new(),
         privileges: Default::default(),
+        limits: Default::default(),
     }
 }
 
@@ -68,6 +70,7 @@ async fn mesh(dialects: &[Dialect], rate: u32, tweak: impl Fn(usize, &mut Config
                 endpoint: Some(sites[j].handle.local_addr),
                 psk: None,
                 persistent_keepalive: Some(Duration::from_secs(1)),
+                creators: Vec::new(),
             })
             .collect();
         sites[i].handle.reload_with(cfg);

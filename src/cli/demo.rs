@@ -85,6 +85,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 dialect: dialects[i % dialects.len()],
                 capture_multicast: false,
                 inject_to: crate::wire::PFSYNC_GROUP,
+                firewalls: Vec::new(),
             },
             emulator: EmulatorConfig {
                 hostid: Some(0x1000_0001 + i as u32),
@@ -96,6 +97,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
             },
             peers: Vec::new(),
             privileges: Default::default(),
+            limits: Default::default(),
         };
         let (node, h) = match Node::bind(cfg.clone()).await {
             Ok(x) => x,
@@ -123,6 +125,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 endpoint: Some(handles[j].local_addr),
                 psk: None,
                 persistent_keepalive: Some(Duration::from_secs(2)),
+                creators: Vec::new(),
             })
             .collect();
         handles[i].reload_with(cfg);

@@ -24,6 +24,26 @@ pub struct RawSyncSocket {
     /// looped back, never captured (loop prevention).
     own_addrs: Vec<Ipv4Addr>,
     inject_to: SocketAddr,
+    /// The firewall(s) on the sync link (`[local] firewalls`): the only trusted sources.
+    firewalls: Vec<Ipv4Addr>,
+}
+
+/// Why a captured packet's source is not taken as the firewall's (a drop-counter name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untrusted {
+    /// One of our own addresses: our injection looped back.
+    Own,
+    /// Any other host on the sync link: pfsync trusts it, the gateway does not.
+    Foreign,
+}
+
+impl Untrusted {
+    pub fn counter(self) -> &'static str {
+        match self {
+            Untrusted::Own => "local_own_ignored",
+            Untrusted::Foreign => "local_foreign_source",
+        }
+    }
 }
 
 impl RawSyncSocket {
@@ -55,7 +75,24 @@ impl RawSyncSocket {
             ifindex,
             own_addrs: interface_ipv4_addrs(ifname),
             inject_to: SocketAddr::V4(SocketAddrV4::new(inject_to, 0)),
+            firewalls: Vec::new(),
         })
+    }
+
+    /// Accept pfsync only from these addresses (empty: from anyone, for tests only).
+    pub fn set_firewalls(&mut self, firewalls: &[Ipv4Addr]) {
+        self.firewalls = firewalls.to_vec();
+    }
+
+    /// `None` if a packet from `src` is the firewall speaking; else why it is dropped.
+    pub fn check_source(&self, src: Ipv4Addr) -> Option<Untrusted> {
+        if self.is_own(src) {
+            Some(Untrusted::Own)
+        } else if !self.firewalls.is_empty() && !self.firewalls.contains(&src) {
+            Some(Untrusted::Foreign)
+        } else {
+            None
+        }
     }
 
     pub fn ifname(&self) -> &str {

@@ -16,7 +16,7 @@ use super::status::{FirewallView, PeerView, Status};
 use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
 use crate::local::mmsg::{RecvBatch, SendBatch};
-use crate::local::raw::RawSyncSocket;
+use crate::local::raw::{RawSyncSocket, Untrusted};
 use crate::sync::{Replica, ReplicaConfig};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
 use crate::wire::{self, ipv4::Ipv4Packet};
@@ -209,7 +209,7 @@ impl Node {
         let local = match cfg.local.mode {
             LocalMode::Raw => {
                 let ifname = cfg.local.interface.clone().unwrap_or_default();
-                let sock =
+                let mut sock =
                     RawSyncSocket::open(&ifname, cfg.local.capture_multicast, cfg.local.inject_to)
                         .map_err(|err| NodeError::Raw {
                             ifname: ifname.clone(),
@@ -217,6 +217,7 @@ impl Node {
                         })?;
                 let mut rx = RecvBatch::new(65_536);
                 rx.enable_timestamps(sock.as_raw_fd());
+                sock.set_firewalls(&cfg.local.firewalls);
                 Local::Raw(Box::new(RawSide {
                     sock: register(sock)?,
                     rx,
@@ -260,7 +261,11 @@ impl Node {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 incarnation: rand_core::RngCore::next_u32(&mut rand_core::OsRng),
-                ..ReplicaConfig::new(node_id, cfg.local.dialect)
+                ..ReplicaConfig::new(node_id, cfg.local.dialect).with_limits(
+                    cfg.limits.states,
+                    cfg.limits.peer_states,
+                    cfg.limits.repair_rate,
+                )
             },
             now,
         );
@@ -331,6 +336,7 @@ impl Node {
                 .set_peer_keys(id, *p.public_key.as_bytes(), Some(*next.as_bytes()));
         }
         self.replica.add_peer(id, now);
+        self.replica.set_peer_creators(id, &p.creators);
         tracing::info!(peer = %p.name, endpoint = ?p.endpoint, "peer added");
         self.peers.push(PeerSlot { id, cfg: p });
     }
@@ -344,6 +350,9 @@ impl Node {
             tracing::warn!("reload: listen address and firewall side changes need a restart; applying key and peer changes only");
         }
         self.reload_private_key(&new);
+        if let Local::Raw(raw) = &mut self.local {
+            raw.sock.get_mut().set_firewalls(&new.local.firewalls);
+        }
         // Removed peers go; a peer whose keys changed entirely is a new peer.
         let mut kept = Vec::new();
         for slot in std::mem::take(&mut self.peers) {
@@ -371,6 +380,7 @@ impl Node {
                             p.endpoint,
                             Some(p.persistent_keepalive.unwrap_or(DEFAULT_KEEPALIVE)),
                         );
+                        self.replica.set_peer_creators(slot.id, &p.creators);
                         tracing::info!(peer = %p.name, "reload: peer updated");
                     }
                     kept.push(PeerSlot {
@@ -614,9 +624,14 @@ impl Node {
                         continue;
                     }
                 };
-                if sock.get_ref().is_own(ip.src()) {
-                    // Our own injection looped back: never send it out again.
-                    bump(&mut self.counters, "local_own_ignored");
+                // Our own injection looped back, or not the firewall: never relayed.
+                if let Some(why) = sock.get_ref().check_source(ip.src()) {
+                    bump(&mut self.counters, why.counter());
+                    if let Some(n) = self.log_limit.allow(why.counter(), now) {
+                        if why == Untrusted::Foreign {
+                            tracing::warn!(src = %ip.src(), suppressed = n, "pfsync from a host that is not a configured firewall dropped");
+                        }
+                    }
                     continue;
                 }
                 // pfsync_input()'s rule: anything that crossed a router is not from our firewall.
@@ -828,6 +843,11 @@ impl Node {
             drops.insert(k.to_string(), v);
         }
         drops.insert("local_echo".into(), rs.echoes_dropped);
+        drops.extend(
+            self.replica
+                .security_counters()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
         drops.insert("inject_queue_overflow".into(), rs.inject.dropped);
         drops.insert("inject_untranslatable".into(), rs.inject.encode_errors);
         let local: BTreeMap<String, u64> = self

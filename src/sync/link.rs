@@ -310,9 +310,16 @@ impl RxWindow {
         if seq.wrapping_sub(self.cum) >= RX_WINDOW {
             // Give up on everything that no longer fits.
             let new_cum = seq.wrapping_sub(RX_WINDOW - 1);
-            while seq_lt(self.cum, new_cum) {
-                self.set(self.cum, false);
-                self.cum = self.cum.wrapping_add(1);
+            if new_cum.wrapping_sub(self.cum) >= RX_WINDOW {
+                // Nothing of the old window survives: O(1) in the size of the jump (a peer
+                // can announce any seq; walking 2^31 steps froze the node for seconds).
+                self.bits.fill(0);
+                self.cum = new_cum;
+            } else {
+                while seq_lt(self.cum, new_cum) {
+                    self.set(self.cum, false);
+                    self.cum = self.cum.wrapping_add(1);
+                }
             }
             verdict = RxVerdict::NewAfterJump;
         }
@@ -402,6 +409,34 @@ mod tests {
         assert_eq!(g, vec![(16, 17)]);
         assert_eq!(w.receive(16 + RX_WINDOW + 5), RxVerdict::NewAfterJump);
         assert!(w.receive(15) == RxVerdict::Duplicate);
+    }
+
+    #[test]
+    fn rx_window_far_jump_is_constant_time() {
+        let mut w = RxWindow::new(1);
+        assert_eq!(w.receive(1), RxVerdict::New);
+        let t = Instant::now();
+        for k in 0..1000u32 {
+            let far = w.cum.wrapping_add(0x7fff_0000 - k);
+            assert_eq!(w.receive(far), RxVerdict::NewAfterJump);
+            assert_eq!(w.cum, far.wrapping_sub(RX_WINDOW - 1));
+            assert_eq!(w.high, far.wrapping_add(1));
+        }
+        // 1000 jumps of ~2^31 each: the old walk took seconds per jump.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
+        // The window still works after the jumps: the skipped part is one gap.
+        let (c, h) = (w.cum, w.high);
+        let mut g = Vec::new();
+        w.gaps(8, &mut g);
+        assert_eq!(g, vec![(c, h.wrapping_sub(2))]);
+        w.skip(c, h.wrapping_sub(2));
+        assert_eq!(w.cum, h);
+        assert_eq!(w.receive(h), RxVerdict::New);
+        assert_eq!(w.receive(h), RxVerdict::Duplicate);
     }
 
     #[test]

@@ -34,6 +34,10 @@ const FANOUT: usize = 64;
 const MAX_NACKS: usize = 32;
 /// Most partially reassembled DATA packets per peer.
 const MAX_PARTIALS: usize = 16;
+/// Most creator ids a peer without configured `creators` gets pinned to it by learning.
+pub const MAX_LEARNED_CREATORS: usize = 8;
+/// Most (peer, creator) conflicts remembered so that each is logged once.
+const MAX_ALARMS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -79,6 +83,23 @@ pub struct ReplicaConfig {
     pub initial_clock: u64,
     /// Mixed into epoch numbers so that a restarted replica's epochs differ.
     pub incarnation: u32,
+    /// A peer's clock (HELLO, SUMMARY, DATA, record versions) more than this far ahead of
+    /// ours is refused: one message must not move the Lamport clock to the end of its range.
+    pub max_clock_ahead: u64,
+    /// Most states in the creator-id space of one peer (global cap: `table.max_states`).
+    pub peer_max_states: usize,
+    /// Answers to one peer (RECORDS, RANGES) are paid from a byte budget credited
+    /// `answer_factor` × the bytes the peer sends…
+    pub answer_factor: u64,
+    /// …plus this many bytes per second (the repair rate a quiet peer can pull)…
+    pub answer_rate: u64,
+    /// …up to this much saved.
+    pub answer_burst: u64,
+    /// The firewall's bulk request (`UPD_REQ 0/0`) is answered at most once per this.
+    pub bulk_answer_interval: Duration,
+    /// Enforce creator-id spaces (a peer inserts and clears only its own site's states).
+    /// Off only for simulations whose "firewalls" are not real sites.
+    pub creator_spaces: bool,
     pub table: TableConfig,
 }
 
@@ -106,8 +127,27 @@ impl ReplicaConfig {
             expire_grace: Duration::from_secs(120),
             initial_clock: 0,
             incarnation: 0,
+            // 2^32 ms ≈ 50 days of clock skew; 2^32 refused-size steps to wrap 2^64.
+            max_clock_ahead: 1 << 32,
+            peer_max_states: 500_000,
+            answer_factor: 10,
+            answer_rate: 8 << 20,
+            answer_burst: 8 << 20,
+            bulk_answer_interval: Duration::from_secs(1),
+            creator_spaces: true,
             table: TableConfig::default(),
         }
+    }
+}
+
+impl ReplicaConfig {
+    /// The `[limits]` of the config: mirror and per-peer state caps, repair rate (bytes/s).
+    pub fn with_limits(mut self, states: usize, peer_states: usize, repair_rate: u64) -> Self {
+        self.table.max_states = states;
+        self.peer_max_states = peer_states;
+        self.answer_rate = repair_rate;
+        self.answer_burst = repair_rate.max(1 << 20);
+        self
     }
 }
 
@@ -140,6 +180,18 @@ pub struct PeerSyncStats {
     pub unacked: usize,
     pub dead_detections: u64,
     pub stale_returned: u64,
+    /// Messages refused for a clock too far ahead of ours.
+    pub clock_refused: u64,
+    /// Inserts and clears refused outside the peer's creator-id space.
+    pub foreign_refused: u64,
+    /// A creator id of another site (or of our firewall) claimed by this peer.
+    pub creator_conflicts: u64,
+    /// New states refused: the peer's space or the whole mirror is full.
+    pub states_refused: u64,
+    /// Answers held back or dropped because the peer's answer budget was spent.
+    pub answers_deferred: u64,
+    /// Bytes of answers (RECORDS, RANGES) sent to the peer.
+    pub answer_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,6 +201,8 @@ pub struct ReplicaStats {
     pub echoes_dropped: u64,
     pub forwarded: u64,
     pub bulk_answers: u64,
+    /// Bulk requests from the firewall refused (one answer per `bulk_answer_interval`).
+    pub bulk_refused: u64,
     /// Reconciliations with the firewall's full dump, and what they repaired.
     pub sweeps: u64,
     pub sweep_restored: u64,
@@ -203,6 +257,13 @@ struct Peer {
     summary_due: Option<Instant>,
     /// Next unsolicited digest comparison (anti-entropy audit).
     next_audit: Instant,
+    /// Creator ids of this peer's site: configured (fixed) …
+    creators: Vec<u32>,
+    /// … or learned from its first-hand states and pinned.
+    learned: Vec<u32>,
+    /// Answer budget in bytes (may go below 0 by one message).
+    credit: i64,
+    credit_at: Instant,
     stats: PeerSyncStats,
 }
 
@@ -246,8 +307,35 @@ impl Peer {
             resync: false,
             summary_due: None,
             next_audit: now + cfg.audit_interval,
+            creators: Vec::new(),
+            learned: Vec::new(),
+            credit: cfg.answer_burst as i64,
+            credit_at: now,
             stats: PeerSyncStats::default(),
         }
+    }
+
+    /// Refill the answer budget for time passed; true if something may be spent.
+    fn refill(&mut self, cfg: &ReplicaConfig, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.credit_at);
+        let add = (cfg.answer_rate as u128 * dt.as_micros() / 1_000_000) as i64;
+        if add > 0 {
+            self.credit = (self.credit.saturating_add(add)).min(cfg.answer_burst as i64);
+            self.credit_at = now;
+        }
+        self.credit > 0
+    }
+
+    /// Credit what the peer sent us (its requests pay for our answers).
+    fn earn(&mut self, cfg: &ReplicaConfig, bytes: usize) {
+        let cap = (cfg.answer_burst as i64).max(cfg.answer_factor as i64 * 65_536);
+        let add = (cfg.answer_factor as i64).saturating_mul(bytes as i64);
+        self.credit = self.credit.saturating_add(add).min(cap);
+    }
+
+    fn spend(&mut self, bytes: usize) {
+        self.credit -= bytes as i64;
+        self.stats.answer_bytes += bytes as u64;
     }
 
     fn push_out(&mut self, _cfg: &ReplicaConfig, d: &[u8]) {
@@ -345,6 +433,11 @@ pub struct Replica {
     /// Set while a late captured packet is applied: its changes go to the peers as dirty
     /// state references (sent once each, current version) instead of as DATA.
     coalesce: bool,
+    /// Creator conflicts already logged (peer, creator).
+    alarms: Vec<(PeerId, u32)>,
+    /// The firewall's next bulk request is answered from this instant on.
+    next_bulk_answer: Instant,
+    full_logged: Option<Instant>,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -372,6 +465,9 @@ impl Replica {
             sweep: None,
             local_creators: Vec::new(),
             coalesce: false,
+            alarms: Vec::new(),
+            next_bulk_answer: now,
+            full_logged: None,
             cfg,
         }
     }
@@ -418,6 +514,28 @@ impl Replica {
             inject: self.injector.stats,
             ..self.stats
         }
+    }
+
+    /// Drop counters of the hostile-peer bounds, summed over peers (for status/metrics).
+    pub fn security_counters(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let mut c = [0u64; 5];
+        for p in self.peers.values() {
+            c[0] += p.stats.clock_refused;
+            c[1] += p.stats.foreign_refused;
+            c[2] += p.stats.creator_conflicts;
+            c[3] += p.stats.states_refused;
+            c[4] += p.stats.answers_deferred;
+        }
+        [
+            ("sync_clock_refused", c[0]),
+            ("sync_foreign_creator", c[1]),
+            ("sync_creator_conflict", c[2]),
+            ("sync_states_refused", c[3]),
+            ("sync_answer_budget", c[4]),
+            ("local_bulk_refused", self.stats.bulk_refused),
+            ("sync_mirror_full", self.table.stats().refused_full),
+        ]
+        .into_iter()
     }
 
     pub fn peer_stats(&self, peer: PeerId) -> Option<PeerSyncStats> {
@@ -479,7 +597,16 @@ impl Replica {
             p.node,
         );
         let partials = std::mem::take(&mut p.partials);
+        let (creators, learned) = (
+            std::mem::take(&mut p.creators),
+            std::mem::take(&mut p.learned),
+        );
+        let (credit, credit_at) = (p.credit, p.credit_at);
         *p = Peer::new(&self.cfg, leaves, now);
+        p.creators = creators;
+        p.learned = learned;
+        p.credit = credit;
+        p.credit_at = credit_at;
         p.stats = stats;
         p.rx_epoch = rx_epoch;
         p.rx = rx;
@@ -490,6 +617,182 @@ impl Replica {
         p.epoch = epoch;
         p.hello_due = Some(now);
         p.start_resync(now);
+    }
+
+    /// Pin `peer`'s site to these creator ids (from its `[[peer]] creators`): it may insert
+    /// and clear states of these creators only. Empty: learned from its first-hand states.
+    pub fn set_peer_creators(&mut self, peer: PeerId, creators: &[u32]) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.creators = creators.to_vec();
+            p.learned.clear();
+        }
+    }
+
+    /// Creator ids `peer` may insert and clear states of: configured, else learned so far.
+    pub fn peer_creators(&self, peer: PeerId) -> Vec<u32> {
+        self.peers.get(&peer).map_or_else(Vec::new, |p| {
+            if p.creators.is_empty() {
+                p.learned.clone()
+            } else {
+                p.creators.clone()
+            }
+        })
+    }
+
+    /// Is a clock `peer` sent within reach of ours? Counted when not.
+    fn clock_ok(&mut self, peer: PeerId, clock: u64) -> bool {
+        if clock <= self.clock.saturating_add(self.cfg.max_clock_ahead) {
+            return true;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.clock_refused += 1;
+        }
+        false
+    }
+
+    /// Merge a peer's clock into ours (Lamport), unless it is too far ahead.
+    fn merge_clock(&mut self, peer: PeerId, clock: u64) -> bool {
+        let ok = self.clock_ok(peer, clock);
+        if ok {
+            self.clock = self.clock.max(clock);
+        }
+        ok
+    }
+
+    /// Our firewall names `c` as its own: no peer may keep it pinned.
+    fn unpin_local(&mut self, c: u32) {
+        for p in self.peers.values_mut() {
+            if let Some(i) = p.learned.iter().position(|&x| x == c) {
+                p.learned.swap_remove(i);
+                p.stats.creator_conflicts += 1;
+            }
+        }
+    }
+
+    /// May `peer` apply `msg`? Inserts (a state the mirror lacks) and clears must fall in the
+    /// peer's creator-id space, and inserts within its state cap. `learn`: the message is
+    /// first-hand, so an unclaimed creator id may be pinned to the peer.
+    fn admit(&mut self, peer: PeerId, msg: &Message, learn: bool, now: Instant) -> bool {
+        let (creator, insert) = match msg {
+            Message::Ins(s) | Message::Upd(s) if s.id.creator != 0 => {
+                // Held, or deleted (the table refuses it and the tombstone goes back).
+                if self.table.get(s.id).is_some() || self.table.tombstone(s.id).is_some() {
+                    return true;
+                }
+                (s.id.creator, true)
+            }
+            Message::Clr { creator, .. } => (*creator, false),
+            _ => return true,
+        };
+        if !self.cfg.creator_spaces {
+            return true;
+        }
+        let p = &self.peers[&peer];
+        let space = if p.creators.is_empty() {
+            &p.learned
+        } else {
+            &p.creators
+        };
+        let mut own = space.contains(&creator);
+        if !own {
+            let claimed = self.local_creators.contains(&creator)
+                || self.peers.iter().any(|(&id, q)| {
+                    id != peer && (q.creators.contains(&creator) || q.learned.contains(&creator))
+                });
+            let p = self.peers.get_mut(&peer).unwrap();
+            if claimed {
+                // A first-hand claim (its INS, its own version) or a CLR: an alarm. A
+                // second-hand repair of another site's state is normal after restarts.
+                if learn || !insert {
+                    p.stats.creator_conflicts += 1;
+                    self.alarm(peer, creator);
+                }
+            } else if learn
+                && insert
+                && p.creators.is_empty()
+                && p.learned.len() < MAX_LEARNED_CREATORS
+            {
+                p.learned.push(creator);
+                own = true;
+            }
+        }
+        if !own {
+            self.peers.get_mut(&peer).unwrap().stats.foreign_refused += 1;
+            return false;
+        }
+        if insert {
+            let p = &self.peers[&peer];
+            let space = if p.creators.is_empty() {
+                &p.learned
+            } else {
+                &p.creators
+            };
+            let held: usize = space.iter().map(|&c| self.table.creator_len(c)).sum();
+            if held >= self.cfg.peer_max_states {
+                self.peers.get_mut(&peer).unwrap().stats.states_refused += 1;
+                self.note_full(now);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A peer holds a state of our own firewall that neither the mirror nor (after a
+    /// completed sweep) the firewall has: the firewall is the authority, so it is gone.
+    /// Tell the peer with a tombstone instead of leaving the digests apart for ever.
+    fn refute_local(&mut self, peer: PeerId, rec: &Record, now: Instant) {
+        let Record::State(v, s) = rec else { return };
+        if self.stats.sweeps == 0 || !self.local_creators.contains(&s.id.creator) {
+            return;
+        }
+        if self.table.get(s.id).is_some() {
+            return;
+        }
+        self.table.apply_versioned(&Message::DelC(s.id), now, *v);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.mark_dirty(StateRef::State(s.id));
+        }
+    }
+
+    /// A peer claimed a creator id that belongs to another site: log once per pair.
+    fn alarm(&mut self, peer: PeerId, creator: u32) {
+        if self.alarms.contains(&(peer, creator)) || self.alarms.len() >= MAX_ALARMS {
+            return;
+        }
+        self.alarms.push((peer, creator));
+        let owner = if self.local_creators.contains(&creator) {
+            "our own firewall".to_string()
+        } else {
+            let o = self
+                .peers
+                .iter()
+                .find(|(_, q)| q.creators.contains(&creator) || q.learned.contains(&creator));
+            o.map_or("another peer".into(), |(id, _)| format!("peer #{id}"))
+        };
+        tracing::error!(
+            peer,
+            creator = format_args!("{creator:08x}"),
+            "creator id conflict: peer #{peer} sent states of creator {creator:08x}, which belongs to {owner}; refused (compromised or misconfigured peer?)"
+        );
+    }
+
+    /// A state cap was hit: warn at most every 10 s.
+    fn note_full(&mut self, now: Instant) {
+        if self
+            .full_logged
+            .is_some_and(|t| now < t + Duration::from_secs(10))
+        {
+            return;
+        }
+        self.full_logged = Some(now);
+        let refused: u64 = self.peers.values().map(|p| p.stats.states_refused).sum();
+        tracing::warn!(
+            states = self.table.len(),
+            max = self.cfg.table.max_states,
+            peer_max = self.cfg.peer_max_states,
+            refused,
+            "state limit reached: new states refused"
+        );
     }
 
     /// The firewall's full dump is complete: states the cluster holds that the firewall lacks
@@ -558,7 +861,7 @@ impl Replica {
             return Ok(());
         }
         self.stats.local_packets += 1;
-        self.clock += 1;
+        self.clock = self.clock.saturating_add(1);
         let v = Version::new(self.clock, self.cfg.node_id);
         self.scratch_refs.clear();
         let mut forward = false;
@@ -574,6 +877,7 @@ impl Replica {
             if let Some(c) = own {
                 if c != 0 && !self.local_creators.contains(&c) && self.local_creators.len() < 16 {
                     self.local_creators.push(c);
+                    self.unpin_local(c);
                 }
             }
             match msg {
@@ -667,7 +971,11 @@ impl Replica {
                 _ => {}
             }
         }
-        if bulk {
+        if bulk && now < self.next_bulk_answer {
+            // One 56-byte request puts the whole mirror on the LAN: at most one per interval.
+            self.stats.bulk_refused += 1;
+        } else if bulk {
+            self.next_bulk_answer = now + self.cfg.bulk_answer_interval;
             self.stats.bulk_answers += 1;
             let it = self.table.bulk(now, self.cfg.node_id);
             self.injector.encode(it, None, now);
@@ -728,6 +1036,7 @@ impl Replica {
         {
             let p = self.peers.get_mut(&peer).unwrap();
             p.stats.rx_datagrams += 1;
+            p.earn(&self.cfg, data.len());
             p.last_rx = now;
             if !p.up {
                 // Traffic from a peer we had declared dead (or never saw up): start over.
@@ -741,7 +1050,9 @@ impl Replica {
                 clock,
                 start_seq,
             } => {
-                self.clock = self.clock.max(clock);
+                if !self.merge_clock(peer, clock) {
+                    return Ok(());
+                }
                 let p = self.peers.get_mut(&peer).unwrap();
                 p.node = node;
                 if p.rx_epoch != Some(epoch) {
@@ -765,7 +1076,9 @@ impl Replica {
                 p.send(&self.cfg, &ack);
             }
             SyncMsg::HelloAck { node, epoch, clock } => {
-                self.clock = self.clock.max(clock);
+                if !self.merge_clock(peer, clock) {
+                    return Ok(());
+                }
                 let p = self.peers.get_mut(&peer).unwrap();
                 if epoch == p.epoch && !p.established {
                     p.node = node;
@@ -787,6 +1100,9 @@ impl Replica {
                 total_len,
                 chunk,
             } => {
+                if !self.clock_ok(peer, clock) {
+                    return Ok(());
+                }
                 let p = self.peers.get_mut(&peer).unwrap();
                 if p.rx_epoch != Some(epoch) {
                     p.stats.epoch_mismatch += 1;
@@ -890,7 +1206,9 @@ impl Replica {
                 want_reply,
                 clock,
             } => {
-                self.clock = self.clock.max(clock);
+                if !self.merge_clock(peer, clock) {
+                    return Ok(());
+                }
                 let ours = self.table.digest();
                 let leaves = self.table.leaf_count();
                 let p = self.peers.get_mut(&peer).unwrap();
@@ -917,7 +1235,7 @@ impl Replica {
                     p.summary_due = Some(now + self.cfg.resync_interval);
                     p.leaf_dumped.iter_mut().for_each(|w| *w = 0);
                     let span = (leaves / FANOUT).max(1);
-                    send_ranges(&self.cfg, p, &self.table, 0, span, leaves / span);
+                    send_ranges(&self.cfg, p, &self.table, (0, span, leaves / span), now);
                 }
             }
             SyncMsg::Ranges {
@@ -942,7 +1260,7 @@ impl Replica {
                         p.leaf_reqs.push_back(start as u32);
                     } else {
                         let child = (span / FANOUT).max(1);
-                        send_ranges(&self.cfg, p, &self.table, start, child, span / child);
+                        send_ranges(&self.cfg, p, &self.table, (start, child, span / child), now);
                     }
                 }
             }
@@ -974,11 +1292,16 @@ impl Replica {
             }
         };
         self.clock = self.clock.max(c.clock);
-        let p = self.peers.get_mut(&peer).unwrap();
-        let v = Version::new(c.clock, p.node);
+        let v = Version::new(c.clock, self.peers[&peer].node);
         let mut clean = true;
         self.scratch_msgs.clear();
         for msg in pkt.messages() {
+            // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.
+            if !self.admit(peer, &msg, matches!(msg, Message::Ins(_)), now) {
+                clean = false;
+                self.scratch_msgs.push((msg, Applied::Full(StateId::BULK)));
+                continue;
+            }
             // What a peer says about our own firewall's states is an echo or a correction:
             // it wins only where it is strictly more advanced, never on version alone.
             let vm = match msg.state_id() {
@@ -986,6 +1309,7 @@ impl Replica {
                 _ => v,
             };
             let a = self.table.apply_versioned(&msg, now, vm);
+            let p = self.peers.get_mut(&peer).unwrap();
             match a {
                 Applied::Stale(id) | Applied::Older(id) => {
                     clean = false;
@@ -997,6 +1321,11 @@ impl Replica {
                     // will be requested (a late INS could otherwise follow a newer UPD_C).
                     clean = false;
                     p.state_reqs.push_back(id);
+                }
+                Applied::Full(_) => {
+                    clean = false;
+                    p.stats.states_refused += 1;
+                    self.note_full(now);
                 }
                 _ => {}
             }
@@ -1012,7 +1341,8 @@ impl Replica {
                 Applied::Stale(id) | Applied::Older(id) => {
                     Some(table.update_for(*id, now).unwrap_or(Message::DelC(*id)))
                 }
-                Applied::BulkRequested | Applied::NeedUpdate(_) => None,
+                // Full: refused (mirror or the peer's space full, or outside its creator ids).
+                Applied::BulkRequested | Applied::NeedUpdate(_) | Applied::Full(_) => None,
                 _ if matches!(m, Message::Eof) => None,
                 _ => Some(*m),
             });
@@ -1022,10 +1352,40 @@ impl Replica {
     }
 
     fn apply_records(&mut self, peer: PeerId, body: &[u8], count: u16, now: Instant) {
-        let p = self.peers.get_mut(&peer).unwrap();
         let mut out: Vec<Message> = Vec::new();
         for rec in Records::new(body, count) {
             let Ok(rec) = rec else { break }; // validated at decode
+            let clock = match &rec {
+                Record::State(v, _) | Record::Tombstone(_, v) => v.clock,
+                Record::Clear { version, .. } => version.clock,
+            };
+            if !self.clock_ok(peer, clock) {
+                continue;
+            }
+            let admitted = match &rec {
+                // A version the peer wrote itself is first-hand: it may pin the creator id.
+                Record::State(v, s) => {
+                    let first_hand = v.node == self.peers[&peer].node;
+                    self.admit(peer, &Message::Upd(*s), first_hand, now)
+                }
+                Record::Clear {
+                    creator, ifname, ..
+                } => self.admit(
+                    peer,
+                    &Message::Clr {
+                        ifname: *ifname,
+                        creator: *creator,
+                    },
+                    false,
+                    now,
+                ),
+                Record::Tombstone(..) => true,
+            };
+            if !admitted {
+                self.refute_local(peer, &rec, now);
+                continue;
+            }
+            let p = self.peers.get_mut(&peer).unwrap();
             match rec {
                 Record::State(v, s) => {
                     self.clock = self.clock.max(v.clock);
@@ -1037,6 +1397,10 @@ impl Replica {
                         Applied::Stale(_) | Applied::Older(_) => {
                             p.stats.stale_returned += 1;
                             p.mark_dirty(StateRef::State(id));
+                        }
+                        Applied::Full(_) => {
+                            p.stats.states_refused += 1;
+                            self.note_full(now);
                         }
                         _ => {}
                     }
@@ -1146,8 +1510,15 @@ impl Replica {
             }
             return Some(w.pos());
         }
-        if p.tx.records_in_flight < cfg.records_window {
-            return build_records(cfg, p, &self.table, now, &mut out[..limit]);
+        if p.tx.records_in_flight < cfg.records_window && p.busy() {
+            // Repairs and anti-entropy answers are paid from the peer's answer budget.
+            if !p.refill(cfg, now) {
+                p.stats.answers_deferred += 1;
+                return None;
+            }
+            let n = build_records(cfg, p, &self.table, now, &mut out[..limit])?;
+            p.spend(n);
+            return Some(n);
         }
         None
     }
@@ -1245,6 +1616,13 @@ impl Replica {
                 continue;
             }
             t = t.min(p.next_alive);
+            if p.credit <= 0 && p.busy() && self.cfg.answer_rate > 0 {
+                // Round up, at least 1 ms: waking before a byte is earned would spin.
+                let need = ((1 - p.credit) as u128 * 1_000_000)
+                    .div_ceil(self.cfg.answer_rate as u128)
+                    .clamp(1_000, u64::MAX as u128);
+                t = t.min(p.credit_at + Duration::from_micros(need as u64));
+            }
             if !p.resync {
                 t = t.min(p.next_audit);
             }
@@ -1272,12 +1650,18 @@ fn send_ranges(
     cfg: &ReplicaConfig,
     p: &mut Peer,
     table: &StateTable,
-    first: usize,
-    span: usize,
-    n: usize,
+    (first, span, n): (usize, usize, usize),
+    now: Instant,
 ) {
     let mut d = [0u8; FANOUT * 16];
     let n = n.min(FANOUT);
+    // A RANGES can answer a RANGES with up to 64 more: paid from the answer budget like
+    // RECORDS; a dropped one is asked for again at the next digest check.
+    if !p.refill(cfg, now) {
+        p.stats.answers_deferred += 1;
+        return;
+    }
+    p.spend(12 + n * 16);
     for i in 0..n {
         let dg = table.range_digest(first + i * span, span);
         d[i * 16..i * 16 + 16].copy_from_slice(&dg.to_be_bytes());

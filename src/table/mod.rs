@@ -48,6 +48,9 @@ pub struct TableConfig {
     pub tombstone_max: usize,
     /// Tombstones older than this are dropped by [`StateTable::expire`].
     pub tombstone_ttl: Duration,
+    /// Most states held (pf's `set limit states`): a new state beyond it is refused
+    /// ([`Applied::Full`]); updates and deletes of held states still apply.
+    pub max_states: usize,
 }
 
 impl Default for TableConfig {
@@ -56,6 +59,7 @@ impl Default for TableConfig {
             leaves_log2: 12,
             tombstone_max: 65_536,
             tombstone_ttl: Duration::from_secs(300),
+            max_states: 1_000_000,
         }
     }
 }
@@ -90,6 +94,8 @@ pub enum Applied {
     },
     /// TDB, EOF, creatorid 0, …: nothing to do.
     Ignored,
+    /// A new state refused: the table holds `max_states` already.
+    Full(StateId),
 }
 
 /// One state in the table. Fixed size; the presented `expire`/`creation` are derived from
@@ -178,6 +184,8 @@ pub struct TableStats {
     pub expired: u64,
     pub older: u64,
     pub tdb: u64,
+    /// New states refused because the table was full.
+    pub refused_full: u64,
 }
 
 /// The state table.
@@ -190,6 +198,8 @@ pub struct StateTable {
     digest: Digest,
     stats: TableStats,
     last_bus: Option<(u32, BusStatus)>,
+    /// States held per creator id (per-site caps are checked against it).
+    per_creator: HashMap<u32, u32>,
 }
 
 /// Default `PFTM_*` timeouts (seconds) for refreshing a state when an update carries no
@@ -216,6 +226,7 @@ impl StateTable {
             digest: Digest::ZERO,
             stats: TableStats::default(),
             last_bus: None,
+            per_creator: HashMap::new(),
         }
     }
 
@@ -227,6 +238,10 @@ impl StateTable {
     }
     pub fn is_empty(&self) -> bool {
         self.states.is_empty()
+    }
+    /// How many states with this creator id the table holds.
+    pub fn creator_len(&self, creator: u32) -> usize {
+        self.per_creator.get(&creator).map_or(0, |&n| n as usize)
     }
     pub fn stats(&self) -> TableStats {
         self.stats
@@ -403,6 +418,10 @@ impl StateTable {
                 self.stats.older += 1;
                 return Applied::Older(id);
             }
+            if self.states.len() >= self.cfg.max_states {
+                self.stats.refused_full += 1;
+                return Applied::Full(id);
+            }
             self.insert_new(s, now, v.unwrap_or(Version::ZERO));
             self.stats.inserts += 1;
             return Applied::Inserted(id);
@@ -489,6 +508,7 @@ impl StateTable {
         self.drop_tomb(id);
         let leaf = self.leaf_of(id);
         let hash = entry_hash(s);
+        *self.per_creator.entry(id.creator).or_insert(0) += 1;
         let l = &mut self.leaves[leaf];
         let slot = l.ids.len() as u32;
         l.ids.push(id);
@@ -510,6 +530,14 @@ impl StateTable {
 
     fn remove_entry(&mut self, id: StateId) -> Option<Entry> {
         let e = self.states.remove(&id)?;
+        if let std::collections::hash_map::Entry::Occupied(mut c) =
+            self.per_creator.entry(id.creator)
+        {
+            *c.get_mut() -= 1;
+            if *c.get() == 0 {
+                c.remove();
+            }
+        }
         let l = &mut self.leaves[e.leaf as usize];
         l.digest.sub(e.hash);
         self.digest.sub(e.hash);

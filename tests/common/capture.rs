@@ -159,6 +159,15 @@ impl RawPf {
         assert_eq!(n, payload.len());
     }
 
+    /// Send from `src` (an address of the namespace) instead of the interface's primary one.
+    pub fn bind_source(&self, src: Ipv4Addr) {
+        let a = SocketAddr::V4(SocketAddrV4::new(src, 0));
+        self.sock
+            .bind(&a.into())
+            .unwrap_or_else(|e| panic!("bind raw socket to {src}: {e}"));
+        self.sock.set_multicast_if_v4(&src).unwrap();
+    }
+
     /// Send with TTL 255, as pf does.
     pub fn send(&self, payload: &[u8], dst: Ipv4Addr) {
         self.send_ttl(payload, dst, 255);

@@ -151,11 +151,12 @@ impl Net {
         let s = &self.sites[i];
         let mut t = format!(
             "[node]\nname = \"{}\"\nprivate_key_file = \"{}\"\nlisten = \"{}\"\ncontrol_socket = \"{}\"\n\n\
-             [local]\nmode = \"raw\"\ninterface = \"{SYNC_IF}\"\ndialect = \"openbsd-v6\"\n{extra_local}\n",
+             [local]\nmode = \"raw\"\ninterface = \"{SYNC_IF}\"\ndialect = \"openbsd-v6\"\nfirewalls = [\"{}\"]\n{extra_local}\n",
             s.gw(),
             s.keys.private_file.display(),
             s.tunnel_addr(),
             self.control_socket(i).display(),
+            s.fw_addr,
         );
         for (j, p) in self.sites.iter().enumerate() {
             if j != i {
