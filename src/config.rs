@@ -81,6 +81,8 @@ struct RawNode {
     metrics_listen: Option<String>,
     #[serde(default)]
     mtu: Option<usize>,
+    #[serde(default)]
+    rekey_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +147,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Largest tunnel datagram we send (bytes of UDP payload).
     pub mtu: usize,
+    /// Test aid (`[node] rekey_after_secs`): rekey tunnel sessions this often instead of
+    /// WireGuard's 120 s. `None` in production.
+    pub rekey_after: Option<Duration>,
     pub local: LocalConfig,
     pub emulator: EmulatorConfig,
     pub peers: Vec<PeerConfig>,
@@ -230,6 +235,17 @@ impl Config {
             None => None,
             Some(s) => Some(parse_addr(s).map_err(|r| err("node.metrics_listen", r))?),
         };
+        let rekey_after =
+            match raw.node.rekey_after_secs {
+                None => None,
+                Some(s) if !(1..=120).contains(&s) => return Err(err(
+                    "node.rekey_after_secs",
+                    format!(
+                        "{s} is outside 1..=120 seconds (a test aid; leave it out in production)"
+                    ),
+                )),
+                Some(s) => Some(Duration::from_secs(s)),
+            };
         let mtu = raw.node.mtu.unwrap_or(1400);
         if !(576..=65_000).contains(&mtu) {
             return Err(err("node.mtu", format!("{mtu} is outside 576..=65000")));
@@ -337,6 +353,7 @@ impl Config {
             control_socket: raw.node.control_socket.map(|p| resolve(&p)),
             metrics_listen,
             mtu,
+            rekey_after,
             local: LocalConfig {
                 mode: raw.local.mode,
                 interface: raw.local.interface,

@@ -23,6 +23,7 @@ fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         control_socket: None,
         metrics_listen: None,
+        rekey_after: None,
         mtu: 1500,
         local: LocalConfig {
             mode: LocalMode::Emulator,

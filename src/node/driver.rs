@@ -168,7 +168,8 @@ impl Node {
         };
 
         let identity = Identity::from_private(*cfg.private_key.as_bytes());
-        let endpoint = Endpoint::new(identity, rand_core::OsRng, now);
+        let mut endpoint = Endpoint::new(identity, rand_core::OsRng, now);
+        endpoint.set_rekey_after(cfg.rekey_after);
         let public = cfg.private_key.public();
         let node_id = u32::from_be_bytes([
             public.as_bytes()[0],
@@ -548,10 +549,16 @@ impl Node {
                 moved += 1;
                 match ev {
                     tunnel::Event::SessionEstablished(p) => {
-                        tracing::info!(peer = %self.peer_name(p), "tunnel up");
-                        self.replica.on_peer_up(p, now);
-                        // After the resync this starts, reconcile the firewall too.
-                        self.bulk.soon(now + SWEEP_AFTER_UP);
+                        bump(&mut self.counters, "sessions_established");
+                        // A rekey or a crossed handshake's second session keeps the sync
+                        // stream; only a new stream starts a resync and a sweep.
+                        if self.replica.on_peer_up(p, now) {
+                            tracing::info!(peer = %self.peer_name(p), "tunnel up");
+                            // After the resync this starts, reconcile the firewall too.
+                            self.bulk.soon(now + SWEEP_AFTER_UP);
+                        } else {
+                            tracing::debug!(peer = %self.peer_name(p), "tunnel session renewed; sync stream kept");
+                        }
                     }
                     tunnel::Event::PeerUnreachable(p) => {
                         tracing::warn!(peer = %self.peer_name(p), "peer unreachable");
@@ -560,6 +567,9 @@ impl Node {
                     #[allow(unreachable_patterns)]
                     _ => {}
                 }
+            }
+            while let Some((p, note)) = self.replica.poll_note() {
+                tracing::info!(peer = %self.peer_name(p), "{note}");
             }
 
             // Replica → tunnel.
@@ -686,6 +696,17 @@ impl Node {
             }
         }
         let rs = self.replica.stats();
+        // Sync stream starts (issue #11/#10.1): a rekey must not add to any of these.
+        let mut epochs = [0u64; 5];
+        for slot in &self.peers {
+            if let Some(p) = self.replica.peer_stats(slot.id) {
+                epochs[0] += p.tx_epochs;
+                epochs[1] += p.rx_epochs;
+                epochs[2] += p.sessions_kept;
+                epochs[3] += p.peer_restarts;
+                epochs[4] += p.hello_reqs_rx;
+            }
+        }
         let mut sync_drops = [0u64; 3];
         for slot in &self.peers {
             if let Some(p) = self.replica.peer_stats(slot.id) {
@@ -717,6 +738,11 @@ impl Node {
                 ("stale_refused".to_string(), rs.table.stale),
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),
+                ("epochs_opened".to_string(), epochs[0]),
+                ("peer_epochs".to_string(), epochs[1]),
+                ("sessions_kept".to_string(), epochs[2]),
+                ("peer_restarts".to_string(), epochs[3]),
+                ("hello_requests".to_string(), epochs[4]),
             ])
             .collect();
         let peers = self

@@ -77,7 +77,9 @@ pub struct ReplicaConfig {
     /// Start of the Lamport clock; the node should pass something that grows across restarts
     /// (e.g. wall-clock milliseconds), so a restarted gateway's changes are not seen as old.
     pub initial_clock: u64,
-    /// Mixed into epoch numbers so that a restarted replica's epochs differ.
+    /// Random per process start: mixed into epoch numbers so that a restarted replica's
+    /// epochs differ, and sent in HELLO/HELLO_ACK so that peers can tell a restart of this
+    /// process (they restart their stream to us) from a new tunnel session (nothing to do).
     pub incarnation: u32,
     pub table: TableConfig,
 }
@@ -140,6 +142,55 @@ pub struct PeerSyncStats {
     pub unacked: usize,
     pub dead_detections: u64,
     pub stale_returned: u64,
+    /// Send epochs we opened to this peer (1 after the first session; more only after a
+    /// restart of the peer, a HELLO_REQ or a dead-peer detection; never on a rekey).
+    pub tx_epochs: u64,
+    /// Send epochs of the peer we accepted (HELLO with a new epoch).
+    pub rx_epochs: u64,
+    /// Tunnel sessions that came up while the sync stream was already running (rekeys,
+    /// crossed handshakes, endpoint changes): the stream was kept as it was.
+    pub sessions_kept: u64,
+    /// The peer's HELLO/HELLO_ACK showed a new incarnation: it restarted.
+    pub peer_restarts: u64,
+    /// HELLO_REQ sent (we got sequenced messages of an epoch we never saw a HELLO for) /
+    /// received (the peer did not know our epoch).
+    pub hello_reqs_tx: u64,
+    pub hello_reqs_rx: u64,
+    /// HELLOs sent (first ones and retries every `hello_interval` until HELLO_ACK).
+    pub hellos_tx: u64,
+}
+
+/// Why a peer's sync stream was (re)started or is not up yet; the node logs these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncNote {
+    /// HELLO still unacknowledged after this many sends (retried every `hello_interval`).
+    HelloUnanswered(u64),
+    /// The peer restarted (new incarnation): new send epoch and resync.
+    PeerRestarted,
+    /// The peer did not know our epoch (HELLO_REQ): new send epoch and resync.
+    HelloRequested,
+    /// Nothing received for `keepalive × dead_after`: new send epoch, HELLO until answered.
+    PeerSilent,
+}
+
+impl core::fmt::Display for SyncNote {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SyncNote::HelloUnanswered(n) => write!(
+                f,
+                "sync epoch not acknowledged after {n} HELLOs (peer's sync layer not answering yet); retrying"
+            ),
+            SyncNote::PeerRestarted => {
+                f.write_str("peer restarted (new incarnation): new sync epoch, resync")
+            }
+            SyncNote::HelloRequested => {
+                f.write_str("peer did not know our sync epoch (HELLO_REQ): new sync epoch, resync")
+            }
+            SyncNote::PeerSilent => {
+                f.write_str("peer's sync layer silent: new sync epoch, HELLO until answered")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,6 +240,12 @@ struct Peer {
     leaf_reqs: VecDeque<u32>,
     state_reqs: VecDeque<StateId>,
     next_alive: Instant,
+    /// The peer's incarnation (from its HELLO or HELLO_ACK).
+    peer_incarnation: Option<u32>,
+    /// Earliest time for our next HELLO_REQ (one per `hello_interval`).
+    hello_req_after: Instant,
+    /// HELLOs sent in the current epoch.
+    epoch_hellos: u32,
     // receive side
     rx_epoch: Option<u32>,
     rx: RxWindow,
@@ -234,6 +291,9 @@ impl Peer {
             leaf_reqs: VecDeque::new(),
             state_reqs: VecDeque::new(),
             next_alive: now,
+            peer_incarnation: None,
+            hello_req_after: now,
+            epoch_hellos: 0,
             rx_epoch: None,
             rx: RxWindow::new(0),
             rx_unacked: 0,
@@ -333,6 +393,7 @@ pub struct Replica {
     injector: Injector,
     next_expire: Instant,
     stats: ReplicaStats,
+    notes: VecDeque<(PeerId, SyncNote)>,
     scratch_refs: Vec<StateRef>,
     scratch_msgs: Vec<(Message, Applied)>,
     /// The local firewall's bulk answer being received (reconciliation sweep).
@@ -362,6 +423,7 @@ impl Replica {
             injector: Injector::new(cfg.local_dialect, cfg.local_mtu, cfg.inject_queue_max),
             next_expire: now + cfg.expire_interval,
             stats: ReplicaStats::default(),
+            notes: VecDeque::new(),
             scratch_refs: Vec::new(),
             scratch_msgs: Vec::new(),
             sweep: None,
@@ -400,7 +462,8 @@ impl Replica {
     pub fn peer_stats(&self, peer: PeerId) -> Option<PeerSyncStats> {
         self.peers.get(&peer).map(|p| PeerSyncStats {
             up: p.up,
-            established: p.established,
+            // Both directions: our epoch acknowledged and the peer's epoch known.
+            established: p.established && p.rx_epoch.is_some(),
             resync_in_progress: p.resync,
             unacked: p.tx.unacked(),
             ..p.stats
@@ -418,14 +481,35 @@ impl Replica {
         self.peers.remove(&peer);
     }
 
-    /// The tunnel to `peer` is (re-)established: restart both directions and resync.
-    pub fn on_peer_up(&mut self, peer: PeerId, now: Instant) {
+    /// A tunnel session with `peer` became usable. The first one (or the first after the
+    /// peer was declared down) opens our send epoch; any later one — a rekey, the second of
+    /// two crossed handshakes, an endpoint change — leaves both directions of the sync
+    /// stream as they are: only a restart of the peer process (a new incarnation in its
+    /// HELLO) starts over.
+    ///
+    /// Returns whether a new send epoch was opened (false: the stream was kept).
+    pub fn on_peer_up(&mut self, peer: PeerId, now: Instant) -> bool {
         self.add_peer(peer, now);
-        self.restart_tx(peer, now);
         let p = self.peers.get_mut(&peer).expect("added");
-        p.rx_epoch = None;
-        p.partials.clear();
+        // A session needs an authenticated datagram from the peer: it is alive.
         p.last_rx = now;
+        if p.up {
+            p.stats.sessions_kept += 1;
+            return false;
+        }
+        self.restart_tx(peer, now);
+        true
+    }
+
+    /// Why a peer's sync stream restarted or is not up yet (for the log); call until `None`.
+    pub fn poll_note(&mut self) -> Option<(PeerId, SyncNote)> {
+        self.notes.pop_front()
+    }
+
+    fn note(&mut self, peer: PeerId, n: SyncNote) {
+        if self.notes.len() < 64 {
+            self.notes.push_back((peer, n));
+        }
     }
 
     pub fn on_peer_down(&mut self, peer: PeerId, _now: Instant) {
@@ -456,17 +540,26 @@ impl Replica {
             p.node,
         );
         let partials = std::mem::take(&mut p.partials);
+        let (incarnation, req_after) = (p.peer_incarnation, p.hello_req_after);
+        let (ack_due, rx_unacked) = (p.ack_due, p.rx_unacked);
         *p = Peer::new(&self.cfg, leaves, now);
         p.stats = stats;
         p.rx_epoch = rx_epoch;
         p.rx = rx;
         p.partials = partials;
+        p.ack_due = ack_due;
+        p.rx_unacked = rx_unacked;
         p.last_rx = last_rx;
         p.node = node;
+        p.peer_incarnation = incarnation;
+        p.hello_req_after = req_after;
         p.up = true;
         p.epoch = epoch;
-        p.hello_due = Some(now);
+        p.stats.tx_epochs += 1;
         p.start_resync(now);
+        // HELLO right away (not at the next timeout): the epoch is up one round trip after
+        // the session.
+        send_hello(&self.cfg, p, self.clock, now);
     }
 
     /// The firewall's full dump is complete: states the cluster holds that the firewall lacks
@@ -710,33 +803,61 @@ impl Replica {
                 epoch,
                 clock,
                 start_seq,
+                incarnation,
             } => {
                 self.clock = self.clock.max(clock);
                 let p = self.peers.get_mut(&peer).unwrap();
                 p.node = node;
+                let restarted = p.peer_incarnation.is_some_and(|i| i != incarnation);
+                p.peer_incarnation = Some(incarnation);
                 if p.rx_epoch != Some(epoch) {
-                    let restart = p.established && p.rx_epoch.is_some();
+                    // A new stream from the peer (first contact, its restart, or its
+                    // dead-peer detection): start receiving it, and compare tables.
                     p.rx_epoch = Some(epoch);
                     p.rx = RxWindow::new(start_seq);
                     p.partials.clear();
                     p.rx_unacked = 0;
+                    p.stats.rx_epochs += 1;
                     p.start_resync(now);
-                    if restart {
-                        // The peer restarted its side: it lost our stream too.
-                        self.restart_tx(peer, now);
-                    }
+                }
+                if restarted {
+                    // A new process: it lost our stream too.
+                    p.stats.peer_restarts += 1;
+                    self.restart_tx(peer, now);
+                    self.note(peer, SyncNote::PeerRestarted);
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
                 let ack = SyncMsg::HelloAck {
                     node: self.cfg.node_id,
                     epoch,
                     clock: self.clock,
+                    incarnation: self.cfg.incarnation,
                 };
                 p.send(&self.cfg, &ack);
             }
-            SyncMsg::HelloAck { node, epoch, clock } => {
+            SyncMsg::HelloReq { epoch } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                // Only for our current, established epoch: a request naming an older one
+                // is a straggler of a stream we already replaced.
+                if epoch == p.epoch && p.established {
+                    p.stats.hello_reqs_rx += 1;
+                    self.restart_tx(peer, now);
+                    self.note(peer, SyncNote::HelloRequested);
+                } else {
+                    p.stats.epoch_mismatch += 1;
+                }
+            }
+            SyncMsg::HelloAck {
+                node,
+                epoch,
+                clock,
+                incarnation,
+            } => {
                 self.clock = self.clock.max(clock);
                 let p = self.peers.get_mut(&peer).unwrap();
+                // Only HELLOs are acknowledged, and we send them only before any sequenced
+                // message of the epoch: a new incarnation acking it missed nothing of it.
+                p.peer_incarnation = Some(incarnation);
                 if epoch == p.epoch && !p.established {
                     p.node = node;
                     p.established = true;
@@ -759,7 +880,7 @@ impl Replica {
             } => {
                 let p = self.peers.get_mut(&peer).unwrap();
                 if p.rx_epoch != Some(epoch) {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                     return Ok(());
                 }
                 if !p.rx.is_new(seq) {
@@ -784,7 +905,7 @@ impl Replica {
             } => {
                 let p = self.peers.get_mut(&peer).unwrap();
                 if p.rx_epoch != Some(epoch) {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                     return Ok(());
                 }
                 if !p.rx_accept(&self.cfg, seq, now) {
@@ -829,7 +950,7 @@ impl Replica {
             SyncMsg::Skip { epoch, first, last } => {
                 let p = self.peers.get_mut(&peer).unwrap();
                 if p.rx_epoch != Some(epoch) {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                     return Ok(());
                 }
                 p.rx.skip(first, last);
@@ -843,7 +964,7 @@ impl Replica {
                     p.rx.announce(next_seq);
                     p.ack_due = Some(now);
                 } else {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                 }
             }
             SyncMsg::Summary {
@@ -1132,27 +1253,28 @@ impl Replica {
         }
         let cfg = &self.cfg;
         let dead = cfg.keepalive * cfg.dead_after;
-        for p in self.peers.values_mut() {
+        let mut silent = Vec::new();
+        for (&id, p) in self.peers.iter_mut() {
             if !p.up {
                 continue;
             }
             if now.saturating_duration_since(p.last_rx) >= dead {
-                p.up = false;
-                p.established = false;
-                p.out.clear();
+                // Not silence in return: a peer that declared us dead at the same time
+                // would wait for us forever, although the tunnel is up. A new epoch, its
+                // HELLO every `hello_interval`, restarts the stream once the peer answers.
                 p.stats.dead_detections += 1;
+                p.last_rx = now;
+                silent.push(id);
                 continue;
             }
             if !p.established {
                 if p.hello_due.is_some_and(|t| t <= now) {
-                    let m = SyncMsg::Hello {
-                        node: cfg.node_id,
-                        epoch: p.epoch,
-                        clock: self.clock,
-                        start_seq: 1,
-                    };
-                    p.send(cfg, &m);
-                    p.hello_due = Some(now + cfg.hello_interval);
+                    send_hello(cfg, p, self.clock, now);
+                    // Say so after 1 s, then every 5 s.
+                    if p.epoch_hellos % 10 == 3 && self.notes.len() < 64 {
+                        let n = SyncNote::HelloUnanswered(u64::from(p.epoch_hellos - 1));
+                        self.notes.push_back((id, n));
+                    }
                 }
                 continue;
             }
@@ -1188,6 +1310,10 @@ impl Replica {
                 p.summary_due = Some(now + cfg.resync_interval);
             }
         }
+        for id in silent {
+            self.restart_tx(id, now);
+            self.note(id, SyncNote::PeerSilent);
+        }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -1218,6 +1344,35 @@ impl Replica {
             }
         }
         Some(t)
+    }
+}
+
+/// Send (or resend) the HELLO of `p`'s current epoch; the next one is due after
+/// `hello_interval` unless a HELLO_ACK arrives.
+fn send_hello(cfg: &ReplicaConfig, p: &mut Peer, clock: u64, now: Instant) {
+    let m = SyncMsg::Hello {
+        node: cfg.node_id,
+        epoch: p.epoch,
+        clock,
+        start_seq: 1,
+        incarnation: cfg.incarnation,
+    };
+    p.send(cfg, &m);
+    p.stats.hellos_tx += 1;
+    p.epoch_hellos += 1;
+    p.hello_due = Some(now + cfg.hello_interval);
+}
+
+/// A sequenced message of an epoch we have no HELLO for: counted, and (at most once per
+/// `hello_interval`) answered with HELLO_REQ so that a sender whose HELLO we never saw
+/// (e.g. acknowledged by our previous process) opens a new epoch instead of talking to
+/// nobody. Stragglers of a replaced epoch get a HELLO_REQ the sender ignores.
+fn unknown_epoch(cfg: &ReplicaConfig, p: &mut Peer, epoch: u32, now: Instant) {
+    p.stats.epoch_mismatch += 1;
+    if p.up && now >= p.hello_req_after {
+        p.hello_req_after = now + cfg.hello_interval;
+        p.stats.hello_reqs_tx += 1;
+        p.send(cfg, &SyncMsg::HelloReq { epoch });
     }
 }
 
