@@ -235,17 +235,18 @@ impl Config {
             None => None,
             Some(s) => Some(parse_addr(s).map_err(|r| err("node.metrics_listen", r))?),
         };
-        let rekey_after =
-            match raw.node.rekey_after_secs {
-                None => None,
-                Some(s) if !(1..=120).contains(&s) => return Err(err(
+        let rekey_after = match raw.node.rekey_after_secs {
+            None => None,
+            Some(s) if !(1..=120).contains(&s) => {
+                return Err(err(
                     "node.rekey_after_secs",
                     format!(
                         "{s} is outside 1..=120 seconds (a test aid; leave it out in production)"
                     ),
-                )),
-                Some(s) => Some(Duration::from_secs(s)),
-            };
+                ))
+            }
+            Some(s) => Some(Duration::from_secs(s)),
+        };
         let mtu = raw.node.mtu.unwrap_or(1400);
         if !(576..=65_000).contains(&mtu) {
             return Err(err("node.mtu", format!("{mtu} is outside 576..=65000")));

@@ -552,8 +552,13 @@ impl Node {
                         bump(&mut self.counters, "sessions_established");
                         // A rekey or a crossed handshake's second session keeps the sync
                         // stream; only a new stream starts a resync and a sweep.
-                        if self.replica.on_peer_up(p, now) {
+                        let new_stream = self.replica.on_peer_up(p, now);
+                        let first =
+                            (self.replica.peer_stats(p)).is_some_and(|s| s.sessions_kept == 1);
+                        if new_stream || first {
                             tracing::info!(peer = %self.peer_name(p), "tunnel up");
+                        }
+                        if new_stream {
                             // After the resync this starts, reconcile the firewall too.
                             self.bulk.soon(now + SWEEP_AFTER_UP);
                         } else {
@@ -738,6 +743,9 @@ impl Node {
                 ("stale_refused".to_string(), rs.table.stale),
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),
+                ("relayed_verbatim".to_string(), rs.data_verbatim),
+                ("relayed_corrected".to_string(), rs.data_corrected),
+                ("relayed_reencoded".to_string(), rs.data_reencoded),
                 ("epochs_opened".to_string(), epochs[0]),
                 ("peer_epochs".to_string(), epochs[1]),
                 ("sessions_kept".to_string(), epochs[2]),

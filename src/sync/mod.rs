@@ -158,6 +158,12 @@ pub struct PeerSyncStats {
     pub hello_reqs_rx: u64,
     /// HELLOs sent (first ones and retries every `hello_interval` until HELLO_ACK).
     pub hellos_tx: u64,
+    /// Audit SUMMARYs with another digest that arrived while we had changes in flight
+    /// (not a sign of divergence; the next audit checks again).
+    pub audits_inconclusive: u64,
+    /// SUMMARYs with another digest that arrived while our repairs were unacked: answered
+    /// by our own SUMMARY{want_reply} once they are acked.
+    pub summaries_deferred: u64,
 }
 
 /// Why a peer's sync stream was (re)started or is not up yet; the node logs these.
@@ -197,6 +203,14 @@ impl core::fmt::Display for SyncNote {
 pub struct ReplicaStats {
     pub local_packets: u64,
     pub local_errors: u64,
+    /// Peers' DATA packets injected as they arrived (same dialect, nothing stale)…
+    pub data_verbatim: u64,
+    /// …re-encoded because a message in them was older than the mirror (two firewalls
+    /// changed one state at once: the newer copy is injected instead)…
+    pub data_corrected: u64,
+    /// …re-encoded because they carried an `UPD_C` for a state the mirror lacks (asked
+    /// for with STATE_REQ), or came from another dialect.
+    pub data_reencoded: u64,
     pub echoes_dropped: u64,
     pub forwarded: u64,
     pub bulk_answers: u64,
@@ -342,6 +356,15 @@ impl Peer {
 
     fn busy(&self) -> bool {
         !self.leaves.is_empty() || !self.dirty.is_empty() || self.tx.records_in_flight > 0
+    }
+
+    /// Nothing in flight either way: our digest is comparable with the peer's audit.
+    fn quiet(&self) -> bool {
+        !self.busy()
+            && self.tx.unacked() == 0
+            && self.rx.cum == self.rx.high
+            && self.partials.is_empty()
+            && self.out.is_empty()
     }
 
     fn start_resync(&mut self, now: Instant) {
@@ -995,8 +1018,20 @@ impl Replica {
                         let s = summary(&self.table, self.clock, false);
                         p.send(&self.cfg, &s);
                     }
-                } else if !p.busy() {
-                    // Still sending earlier repairs otherwise: the peer will ask again.
+                } else if !want_reply && !p.quiet() {
+                    // An audit is sent while the peer has nothing unacked; if we have
+                    // something in flight to it (or a gap from it), the digests differ by
+                    // that and prove nothing: the next audit checks again. (Under churn,
+                    // starting a resync here would dump leaves for nothing.)
+                    p.stats.audits_inconclusive += 1;
+                } else if p.busy() {
+                    // Our earlier repairs are still unacknowledged: comparing now would
+                    // repeat them. Answered once they are acked: our own resync sends
+                    // SUMMARY{want_reply} when we are no longer busy, and the peer answers
+                    // it with RANGES.
+                    p.stats.summaries_deferred += 1;
+                    p.start_resync(now);
+                } else {
                     p.start_resync(now);
                     p.summary_due = Some(now + self.cfg.resync_interval);
                     p.leaf_dumped.iter_mut().for_each(|w| *w = 0);
@@ -1061,6 +1096,7 @@ impl Replica {
         let p = self.peers.get_mut(&peer).unwrap();
         let v = Version::new(c.clock, p.node);
         let mut clean = true;
+        let mut incomplete = false;
         self.scratch_msgs.clear();
         for msg in pkt.messages() {
             // What a peer says about our own firewall's states is an echo or a correction:
@@ -1080,6 +1116,7 @@ impl Replica {
                     // Not injected: the mirror cannot order it against the full state that
                     // will be requested (a late INS could otherwise follow a newer UPD_C).
                     clean = false;
+                    incomplete = true;
                     p.state_reqs.push_back(id);
                 }
                 _ => {}
@@ -1087,8 +1124,14 @@ impl Replica {
             self.scratch_msgs.push((msg, a));
         }
         if clean && c.dialect == self.cfg.local_dialect {
+            self.stats.data_verbatim += 1;
             self.injector.push_raw(&c.bytes, now);
         } else {
+            if incomplete || c.dialect != self.cfg.local_dialect {
+                self.stats.data_reencoded += 1;
+            } else {
+                self.stats.data_corrected += 1;
+            }
             // Never hand the firewall something older than the mirror: replace stale
             // messages by the mirror's current copy.
             let table = &self.table;
