@@ -19,6 +19,10 @@ pub use keys::{Key, KeyError};
 /// Default UDP port of the tunnel.
 pub const DEFAULT_PORT: u16 = 51900;
 
+/// Process exit code for bad configuration, key or input files. Here, below `node` and
+/// `cli`, because both report such errors.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
 /// A configuration problem: which file, which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -205,6 +209,20 @@ impl Config {
             reason,
         };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
+            // A missing field is a schema error, not a syntax error: name table and field.
+            if let Some(field) = e
+                .message()
+                .strip_prefix("missing field `")
+                .and_then(|r| r.strip_suffix('`'))
+            {
+                // The required top-level keys are tables (whose span is the whole file).
+                let top = matches!(field, "node" | "local");
+                let reason = match e.span().and_then(|s| table_at(text, s.start)) {
+                    Some(table) if !top => format!("[{table}]: missing field `{field}`"),
+                    _ => format!("missing table `[{field}]`"),
+                };
+                return err("", reason);
+            }
             // toml's message carries line, column and the offending key; keep it on one line.
             let msg = e.message().to_string();
             let at = e
@@ -436,6 +454,24 @@ impl Config {
         }
         s
     }
+}
+
+/// The name of the table whose body contains byte `pos` of `text` (`peer` for `[[peer]]`),
+/// or `None` at the top level.
+fn table_at(text: &str, pos: usize) -> Option<String> {
+    let head = &text[..pos.min(text.len())];
+    // toml reports a missing field with the span of the whole table, header included.
+    let rest = &text[pos.min(text.len())..];
+    let line = if rest.trim_start().starts_with('[') {
+        rest.trim_start().lines().next()?
+    } else {
+        head.lines()
+            .rev()
+            .map(str::trim_start)
+            .find(|l| l.starts_with('['))?
+    };
+    let name = line.trim_start_matches('[').split(']').next()?.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// `host:port`, `a.b.c.d:port` or `[v6]:port`; names are resolved once, at load time.

@@ -904,7 +904,11 @@ fn peer_handshake_supersedes_our_lost_initiation() {
     assert_eq!(net.data(a), vec![b"from b".to_vec()]);
     assert_eq!(net.data(b), vec![b"from a".to_vec()]);
     net.advance(REKEY_TIMEOUT * 4);
-    let inits_from_a = net.log.iter().filter(|d| d.from == a && d.kind() == 1).count();
+    let inits_from_a = net
+        .log
+        .iter()
+        .filter(|d| d.from == a && d.kind() == 1)
+        .count();
     assert_eq!(inits_from_a, 1, "A retransmitted a superseded initiation");
     assert_eq!(sessions_established(&net, a), 1);
     assert_eq!(sessions_established(&net, b), 1);
@@ -934,7 +938,9 @@ fn crossed_initiations_complete_at_once() {
 #[test]
 fn rekey_interval_test_aid() {
     let (mut net, a, b) = established_pair();
-    net.nodes[a].ep.set_rekey_after(Some(Duration::from_secs(2)));
+    net.nodes[a]
+        .ep
+        .set_rekey_after(Some(Duration::from_secs(2)));
     for _ in 0..10 {
         net.advance(Duration::from_millis(500));
         net.send(a, b, b"tick");
