@@ -740,6 +740,7 @@ impl Node {
                 ("sweeps".to_string(), rs.sweeps),
                 ("sweep_restored".to_string(), rs.sweep_restored),
                 ("sweep_unlisted".to_string(), rs.sweep_unlisted),
+                ("sweep_deleted".to_string(), rs.sweep_deleted),
                 ("stale_refused".to_string(), rs.table.stale),
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),
@@ -831,6 +832,9 @@ fn sweep_interval(states: usize) -> Duration {
     Duration::from_secs(10).max(Duration::from_millis(states as u64 / 2))
 }
 
+/// Delay to the dump that confirms states missing from the previous one.
+const SWEEP_CONFIRM_AFTER: Duration = Duration::from_secs(1);
+
 /// Delay from a tunnel coming up to the reconciliation sweep (the resync goes first).
 const SWEEP_AFTER_UP: Duration = Duration::from_secs(3);
 
@@ -854,9 +858,15 @@ impl LocalBulk {
     fn due(&mut self, now: Instant, replica: &Replica) -> bool {
         let sweeps = replica.stats().sweeps;
         if self.tries > 0 && sweeps > self.sweeps_at_request {
-            // Answered: the replica reconciled; next round later.
+            // Answered: the replica reconciled; next round later — soon if the dump lacked
+            // states that a second dump must confirm gone before they are deleted.
             self.tries = 0;
-            self.next = now + sweep_interval(replica.table().len());
+            self.next = now
+                + if replica.sweep_confirmation_pending() {
+                    SWEEP_CONFIRM_AFTER
+                } else {
+                    sweep_interval(replica.table().len())
+                };
         }
         if now < self.next {
             return false;

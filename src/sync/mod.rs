@@ -219,6 +219,9 @@ pub struct ReplicaStats {
     pub sweep_restored: u64,
     /// The firewall's own states the mirror holds but its dump did not list.
     pub sweep_unlisted: u64,
+    /// …and that the next complete dump did not list either: deleted cluster-wide (the
+    /// firewall deleted them while nobody listened, e.g. while this gateway was down).
+    pub sweep_deleted: u64,
     pub states: usize,
     pub tombstones: usize,
     pub digest: Digest,
@@ -424,6 +427,9 @@ pub struct Replica {
     /// Creator ids of our own firewall (from its INS and BUS): it is the authority on those
     /// states, and only an echo for everyone else's.
     local_creators: Vec<u32>,
+    /// The firewall's own states (creator, ids) that its last complete dump did not list:
+    /// deleted if the next complete dump does not list them either.
+    absent: Option<(u32, IdMap<()>)>,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -433,6 +439,9 @@ struct Sweep {
     /// The firewall's hostid, from its BUS START.
     creator: u32,
     seen: IdMap<()>,
+    /// Our clock at BUS START: an entry changed later may postdate the firewall's walk of
+    /// its table, so its absence from the dump proves nothing.
+    start_clock: u64,
 }
 
 impl Replica {
@@ -451,6 +460,7 @@ impl Replica {
             scratch_msgs: Vec::new(),
             sweep: None,
             local_creators: Vec::new(),
+            absent: None,
             cfg,
         }
     }
@@ -587,13 +597,16 @@ impl Replica {
 
     /// The firewall's full dump is complete: states the cluster holds that the firewall lacks
     /// (an injection it missed) are injected back into it. States of its own that it no
-    /// longer lists are left alone: a dump missing a packet must not delete live states
-    /// cluster-wide; their DEL_C or expiry removes them.
+    /// longer lists were deleted while nobody listened (this gateway was down, a DEL_C was
+    /// lost) — or a packet of the dump was lost. So they are deleted cluster-wide only when
+    /// two consecutive complete dumps both lack them (and they did not change during
+    /// either): one lost packet never deletes a live state.
     fn finish_sweep(&mut self, now: Instant, replies: &mut Vec<Message>) {
         let Some(sweep) = self.sweep.take() else {
             return;
         };
         let before = replies.len();
+        let mut unlisted: IdMap<()> = IdMap::default();
         for e in self.table.iter() {
             let id = e.raw().id;
             if sweep.seen.contains_key(&id) {
@@ -601,12 +614,43 @@ impl Replica {
             }
             if id.creator != sweep.creator {
                 replies.extend(self.table.update_for(id, now));
-            } else {
+            } else if e.version().clock <= sweep.start_clock {
                 self.stats.sweep_unlisted += 1;
+                unlisted.insert(id, ());
             }
+        }
+        let prev = match self.absent.take() {
+            Some((c, m)) if c == sweep.creator => m,
+            _ => IdMap::default(),
+        };
+        let gone: Vec<StateId> = unlisted
+            .keys()
+            .filter(|id| prev.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            unlisted.remove(&id);
+            self.clock += 1;
+            let v = Version::new(self.clock, self.cfg.node_id);
+            if let Applied::Deleted(_) = self.table.apply_versioned(&Message::DelC(id), now, v) {
+                self.stats.sweep_deleted += 1;
+                // The tombstone travels as a RECORDS repair; peers inject DEL_C.
+                for p in self.peers.values_mut() {
+                    p.mark_dirty(StateRef::State(id));
+                }
+            }
+        }
+        if !unlisted.is_empty() {
+            self.absent = Some((sweep.creator, unlisted));
         }
         self.stats.sweeps += 1;
         self.stats.sweep_restored += (replies.len() - before) as u64;
+    }
+
+    /// States of our firewall were missing from its last complete dump: the node should ask
+    /// for the confirming dump soon rather than after a whole sweep interval.
+    pub fn sweep_confirmation_pending(&self) -> bool {
+        self.absent.is_some()
     }
 
     /// The version for a message from our own firewall: fresh for its own states; for the
@@ -678,6 +722,7 @@ impl Replica {
                     self.sweep = Some(Sweep {
                         creator,
                         seen: IdMap::default(),
+                        start_clock: self.clock,
                     })
                 }
                 Message::Bus {
@@ -1167,7 +1212,11 @@ impl Replica {
                         }
                         _ => {}
                     }
-                    if changed {
+                    // Our own firewall's state that the mirror did not hold: the firewall
+                    // deleted it while we were not listening (or the sweep will find it in
+                    // its next dump). Injecting it would resurrect it; the sweeps decide.
+                    let resurrects = before.is_none() && self.local_creators.contains(&id.creator);
+                    if changed && !resurrects {
                         out.extend(self.table.update_for(id, now));
                     }
                 }
