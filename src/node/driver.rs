@@ -821,6 +821,12 @@ struct LocalBulk {
     next: Instant,
     tries: u32,
     sweeps_at_request: u64,
+    /// Deciding, at `next`, whether the last answered dump calls for a quick one.
+    deciding: bool,
+    answered_at: Instant,
+    /// Quick dumps in a row (bounded so that a firewall that keeps missing states from its
+    /// dumps cannot make us ask for one every second).
+    quick_run: u32,
 }
 
 const PFSYNC_BULK_RETRY: Duration = Duration::from_secs(5);
@@ -834,6 +840,8 @@ fn sweep_interval(states: usize) -> Duration {
 
 /// Delay to the dump that confirms states missing from the previous one.
 const SWEEP_CONFIRM_AFTER: Duration = Duration::from_secs(1);
+/// Most quick dumps in a row before the normal interval applies again.
+const MAX_QUICK_SWEEPS: u32 = 4;
 
 /// Delay from a tunnel coming up to the reconciliation sweep (the resync goes first).
 const SWEEP_AFTER_UP: Duration = Duration::from_secs(3);
@@ -843,6 +851,7 @@ impl LocalBulk {
     fn soon(&mut self, at: Instant) {
         if self.tries == 0 && self.next > at {
             self.next = at;
+            self.deciding = false;
         }
     }
 
@@ -851,6 +860,9 @@ impl LocalBulk {
             next: now,
             tries: 0,
             sweeps_at_request: 0,
+            deciding: false,
+            answered_at: now,
+            quick_run: 0,
         }
     }
 
@@ -858,18 +870,33 @@ impl LocalBulk {
     fn due(&mut self, now: Instant, replica: &Replica) -> bool {
         let sweeps = replica.stats().sweeps;
         if self.tries > 0 && sweeps > self.sweeps_at_request {
-            // Answered: the replica reconciled; next round later — soon if the dump lacked
-            // states that a second dump must confirm gone before they are deleted.
+            // Answered: decide one second later whether the next dump comes soon (the dump
+            // lacked states that a second dump must confirm gone before they are deleted, or
+            // repairs brought our firewall's states the mirror lacked). Deciding later lets
+            // the DEL_Cs still in flight at BUS END arrive: under churn most dumps miss a
+            // few such states, and whole-table dumps every second would cost.
             self.tries = 0;
-            self.next = now
-                + if replica.sweep_confirmation_pending() {
-                    SWEEP_CONFIRM_AFTER
-                } else {
-                    sweep_interval(replica.table().len())
-                };
+            self.answered_at = now;
+            self.deciding = true;
+            self.next = now + SWEEP_CONFIRM_AFTER;
+        }
+        if self.tries == 0 && !self.deciding && self.quick_run < MAX_QUICK_SWEEPS {
+            if replica.sweep_wanted() {
+                self.next = self.next.min(now + SWEEP_CONFIRM_AFTER);
+            }
         }
         if now < self.next {
             return false;
+        }
+        if self.deciding {
+            self.deciding = false;
+            let soon = replica.sweep_confirmation_pending() || replica.sweep_wanted();
+            if !soon || self.quick_run >= MAX_QUICK_SWEEPS {
+                self.quick_run = 0;
+                self.next = self.answered_at + sweep_interval(replica.table().len());
+                return false;
+            }
+            self.quick_run += 1;
         }
         if self.tries >= PFSYNC_MAX_BULKTRIES {
             // The kernels "pretend OK" after the last try; we try again next round.

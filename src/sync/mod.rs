@@ -430,6 +430,9 @@ pub struct Replica {
     /// The firewall's own states (creator, ids) that its last complete dump did not list:
     /// deleted if the next complete dump does not list them either.
     absent: Option<(u32, IdMap<()>)>,
+    /// Repairs inserted states of our own firewall that the mirror did not hold (since the
+    /// last BUS START): a dump should tell whether the firewall still has them.
+    sweep_wanted: bool,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -461,6 +464,7 @@ impl Replica {
             sweep: None,
             local_creators: Vec::new(),
             absent: None,
+            sweep_wanted: false,
             cfg,
         }
     }
@@ -650,7 +654,16 @@ impl Replica {
     /// States of our firewall were missing from its last complete dump: the node should ask
     /// for the confirming dump soon rather than after a whole sweep interval.
     pub fn sweep_confirmation_pending(&self) -> bool {
-        self.absent.is_some()
+        // Those deleted since (their DEL_C was in flight at BUS END) need no confirmation.
+        self.absent
+            .as_ref()
+            .is_some_and(|(_, m)| m.keys().any(|id| self.table.get(*id).is_some()))
+    }
+
+    /// Peers gave us states of our own firewall that the mirror lacked (after a restart of
+    /// this gateway, those include what the firewall deleted meanwhile): a dump soon tells.
+    pub fn sweep_wanted(&self) -> bool {
+        self.sweep_wanted
     }
 
     /// The version for a message from our own firewall: fresh for its own states; for the
@@ -719,6 +732,7 @@ impl Replica {
                     status: BusStatus::Start,
                     ..
                 } => {
+                    self.sweep_wanted = false;
                     self.sweep = Some(Sweep {
                         creator,
                         seen: IdMap::default(),
@@ -1219,6 +1233,7 @@ impl Replica {
                     if changed && !resurrects {
                         out.extend(self.table.update_for(id, now));
                     }
+                    self.sweep_wanted |= resurrects;
                 }
                 Record::Tombstone(id, v) => {
                     self.clock = self.clock.max(v.clock);
