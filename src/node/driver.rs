@@ -880,10 +880,12 @@ impl LocalBulk {
             self.deciding = true;
             self.next = now + SWEEP_CONFIRM_AFTER;
         }
-        if self.tries == 0 && !self.deciding && self.quick_run < MAX_QUICK_SWEEPS {
-            if replica.sweep_wanted() {
-                self.next = self.next.min(now + SWEEP_CONFIRM_AFTER);
-            }
+        if self.tries == 0
+            && !self.deciding
+            && self.quick_run < MAX_QUICK_SWEEPS
+            && replica.sweep_wanted()
+        {
+            self.next = self.next.min(now + SWEEP_CONFIRM_AFTER);
         }
         if now < self.next {
             return false;
