@@ -118,6 +118,24 @@ pub enum NodeError {
     Io(#[from] io::Error),
 }
 
+/// The node's own counters (`bump`ed here); listed so that they show from the start.
+const NODE_COUNTERS: [&str; 14] = [
+    "captured",
+    "injected",
+    "inject_failed",
+    "inject_rejected",
+    "local_bad_ip",
+    "local_bad_ttl",
+    "local_malformed",
+    "local_oversized",
+    "local_own_ignored",
+    "sessions_established",
+    "sync_malformed",
+    "tunnel_oversized",
+    "tunnel_send_dropped",
+    "tunnel_send_failed",
+];
+
 fn bump(c: &mut BTreeMap<&'static str, u64>, k: &'static str) {
     *c.entry(k).or_insert(0) += 1;
 }
@@ -241,6 +259,10 @@ impl Node {
             churn: churn_rx,
             reload: rl_rx,
         };
+        // Every counter exists (at 0) from the start, in `status --json` and on /metrics.
+        for k in NODE_COUNTERS {
+            node.counters.insert(k, 0);
+        }
         let peers = node.cfg.peers.clone();
         for p in peers {
             node.add_peer(p, now);
