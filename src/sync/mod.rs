@@ -948,6 +948,9 @@ impl Replica {
                     if p.resync {
                         p.summary_due = Some(now);
                     }
+                } else if epoch != p.epoch {
+                    // For an epoch we replaced: a straggler.
+                    p.stats.epoch_mismatch += 1;
                 }
             }
             SyncMsg::Data {
@@ -1130,6 +1133,8 @@ impl Replica {
                 for l in proto::u32s(leaves) {
                     if (l as usize) < n {
                         p.queue_leaf(l as usize);
+                    } else {
+                        p.stats.bad_datagrams += 1;
                     }
                 }
             }
