@@ -22,6 +22,10 @@ pub use keys::{Key, KeyError};
 /// Default UDP port of the tunnel.
 pub const DEFAULT_PORT: u16 = 51900;
 
+/// Process exit code for bad configuration, key or input files. Here, below `node` and
+/// `cli`, because both report such errors.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
 /// A configuration problem: which file, which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -94,6 +98,8 @@ struct RawNode {
     /// Group allowed to use the control socket (mode 0660 instead of 0600).
     #[serde(default)]
     control_group: Option<String>,
+    #[serde(default)]
+    rekey_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +184,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Largest tunnel datagram we send (bytes of UDP payload).
     pub mtu: usize,
+    /// Test aid (`[node] rekey_after_secs`): rekey tunnel sessions this often instead of
+    /// WireGuard's 120 s. `None` in production.
+    pub rekey_after: Option<Duration>,
     pub local: LocalConfig,
     pub emulator: EmulatorConfig,
     pub peers: Vec<PeerConfig>,
@@ -278,6 +287,20 @@ impl Config {
             reason,
         };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
+            // A missing field is a schema error, not a syntax error: name table and field.
+            if let Some(field) = e
+                .message()
+                .strip_prefix("missing field `")
+                .and_then(|r| r.strip_suffix('`'))
+            {
+                // The required top-level keys are tables (whose span is the whole file).
+                let top = matches!(field, "node" | "local");
+                let reason = match e.span().and_then(|s| table_at(text, s.start)) {
+                    Some(table) if !top => format!("[{table}]: missing field `{field}`"),
+                    _ => format!("missing table `[{field}]`"),
+                };
+                return err("", reason);
+            }
             // toml's message carries line, column and the offending key; keep it on one line.
             let msg = e.message().to_string();
             let at = e
@@ -310,6 +333,18 @@ impl Config {
         let metrics_listen = match &raw.node.metrics_listen {
             None => None,
             Some(s) => Some(parse_addr(s).map_err(|r| err("node.metrics_listen", r))?),
+        };
+        let rekey_after = match raw.node.rekey_after_secs {
+            None => None,
+            Some(s) if !(1..=120).contains(&s) => {
+                return Err(err(
+                    "node.rekey_after_secs",
+                    format!(
+                        "{s} is outside 1..=120 seconds (a test aid; leave it out in production)"
+                    ),
+                ))
+            }
+            Some(s) => Some(Duration::from_secs(s)),
         };
         let mtu = raw.node.mtu.unwrap_or(1400);
         if !(576..=65_000).contains(&mtu) {
@@ -490,6 +525,7 @@ impl Config {
             control_socket: raw.node.control_socket.map(|p| resolve(&p)),
             metrics_listen,
             mtu,
+            rekey_after,
             local: LocalConfig {
                 mode: raw.local.mode,
                 interface: raw.local.interface,
@@ -700,6 +736,24 @@ fn privileges(n: &RawNode) -> Result<Privileges, (&'static str, String)> {
         run_as,
         control_group,
     })
+}
+
+/// The name of the table whose body contains byte `pos` of `text` (`peer` for `[[peer]]`),
+/// or `None` at the top level.
+fn table_at(text: &str, pos: usize) -> Option<String> {
+    let head = &text[..pos.min(text.len())];
+    // toml reports a missing field with the span of the whole table, header included.
+    let rest = &text[pos.min(text.len())..];
+    let line = if rest.trim_start().starts_with('[') {
+        rest.trim_start().lines().next()?
+    } else {
+        head.lines()
+            .rev()
+            .map(str::trim_start)
+            .find(|l| l.starts_with('['))?
+    };
+    let name = line.trim_start_matches('[').split(']').next()?.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// `host:port`, `a.b.c.d:port` or `[v6]:port`; names are resolved once, at load time.

@@ -329,3 +329,51 @@ fn public_key_next_is_checked_and_shown() {
         &["peer[0].public_key_next", "own public key"],
     );
 }
+
+#[test]
+fn missing_field_names_table_and_field() {
+    let d = Dir::new("missingfield");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let text = config(&a, &b_pub, "").replace("dialect = \"openbsd-v6\"\n", "");
+    assert!(!text.contains("dialect"), "fixture changed: {text}");
+    let o = check(&d, &text);
+    assert_exit2(&o, &["c.toml", "[local]: missing field `dialect`"]);
+    let text = config(&a, &b_pub, "").replace("name = \"gw-b\"\n", "");
+    let o = check(&d, &text);
+    assert_exit2(&o, &["c.toml", "[peer]: missing field `name`"]);
+    let text = config(&a, &b_pub, "").replace(
+        "[local]\nmode = \"emulator\"\ndialect = \"openbsd-v6\"\n",
+        "",
+    );
+    let o = check(&d, &text);
+    assert_exit2(&o, &["c.toml", "missing table `[local]`"]);
+}
+
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour() {
+    let d = Dir::new("nocolour");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let p = d.path("c.toml");
+    std::fs::write(&p, config(&a, &b_pub, "")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pfsync-gw"))
+        .args(["run", "--config", p.to_str().unwrap()])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pfsync-gw started"), "no log line: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escape in a piped log: {err:?}"
+    );
+}

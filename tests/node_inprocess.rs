@@ -23,6 +23,7 @@ fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         control_socket: None,
         metrics_listen: None,
+        rekey_after: None,
         mtu: 1500,
         local: LocalConfig {
             mode: LocalMode::Emulator,
@@ -259,6 +260,29 @@ async fn status_socket_and_metrics_expose_counters() {
         "{body}"
     );
     assert!(body.contains("pfsync_gw_states{node=\"gw-0\"} "), "{body}");
+    // Counters exist from the start, at 0 (issue #10.4), in the JSON and on /metrics.
+    for k in [
+        "sync_malformed",
+        "sync_epoch_mismatch",
+        "local_bad_ttl",
+        "tunnel_send_failed",
+    ] {
+        assert!(st.drops.contains_key(k), "{k} missing: {:?}", st.drops);
+        assert!(
+            body.contains(&format!(
+                "pfsync_gw_drops_total{{node=\"gw-0\",reason=\"{k}\"}} 0"
+            )),
+            "{k} not on /metrics at 0: {body}"
+        );
+    }
+    for k in [
+        "sweep_deleted",
+        "epochs_opened",
+        "sessions_kept",
+        "relayed_verbatim",
+    ] {
+        assert!(st.local.contains_key(k), "{k} missing: {:?}", st.local);
+    }
     for s in &sites {
         s.handle.shutdown();
     }

@@ -79,8 +79,10 @@ fn partition_then_heal_converges() {
     net.cut = vec![(0, 1), (1, 0)];
     churn(&mut net, 500, &mut fw);
     net.run_for(Duration::from_secs(10));
+    // Detected dead: no longer established; it keeps sending HELLOs of a new epoch (a
+    // peer that declared us dead too would otherwise wait for us forever).
     assert!(
-        !net.nodes[0].peer_stats(1).unwrap().up,
+        !net.nodes[0].peer_stats(1).unwrap().established,
         "dead peer detected"
     );
     assert!(net.nodes[0].peer_stats(1).unwrap().dead_detections >= 1);
@@ -400,6 +402,192 @@ fn sync_messages_are_versioned() {
     }
     .encode(&mut buf)
     .unwrap();
-    buf[1] = 2;
+    buf[1] = pfsync_gw::sync::proto::SYNC_VERSION + 1;
     assert!(SyncMsg::decode(&buf[..n]).is_err());
+}
+
+/// Issue #10.1: new tunnel sessions (rekeys, a crossed handshake's second session) keep
+/// the sync stream: no new epoch, no resync, every later packet injected as it came.
+#[test]
+fn new_tunnel_sessions_keep_the_sync_stream() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 21);
+    net.all_up();
+    net.run_for(Duration::from_secs(2));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(21);
+    let mut pkts = Vec::new();
+    let before: Vec<_> = (0..2)
+        .map(|i| net.nodes[i].peer_stats(1 - i).unwrap())
+        .collect();
+    for round in 0..200 {
+        if round % 10 == 0 {
+            net.up(0, 1); // a rekey: both sides see a new session
+        }
+        pkts.clear();
+        fw.churn(&mut rng, 2, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(20));
+    }
+    assert!(net.converge(Duration::from_secs(10)).is_some());
+    for (i, b) in before.iter().enumerate() {
+        let s = net.nodes[i].peer_stats(1 - i).unwrap();
+        assert!(s.established);
+        assert_eq!((s.tx_epochs, s.rx_epochs), (1, 1), "node {i}: {s:?}");
+        assert_eq!(s.sessions_kept, b.sessions_kept + 20);
+        assert_eq!(s.resyncs, b.resyncs, "node {i} resynced");
+        assert_eq!(s.epoch_mismatch, 0);
+    }
+    let st = net.nodes[1].stats();
+    assert!(st.data_verbatim >= 200, "{st:?}");
+    assert_eq!(st.data_reencoded + st.data_corrected, 0);
+}
+
+/// A restarted peer (new incarnation) gets a new stream from us; one that restarted
+/// with the same incarnation (no HELLO change) is caught by HELLO_REQ.
+#[test]
+fn peer_restart_opens_a_new_epoch() {
+    for same_incarnation in [false, true] {
+        let mut net = Net::new(vec![config(1, OB), config(2, OB)], 22);
+        net.all_up();
+        net.run_for(Duration::from_secs(2));
+        let mut cfg = config(2, OB);
+        if !same_incarnation {
+            cfg.incarnation = 77;
+        }
+        cfg.initial_clock = net.nodes[0].clock();
+        net.restart(1, cfg);
+        net.nodes[1].on_peer_up(0, net.now);
+        net.nodes[0].on_peer_up(1, net.now); // its new tunnel session
+        let mut fw = Firewall::new(0xa, OB);
+        let mut rng = Rng::new(5);
+        let mut pkts = Vec::new();
+        fw.churn(&mut rng, 50, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        assert!(net.converge(Duration::from_secs(20)).is_some());
+        assert_table_equals(&fw, &net.nodes[1]);
+        let s = net.nodes[0].peer_stats(1).unwrap();
+        assert_eq!(s.tx_epochs, 2, "same incarnation {same_incarnation}: {s:?}");
+        if same_incarnation {
+            assert_eq!(s.hello_reqs_rx, 1);
+        } else {
+            assert_eq!(s.peer_restarts, 1);
+        }
+        assert!(net.nodes[1].peer_stats(0).unwrap().established);
+    }
+}
+
+/// Two sides that declare each other dead at once (a partition longer than the sync's
+/// dead interval, shorter than the tunnel's) find each other again without a new
+/// tunnel session.
+#[test]
+fn mutual_dead_detection_recovers_without_a_tunnel_event() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 23);
+    net.all_up();
+    net.run_for(Duration::from_secs(2));
+    net.cut = vec![(0, 1), (1, 0)];
+    net.run_for(Duration::from_secs(8));
+    assert!(!net.nodes[0].peer_stats(1).unwrap().established);
+    assert!(!net.nodes[1].peer_stats(0).unwrap().established);
+    net.cut.clear();
+    net.run_for(Duration::from_secs(2));
+    for i in 0..2 {
+        let s = net.nodes[i].peer_stats(1 - i).unwrap();
+        assert!(s.established, "node {i}: {s:?}");
+        assert!(s.dead_detections >= 1);
+    }
+}
+
+/// The firewall's complete dump, as `pf` answers a bulk request; `drop` packets left out
+/// (lost on the sync link).
+fn dump(fw: &Firewall, drop: &[usize]) -> Vec<Vec<u8>> {
+    use pfsync_gw::wire::BusStatus;
+    let bus = |status| Message::Bus {
+        creator: fw.creator,
+        endtime: 0,
+        status,
+    };
+    let mut msgs = vec![bus(BusStatus::Start)];
+    msgs.extend(fw.states.values().map(|s| Message::Upd(*s)));
+    msgs.push(bus(BusStatus::End));
+    let mut pkts = Vec::new();
+    encode(fw.dialect, &msgs, &mut pkts);
+    let last = pkts.len() - 1;
+    pkts.into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.contains(i) || *i == 0 || *i == last)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Issue #10.2: states the firewall deleted while its gateway did not listen are missing
+/// from two consecutive complete dumps → deleted cluster-wide; a dump that lost a packet
+/// alone deletes nothing.
+#[test]
+fn deletions_missed_while_down_are_found_by_two_dumps() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 31);
+    net.all_up();
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(31);
+    let mut pkts = Vec::new();
+    for _ in 0..200 {
+        pkts.clear();
+        fw.churn(&mut rng, 3, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(5));
+    }
+    assert!(net.converge(Duration::from_secs(20)).is_some());
+    let n = fw.states.len();
+    assert!(n > 50, "{n} states");
+
+    // A dump with one packet lost, then a complete one: nothing that exists is deleted.
+    for p in dump(&fw, &[1]) {
+        net.local(0, &p);
+    }
+    assert!(net.nodes[0].sweep_confirmation_pending());
+    net.run_for(Duration::from_millis(200));
+    for p in dump(&fw, &[]) {
+        net.local(0, &p);
+    }
+    assert!(!net.nodes[0].sweep_confirmation_pending());
+    assert!(net.converge(Duration::from_secs(10)).is_some());
+    assert_eq!(net.nodes[0].stats().sweep_deleted, 0);
+    assert_table_equals(&fw, &net.nodes[1]);
+
+    // The firewall deletes 20 states unheard (its DEL_Cs lost).
+    let gone: Vec<StateId> = fw.states.keys().take(20).copied().collect();
+    for id in &gone {
+        fw.states.remove(id);
+    }
+    for _ in 0..2 {
+        for p in dump(&fw, &[]) {
+            net.local(0, &p);
+        }
+        net.run_for(Duration::from_millis(200));
+    }
+    assert_eq!(net.nodes[0].stats().sweep_deleted, 20);
+    assert!(net.converge(Duration::from_secs(10)).is_some());
+    assert_table_equals(&fw, &net.nodes[0]);
+    assert_table_equals(&fw, &net.nodes[1]);
+    // Node 1's firewall was told (DEL_C injected) about each of them.
+    let told = net.injected[1]
+        .iter()
+        .flat_map(|p| {
+            Packet::new_checked(&p[..], OB)
+                .unwrap()
+                .messages()
+                .filter_map(|m| match m {
+                    Message::DelC(id) => Some(id),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|id| gone.contains(id))
+        .count();
+    assert!(told >= 20, "only {told} DEL_C injected at node 1");
 }

@@ -78,12 +78,14 @@ impl Lab {
             epoch: EVIL_EPOCH,
             clock,
             start_seq: 1,
+            incarnation: EVIL_EPOCH,
         });
         let e = lab.our_epoch;
         lab.send(&SyncMsg::HelloAck {
             node: EVIL_NODE,
             epoch: e,
             clock,
+            incarnation: EVIL_EPOCH,
         });
         assert!(lab.r.peer_stats(EVIL).unwrap().established);
         lab.drain();
@@ -199,6 +201,7 @@ fn a_clock_at_the_end_of_its_range_is_refused_and_never_wraps() {
         epoch: EVIL_EPOCH,
         clock: u64::MAX,
         start_seq: 1,
+        incarnation: EVIL_EPOCH,
     });
     lab.send(&SyncMsg::Summary {
         digest: lab.r.table().digest(),

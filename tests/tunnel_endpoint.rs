@@ -876,3 +876,77 @@ fn keys_erased_after_three_reject_times() {
         Some(Recv::Dropped(DropReason::UnknownIndex))
     );
 }
+
+fn sessions_established(net: &Net, i: usize) -> usize {
+    net.nodes[i]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::SessionEstablished(_)))
+        .count()
+}
+
+/// Issue #11: A's first initiation is lost (B not listening yet); B's own handshake then
+/// establishes the session. A's pending initiation must not be retransmitted after
+/// REKEY_TIMEOUT and complete a second session 5 s later.
+#[test]
+fn peer_handshake_supersedes_our_lost_initiation() {
+    let (mut net, a, b) = pair();
+    let mut first = true;
+    net.filter = Box::new(move |d| {
+        let lost = first && d.from == 0 && d.kind() == 1;
+        if lost {
+            first = false;
+        }
+        !lost
+    });
+    assert_eq!(net.send(a, b, b"from a"), Send::Queued);
+    assert_eq!(net.send(b, a, b"from b"), Send::Queued);
+    assert_eq!(net.data(a), vec![b"from b".to_vec()]);
+    assert_eq!(net.data(b), vec![b"from a".to_vec()]);
+    net.advance(REKEY_TIMEOUT * 4);
+    let inits_from_a = net
+        .log
+        .iter()
+        .filter(|d| d.from == a && d.kind() == 1)
+        .count();
+    assert_eq!(inits_from_a, 1, "A retransmitted a superseded initiation");
+    assert_eq!(sessions_established(&net, a), 1);
+    assert_eq!(sessions_established(&net, b), 1);
+    assert!(net.established(a, b) && net.established(b, a));
+}
+
+/// Both sides initiate at once and both handshakes complete: data flows at once, and no
+/// third handshake follows.
+#[test]
+fn crossed_initiations_complete_at_once() {
+    let (mut net, a, b) = pair();
+    let now = net.now;
+    let mut buf = vec![0u8; 256];
+    assert_eq!(net.nodes[a].ep.send(b, b"x", now, &mut buf), Send::Queued);
+    assert_eq!(net.nodes[b].ep.send(a, b"y", now, &mut buf), Send::Queued);
+    net.pump(); // both initiations are on the wire together
+    assert_eq!(net.data(a), vec![b"y".to_vec()]);
+    assert_eq!(net.data(b), vec![b"x".to_vec()]);
+    net.advance(REKEY_TIMEOUT * 4);
+    assert_eq!(net.log.iter().filter(|d| d.kind() == 1).count(), 2);
+    for i in [a, b] {
+        assert!(sessions_established(&net, i) <= 2);
+    }
+}
+
+/// The rekey test aid: the initiator rekeys after the configured interval, not 120 s.
+#[test]
+fn rekey_interval_test_aid() {
+    let (mut net, a, b) = established_pair();
+    net.nodes[a]
+        .ep
+        .set_rekey_after(Some(Duration::from_secs(2)));
+    for _ in 0..10 {
+        net.advance(Duration::from_millis(500));
+        net.send(a, b, b"tick");
+        net.send(b, a, b"tock");
+    }
+    let n = sessions_established(&net, a);
+    assert!((2..=4).contains(&n), "{n} sessions in 5 s with a 2 s rekey");
+    assert!(net.established(a, b) && net.established(b, a));
+}

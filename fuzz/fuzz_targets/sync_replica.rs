@@ -70,8 +70,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let clock = r.clock();
     for m in [
-        SyncMsg::Hello { node: 9, epoch: EPOCH, clock, start_seq: 1 },
-        SyncMsg::HelloAck { node: 9, epoch: our_epoch, clock },
+        SyncMsg::Hello { node: 9, epoch: EPOCH, clock, start_seq: 1, incarnation: 9 },
+        SyncMsg::HelloAck { node: 9, epoch: our_epoch, clock, incarnation: 9 },
     ] {
         let n = m.encode(&mut buf).unwrap();
         let _ = r.on_peer_datagram(PEER, &buf[..n], now);

@@ -78,6 +78,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
             listen: "127.0.0.1:0".parse().expect("literal"),
             control_socket: None,
             metrics_listen: None,
+            rekey_after: None,
             mtu: 1500,
             local: LocalConfig {
                 mode: LocalMode::Emulator,

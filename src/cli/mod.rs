@@ -15,8 +15,7 @@ pub mod emulate;
 pub mod pcap;
 pub mod perfnet;
 
-/// Exit code for bad configuration, key or input files.
-pub const EXIT_BAD_INPUT: i32 = 2;
+pub use crate::config::EXIT_BAD_INPUT;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,8 +129,13 @@ pub fn main() -> i32 {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colour only on a terminal (and never with NO_COLOR): escape codes in a log file or a
+    // journal are noise.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         let _ = b.json().try_init();

@@ -451,7 +451,7 @@ pub fn status_command(socket: Option<PathBuf>, config: Option<PathBuf>, json: bo
             Ok(sock) => sock.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             Err(e) => {
                 eprintln!("error: {e}");
-                return crate::cli::EXIT_BAD_INPUT;
+                return crate::config::EXIT_BAD_INPUT;
             }
         },
         (None, None) => PathBuf::from(DEFAULT_SOCKET),

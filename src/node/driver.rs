@@ -156,6 +156,21 @@ fn tunnel_dos_counters(d: &tunnel::DosStats) -> [(String, u64); 6] {
     ]
 }
 
+/// The node's rarer counters (`bump`ed into `Counters::other`); listed so that they show
+/// from the start (the per-packet ones are fields and always do).
+const NODE_COUNTERS: [&str; 10] = [
+    "inject_rejected",
+    "local_bad_ip",
+    "local_bad_ttl",
+    "local_malformed",
+    "local_oversized",
+    "local_own_ignored",
+    "sessions_established",
+    "sync_malformed",
+    "tunnel_oversized",
+    "tunnel_send_dropped",
+];
+
 /// The driver's counters: the per-packet ones are plain fields (no map lookup on the data
 /// path); rare error reasons go through [`bump`] into a small map.
 #[derive(Default)]
@@ -244,7 +259,8 @@ impl Node {
         };
 
         let identity = Identity::from_private(*cfg.private_key.as_bytes());
-        let endpoint = Endpoint::new(identity, rand_core::OsRng, now);
+        let mut endpoint = Endpoint::new(identity, rand_core::OsRng, now);
+        endpoint.set_rekey_after(cfg.rekey_after);
         let public = cfg.private_key.public();
         let node_id = u32::from_be_bytes([
             public.as_bytes()[0],
@@ -299,6 +315,10 @@ impl Node {
             churn: churn_rx,
             reload: rl_rx,
         };
+        // Every counter exists (at 0) from the start, in `status --json` and on /metrics.
+        for k in NODE_COUNTERS {
+            node.counters.other.insert(k, 0);
+        }
         let peers = node.cfg.peers.clone();
         for p in peers {
             node.add_peer(p, now);
@@ -690,10 +710,21 @@ impl Node {
                 moved += 1;
                 match ev {
                     tunnel::Event::SessionEstablished(p) => {
-                        tracing::info!(peer = %self.peer_name(p), "tunnel up");
-                        self.replica.on_peer_up(p, now);
-                        // After the resync this starts, reconcile the firewall too.
-                        self.bulk.soon(now + SWEEP_AFTER_UP);
+                        bump(&mut self.counters, "sessions_established");
+                        // A rekey or a crossed handshake's second session keeps the sync
+                        // stream; only a new stream starts a resync and a sweep.
+                        let new_stream = self.replica.on_peer_up(p, now);
+                        let first =
+                            (self.replica.peer_stats(p)).is_some_and(|s| s.sessions_kept == 1);
+                        if new_stream || first {
+                            tracing::info!(peer = %self.peer_name(p), "tunnel up");
+                        }
+                        if new_stream {
+                            // After the resync this starts, reconcile the firewall too.
+                            self.bulk.soon(now + SWEEP_AFTER_UP);
+                        } else {
+                            tracing::debug!(peer = %self.peer_name(p), "tunnel session renewed; sync stream kept");
+                        }
                     }
                     tunnel::Event::PeerUnreachable(p) => {
                         tracing::warn!(peer = %self.peer_name(p), "peer unreachable");
@@ -702,6 +733,9 @@ impl Node {
                     #[allow(unreachable_patterns)]
                     _ => {}
                 }
+            }
+            while let Some((p, note)) = self.replica.poll_note() {
+                tracing::info!(peer = %self.peer_name(p), "{note}");
             }
 
             // Replica → tunnel.
@@ -828,6 +862,17 @@ impl Node {
             }
         }
         let rs = self.replica.stats();
+        // Sync stream starts (issue #11/#10.1): a rekey must not add to any of these.
+        let mut epochs = [0u64; 5];
+        for slot in &self.peers {
+            if let Some(p) = self.replica.peer_stats(slot.id) {
+                epochs[0] += p.tx_epochs;
+                epochs[1] += p.rx_epochs;
+                epochs[2] += p.sessions_kept;
+                epochs[3] += p.peer_restarts;
+                epochs[4] += p.hello_reqs_rx;
+            }
+        }
         let mut sync_drops = [0u64; 3];
         for slot in &self.peers {
             if let Some(p) = self.replica.peer_stats(slot.id) {
@@ -861,9 +906,18 @@ impl Node {
                 ("sweeps".to_string(), rs.sweeps),
                 ("sweep_restored".to_string(), rs.sweep_restored),
                 ("sweep_unlisted".to_string(), rs.sweep_unlisted),
+                ("sweep_deleted".to_string(), rs.sweep_deleted),
                 ("stale_refused".to_string(), rs.table.stale),
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),
+                ("relayed_verbatim".to_string(), rs.data_verbatim),
+                ("relayed_corrected".to_string(), rs.data_corrected),
+                ("relayed_reencoded".to_string(), rs.data_reencoded),
+                ("epochs_opened".to_string(), epochs[0]),
+                ("peer_epochs".to_string(), epochs[1]),
+                ("sessions_kept".to_string(), epochs[2]),
+                ("peer_restarts".to_string(), epochs[3]),
+                ("hello_requests".to_string(), epochs[4]),
             ])
             .chain(tunnel_dos_counters(&self.endpoint.dos_stats()))
             .collect();
@@ -934,6 +988,12 @@ struct LocalBulk {
     next: Instant,
     tries: u32,
     sweeps_at_request: u64,
+    /// Deciding, at `next`, whether the last answered dump calls for a quick one.
+    deciding: bool,
+    answered_at: Instant,
+    /// Quick dumps in a row (bounded so that a firewall that keeps missing states from its
+    /// dumps cannot make us ask for one every second).
+    quick_run: u32,
 }
 
 const PFSYNC_BULK_RETRY: Duration = Duration::from_secs(5);
@@ -945,6 +1005,11 @@ fn sweep_interval(states: usize) -> Duration {
     Duration::from_secs(10).max(Duration::from_millis(states as u64 / 2))
 }
 
+/// Delay to the dump that confirms states missing from the previous one.
+const SWEEP_CONFIRM_AFTER: Duration = Duration::from_secs(1);
+/// Most quick dumps in a row before the normal interval applies again.
+const MAX_QUICK_SWEEPS: u32 = 4;
+
 /// Delay from a tunnel coming up to the reconciliation sweep (the resync goes first).
 const SWEEP_AFTER_UP: Duration = Duration::from_secs(3);
 
@@ -953,6 +1018,7 @@ impl LocalBulk {
     fn soon(&mut self, at: Instant) {
         if self.tries == 0 && self.next > at {
             self.next = at;
+            self.deciding = false;
         }
     }
 
@@ -961,6 +1027,9 @@ impl LocalBulk {
             next: now,
             tries: 0,
             sweeps_at_request: 0,
+            deciding: false,
+            answered_at: now,
+            quick_run: 0,
         }
     }
 
@@ -968,12 +1037,35 @@ impl LocalBulk {
     fn due(&mut self, now: Instant, replica: &Replica) -> bool {
         let sweeps = replica.stats().sweeps;
         if self.tries > 0 && sweeps > self.sweeps_at_request {
-            // Answered: the replica reconciled; next round later.
+            // Answered: decide one second later whether the next dump comes soon (the dump
+            // lacked states that a second dump must confirm gone before they are deleted, or
+            // repairs brought our firewall's states the mirror lacked). Deciding later lets
+            // the DEL_Cs still in flight at BUS END arrive: under churn most dumps miss a
+            // few such states, and whole-table dumps every second would cost.
             self.tries = 0;
-            self.next = now + sweep_interval(replica.table().len());
+            self.answered_at = now;
+            self.deciding = true;
+            self.next = now + SWEEP_CONFIRM_AFTER;
+        }
+        if self.tries == 0
+            && !self.deciding
+            && self.quick_run < MAX_QUICK_SWEEPS
+            && replica.sweep_wanted()
+        {
+            self.next = self.next.min(now + SWEEP_CONFIRM_AFTER);
         }
         if now < self.next {
             return false;
+        }
+        if self.deciding {
+            self.deciding = false;
+            let soon = replica.sweep_confirmation_pending() || replica.sweep_wanted();
+            if !soon || self.quick_run >= MAX_QUICK_SWEEPS {
+                self.quick_run = 0;
+                self.next = self.answered_at + sweep_interval(replica.table().len());
+                return false;
+            }
+            self.quick_run += 1;
         }
         if self.tries >= PFSYNC_MAX_BULKTRIES {
             // The kernels "pretend OK" after the last try; we try again next round.

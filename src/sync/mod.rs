@@ -81,7 +81,9 @@ pub struct ReplicaConfig {
     /// Start of the Lamport clock; the node should pass something that grows across restarts
     /// (e.g. wall-clock milliseconds), so a restarted gateway's changes are not seen as old.
     pub initial_clock: u64,
-    /// Mixed into epoch numbers so that a restarted replica's epochs differ.
+    /// Random per process start: mixed into epoch numbers so that a restarted replica's
+    /// epochs differ, and sent in HELLO/HELLO_ACK so that peers can tell a restart of this
+    /// process (they restart their stream to us) from a new tunnel session (nothing to do).
     pub incarnation: u32,
     /// A peer's clock (HELLO, SUMMARY, DATA, record versions) more than this far ahead of
     /// ours is refused: one message must not move the Lamport clock to the end of its range.
@@ -192,12 +194,75 @@ pub struct PeerSyncStats {
     pub answers_deferred: u64,
     /// Bytes of answers (RECORDS, RANGES) sent to the peer.
     pub answer_bytes: u64,
+    /// Send epochs we opened to this peer (1 after the first session; more only after a
+    /// restart of the peer, a HELLO_REQ or a dead-peer detection; never on a rekey).
+    pub tx_epochs: u64,
+    /// Send epochs of the peer we accepted (HELLO with a new epoch).
+    pub rx_epochs: u64,
+    /// Tunnel sessions that came up while the sync stream was already running (rekeys,
+    /// crossed handshakes, endpoint changes): the stream was kept as it was.
+    pub sessions_kept: u64,
+    /// The peer's HELLO/HELLO_ACK showed a new incarnation: it restarted.
+    pub peer_restarts: u64,
+    /// HELLO_REQ sent (we got sequenced messages of an epoch we never saw a HELLO for) /
+    /// received (the peer did not know our epoch).
+    pub hello_reqs_tx: u64,
+    pub hello_reqs_rx: u64,
+    /// HELLOs sent (first ones and retries every `hello_interval` until HELLO_ACK).
+    pub hellos_tx: u64,
+    /// Audit SUMMARYs with another digest that arrived while we had changes in flight
+    /// (not a sign of divergence; the next audit checks again).
+    pub audits_inconclusive: u64,
+    /// SUMMARYs with another digest that arrived while our repairs were unacked: answered
+    /// by our own SUMMARY{want_reply} once they are acked.
+    pub summaries_deferred: u64,
+}
+
+/// Why a peer's sync stream was (re)started or is not up yet; the node logs these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncNote {
+    /// HELLO still unacknowledged after this many sends (retried every `hello_interval`).
+    HelloUnanswered(u64),
+    /// The peer restarted (new incarnation): new send epoch and resync.
+    PeerRestarted,
+    /// The peer did not know our epoch (HELLO_REQ): new send epoch and resync.
+    HelloRequested,
+    /// Nothing received for `keepalive × dead_after`: new send epoch, HELLO until answered.
+    PeerSilent,
+}
+
+impl core::fmt::Display for SyncNote {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SyncNote::HelloUnanswered(n) => write!(
+                f,
+                "sync epoch not acknowledged after {n} HELLOs (peer's sync layer not answering yet); retrying"
+            ),
+            SyncNote::PeerRestarted => {
+                f.write_str("peer restarted (new incarnation): new sync epoch, resync")
+            }
+            SyncNote::HelloRequested => {
+                f.write_str("peer did not know our sync epoch (HELLO_REQ): new sync epoch, resync")
+            }
+            SyncNote::PeerSilent => {
+                f.write_str("peer's sync layer silent: new sync epoch, HELLO until answered")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplicaStats {
     pub local_packets: u64,
     pub local_errors: u64,
+    /// Peers' DATA packets injected as they arrived (same dialect, nothing stale)…
+    pub data_verbatim: u64,
+    /// …re-encoded because a message in them was older than the mirror (two firewalls
+    /// changed one state at once: the newer copy is injected instead)…
+    pub data_corrected: u64,
+    /// …re-encoded because they carried an `UPD_C` for a state the mirror lacks (asked
+    /// for with STATE_REQ), or came from another dialect.
+    pub data_reencoded: u64,
     pub echoes_dropped: u64,
     pub forwarded: u64,
     pub bulk_answers: u64,
@@ -208,6 +273,9 @@ pub struct ReplicaStats {
     pub sweep_restored: u64,
     /// The firewall's own states the mirror holds but its dump did not list.
     pub sweep_unlisted: u64,
+    /// …and that the next complete dump did not list either: deleted cluster-wide (the
+    /// firewall deleted them while nobody listened, e.g. while this gateway was down).
+    pub sweep_deleted: u64,
     pub states: usize,
     pub tombstones: usize,
     pub digest: Digest,
@@ -243,6 +311,12 @@ struct Peer {
     leaf_reqs: VecDeque<u32>,
     state_reqs: VecDeque<StateId>,
     next_alive: Instant,
+    /// The peer's incarnation (from its HELLO or HELLO_ACK).
+    peer_incarnation: Option<u32>,
+    /// Earliest time for our next HELLO_REQ (one per `hello_interval`).
+    hello_req_after: Instant,
+    /// HELLOs sent in the current epoch.
+    epoch_hellos: u32,
     // receive side
     rx_epoch: Option<u32>,
     rx: RxWindow,
@@ -297,6 +371,9 @@ impl Peer {
             leaf_reqs: VecDeque::new(),
             state_reqs: VecDeque::new(),
             next_alive: now,
+            peer_incarnation: None,
+            hello_req_after: now,
+            epoch_hellos: 0,
             rx_epoch: None,
             rx: RxWindow::new(0),
             rx_unacked: 0,
@@ -372,6 +449,15 @@ impl Peer {
         !self.leaves.is_empty() || !self.dirty.is_empty() || self.tx.records_in_flight > 0
     }
 
+    /// Nothing in flight either way: our digest is comparable with the peer's audit.
+    fn quiet(&self) -> bool {
+        !self.busy()
+            && self.tx.unacked() == 0
+            && self.rx.cum == self.rx.high
+            && self.partials.is_empty()
+            && self.out.is_empty()
+    }
+
     fn start_resync(&mut self, now: Instant) {
         if !self.resync {
             self.resync = true;
@@ -423,6 +509,7 @@ pub struct Replica {
     injector: Injector,
     next_expire: Instant,
     stats: ReplicaStats,
+    notes: VecDeque<(PeerId, SyncNote)>,
     scratch_refs: Vec<StateRef>,
     scratch_msgs: Vec<(Message, Applied)>,
     /// The local firewall's bulk answer being received (reconciliation sweep).
@@ -438,6 +525,12 @@ pub struct Replica {
     /// The firewall's next bulk request is answered from this instant on.
     next_bulk_answer: Instant,
     full_logged: Option<Instant>,
+    /// The firewall's own states (creator, ids) that its last complete dump did not list:
+    /// deleted if the next complete dump does not list them either.
+    absent: Option<(u32, IdMap<()>)>,
+    /// Repairs inserted states of our own firewall that the mirror did not hold (since the
+    /// last BUS START): a dump should tell whether the firewall still has them.
+    sweep_wanted: bool,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -447,6 +540,9 @@ struct Sweep {
     /// The firewall's hostid, from its BUS START.
     creator: u32,
     seen: IdMap<()>,
+    /// Our clock at BUS START: an entry changed later may postdate the firewall's walk of
+    /// its table, so its absence from the dump proves nothing.
+    start_clock: u64,
 }
 
 impl Replica {
@@ -460,6 +556,7 @@ impl Replica {
             injector: Injector::new(cfg.local_dialect, cfg.local_mtu, cfg.inject_queue_max),
             next_expire: now + cfg.expire_interval,
             stats: ReplicaStats::default(),
+            notes: VecDeque::new(),
             scratch_refs: Vec::new(),
             scratch_msgs: Vec::new(),
             sweep: None,
@@ -468,6 +565,8 @@ impl Replica {
             alarms: Vec::new(),
             next_bulk_answer: now,
             full_logged: None,
+            absent: None,
+            sweep_wanted: false,
             cfg,
         }
     }
@@ -541,7 +640,8 @@ impl Replica {
     pub fn peer_stats(&self, peer: PeerId) -> Option<PeerSyncStats> {
         self.peers.get(&peer).map(|p| PeerSyncStats {
             up: p.up,
-            established: p.established,
+            // Both directions: our epoch acknowledged and the peer's epoch known.
+            established: p.established && p.rx_epoch.is_some(),
             resync_in_progress: p.resync,
             unacked: p.tx.unacked(),
             ..p.stats
@@ -559,14 +659,35 @@ impl Replica {
         self.peers.remove(&peer);
     }
 
-    /// The tunnel to `peer` is (re-)established: restart both directions and resync.
-    pub fn on_peer_up(&mut self, peer: PeerId, now: Instant) {
+    /// A tunnel session with `peer` became usable. The first one (or the first after the
+    /// peer was declared down) opens our send epoch; any later one — a rekey, the second of
+    /// two crossed handshakes, an endpoint change — leaves both directions of the sync
+    /// stream as they are: only a restart of the peer process (a new incarnation in its
+    /// HELLO) starts over.
+    ///
+    /// Returns whether a new send epoch was opened (false: the stream was kept).
+    pub fn on_peer_up(&mut self, peer: PeerId, now: Instant) -> bool {
         self.add_peer(peer, now);
-        self.restart_tx(peer, now);
         let p = self.peers.get_mut(&peer).expect("added");
-        p.rx_epoch = None;
-        p.partials.clear();
+        // A session needs an authenticated datagram from the peer: it is alive.
         p.last_rx = now;
+        if p.up {
+            p.stats.sessions_kept += 1;
+            return false;
+        }
+        self.restart_tx(peer, now);
+        true
+    }
+
+    /// Why a peer's sync stream restarted or is not up yet (for the log); call until `None`.
+    pub fn poll_note(&mut self) -> Option<(PeerId, SyncNote)> {
+        self.notes.pop_front()
+    }
+
+    fn note(&mut self, peer: PeerId, n: SyncNote) {
+        if self.notes.len() < 64 {
+            self.notes.push_back((peer, n));
+        }
     }
 
     pub fn on_peer_down(&mut self, peer: PeerId, _now: Instant) {
@@ -602,6 +723,8 @@ impl Replica {
             std::mem::take(&mut p.learned),
         );
         let (credit, credit_at) = (p.credit, p.credit_at);
+        let (incarnation, req_after) = (p.peer_incarnation, p.hello_req_after);
+        let (ack_due, rx_unacked) = (p.ack_due, p.rx_unacked);
         *p = Peer::new(&self.cfg, leaves, now);
         p.creators = creators;
         p.learned = learned;
@@ -611,12 +734,19 @@ impl Replica {
         p.rx_epoch = rx_epoch;
         p.rx = rx;
         p.partials = partials;
+        p.ack_due = ack_due;
+        p.rx_unacked = rx_unacked;
         p.last_rx = last_rx;
         p.node = node;
+        p.peer_incarnation = incarnation;
+        p.hello_req_after = req_after;
         p.up = true;
         p.epoch = epoch;
-        p.hello_due = Some(now);
+        p.stats.tx_epochs += 1;
         p.start_resync(now);
+        // HELLO right away (not at the next timeout): the epoch is up one round trip after
+        // the session.
+        send_hello(&self.cfg, p, self.clock, now);
     }
 
     /// Pin `peer`'s site to these creator ids (from its `[[peer]] creators`): it may insert
@@ -797,13 +927,16 @@ impl Replica {
 
     /// The firewall's full dump is complete: states the cluster holds that the firewall lacks
     /// (an injection it missed) are injected back into it. States of its own that it no
-    /// longer lists are left alone: a dump missing a packet must not delete live states
-    /// cluster-wide; their DEL_C or expiry removes them.
+    /// longer lists were deleted while nobody listened (this gateway was down, a DEL_C was
+    /// lost) — or a packet of the dump was lost. So they are deleted cluster-wide only when
+    /// two consecutive complete dumps both lack them (and they did not change during
+    /// either): one lost packet never deletes a live state.
     fn finish_sweep(&mut self, now: Instant, replies: &mut Vec<Message>) {
         let Some(sweep) = self.sweep.take() else {
             return;
         };
         let before = replies.len();
+        let mut unlisted: IdMap<()> = IdMap::default();
         for e in self.table.iter() {
             let id = e.raw().id;
             if sweep.seen.contains_key(&id) {
@@ -811,12 +944,52 @@ impl Replica {
             }
             if id.creator != sweep.creator {
                 replies.extend(self.table.update_for(id, now));
-            } else {
+            } else if e.version().clock <= sweep.start_clock {
                 self.stats.sweep_unlisted += 1;
+                unlisted.insert(id, ());
             }
+        }
+        let prev = match self.absent.take() {
+            Some((c, m)) if c == sweep.creator => m,
+            _ => IdMap::default(),
+        };
+        let gone: Vec<StateId> = unlisted
+            .keys()
+            .filter(|id| prev.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            unlisted.remove(&id);
+            self.clock += 1;
+            let v = Version::new(self.clock, self.cfg.node_id);
+            if let Applied::Deleted(_) = self.table.apply_versioned(&Message::DelC(id), now, v) {
+                self.stats.sweep_deleted += 1;
+                // The tombstone travels as a RECORDS repair; peers inject DEL_C.
+                for p in self.peers.values_mut() {
+                    p.mark_dirty(StateRef::State(id));
+                }
+            }
+        }
+        if !unlisted.is_empty() {
+            self.absent = Some((sweep.creator, unlisted));
         }
         self.stats.sweeps += 1;
         self.stats.sweep_restored += (replies.len() - before) as u64;
+    }
+
+    /// States of our firewall were missing from its last complete dump: the node should ask
+    /// for the confirming dump soon rather than after a whole sweep interval.
+    pub fn sweep_confirmation_pending(&self) -> bool {
+        // Those deleted since (their DEL_C was in flight at BUS END) need no confirmation.
+        self.absent
+            .as_ref()
+            .is_some_and(|(_, m)| m.keys().any(|id| self.table.get(*id).is_some()))
+    }
+
+    /// Peers gave us states of our own firewall that the mirror lacked (after a restart of
+    /// this gateway, those include what the firewall deleted meanwhile): a dump soon tells.
+    pub fn sweep_wanted(&self) -> bool {
+        self.sweep_wanted
     }
 
     /// The version for a message from our own firewall: fresh for its own states; for the
@@ -886,9 +1059,11 @@ impl Replica {
                     status: BusStatus::Start,
                     ..
                 } => {
+                    self.sweep_wanted = false;
                     self.sweep = Some(Sweep {
                         creator,
                         seen: IdMap::default(),
+                        start_clock: self.clock,
                     })
                 }
                 Message::Bus {
@@ -1049,37 +1224,65 @@ impl Replica {
                 epoch,
                 clock,
                 start_seq,
+                incarnation,
             } => {
                 if !self.merge_clock(peer, clock) {
                     return Ok(());
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
                 p.node = node;
+                let restarted = p.peer_incarnation.is_some_and(|i| i != incarnation);
+                p.peer_incarnation = Some(incarnation);
                 if p.rx_epoch != Some(epoch) {
-                    let restart = p.established && p.rx_epoch.is_some();
+                    // A new stream from the peer (first contact, its restart, or its
+                    // dead-peer detection): start receiving it, and compare tables.
                     p.rx_epoch = Some(epoch);
                     p.rx = RxWindow::new(start_seq);
                     p.partials.clear();
                     p.rx_unacked = 0;
+                    p.stats.rx_epochs += 1;
                     p.start_resync(now);
-                    if restart {
-                        // The peer restarted its side: it lost our stream too.
-                        self.restart_tx(peer, now);
-                    }
+                }
+                if restarted {
+                    // A new process: it lost our stream too.
+                    p.stats.peer_restarts += 1;
+                    self.restart_tx(peer, now);
+                    self.note(peer, SyncNote::PeerRestarted);
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
                 let ack = SyncMsg::HelloAck {
                     node: self.cfg.node_id,
                     epoch,
                     clock: self.clock,
+                    incarnation: self.cfg.incarnation,
                 };
                 p.send(&self.cfg, &ack);
             }
-            SyncMsg::HelloAck { node, epoch, clock } => {
+            SyncMsg::HelloReq { epoch } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                // Only for our current, established epoch: a request naming an older one
+                // is a straggler of a stream we already replaced.
+                if epoch == p.epoch && p.established {
+                    p.stats.hello_reqs_rx += 1;
+                    self.restart_tx(peer, now);
+                    self.note(peer, SyncNote::HelloRequested);
+                } else {
+                    p.stats.epoch_mismatch += 1;
+                }
+            }
+            SyncMsg::HelloAck {
+                node,
+                epoch,
+                clock,
+                incarnation,
+            } => {
                 if !self.merge_clock(peer, clock) {
                     return Ok(());
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
+                // Only HELLOs are acknowledged, and we send them only before any sequenced
+                // message of the epoch: a new incarnation acking it missed nothing of it.
+                p.peer_incarnation = Some(incarnation);
                 if epoch == p.epoch && !p.established {
                     p.node = node;
                     p.established = true;
@@ -1088,6 +1291,9 @@ impl Replica {
                     if p.resync {
                         p.summary_due = Some(now);
                     }
+                } else if epoch != p.epoch {
+                    // For an epoch we replaced: a straggler.
+                    p.stats.epoch_mismatch += 1;
                 }
             }
             SyncMsg::Data {
@@ -1105,7 +1311,7 @@ impl Replica {
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
                 if p.rx_epoch != Some(epoch) {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                     return Ok(());
                 }
                 if !p.rx.is_new(seq) {
@@ -1137,7 +1343,7 @@ impl Replica {
             } => {
                 let p = self.peers.get_mut(&peer).unwrap();
                 if p.rx_epoch != Some(epoch) {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                     return Ok(());
                 }
                 if !p.rx_accept(&self.cfg, seq, now) {
@@ -1182,7 +1388,7 @@ impl Replica {
             SyncMsg::Skip { epoch, first, last } => {
                 let p = self.peers.get_mut(&peer).unwrap();
                 if p.rx_epoch != Some(epoch) {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                     return Ok(());
                 }
                 p.rx.skip(first, last);
@@ -1196,7 +1402,7 @@ impl Replica {
                     p.rx.announce(next_seq);
                     p.ack_due = Some(now);
                 } else {
-                    p.stats.epoch_mismatch += 1;
+                    unknown_epoch(&self.cfg, p, epoch, now);
                 }
             }
             SyncMsg::Summary {
@@ -1229,8 +1435,20 @@ impl Replica {
                         let s = summary(&self.table, self.clock, false);
                         p.send(&self.cfg, &s);
                     }
-                } else if !p.busy() {
-                    // Still sending earlier repairs otherwise: the peer will ask again.
+                } else if !want_reply && !p.quiet() {
+                    // An audit is sent while the peer has nothing unacked; if we have
+                    // something in flight to it (or a gap from it), the digests differ by
+                    // that and prove nothing: the next audit checks again. (Under churn,
+                    // starting a resync here would dump leaves for nothing.)
+                    p.stats.audits_inconclusive += 1;
+                } else if p.busy() {
+                    // Our earlier repairs are still unacknowledged: comparing now would
+                    // repeat them. Answered once they are acked: our own resync sends
+                    // SUMMARY{want_reply} when we are no longer busy, and the peer answers
+                    // it with RANGES.
+                    p.stats.summaries_deferred += 1;
+                    p.start_resync(now);
+                } else {
                     p.start_resync(now);
                     p.summary_due = Some(now + self.cfg.resync_interval);
                     p.leaf_dumped.iter_mut().for_each(|w| *w = 0);
@@ -1270,6 +1488,8 @@ impl Replica {
                 for l in proto::u32s(leaves) {
                     if (l as usize) < n {
                         p.queue_leaf(l as usize);
+                    } else {
+                        p.stats.bad_datagrams += 1;
                     }
                 }
             }
@@ -1294,6 +1514,7 @@ impl Replica {
         self.clock = self.clock.max(c.clock);
         let v = Version::new(c.clock, self.peers[&peer].node);
         let mut clean = true;
+        let mut incomplete = false;
         self.scratch_msgs.clear();
         for msg in pkt.messages() {
             // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.
@@ -1320,6 +1541,7 @@ impl Replica {
                     // Not injected: the mirror cannot order it against the full state that
                     // will be requested (a late INS could otherwise follow a newer UPD_C).
                     clean = false;
+                    incomplete = true;
                     p.state_reqs.push_back(id);
                 }
                 Applied::Full(_) => {
@@ -1332,8 +1554,14 @@ impl Replica {
             self.scratch_msgs.push((msg, a));
         }
         if clean && c.dialect == self.cfg.local_dialect {
+            self.stats.data_verbatim += 1;
             self.injector.push_raw(&c.bytes, now);
         } else {
+            if incomplete || c.dialect != self.cfg.local_dialect {
+                self.stats.data_reencoded += 1;
+            } else {
+                self.stats.data_corrected += 1;
+            }
             // Never hand the firewall something older than the mirror: replace stale
             // messages by the mirror's current copy.
             let table = &self.table;
@@ -1404,9 +1632,14 @@ impl Replica {
                         }
                         _ => {}
                     }
-                    if changed {
+                    // Our own firewall's state that the mirror did not hold: the firewall
+                    // deleted it while we were not listening (or the sweep will find it in
+                    // its next dump). Injecting it would resurrect it; the sweeps decide.
+                    let resurrects = before.is_none() && self.local_creators.contains(&id.creator);
+                    if changed && !resurrects {
                         out.extend(self.table.update_for(id, now));
                     }
+                    self.sweep_wanted |= resurrects;
                 }
                 Record::Tombstone(id, v) => {
                     self.clock = self.clock.max(v.clock);
@@ -1540,27 +1773,28 @@ impl Replica {
         }
         let cfg = &self.cfg;
         let dead = cfg.keepalive * cfg.dead_after;
-        for p in self.peers.values_mut() {
+        let mut silent = Vec::new();
+        for (&id, p) in self.peers.iter_mut() {
             if !p.up {
                 continue;
             }
             if now.saturating_duration_since(p.last_rx) >= dead {
-                p.up = false;
-                p.established = false;
-                p.out.clear();
+                // Not silence in return: a peer that declared us dead at the same time
+                // would wait for us forever, although the tunnel is up. A new epoch, its
+                // HELLO every `hello_interval`, restarts the stream once the peer answers.
                 p.stats.dead_detections += 1;
+                p.last_rx = now;
+                silent.push(id);
                 continue;
             }
             if !p.established {
                 if p.hello_due.is_some_and(|t| t <= now) {
-                    let m = SyncMsg::Hello {
-                        node: cfg.node_id,
-                        epoch: p.epoch,
-                        clock: self.clock,
-                        start_seq: 1,
-                    };
-                    p.send(cfg, &m);
-                    p.hello_due = Some(now + cfg.hello_interval);
+                    send_hello(cfg, p, self.clock, now);
+                    // Say so after 1 s, then every 5 s.
+                    if p.epoch_hellos % 10 == 3 && self.notes.len() < 64 {
+                        let n = SyncNote::HelloUnanswered(u64::from(p.epoch_hellos - 1));
+                        self.notes.push_back((id, n));
+                    }
                 }
                 continue;
             }
@@ -1595,6 +1829,10 @@ impl Replica {
                 }
                 p.summary_due = Some(now + cfg.resync_interval);
             }
+        }
+        for id in silent {
+            self.restart_tx(id, now);
+            self.note(id, SyncNote::PeerSilent);
         }
     }
 
@@ -1633,6 +1871,35 @@ impl Replica {
             }
         }
         Some(t)
+    }
+}
+
+/// Send (or resend) the HELLO of `p`'s current epoch; the next one is due after
+/// `hello_interval` unless a HELLO_ACK arrives.
+fn send_hello(cfg: &ReplicaConfig, p: &mut Peer, clock: u64, now: Instant) {
+    let m = SyncMsg::Hello {
+        node: cfg.node_id,
+        epoch: p.epoch,
+        clock,
+        start_seq: 1,
+        incarnation: cfg.incarnation,
+    };
+    p.send(cfg, &m);
+    p.stats.hellos_tx += 1;
+    p.epoch_hellos += 1;
+    p.hello_due = Some(now + cfg.hello_interval);
+}
+
+/// A sequenced message of an epoch we have no HELLO for: counted, and (at most once per
+/// `hello_interval`) answered with HELLO_REQ so that a sender whose HELLO we never saw
+/// (e.g. acknowledged by our previous process) opens a new epoch instead of talking to
+/// nobody. Stragglers of a replaced epoch get a HELLO_REQ the sender ignores.
+fn unknown_epoch(cfg: &ReplicaConfig, p: &mut Peer, epoch: u32, now: Instant) {
+    p.stats.epoch_mismatch += 1;
+    if p.up && now >= p.hello_req_after {
+        p.hello_req_after = now + cfg.hello_interval;
+        p.stats.hello_reqs_tx += 1;
+        p.send(cfg, &SyncMsg::HelloReq { epoch });
     }
 }
 

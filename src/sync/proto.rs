@@ -8,8 +8,9 @@ use crate::wire::{
     AddrFamily, Dialect, PeerRepr, ScrubRepr, StateId, StateKeyRepr, StateRepr, WireError,
 };
 
-/// Version byte of every sync message.
-pub const SYNC_VERSION: u8 = 1;
+/// Version byte of every sync message. 2: HELLO and HELLO_ACK carry the sender's
+/// incarnation, HELLO_REQ added (a v1 peer's HELLO would not decode anyway).
+pub const SYNC_VERSION: u8 = 2;
 /// Version byte of the state record format carried in RECORDS.
 pub const RECORD_VERSION: u8 = 1;
 
@@ -25,6 +26,7 @@ pub mod msg_type {
     pub const RANGES: u8 = 9;
     pub const LEAF_REQ: u8 = 10;
     pub const STATE_REQ: u8 = 11;
+    pub const HELLO_REQ: u8 = 12;
 }
 
 pub mod record_kind {
@@ -195,16 +197,27 @@ pub fn dialect_from_code(c: u8) -> Result<Dialect> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMsg<'a> {
     /// Opens a sending epoch; the receiver resets its receive window to `start_seq`.
+    /// `incarnation` is random per process start of the sender: a new one means the sender
+    /// lost everything it knew, including our stream to it.
     Hello {
         node: u32,
         epoch: u32,
         clock: u64,
         start_seq: u32,
+        incarnation: u32,
     },
+    /// Answers HELLO; `node` and `incarnation` are the *acknowledging* side's.
     HelloAck {
         node: u32,
         epoch: u32,
         clock: u64,
+        incarnation: u32,
+    },
+    /// "I do not know your send epoch `epoch`": sent (at most once per `hello_interval`)
+    /// by a receiver of DATA/RECORDS/SKIP/ALIVE of an epoch it never saw a HELLO for.
+    /// The sender opens a new epoch if `epoch` is its current one.
+    HelloReq {
+        epoch: u32,
     },
     /// One fragment of an original pfsync packet.
     Data {
@@ -277,12 +290,15 @@ impl<'a> SyncMsg<'a> {
                 epoch: r.u32()?,
                 clock: r.u64()?,
                 start_seq: r.u32()?,
+                incarnation: r.u32()?,
             },
             HELLO_ACK => SyncMsg::HelloAck {
                 node: r.u32()?,
                 epoch: r.u32()?,
                 clock: r.u64()?,
+                incarnation: r.u32()?,
             },
+            HELLO_REQ => SyncMsg::HelloReq { epoch: r.u32()? },
             DATA => {
                 let epoch = r.u32()?;
                 let seq = r.u32()?;
@@ -423,6 +439,7 @@ impl<'a> SyncMsg<'a> {
                 epoch,
                 clock,
                 start_seq,
+                incarnation,
             } => {
                 w.u8(HELLO)?;
                 w.u8(SYNC_VERSION)?;
@@ -430,13 +447,25 @@ impl<'a> SyncMsg<'a> {
                 w.u32(epoch)?;
                 w.u64(clock)?;
                 w.u32(start_seq)?;
+                w.u32(incarnation)?;
             }
-            SyncMsg::HelloAck { node, epoch, clock } => {
+            SyncMsg::HelloAck {
+                node,
+                epoch,
+                clock,
+                incarnation,
+            } => {
                 w.u8(HELLO_ACK)?;
                 w.u8(SYNC_VERSION)?;
                 w.u32(node)?;
                 w.u32(epoch)?;
                 w.u64(clock)?;
+                w.u32(incarnation)?;
+            }
+            SyncMsg::HelloReq { epoch } => {
+                w.u8(HELLO_REQ)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(epoch)?;
             }
             SyncMsg::Data {
                 epoch,
@@ -949,12 +978,15 @@ mod tests {
                 epoch: 2,
                 clock: 3,
                 start_seq: 4,
+                incarnation: 5,
             },
             SyncMsg::HelloAck {
                 node: 1,
                 epoch: 2,
                 clock: 3,
+                incarnation: 5,
             },
+            SyncMsg::HelloReq { epoch: 7 },
             SyncMsg::Data {
                 epoch: 1,
                 seq: 2,

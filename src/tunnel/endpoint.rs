@@ -201,6 +201,8 @@ struct Shared {
     cookies: CookieChecker,
     guard: Guard,
     dos: DosStats,
+    /// Test aid: rekey sessions this much sooner than REKEY_AFTER_TIME.
+    rekey_after: Option<Duration>,
 }
 
 /// All peers of this node. See the module documentation of [`crate::tunnel`].
@@ -235,6 +237,13 @@ impl Shared {
     fn jitter(&mut self) -> Duration {
         let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32 + 1;
         Duration::from_millis(u64::from(self.rng.next_u32() % max))
+    }
+
+    /// Minimum time between two initiations of one attempt series (REKEY_TIMEOUT, or the
+    /// shorter test rekey interval so that it is not capped at 5 s).
+    fn initiation_guard(&self) -> Duration {
+        self.rekey_after
+            .map_or(REKEY_TIMEOUT, |r| r.min(REKEY_TIMEOUT))
     }
 
     fn wall(&self, now: Instant) -> SystemTime {
@@ -293,7 +302,7 @@ impl Peer {
             }
             if self
                 .last_initiation_sent
-                .is_some_and(|t| now < t + REKEY_TIMEOUT)
+                .is_some_and(|t| now < t + shared.initiation_guard())
             {
                 return;
             }
@@ -334,6 +343,18 @@ impl Peer {
         self.handshake_attempts += 1;
         let jitter = shared.jitter();
         self.timers.on_handshake_initiated(now, jitter);
+    }
+
+    /// Forget our pending initiation (a session from the peer's handshake superseded it).
+    /// Its index is freed, so a late response to it is dropped as `UnknownIndex`.
+    fn cancel_initiation(&mut self, shared: &mut Shared) {
+        if let Some(hs) = self.handshake.take() {
+            shared.free_index(hs.local_index);
+        }
+        self.out_initiation = None;
+        self.timers.on_handshake_complete();
+        self.attempt_started = None;
+        self.handshake_attempts = 0;
     }
 
     /// Handshake attempts exhausted: drop what waits for it and tell the driver.
@@ -393,7 +414,10 @@ impl Peer {
             .filter(|s| s.can_send(now))
             .ok_or(DropReason::NoSession)?;
         let len = session.encrypt(payload, out)?;
-        let rekey = session.wants_rekey_on_send(now);
+        let rekey = session.wants_rekey_on_send(now)
+            || shared.rekey_after.is_some_and(|r| {
+                session.initiator && now.saturating_duration_since(session.created) >= r
+            });
         self.authenticated_tx(len, now);
         self.out_keepalive = false;
         if !payload.is_empty() {
@@ -442,11 +466,19 @@ impl Endpoint {
                 cookies: CookieChecker::new(&identity_public),
                 guard: Guard::new(),
                 dos: DosStats::default(),
+                rekey_after: None,
             },
             peers: BTreeMap::new(),
             by_key: HashMap::new(),
             last_now: now,
         }
+    }
+
+    /// Test aid: the initiator of a session rekeys when sending on it after `after` instead
+    /// of REKEY_AFTER_TIME (120 s); `None` restores WireGuard's value. Also lowers the
+    /// minimum time between initiations (REKEY_TIMEOUT, 5 s) to `after` if shorter.
+    pub fn set_rekey_after(&mut self, after: Option<Duration>) {
+        self.shared.rekey_after = after.filter(|d| !d.is_zero());
     }
 
     /// Our static public key.
@@ -750,6 +782,11 @@ impl Endpoint {
             let next = peer.next.take();
             let current = core::mem::replace(&mut peer.current, next);
             Peer::discard(shared, core::mem::replace(&mut peer.previous, current));
+            // Crossed initiations: the peer's handshake completed first, so ours is moot
+            // (wireguard-go's timersHandshakeComplete on a confirmed keypair). Left pending,
+            // a lost one would be retransmitted after REKEY_TIMEOUT and complete a second
+            // session 5 s later for nothing.
+            peer.cancel_initiation(shared);
             peer.established(shared, now);
         }
         peer.authenticated_rx(src, wire_len, now);
