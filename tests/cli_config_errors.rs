@@ -350,7 +350,6 @@ fn missing_field_names_table_and_field() {
     assert_exit2(&o, &["c.toml", "missing table `[local]`"]);
 }
 
-
 #[test]
 fn logs_to_a_pipe_carry_no_colour() {
     let d = Dir::new("nocolour");

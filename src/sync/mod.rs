@@ -36,6 +36,8 @@ const MAX_NACKS: usize = 32;
 const MAX_PARTIALS: usize = 16;
 /// Most creator ids a peer without configured `creators` gets pinned to it by learning.
 pub const MAX_LEARNED_CREATORS: usize = 8;
+/// Most peer claims on our firewall's states awaiting the confirming dump.
+const MAX_CLAIMED: usize = 65_536;
 /// Most (peer, creator) conflicts remembered so that each is logged once.
 const MAX_ALARMS: usize = 64;
 
@@ -528,6 +530,10 @@ pub struct Replica {
     /// The firewall's own states (creator, ids) that its last complete dump did not list:
     /// deleted if the next complete dump does not list them either.
     absent: Option<(u32, IdMap<()>)>,
+    /// Our firewall's states that peers hold but the mirror lacked after a completed
+    /// sweep (value: sweeps completed at the claim): deleted cluster-wide if the next
+    /// complete dump does not list them, forgotten if it does.
+    claimed: IdMap<u64>,
     /// Repairs inserted states of our own firewall that the mirror did not hold (since the
     /// last BUS START): a dump should tell whether the firewall still has them.
     sweep_wanted: bool,
@@ -566,6 +572,7 @@ impl Replica {
             next_bulk_answer: now,
             full_logged: None,
             absent: None,
+            claimed: IdMap::default(),
             sweep_wanted: false,
             cfg,
         }
@@ -867,21 +874,31 @@ impl Replica {
         true
     }
 
-    /// A peer holds a state of our own firewall that neither the mirror nor (after a
-    /// completed sweep) the firewall has: the firewall is the authority, so it is gone.
-    /// Tell the peer with a tombstone instead of leaving the digests apart for ever.
-    fn refute_local(&mut self, peer: PeerId, rec: &Record, now: Instant) {
-        let Record::State(v, s) = rec else { return };
+    /// A peer holds a state of our own firewall that the mirror lacks (after a completed
+    /// sweep, so the firewall's last dump did not list it either). The firewall is the
+    /// authority: the state is gone — unless that dump lost a packet. So, like the sweep's
+    /// own findings, it is deleted cluster-wide only when the next complete dump lacks it
+    /// too ([`Replica::finish_sweep`]); a tombstone we already hold is sent at once.
+    fn refute_local(&mut self, peer: PeerId, rec: &Record) {
+        let Record::State(_, s) = rec else { return };
         if self.stats.sweeps == 0 || !self.local_creators.contains(&s.id.creator) {
             return;
         }
         if self.table.get(s.id).is_some() {
             return;
         }
-        self.table.apply_versioned(&Message::DelC(s.id), now, *v);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.mark_dirty(StateRef::State(s.id));
+        if self.table.tombstone(s.id).is_some() {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.mark_dirty(StateRef::State(s.id));
+            }
+            return;
         }
+        // Bounded: a compromised peer's claims must not grow memory; the rest wait for
+        // the peer to repeat them (anti-entropy does) once these are decided.
+        if self.claimed.len() < MAX_CLAIMED {
+            self.claimed.entry(s.id).or_insert(self.stats.sweeps);
+        }
+        self.sweep_wanted = true;
     }
 
     /// A peer claimed a creator id that belongs to another site: log once per pair.
@@ -973,6 +990,27 @@ impl Replica {
         if !unlisted.is_empty() {
             self.absent = Some((sweep.creator, unlisted));
         }
+        // Peers' claims made before this dump ended: listed → live (the dump put them in
+        // the mirror); not listed → two dumps agree (the one the mirror came from, this one).
+        let claims: Vec<StateId> = self
+            .claimed
+            .keys()
+            .filter(|id| id.creator == sweep.creator)
+            .copied()
+            .collect();
+        for id in claims {
+            self.claimed.remove(&id);
+            if sweep.seen.contains_key(&id) || self.table.get(id).is_some() {
+                continue;
+            }
+            self.clock += 1;
+            let v = Version::new(self.clock, self.cfg.node_id);
+            self.table.apply_versioned(&Message::DelC(id), now, v);
+            self.stats.sweep_deleted += 1;
+            for p in self.peers.values_mut() {
+                p.mark_dirty(StateRef::State(id));
+            }
+        }
         self.stats.sweeps += 1;
         self.stats.sweep_restored += (replies.len() - before) as u64;
     }
@@ -981,9 +1019,11 @@ impl Replica {
     /// for the confirming dump soon rather than after a whole sweep interval.
     pub fn sweep_confirmation_pending(&self) -> bool {
         // Those deleted since (their DEL_C was in flight at BUS END) need no confirmation.
-        self.absent
-            .as_ref()
-            .is_some_and(|(_, m)| m.keys().any(|id| self.table.get(*id).is_some()))
+        !self.claimed.is_empty()
+            || self
+                .absent
+                .as_ref()
+                .is_some_and(|(_, m)| m.keys().any(|id| self.table.get(*id).is_some()))
     }
 
     /// Peers gave us states of our own firewall that the mirror lacked (after a restart of
@@ -1610,7 +1650,7 @@ impl Replica {
                 Record::Tombstone(..) => true,
             };
             if !admitted {
-                self.refute_local(peer, &rec, now);
+                self.refute_local(peer, &rec);
                 continue;
             }
             let p = self.peers.get_mut(&peer).unwrap();
