@@ -1,3 +1,9 @@
+//! Anti-entropy: how do two replicas find and repair what differs between their tables?
+//!
+//! Table digests (SUMMARY), range digests compared `FANOUT` at a time (RANGES) down to the
+//! differing leaves, and RECORDS messages built from a peer's dirty state references and
+//! queued leaves. The message handlers themselves are in `receive.rs`.
+
 use super::peer::set_bit;
 use super::*;
 

@@ -1,3 +1,9 @@
+//! Bounds against a compromised or misconfigured peer: what may one peer make us do?
+//!
+//! Creator-id spaces (a peer inserts and clears only its own site's states; learned ids,
+//! conflicts and their alarms), per-peer and global state caps, clocks too far ahead, and the
+//! answer budget that makes a peer pay for the repairs it pulls. See docs/SECURITY.md.
+
 use super::*;
 
 /// Most creator ids a peer without configured `creators` gets pinned to it by learning.

@@ -1,3 +1,10 @@
+//! The local firewall side: what do we learn from our own firewall and what do we owe it?
+//!
+//! Captured pfsync packets (`on_local_pfsync`: mirror, relay to peers, bulk-request answers),
+//! the firewall's own complete dumps reconciled with the mirror (sweeps, and deletions of
+//! states two consecutive dumps lack), and the creator ids of our firewall, which is the
+//! authority on its own states.
+
 use super::peer::send_data;
 use super::*;
 

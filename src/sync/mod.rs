@@ -11,6 +11,13 @@
 //!   records as new RECORDS messages, then SKIPs the old seq. Queue overflow → resync.
 //! - Anti-entropy: on (re)connect the peers compare table digests, descend range digests to
 //!   the differing leaves and exchange only those leaves' states and tombstones.
+//!
+//! Files, one question each: this one holds the configuration, the counters, the
+//! [`Replica`] struct and its public entry points and timers; `peer.rs` the per-peer reliable
+//! channel; `receive.rs` what a peer's datagram does; `antientropy.rs` digest comparison and
+//! repair records; `local.rs` the local firewall side (capture, bulk answers, sweeps);
+//! `bounds.rs` the compromised-peer bounds; `proto.rs` the message codec; `link.rs` the
+//! send/receive windows; `inject.rs` the queue towards the firewall.
 
 mod antientropy;
 mod bounds;

@@ -1,3 +1,12 @@
+//! The per-peer reliable channel: how does a stream of sequenced messages get to one peer
+//! and back intact?
+//!
+//! `Peer` is one peer's link state: send epoch and HELLO handshake, resend queue and
+//! outgoing datagram ring, receive window, ACK/NACK scheduling, DATA fragmentation and
+//! reassembly, and the dirty/leaf queues that repairs are built from. The `impl Replica` here
+//! opens and restarts a peer's send epoch (`on_peer_up`, `on_peer_down`, `restart_tx`) and
+//! picks what goes on the link next (`poll_inner`).
+
 use super::antientropy::build_records;
 use super::*;
 

@@ -1,3 +1,10 @@
+//! What does a datagram from a peer do to the mirror and the firewall?
+//!
+//! `on_peer_datagram` decodes one plaintext datagram and handles each message type (epochs,
+//! acknowledgements, DATA, RECORDS, the anti-entropy exchange); `apply_data` and
+//! `apply_records` apply a peer's relayed packets and repair records to the mirror and queue
+//! what the local firewall must learn for injection.
+
 use super::antientropy::{send_ranges, FANOUT};
 use super::peer::{reassemble, unknown_epoch, Complete, MAX_PARTIALS};
 use super::*;
