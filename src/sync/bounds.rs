@@ -1,0 +1,221 @@
+//! Bounds against a compromised or misconfigured peer: what may one peer make us do?
+//!
+//! Creator-id spaces (a peer inserts and clears only its own site's states; learned ids,
+//! conflicts and their alarms), per-peer and global state caps, clocks too far ahead, and the
+//! answer budget that makes a peer pay for the repairs it pulls. See docs/SECURITY.md.
+
+use super::*;
+
+/// Most creator ids a peer without configured `creators` gets pinned to it by learning.
+pub const MAX_LEARNED_CREATORS: usize = 8;
+
+/// Most (peer, creator) conflicts remembered so that each is logged once.
+pub(super) const MAX_ALARMS: usize = 64;
+
+impl Peer {
+    /// Refill the answer budget for time passed; true if something may be spent.
+    pub(super) fn refill(&mut self, cfg: &ReplicaConfig, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.credit_at);
+        let add = (cfg.answer_rate as u128 * dt.as_micros() / 1_000_000) as i64;
+        if add > 0 {
+            self.credit = (self.credit.saturating_add(add)).min(cfg.answer_burst as i64);
+            self.credit_at = now;
+        }
+        self.credit > 0
+    }
+
+    /// Credit what the peer sent us (its requests pay for our answers).
+    pub(super) fn earn(&mut self, cfg: &ReplicaConfig, bytes: usize) {
+        let cap = (cfg.answer_burst as i64).max(cfg.answer_factor as i64 * 65_536);
+        let add = (cfg.answer_factor as i64).saturating_mul(bytes as i64);
+        self.credit = self.credit.saturating_add(add).min(cap);
+    }
+
+    pub(super) fn spend(&mut self, bytes: usize) {
+        self.credit -= bytes as i64;
+        self.stats.answer_bytes += bytes as u64;
+    }
+}
+
+impl Replica {
+    /// Drop counters of the hostile-peer bounds, summed over peers (for status/metrics).
+    pub fn security_counters(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let mut c = [0u64; 5];
+        for p in self.peers.values() {
+            c[0] += p.stats.clock_refused;
+            c[1] += p.stats.foreign_refused;
+            c[2] += p.stats.creator_conflicts;
+            c[3] += p.stats.states_refused;
+            c[4] += p.stats.answers_deferred;
+        }
+        [
+            ("sync_clock_refused", c[0]),
+            ("sync_foreign_creator", c[1]),
+            ("sync_creator_conflict", c[2]),
+            ("sync_states_refused", c[3]),
+            ("sync_answer_budget", c[4]),
+            ("local_bulk_refused", self.stats.bulk_refused),
+            ("sync_mirror_full", self.table.stats().refused_full),
+        ]
+        .into_iter()
+    }
+
+    /// Pin `peer`'s site to these creator ids (from its `[[peer]] creators`): it may insert
+    /// and clear states of these creators only. Empty: learned from its first-hand states.
+    pub fn set_peer_creators(&mut self, peer: PeerId, creators: &[u32]) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.creators = creators.to_vec();
+            p.learned.clear();
+        }
+    }
+
+    /// Creator ids `peer` may insert and clear states of: configured, else learned so far.
+    pub fn peer_creators(&self, peer: PeerId) -> Vec<u32> {
+        self.peers.get(&peer).map_or_else(Vec::new, |p| {
+            if p.creators.is_empty() {
+                p.learned.clone()
+            } else {
+                p.creators.clone()
+            }
+        })
+    }
+
+    /// Is a clock `peer` sent within reach of ours? Counted when not.
+    pub(super) fn clock_ok(&mut self, peer: PeerId, clock: u64) -> bool {
+        if clock <= self.clock.saturating_add(self.cfg.max_clock_ahead) {
+            return true;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.clock_refused += 1;
+        }
+        false
+    }
+
+    /// Merge a peer's clock into ours (Lamport), unless it is too far ahead.
+    pub(super) fn merge_clock(&mut self, peer: PeerId, clock: u64) -> bool {
+        let ok = self.clock_ok(peer, clock);
+        if ok {
+            self.clock = self.clock.max(clock);
+        }
+        ok
+    }
+
+    /// Our firewall names `c` as its own: no peer may keep it pinned.
+    pub(super) fn unpin_local(&mut self, c: u32) {
+        for p in self.peers.values_mut() {
+            if let Some(i) = p.learned.iter().position(|&x| x == c) {
+                p.learned.swap_remove(i);
+                p.stats.creator_conflicts += 1;
+            }
+        }
+    }
+
+    /// May `peer` apply `msg`? Inserts (a state the mirror lacks) and clears must fall in the
+    /// peer's creator-id space, and inserts within its state cap. `learn`: the message is
+    /// first-hand, so an unclaimed creator id may be pinned to the peer.
+    pub(super) fn admit(&mut self, peer: PeerId, msg: &Message, learn: bool, now: Instant) -> bool {
+        let (creator, insert) = match msg {
+            Message::Ins(s) | Message::Upd(s) if s.id.creator != 0 => {
+                // Held, or deleted (the table refuses it and the tombstone goes back).
+                if self.table.get(s.id).is_some() || self.table.tombstone(s.id).is_some() {
+                    return true;
+                }
+                (s.id.creator, true)
+            }
+            Message::Clr { creator, .. } => (*creator, false),
+            _ => return true,
+        };
+        if !self.cfg.creator_spaces {
+            return true;
+        }
+        let p = &self.peers[&peer];
+        let space = if p.creators.is_empty() {
+            &p.learned
+        } else {
+            &p.creators
+        };
+        let mut own = space.contains(&creator);
+        if !own {
+            let claimed = self.local_creators.contains(&creator)
+                || self.peers.iter().any(|(&id, q)| {
+                    id != peer && (q.creators.contains(&creator) || q.learned.contains(&creator))
+                });
+            let p = self.peers.get_mut(&peer).unwrap();
+            if claimed {
+                // A first-hand claim (its INS, its own version) or a CLR: an alarm. A
+                // second-hand repair of another site's state is normal after restarts.
+                if learn || !insert {
+                    p.stats.creator_conflicts += 1;
+                    self.alarm(peer, creator);
+                }
+            } else if learn
+                && insert
+                && p.creators.is_empty()
+                && p.learned.len() < MAX_LEARNED_CREATORS
+            {
+                p.learned.push(creator);
+                own = true;
+            }
+        }
+        if !own {
+            self.peers.get_mut(&peer).unwrap().stats.foreign_refused += 1;
+            return false;
+        }
+        if insert {
+            let p = &self.peers[&peer];
+            let space = if p.creators.is_empty() {
+                &p.learned
+            } else {
+                &p.creators
+            };
+            let held: usize = space.iter().map(|&c| self.table.creator_len(c)).sum();
+            if held >= self.cfg.peer_max_states {
+                self.peers.get_mut(&peer).unwrap().stats.states_refused += 1;
+                self.note_full(now);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A peer claimed a creator id that belongs to another site: log once per pair.
+    pub(super) fn alarm(&mut self, peer: PeerId, creator: u32) {
+        if self.alarms.contains(&(peer, creator)) || self.alarms.len() >= MAX_ALARMS {
+            return;
+        }
+        self.alarms.push((peer, creator));
+        let owner = if self.local_creators.contains(&creator) {
+            "our own firewall".to_string()
+        } else {
+            let o = self
+                .peers
+                .iter()
+                .find(|(_, q)| q.creators.contains(&creator) || q.learned.contains(&creator));
+            o.map_or("another peer".into(), |(id, _)| format!("peer #{id}"))
+        };
+        tracing::error!(
+            peer,
+            creator = format_args!("{creator:08x}"),
+            "creator id conflict: peer #{peer} sent states of creator {creator:08x}, which belongs to {owner}; refused (compromised or misconfigured peer?)"
+        );
+    }
+
+    /// A state cap was hit: warn at most every 10 s.
+    pub(super) fn note_full(&mut self, now: Instant) {
+        if self
+            .full_logged
+            .is_some_and(|t| now < t + Duration::from_secs(10))
+        {
+            return;
+        }
+        self.full_logged = Some(now);
+        let refused: u64 = self.peers.values().map(|p| p.stats.states_refused).sum();
+        tracing::warn!(
+            states = self.table.len(),
+            max = self.cfg.table.max_states,
+            peer_max = self.cfg.peer_max_states,
+            refused,
+            "state limit reached: new states refused"
+        );
+    }
+}

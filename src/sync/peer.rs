@@ -1,0 +1,519 @@
+//! The per-peer reliable channel: how does a stream of sequenced messages get to one peer
+//! and back intact?
+//!
+//! `Peer` is one peer's link state: send epoch and HELLO handshake, resend queue and
+//! outgoing datagram ring, receive window, ACK/NACK scheduling, DATA fragmentation and
+//! reassembly, and the dirty/leaf queues that repairs are built from. The `impl Replica` here
+//! opens and restarts a peer's send epoch (`on_peer_up`, `on_peer_down`, `restart_tx`) and
+//! picks what goes on the link next (`poll_inner`).
+
+use super::antientropy::build_records;
+use super::*;
+
+/// Most NACK ranges per ACK.
+pub(super) const MAX_NACKS: usize = 32;
+
+/// Most partially reassembled DATA packets per peer.
+pub(super) const MAX_PARTIALS: usize = 16;
+
+pub(super) struct Partial {
+    pub(super) seq: u32,
+    pub(super) dialect: Dialect,
+    pub(super) clock: u64,
+    pub(super) frags: u8,
+    pub(super) got: [u64; 4],
+    pub(super) ngot: u8,
+    pub(super) frag_len: usize,
+    pub(super) buf: Vec<u8>,
+}
+
+pub(super) struct Peer {
+    pub(super) up: bool,
+    pub(super) node: u32,
+    // send side
+    pub(super) epoch: u32,
+    pub(super) established: bool,
+    pub(super) hello_due: Option<Instant>,
+    pub(super) tx: TxQueue,
+    pub(super) out: PacketRing,
+    pub(super) dirty: VecDeque<StateRef>,
+    pub(super) dirty_set: IdMap<()>,
+    pub(super) leaves: VecDeque<u32>,
+    pub(super) leaf_queued: Vec<u64>,
+    pub(super) leaf_dumped: Vec<u64>,
+    pub(super) leaf_reqs: VecDeque<u32>,
+    pub(super) state_reqs: VecDeque<StateId>,
+    pub(super) next_alive: Instant,
+    /// The peer's incarnation (from its HELLO or HELLO_ACK).
+    pub(super) peer_incarnation: Option<u32>,
+    /// Earliest time for our next HELLO_REQ (one per `hello_interval`).
+    pub(super) hello_req_after: Instant,
+    /// HELLOs sent in the current epoch.
+    pub(super) epoch_hellos: u32,
+    // receive side
+    pub(super) rx_epoch: Option<u32>,
+    pub(super) rx: RxWindow,
+    pub(super) rx_unacked: u32,
+    pub(super) ack_due: Option<Instant>,
+    pub(super) partials: VecDeque<Partial>,
+    /// Buffers of completed partials, reused for the next ones (no allocation per packet).
+    pub(super) spare_bufs: Vec<Vec<u8>>,
+    pub(super) last_rx: Instant,
+    // anti-entropy
+    pub(super) resync: bool,
+    pub(super) summary_due: Option<Instant>,
+    /// Next unsolicited digest comparison (anti-entropy audit).
+    pub(super) next_audit: Instant,
+    /// Creator ids of this peer's site: configured (fixed) …
+    pub(super) creators: Vec<u32>,
+    /// … or learned from its first-hand states and pinned.
+    pub(super) learned: Vec<u32>,
+    /// Answer budget in bytes (may go below 0 by one message).
+    pub(super) credit: i64,
+    pub(super) credit_at: Instant,
+    pub(super) stats: PeerSyncStats,
+}
+
+pub(super) fn bit(v: &[u64], i: usize) -> bool {
+    v[i / 64] & (1 << (i % 64)) != 0
+}
+
+pub(super) fn set_bit(v: &mut [u64], i: usize, on: bool) {
+    if on {
+        v[i / 64] |= 1 << (i % 64);
+    } else {
+        v[i / 64] &= !(1 << (i % 64));
+    }
+}
+
+impl Peer {
+    pub(super) fn new(cfg: &ReplicaConfig, leaves: usize, now: Instant) -> Peer {
+        let words = leaves.div_ceil(64);
+        Peer {
+            up: false,
+            node: 0,
+            epoch: 0,
+            established: false,
+            hello_due: None,
+            tx: TxQueue::new(1, cfg.resend_max_msgs, cfg.resend_max_refs),
+            out: PacketRing::new(cfg.peer_queue_max, cfg.peer_queue_max.saturating_mul(1500)),
+            dirty: VecDeque::new(),
+            dirty_set: IdMap::default(),
+            leaves: VecDeque::new(),
+            leaf_queued: vec![0; words],
+            leaf_dumped: vec![0; words],
+            leaf_reqs: VecDeque::new(),
+            state_reqs: VecDeque::new(),
+            next_alive: now,
+            peer_incarnation: None,
+            hello_req_after: now,
+            epoch_hellos: 0,
+            rx_epoch: None,
+            rx: RxWindow::new(0),
+            rx_unacked: 0,
+            ack_due: None,
+            partials: VecDeque::new(),
+            spare_bufs: Vec::new(),
+            last_rx: now,
+            resync: false,
+            summary_due: None,
+            next_audit: now + cfg.audit_interval,
+            creators: Vec::new(),
+            learned: Vec::new(),
+            credit: cfg.answer_burst as i64,
+            credit_at: now,
+            stats: PeerSyncStats::default(),
+        }
+    }
+
+    pub(super) fn push_out(&mut self, _cfg: &ReplicaConfig, d: &[u8]) {
+        // Beyond the bound the oldest is lost like on the network: NACK/resync recovers it.
+        self.out.push(d);
+    }
+
+    pub(super) fn send(&mut self, cfg: &ReplicaConfig, m: &SyncMsg) {
+        let mut buf = [0u8; 1500];
+        if let Ok(n) = m.encode(&mut buf) {
+            self.push_out(cfg, &buf[..n]);
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, r: StateRef) {
+        match r {
+            StateRef::State(id) => {
+                if self.dirty_set.insert(id, ()).is_none() {
+                    self.dirty.push_back(r);
+                }
+            }
+            StateRef::Clear { .. } => self.dirty.push_back(r),
+        }
+    }
+
+    pub(super) fn queue_leaf(&mut self, leaf: usize) {
+        if !bit(&self.leaf_queued, leaf) && !bit(&self.leaf_dumped, leaf) {
+            set_bit(&mut self.leaf_queued, leaf, true);
+            self.leaves.push_back(leaf as u32);
+        }
+    }
+
+    pub(super) fn busy(&self) -> bool {
+        !self.leaves.is_empty() || !self.dirty.is_empty() || self.tx.records_in_flight > 0
+    }
+
+    /// Nothing in flight either way: our digest is comparable with the peer's audit.
+    pub(super) fn quiet(&self) -> bool {
+        !self.busy()
+            && self.tx.unacked() == 0
+            && self.rx.cum == self.rx.high
+            && self.partials.is_empty()
+            && self.out.is_empty()
+    }
+
+    pub(super) fn start_resync(&mut self, now: Instant) {
+        if !self.resync {
+            self.resync = true;
+            self.stats.resyncs += 1;
+        }
+        self.summary_due = Some(now);
+    }
+
+    /// Note receipt of sequenced message `seq`; false if it is a duplicate.
+    pub(super) fn rx_accept(&mut self, cfg: &ReplicaConfig, seq: u32, now: Instant) -> bool {
+        let had_gap = self.rx.cum != self.rx.high;
+        match self.rx.receive(seq) {
+            RxVerdict::Duplicate => {
+                self.stats.duplicates += 1;
+                self.ack_due.get_or_insert(now + cfg.ack_delay);
+                return false;
+            }
+            RxVerdict::NewAfterJump => self.start_resync(now),
+            RxVerdict::New => {}
+        }
+        self.rx_unacked += 1;
+        if self.rx_unacked >= cfg.ack_every || (!had_gap && self.rx.cum != self.rx.high) {
+            // Enough to ack, or a new gap: tell the sender now.
+            self.ack_due = Some(now);
+        } else {
+            self.ack_due.get_or_insert(now + cfg.ack_delay);
+        }
+        true
+    }
+}
+
+/// Whole-packet receive result for a DATA fragment.
+pub(super) struct Complete<'a> {
+    pub(super) seq: u32,
+    pub(super) dialect: Dialect,
+    pub(super) clock: u64,
+    /// A single fragment is borrowed from the datagram; a reassembled packet owns the
+    /// partial's buffer, which goes back to the peer's spare list after use.
+    pub(super) bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Send (or resend) the HELLO of `p`'s current epoch; the next one is due after
+/// `hello_interval` unless a HELLO_ACK arrives.
+pub(super) fn send_hello(cfg: &ReplicaConfig, p: &mut Peer, clock: u64, now: Instant) {
+    let m = SyncMsg::Hello {
+        node: cfg.node_id,
+        epoch: p.epoch,
+        clock,
+        start_seq: 1,
+        incarnation: cfg.incarnation,
+    };
+    p.send(cfg, &m);
+    p.stats.hellos_tx += 1;
+    p.epoch_hellos += 1;
+    p.hello_due = Some(now + cfg.hello_interval);
+}
+
+/// A sequenced message of an epoch we have no HELLO for: counted, and (at most once per
+/// `hello_interval`) answered with HELLO_REQ so that a sender whose HELLO we never saw
+/// (e.g. acknowledged by our previous process) opens a new epoch instead of talking to
+/// nobody. Stragglers of a replaced epoch get a HELLO_REQ the sender ignores.
+pub(super) fn unknown_epoch(cfg: &ReplicaConfig, p: &mut Peer, epoch: u32, now: Instant) {
+    p.stats.epoch_mismatch += 1;
+    if p.up && now >= p.hello_req_after {
+        p.hello_req_after = now + cfg.hello_interval;
+        p.stats.hello_reqs_tx += 1;
+        p.send(cfg, &SyncMsg::HelloReq { epoch });
+    }
+}
+
+/// Queue one local pfsync packet for `p` as DATA fragments under one new seq.
+pub(super) fn send_data(
+    cfg: &ReplicaConfig,
+    p: &mut Peer,
+    pkt: &[u8],
+    dialect: Dialect,
+    clock: u64,
+    refs: &[StateRef],
+    now: Instant,
+) {
+    let (seq, pushed) = p.tx.push(refs, false, now);
+    if pushed == Pushed::Overflow {
+        p.stats.overflows += 1;
+        p.start_resync(now);
+    }
+    p.next_alive = p.next_alive.min(now + cfg.probe_interval);
+    let chunk = cfg.max_datagram - proto::DATA_HDR;
+    let frags = pkt.len().div_ceil(chunk).max(1);
+    if frags > 255 || pkt.len() > u16::MAX as usize {
+        return; // cannot be represented; the NACK of `seq` will repair from refs
+    }
+    for (i, c) in pkt.chunks(chunk).enumerate() {
+        let m = SyncMsg::Data {
+            epoch: p.epoch,
+            seq,
+            clock,
+            dialect,
+            frag: i as u8,
+            frags: frags as u8,
+            total_len: pkt.len() as u16,
+            chunk: c,
+        };
+        p.send(cfg, &m);
+    }
+    p.stats.tx_data += 1;
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn reassemble<'a>(
+    p: &mut Peer,
+    seq: u32,
+    dialect: Dialect,
+    clock: u64,
+    frag: u8,
+    frags: u8,
+    total_len: u16,
+    chunk: &'a [u8],
+) -> Option<Complete<'a>> {
+    let total = total_len as usize;
+    if frags == 1 {
+        if chunk.len() != total {
+            p.stats.bad_datagrams += 1;
+            return None;
+        }
+        return Some(Complete {
+            seq,
+            dialect,
+            clock,
+            bytes: std::borrow::Cow::Borrowed(chunk),
+        });
+    }
+    let idx = match p.partials.iter().position(|x| x.seq == seq) {
+        Some(i) => i,
+        None => {
+            if p.partials.len() >= MAX_PARTIALS {
+                p.partials.pop_front(); // its seq will be NACKed
+            }
+            p.partials.push_back(Partial {
+                seq,
+                dialect,
+                clock,
+                frags,
+                got: [0; 4],
+                ngot: 0,
+                frag_len: 0,
+                buf: match p.spare_bufs.pop() {
+                    Some(mut b) => {
+                        b.clear();
+                        b.resize(total, 0);
+                        b
+                    }
+                    None => vec![0; total],
+                },
+            });
+            p.partials.len() - 1
+        }
+    };
+    let x = &mut p.partials[idx];
+    let last = frag == frags - 1;
+    let off = if last {
+        total.checked_sub(chunk.len())
+    } else {
+        if x.frag_len == 0 {
+            x.frag_len = chunk.len();
+        }
+        (chunk.len() == x.frag_len).then(|| frag as usize * x.frag_len)
+    };
+    let consistent = x.frags == frags && x.buf.len() == total && x.dialect == dialect;
+    let Some(off) = off.filter(|&o| consistent && o + chunk.len() <= total) else {
+        p.stats.bad_datagrams += 1;
+        p.partials.remove(idx);
+        return None;
+    };
+    let (w, b) = (frag as usize / 64, 1u64 << (frag % 64));
+    if x.got[w] & b != 0 {
+        return None;
+    }
+    x.got[w] |= b;
+    x.ngot += 1;
+    x.buf[off..off + chunk.len()].copy_from_slice(chunk);
+    if x.ngot < x.frags {
+        return None;
+    }
+    let x = p.partials.remove(idx)?;
+    Some(Complete {
+        seq,
+        dialect: x.dialect,
+        clock: x.clock,
+        bytes: std::borrow::Cow::Owned(x.buf),
+    })
+}
+
+impl Replica {
+    /// A tunnel session with `peer` became usable. The first one (or the first after the
+    /// peer was declared down) opens our send epoch; any later one — a rekey, the second of
+    /// two crossed handshakes, an endpoint change — leaves both directions of the sync
+    /// stream as they are: only a restart of the peer process (a new incarnation in its
+    /// HELLO) starts over.
+    ///
+    /// Returns whether a new send epoch was opened (false: the stream was kept).
+    pub fn on_peer_up(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.add_peer(peer, now);
+        let p = self.peers.get_mut(&peer).expect("added");
+        // A session needs an authenticated datagram from the peer: it is alive.
+        p.last_rx = now;
+        if p.up {
+            p.stats.sessions_kept += 1;
+            return false;
+        }
+        self.restart_tx(peer, now);
+        true
+    }
+
+    pub fn on_peer_down(&mut self, peer: PeerId, _now: Instant) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.up = false;
+            p.established = false;
+            p.hello_due = None;
+            p.out.clear();
+        }
+    }
+
+    pub(super) fn restart_tx(&mut self, peer: PeerId, now: Instant) {
+        self.epochs = self.epochs.wrapping_add(1);
+        let epoch = crate::table::digest::mix64(
+            ((self.cfg.incarnation as u64) << 32)
+                ^ ((self.cfg.node_id as u64) << 16)
+                ^ self.epochs as u64,
+        ) as u32;
+        let leaves = self.table.leaf_count();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let stats = p.stats;
+        let (rx_epoch, rx, last_rx, node) = (
+            p.rx_epoch,
+            std::mem::replace(&mut p.rx, RxWindow::new(0)),
+            p.last_rx,
+            p.node,
+        );
+        let partials = std::mem::take(&mut p.partials);
+        let (creators, learned) = (
+            std::mem::take(&mut p.creators),
+            std::mem::take(&mut p.learned),
+        );
+        let (credit, credit_at) = (p.credit, p.credit_at);
+        let (incarnation, req_after) = (p.peer_incarnation, p.hello_req_after);
+        let (ack_due, rx_unacked) = (p.ack_due, p.rx_unacked);
+        *p = Peer::new(&self.cfg, leaves, now);
+        p.creators = creators;
+        p.learned = learned;
+        p.credit = credit;
+        p.credit_at = credit_at;
+        p.stats = stats;
+        p.rx_epoch = rx_epoch;
+        p.rx = rx;
+        p.partials = partials;
+        p.ack_due = ack_due;
+        p.rx_unacked = rx_unacked;
+        p.last_rx = last_rx;
+        p.node = node;
+        p.peer_incarnation = incarnation;
+        p.hello_req_after = req_after;
+        p.up = true;
+        p.epoch = epoch;
+        p.stats.tx_epochs += 1;
+        p.start_resync(now);
+        // HELLO right away (not at the next timeout): the epoch is up one round trip after
+        // the session.
+        send_hello(&self.cfg, p, self.clock, now);
+    }
+
+    pub(super) fn poll_inner(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let cfg = &self.cfg;
+        let limit = out.len().min(cfg.max_datagram);
+        let p = self.peers.get_mut(&peer)?;
+        if let Some(n) = p.out.front_len() {
+            if n > out.len() {
+                p.out.pop_front();
+                return None;
+            }
+            return p.out.pop_into(out);
+        }
+        if p.ack_due.is_some_and(|t| t <= now) {
+            if let Some(epoch) = p.rx_epoch {
+                p.ack_due = None;
+                p.rx_unacked = 0;
+                let mut gaps = Vec::new();
+                p.rx.gaps(MAX_NACKS, &mut gaps);
+                p.stats.nacks_tx += gaps.len() as u64;
+                let mut nacks = [0u8; MAX_NACKS * 8];
+                for (i, (a, b)) in gaps.iter().enumerate() {
+                    nacks[i * 8..i * 8 + 4].copy_from_slice(&a.to_be_bytes());
+                    nacks[i * 8 + 4..i * 8 + 8].copy_from_slice(&b.to_be_bytes());
+                }
+                let m = SyncMsg::Ack {
+                    epoch,
+                    cum: p.rx.cum,
+                    nacks: &nacks[..gaps.len() * 8],
+                };
+                return m.encode(&mut out[..limit]).ok();
+            }
+            p.ack_due = None;
+        }
+        if !p.established {
+            return None;
+        }
+        if !p.leaf_reqs.is_empty() {
+            let n = p.leaf_reqs.len().min((limit - 4) / 4);
+            let mut w = proto::Wr::new(&mut out[..limit]);
+            w.u8(msg_type::LEAF_REQ).ok()?;
+            w.u8(SYNC_VERSION).ok()?;
+            w.u16(n as u16).ok()?;
+            for l in p.leaf_reqs.drain(..n) {
+                w.u32(l).ok()?;
+            }
+            return Some(w.pos());
+        }
+        if !p.state_reqs.is_empty() {
+            let n = p.state_reqs.len().min((limit - 4) / 12);
+            let mut w = proto::Wr::new(&mut out[..limit]);
+            w.u8(msg_type::STATE_REQ).ok()?;
+            w.u8(SYNC_VERSION).ok()?;
+            w.u16(n as u16).ok()?;
+            for id in p.state_reqs.drain(..n) {
+                w.u64(id.id).ok()?;
+                w.u32(id.creator).ok()?;
+            }
+            return Some(w.pos());
+        }
+        if p.tx.records_in_flight < cfg.records_window && p.busy() {
+            // Repairs and anti-entropy answers are paid from the peer's answer budget.
+            if !p.refill(cfg, now) {
+                p.stats.answers_deferred += 1;
+                return None;
+            }
+            let n = build_records(cfg, p, &self.table, now, &mut out[..limit])?;
+            p.spend(n);
+            return Some(n);
+        }
+        None
+    }
+}

@@ -1,0 +1,495 @@
+//! What does a datagram from a peer do to the mirror and the firewall?
+//!
+//! `on_peer_datagram` decodes one plaintext datagram and handles each message type (epochs,
+//! acknowledgements, DATA, RECORDS, the anti-entropy exchange); `apply_data` and
+//! `apply_records` apply a peer's relayed packets and repair records to the mirror and queue
+//! what the local firewall must learn for injection.
+
+use super::antientropy::{send_ranges, FANOUT};
+use super::peer::{reassemble, unknown_epoch, Complete, MAX_PARTIALS};
+use super::*;
+
+impl Replica {
+    /// Plaintext from the tunnel.
+    pub fn on_peer_datagram(
+        &mut self,
+        peer: PeerId,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), SyncError> {
+        if !self.peers.contains_key(&peer) {
+            return Err(SyncError::UnknownPeer(peer));
+        }
+        let msg = match SyncMsg::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
+                return Err(e);
+            }
+        };
+        {
+            let p = self.peers.get_mut(&peer).unwrap();
+            p.stats.rx_datagrams += 1;
+            p.earn(&self.cfg, data.len());
+            p.last_rx = now;
+            if !p.up {
+                // Traffic from a peer we had declared dead (or never saw up): start over.
+                self.on_peer_up(peer, now);
+            }
+        }
+        match msg {
+            SyncMsg::Hello {
+                node,
+                epoch,
+                clock,
+                start_seq,
+                incarnation,
+            } => {
+                if !self.merge_clock(peer, clock) {
+                    return Ok(());
+                }
+                let p = self.peers.get_mut(&peer).unwrap();
+                p.node = node;
+                let restarted = p.peer_incarnation.is_some_and(|i| i != incarnation);
+                p.peer_incarnation = Some(incarnation);
+                if p.rx_epoch != Some(epoch) {
+                    // A new stream from the peer (first contact, its restart, or its
+                    // dead-peer detection): start receiving it, and compare tables.
+                    p.rx_epoch = Some(epoch);
+                    p.rx = RxWindow::new(start_seq);
+                    p.partials.clear();
+                    p.rx_unacked = 0;
+                    p.stats.rx_epochs += 1;
+                    p.start_resync(now);
+                }
+                if restarted {
+                    // A new process: it lost our stream too.
+                    p.stats.peer_restarts += 1;
+                    self.restart_tx(peer, now);
+                    self.note(peer, SyncNote::PeerRestarted);
+                }
+                let p = self.peers.get_mut(&peer).unwrap();
+                let ack = SyncMsg::HelloAck {
+                    node: self.cfg.node_id,
+                    epoch,
+                    clock: self.clock,
+                    incarnation: self.cfg.incarnation,
+                };
+                p.send(&self.cfg, &ack);
+            }
+            SyncMsg::HelloReq { epoch } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                // Only for our current, established epoch: a request naming an older one
+                // is a straggler of a stream we already replaced.
+                if epoch == p.epoch && p.established {
+                    p.stats.hello_reqs_rx += 1;
+                    self.restart_tx(peer, now);
+                    self.note(peer, SyncNote::HelloRequested);
+                } else {
+                    p.stats.epoch_mismatch += 1;
+                }
+            }
+            SyncMsg::HelloAck {
+                node,
+                epoch,
+                clock,
+                incarnation,
+            } => {
+                if !self.merge_clock(peer, clock) {
+                    return Ok(());
+                }
+                let p = self.peers.get_mut(&peer).unwrap();
+                // Only HELLOs are acknowledged, and we send them only before any sequenced
+                // message of the epoch: a new incarnation acking it missed nothing of it.
+                p.peer_incarnation = Some(incarnation);
+                if epoch == p.epoch && !p.established {
+                    p.node = node;
+                    p.established = true;
+                    p.hello_due = None;
+                    p.next_alive = now + self.cfg.keepalive;
+                    if p.resync {
+                        p.summary_due = Some(now);
+                    }
+                } else if epoch != p.epoch {
+                    // For an epoch we replaced: a straggler.
+                    p.stats.epoch_mismatch += 1;
+                }
+            }
+            SyncMsg::Data {
+                epoch,
+                seq,
+                clock,
+                dialect,
+                frag,
+                frags,
+                total_len,
+                chunk,
+            } => {
+                if !self.clock_ok(peer, clock) {
+                    return Ok(());
+                }
+                let p = self.peers.get_mut(&peer).unwrap();
+                if p.rx_epoch != Some(epoch) {
+                    unknown_epoch(&self.cfg, p, epoch, now);
+                    return Ok(());
+                }
+                if !p.rx.is_new(seq) {
+                    p.stats.duplicates += 1;
+                    return Ok(());
+                }
+                let Some(c) = reassemble(p, seq, dialect, clock, frag, frags, total_len, chunk)
+                else {
+                    return Ok(());
+                };
+                if !p.rx_accept(&self.cfg, c.seq, now) {
+                    return Ok(());
+                }
+                p.stats.rx_data += 1;
+                let r = self.apply_data(peer, &c, now);
+                if let std::borrow::Cow::Owned(b) = c.bytes {
+                    let p = self.peers.get_mut(&peer).unwrap();
+                    if p.spare_bufs.len() < MAX_PARTIALS {
+                        p.spare_bufs.push(b);
+                    }
+                }
+                r?;
+            }
+            SyncMsg::Records {
+                epoch,
+                seq,
+                count,
+                body,
+            } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                if p.rx_epoch != Some(epoch) {
+                    unknown_epoch(&self.cfg, p, epoch, now);
+                    return Ok(());
+                }
+                if !p.rx_accept(&self.cfg, seq, now) {
+                    return Ok(());
+                }
+                p.stats.rx_records += count as u64;
+                self.apply_records(peer, body, count, now);
+            }
+            SyncMsg::Ack { epoch, cum, nacks } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                if epoch != p.epoch || !p.established {
+                    p.stats.epoch_mismatch += 1;
+                    return Ok(());
+                }
+                p.tx.ack(cum, now);
+                p.stats.last_ack = cum;
+                let mut refs = Vec::new();
+                for (first, last) in proto::nack_ranges(nacks) {
+                    let next = p.tx.next_seq;
+                    if !link::seq_lt(first, next) || link::seq_lt(last, first) {
+                        continue;
+                    }
+                    let last = if link::seq_lt(last, next) {
+                        last
+                    } else {
+                        next.wrapping_sub(1)
+                    };
+                    p.stats.nacks_rx += 1;
+                    refs.clear();
+                    if !p.tx.nack(first, last, &mut refs) {
+                        p.stats.overflows += 1;
+                        p.start_resync(now);
+                    }
+                    p.stats.retransmits += refs.len() as u64;
+                    for r in refs.drain(..) {
+                        p.mark_dirty(r);
+                    }
+                    p.stats.skips_tx += 1;
+                    p.send(&self.cfg, &SyncMsg::Skip { epoch, first, last });
+                }
+            }
+            SyncMsg::Skip { epoch, first, last } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                if p.rx_epoch != Some(epoch) {
+                    unknown_epoch(&self.cfg, p, epoch, now);
+                    return Ok(());
+                }
+                p.rx.skip(first, last);
+                p.partials
+                    .retain(|x| link::seq_lt(x.seq, first) || link::seq_lt(last, x.seq));
+                p.ack_due.get_or_insert(now + self.cfg.ack_delay);
+            }
+            SyncMsg::Alive { epoch, next_seq } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                if p.rx_epoch == Some(epoch) {
+                    p.rx.announce(next_seq);
+                    p.ack_due = Some(now);
+                } else {
+                    unknown_epoch(&self.cfg, p, epoch, now);
+                }
+            }
+            SyncMsg::Summary {
+                digest,
+                count: _,
+                leaves_log2,
+                want_reply,
+                clock,
+            } => {
+                if !self.merge_clock(peer, clock) {
+                    return Ok(());
+                }
+                let ours = self.table.digest();
+                let leaves = self.table.leaf_count();
+                let p = self.peers.get_mut(&peer).unwrap();
+                if leaves_log2 != self.cfg.table.leaves_log2 {
+                    p.stats.bad_datagrams += 1;
+                    return Err(SyncError::BadValue {
+                        what: "leaves_log2",
+                        value: leaves_log2 as u64,
+                    });
+                }
+                if digest == ours {
+                    if p.resync && p.established {
+                        p.resync = false;
+                        p.summary_due = None;
+                        p.stats.resyncs_completed += 1;
+                    }
+                    if want_reply {
+                        let s = summary(&self.table, self.clock, false);
+                        p.send(&self.cfg, &s);
+                    }
+                } else if !want_reply && !p.quiet() {
+                    // An audit is sent while the peer has nothing unacked; if we have
+                    // something in flight to it (or a gap from it), the digests differ by
+                    // that and prove nothing: the next audit checks again. (Under churn,
+                    // starting a resync here would dump leaves for nothing.)
+                    p.stats.audits_inconclusive += 1;
+                } else if p.busy() {
+                    // Our earlier repairs are still unacknowledged: comparing now would
+                    // repeat them. Answered once they are acked: our own resync sends
+                    // SUMMARY{want_reply} when we are no longer busy, and the peer answers
+                    // it with RANGES.
+                    p.stats.summaries_deferred += 1;
+                    p.start_resync(now);
+                } else {
+                    p.start_resync(now);
+                    p.summary_due = Some(now + self.cfg.resync_interval);
+                    p.leaf_dumped.iter_mut().for_each(|w| *w = 0);
+                    let span = (leaves / FANOUT).max(1);
+                    send_ranges(&self.cfg, p, &self.table, (0, span, leaves / span), now);
+                }
+            }
+            SyncMsg::Ranges {
+                first,
+                span,
+                digests,
+            } => {
+                let leaves = self.table.leaf_count();
+                let p = self.peers.get_mut(&peer).unwrap();
+                let (first, span) = (first as usize, span as usize);
+                for (i, theirs) in proto::range_digests(digests).enumerate() {
+                    let start = first + i * span;
+                    if start + span > leaves {
+                        p.stats.bad_datagrams += 1;
+                        break;
+                    }
+                    if self.table.range_digest(start, span) == theirs {
+                        continue;
+                    }
+                    if span == 1 {
+                        p.queue_leaf(start);
+                        p.leaf_reqs.push_back(start as u32);
+                    } else {
+                        let child = (span / FANOUT).max(1);
+                        send_ranges(&self.cfg, p, &self.table, (start, child, span / child), now);
+                    }
+                }
+            }
+            SyncMsg::LeafReq { leaves } => {
+                let n = self.table.leaf_count();
+                let p = self.peers.get_mut(&peer).unwrap();
+                for l in proto::u32s(leaves) {
+                    if (l as usize) < n {
+                        p.queue_leaf(l as usize);
+                    } else {
+                        p.stats.bad_datagrams += 1;
+                    }
+                }
+            }
+            SyncMsg::StateReq { ids } => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                for id in proto::state_ids(ids) {
+                    p.mark_dirty(StateRef::State(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_data(
+        &mut self,
+        peer: PeerId,
+        c: &Complete,
+        now: Instant,
+    ) -> Result<(), SyncError> {
+        let pkt = match Packet::new_checked(&c.bytes[..], c.dialect) {
+            Ok(p) => p,
+            Err(e) => {
+                self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
+                return Err(e.into());
+            }
+        };
+        self.clock = self.clock.max(c.clock);
+        let v = Version::new(c.clock, self.peers[&peer].node);
+        let mut clean = true;
+        let mut incomplete = false;
+        self.scratch_msgs.clear();
+        for msg in pkt.messages() {
+            // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.
+            if !self.admit(peer, &msg, matches!(msg, Message::Ins(_)), now) {
+                clean = false;
+                self.scratch_msgs.push((msg, Applied::Full(StateId::BULK)));
+                continue;
+            }
+            // What a peer says about our own firewall's states is an echo or a correction:
+            // it wins only where it is strictly more advanced, never on version alone.
+            let vm = match msg.state_id() {
+                Some(id) if self.local_creators.contains(&id.creator) => Version::ZERO,
+                _ => v,
+            };
+            let a = self.table.apply_versioned(&msg, now, vm);
+            let p = self.peers.get_mut(&peer).unwrap();
+            match a {
+                Applied::Stale(id) | Applied::Older(id) => {
+                    clean = false;
+                    p.stats.stale_returned += 1;
+                    p.mark_dirty(StateRef::State(id));
+                }
+                Applied::NeedUpdate(id) => {
+                    // Not injected: the mirror cannot order it against the full state that
+                    // will be requested (a late INS could otherwise follow a newer UPD_C).
+                    clean = false;
+                    incomplete = true;
+                    p.state_reqs.push_back(id);
+                }
+                Applied::Full(_) => {
+                    clean = false;
+                    p.stats.states_refused += 1;
+                    self.note_full(now);
+                }
+                _ => {}
+            }
+            self.scratch_msgs.push((msg, a));
+        }
+        if clean && c.dialect == self.cfg.local_dialect {
+            self.stats.data_verbatim += 1;
+            self.injector.push_raw(&c.bytes, now);
+        } else {
+            if incomplete || c.dialect != self.cfg.local_dialect {
+                self.stats.data_reencoded += 1;
+            } else {
+                self.stats.data_corrected += 1;
+            }
+            // Never hand the firewall something older than the mirror: replace stale
+            // messages by the mirror's current copy.
+            let table = &self.table;
+            let msgs = self.scratch_msgs.iter().filter_map(|(m, a)| match a {
+                Applied::Stale(id) | Applied::Older(id) => {
+                    Some(table.update_for(*id, now).unwrap_or(Message::DelC(*id)))
+                }
+                // Full: refused (mirror or the peer's space full, or outside its creator ids).
+                Applied::BulkRequested | Applied::NeedUpdate(_) | Applied::Full(_) => None,
+                _ if matches!(m, Message::Eof) => None,
+                _ => Some(*m),
+            });
+            self.injector.encode(msgs, Some(c.dialect), now);
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_records(&mut self, peer: PeerId, body: &[u8], count: u16, now: Instant) {
+        let mut out: Vec<Message> = Vec::new();
+        for rec in Records::new(body, count) {
+            let Ok(rec) = rec else { break }; // validated at decode
+            let clock = match &rec {
+                Record::State(v, _) | Record::Tombstone(_, v) => v.clock,
+                Record::Clear { version, .. } => version.clock,
+            };
+            if !self.clock_ok(peer, clock) {
+                continue;
+            }
+            let admitted = match &rec {
+                // A version the peer wrote itself is first-hand: it may pin the creator id.
+                Record::State(v, s) => {
+                    let first_hand = v.node == self.peers[&peer].node;
+                    self.admit(peer, &Message::Upd(*s), first_hand, now)
+                }
+                Record::Clear {
+                    creator, ifname, ..
+                } => self.admit(
+                    peer,
+                    &Message::Clr {
+                        ifname: *ifname,
+                        creator: *creator,
+                    },
+                    false,
+                    now,
+                ),
+                Record::Tombstone(..) => true,
+            };
+            if !admitted {
+                self.refute_local(peer, &rec);
+                continue;
+            }
+            let p = self.peers.get_mut(&peer).unwrap();
+            match rec {
+                Record::State(v, s) => {
+                    self.clock = self.clock.max(v.clock);
+                    let id = s.id;
+                    let before = self.table.get(id).map(|e| e.hash());
+                    let a = self.table.apply_versioned(&Message::Upd(s), now, v);
+                    let changed = self.table.get(id).map(|e| e.hash()) != before;
+                    match a {
+                        Applied::Stale(_) | Applied::Older(_) => {
+                            p.stats.stale_returned += 1;
+                            p.mark_dirty(StateRef::State(id));
+                        }
+                        Applied::Full(_) => {
+                            p.stats.states_refused += 1;
+                            self.note_full(now);
+                        }
+                        _ => {}
+                    }
+                    // Our own firewall's state that the mirror did not hold: the firewall
+                    // deleted it while we were not listening (or the sweep will find it in
+                    // its next dump). Injecting it would resurrect it; the sweeps decide.
+                    let resurrects = before.is_none() && self.local_creators.contains(&id.creator);
+                    if changed && !resurrects {
+                        out.extend(self.table.update_for(id, now));
+                    }
+                    self.sweep_wanted |= resurrects;
+                }
+                Record::Tombstone(id, v) => {
+                    self.clock = self.clock.max(v.clock);
+                    match self.table.apply_versioned(&Message::DelC(id), now, v) {
+                        Applied::Deleted(_) => out.push(Message::DelC(id)),
+                        Applied::Older(_) => p.mark_dirty(StateRef::State(id)),
+                        _ => {}
+                    }
+                }
+                Record::Clear {
+                    creator,
+                    ifname,
+                    version,
+                } => {
+                    self.clock = self.clock.max(version.clock);
+                    let m = Message::Clr { ifname, creator };
+                    if let Applied::Cleared(n) = self.table.apply_versioned(&m, now, version) {
+                        if n > 0 {
+                            out.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            self.injector.encode(out, None, now);
+        }
+    }
+}
