@@ -254,6 +254,40 @@ pub struct PeerConfig {
 }
 
 impl Config {
+    /// A config built in memory, not read from a file (`pfsync-gw demo`, in-process tests):
+    /// a gateway on 127.0.0.1 (port chosen at bind) whose firewall is the pf emulator,
+    /// without control socket, metrics or peers, and default limits.
+    pub fn loopback_emulator(
+        name: String,
+        private_key: Key,
+        interface: String,
+        dialect: Dialect,
+        emulator: EmulatorConfig,
+    ) -> Config {
+        Config {
+            path: PathBuf::from("<in-memory>"),
+            name,
+            private_key,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control_socket: None,
+            metrics_listen: None,
+            rekey_after: None,
+            mtu: 1500,
+            local: LocalConfig {
+                mode: LocalMode::Emulator,
+                interface: Some(interface),
+                dialect,
+                capture_multicast: false,
+                inject_to: crate::wire::PFSYNC_GROUP,
+                firewalls: Vec::new(),
+            },
+            emulator,
+            peers: Vec::new(),
+            privileges: Privileges::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+
     /// Read, parse and validate `path`, loading the key files it references.
     ///
     /// The file decides which peers may inject states, so it must be a regular file owned

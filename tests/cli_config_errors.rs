@@ -3,27 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_pfsync-gw")
-}
+#[path = "common/proc.rs"]
+mod proc;
 
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("pfsync-gw-cfg-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use proc::{bin, is_root, Dir};
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
@@ -40,14 +23,9 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A fresh key pair: (private key file, public key).
 fn keygen(dir: &Dir, name: &str) -> (PathBuf, String) {
-    let p = dir.path(name);
-    let o = run(&["keygen", "--out", p.to_str().unwrap()], None);
-    assert!(o.status.success(), "{o:?}");
-    let private = std::fs::read_to_string(&p).unwrap();
-    let o = run(&["pubkey"], Some(&private));
-    assert!(o.status.success());
-    (p, String::from_utf8(o.stdout).unwrap().trim().to_string())
+    (dir.path(name), proc::keygen(&dir.0, name))
 }
 
 fn config(private: &Path, peer_pub: &str, extra: &str) -> String {
@@ -79,11 +57,6 @@ fn check(dir: &Dir, text: &str) -> Output {
     run(&["check", "--config", p.to_str().unwrap()], None)
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn chown(p: &Path, user: &str) {
     let uid = pfsync_gw::config::account::lookup_user(user).unwrap().0;
     std::os::unix::fs::chown(p, Some(uid), None).unwrap();
@@ -100,7 +73,7 @@ fn assert_exit2(o: &Output, needles: &[&str]) {
 
 #[test]
 fn valid_config_checks_ok_and_shows_public_key() {
-    let d = Dir::new("ok");
+    let d = Dir::new("cfg-ok");
     let (a, a_pub) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let o = check(&d, &config(&a, &b_pub, ""));
@@ -112,7 +85,7 @@ fn valid_config_checks_ok_and_shows_public_key() {
 #[test]
 fn keygen_file_is_0600_and_pubkey_is_44_chars() {
     use std::os::unix::fs::PermissionsExt;
-    let d = Dir::new("kg");
+    let d = Dir::new("cfg-kg");
     let (p, public) = keygen(&d, "k");
     assert_eq!(
         std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
@@ -131,7 +104,7 @@ fn pubkey_rejects_garbage_with_exit_2() {
 
 #[test]
 fn missing_key_file() {
-    let d = Dir::new("missing");
+    let d = Dir::new("cfg-missing");
     let (_, b_pub) = keygen(&d, "b.key");
     let o = check(&d, &config(&d.path("nope.key"), &b_pub, ""));
     assert_exit2(&o, &["c.toml", "node.private_key_file", "nope.key"]);
@@ -139,7 +112,7 @@ fn missing_key_file() {
 
 #[test]
 fn wrong_peer_key() {
-    let d = Dir::new("wrongkey");
+    let d = Dir::new("cfg-wrongkey");
     let (a, _) = keygen(&d, "a.key");
     let o = check(&d, &config(&a, "AAAA", ""));
     assert_exit2(&o, &["c.toml", "peer[0].public_key", "44 characters"]);
@@ -148,7 +121,7 @@ fn wrong_peer_key() {
 #[test]
 fn world_readable_key_file_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let d = Dir::new("perm");
+    let d = Dir::new("cfg-perm");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -158,14 +131,14 @@ fn world_readable_key_file_is_refused() {
 
 #[test]
 fn bad_toml() {
-    let d = Dir::new("badtoml");
+    let d = Dir::new("cfg-badtoml");
     let o = check(&d, "[node\nname = ");
     assert_exit2(&o, &["c.toml", "invalid TOML", "line"]);
 }
 
 #[test]
 fn unknown_field() {
-    let d = Dir::new("unknown");
+    let d = Dir::new("cfg-unknown");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let o = check(&d, &config(&a, &b_pub, "colour = \"blue\"\n"));
@@ -174,7 +147,7 @@ fn unknown_field() {
 
 #[test]
 fn unknown_dialect_and_bad_endpoint() {
-    let d = Dir::new("dialect");
+    let d = Dir::new("cfg-dialect");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let o = check(&d, &config(&a, &b_pub, "").replace("openbsd-v6", "solaris"));
@@ -188,7 +161,7 @@ fn unknown_dialect_and_bad_endpoint() {
 
 #[test]
 fn run_with_bad_config_exits_2_without_starting() {
-    let d = Dir::new("run");
+    let d = Dir::new("cfg-run");
     let p = d.path("c.toml");
     std::fs::write(&p, "garbage = [").unwrap();
     let o = run(&["run", "--config", p.to_str().unwrap()], None);
@@ -197,7 +170,7 @@ fn run_with_bad_config_exits_2_without_starting() {
 
 #[test]
 fn symlinked_key_file_is_refused() {
-    let d = Dir::new("symlink");
+    let d = Dir::new("cfg-symlink");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let link = d.path("link.key");
@@ -217,7 +190,7 @@ fn symlinked_key_file_is_refused() {
 #[test]
 fn key_file_that_is_not_a_regular_file_is_refused() {
     // A FIFO would block start-up forever if it were opened blocking and read.
-    let d = Dir::new("fifo");
+    let d = Dir::new("cfg-fifo");
     let (_, b_pub) = keygen(&d, "b.key");
     let fifo = d.path("fifo.key");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -233,7 +206,7 @@ fn key_file_owned_by_someone_else_is_refused_unless_it_is_the_service_user() {
         eprintln!("skipped: needs root to chown");
         return;
     }
-    let d = Dir::new("owner");
+    let d = Dir::new("cfg-owner");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     chown(&a, "nobody");
@@ -255,7 +228,7 @@ fn key_file_owned_by_someone_else_is_refused_unless_it_is_the_service_user() {
 
 #[test]
 fn unknown_user_and_group_are_refused() {
-    let d = Dir::new("user");
+    let d = Dir::new("cfg-user");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let with = |line: &str| {
@@ -280,7 +253,7 @@ fn unknown_user_and_group_are_refused() {
 #[test]
 fn config_writable_by_group_or_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let d = Dir::new("cfgmode");
+    let d = Dir::new("cfg-cfgmode");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let p = d.path("c.toml");
@@ -305,7 +278,7 @@ fn config_writable_by_group_or_others_is_refused() {
 
 #[test]
 fn public_key_next_is_checked_and_shown() {
-    let d = Dir::new("next");
+    let d = Dir::new("cfg-next");
     let (a, a_pub) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let (_, b_next) = keygen(&d, "b2.key");
@@ -332,7 +305,7 @@ fn public_key_next_is_checked_and_shown() {
 
 #[test]
 fn missing_field_names_table_and_field() {
-    let d = Dir::new("missingfield");
+    let d = Dir::new("cfg-missingfield");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let text = config(&a, &b_pub, "").replace("dialect = \"openbsd-v6\"\n", "");
@@ -352,7 +325,7 @@ fn missing_field_names_table_and_field() {
 
 #[test]
 fn logs_to_a_pipe_carry_no_colour() {
-    let d = Dir::new("nocolour");
+    let d = Dir::new("cfg-nocolour");
     let (a, _) = keygen(&d, "a.key");
     let (_, b_pub) = keygen(&d, "b.key");
     let p = d.path("c.toml");

@@ -1,57 +1,20 @@
 //! The daemon as real processes on loopback (emulated firewalls, so no root needed):
 //! signals, SIGHUP reload, peer restart, JSON logs.
 
+#[path = "common/proc.rs"]
+mod proc;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pfsync_gw::node::status::Status;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_pfsync-gw")
-}
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use proc::{bin, free_udp_port, keygen, Dir, Running};
 
 struct Daemon {
-    child: Child,
+    child: Running,
     sock: PathBuf,
     log: PathBuf,
-}
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keygen(dir: &Path, name: &str) -> String {
-    let p = dir.join(name);
-    assert!(Command::new(bin())
-        .args(["keygen", "--out"])
-        .arg(&p)
-        .status()
-        .unwrap()
-        .success());
-    let out = Command::new(bin())
-        .arg("pubkey")
-        .stdin(std::fs::File::open(&p).unwrap())
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write_config(
@@ -99,7 +62,7 @@ fn start(dir: &Path, me: &str, json: bool) -> Daemon {
         .spawn()
         .unwrap();
     Daemon {
-        child,
+        child: Running(child),
         sock: dir.join(format!("{me}.sock")),
         log,
     }
@@ -138,8 +101,7 @@ fn established(d: &Daemon, peer: &str) -> bool {
 
 #[test]
 fn sighup_adds_a_peer_without_disturbing_the_other_and_sigterm_exits_cleanly() {
-    let dir = Dir(std::env::temp_dir().join(format!("pfsync-gw-hup-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = Dir::new("hup");
     let d = &dir.0;
     let (pa, pb, pc) = (keygen(d, "a.key"), keygen(d, "b.key"), keygen(d, "c.key"));
     let (qa, qb, qc) = (free_udp_port(), free_udp_port(), free_udp_port());
@@ -210,8 +172,7 @@ fn sighup_adds_a_peer_without_disturbing_the_other_and_sigterm_exits_cleanly() {
 
 #[test]
 fn peer_restart_reconnects_and_resyncs_by_itself() {
-    let dir = Dir(std::env::temp_dir().join(format!("pfsync-gw-rst-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = Dir::new("rst");
     let d = &dir.0;
     let (pa, pb) = (keygen(d, "a.key"), keygen(d, "b.key"));
     let (qa, qb) = (free_udp_port(), free_udp_port());

@@ -12,42 +12,16 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_pfsync-gw")
-}
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("pfsync-gw-lh-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::proc::{bin, free_tcp_port, free_udp_port, is_root, keygen, Dir, Running};
 
 struct Daemon {
-    child: Child,
+    child: Running,
     sock: PathBuf,
     metrics: SocketAddr,
     log: PathBuf,
-}
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 impl Daemon {
     fn log(&self) -> String {
@@ -55,18 +29,10 @@ impl Daemon {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Start an emulator-mode daemon with a control socket and `/metrics`; `nofile` sets its
 /// RLIMIT_NOFILE, `umask` its umask, `extra` adds `[node]` lines.
 fn start(dir: &Dir, nofile: Option<u64>, umask: Option<u32>, extra: &str) -> Daemon {
-    keygen(dir, "gw.key");
+    keygen(&dir.0, "gw.key");
     let port = free_tcp_port();
     let cfg = dir.path("gw.toml");
     std::fs::write(
@@ -90,25 +56,6 @@ fn start(dir: &Dir, nofile: Option<u64>, umask: Option<u32>, extra: &str) -> Dae
         std::thread::sleep(Duration::from_millis(50));
     }
     d
-}
-
-/// `pfsync-gw keygen` into `dir/name` (kept if it exists); returns the public key.
-fn keygen(dir: &Dir, name: &str) -> String {
-    let key = dir.path(name);
-    if !key.exists() {
-        assert!(Command::new(bin())
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .status()
-            .unwrap()
-            .success());
-    }
-    let out = Command::new(bin())
-        .arg("pubkey")
-        .stdin(std::fs::File::open(&key).unwrap())
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// `pfsync-gw run --config dir/<name>.toml` (socket `<name>.sock`, log `<name>.log`).
@@ -145,7 +92,7 @@ fn spawn(
         });
     }
     Daemon {
-        child: c.spawn().unwrap(),
+        child: Running(c.spawn().unwrap()),
         sock: dir.path(&format!("{name}.sock")),
         metrics: format!("127.0.0.1:{}", metrics_port.unwrap_or(9))
             .parse()
@@ -213,7 +160,7 @@ fn open_fds(pid: u32) -> usize {
 
 #[test]
 fn control_socket_is_0600_whatever_the_umask() {
-    let dir = Dir::new("umask");
+    let dir = Dir::new("lh-umask");
     // A stale file where the socket goes (a crashed run) is replaced.
     std::fs::write(dir.path("gw.sock"), b"stale").unwrap();
     let d = start(&dir, None, Some(0o000), "");
@@ -269,7 +216,7 @@ fn control_socket_is_0600_whatever_the_umask() {
 fn idle_clients_beyond_the_cap_do_not_block_others() {
     // The attack at the usual limit: ~1,030 idle connections used to exhaust the
     // descriptors and end both loops.
-    let dir = Dir::new("idle");
+    let dir = Dir::new("lh-idle");
     let d = start(&dir, Some(1024), None, "");
     let mut idle_tcp = Vec::new();
     for _ in 0..1100 {
@@ -303,7 +250,7 @@ fn idle_clients_beyond_the_cap_do_not_block_others() {
 #[test]
 fn descriptor_exhaustion_is_survived() {
     // RLIMIT_NOFILE 40: far fewer descriptors than the clients we open.
-    let dir = Dir::new("emfile");
+    let dir = Dir::new("lh-emfile");
     let d = start(&dir, Some(40), None, "");
     let mut idle = Vec::new();
     for _ in 0..400 {
@@ -347,7 +294,7 @@ fn descriptor_exhaustion_is_survived() {
 
 #[test]
 fn slow_and_oversized_clients_are_cut_off() {
-    let dir = Dir::new("slow");
+    let dir = Dir::new("lh-slow");
     let d = start(&dir, None, None, "");
     // An oversized request is answered with an error, not read forever.
     let mut s = UnixStream::connect(&d.sock).unwrap();
@@ -401,11 +348,6 @@ fn slow_and_oversized_clients_are_cut_off() {
 }
 
 // ---- least privilege (`[node] user`) ----------------------------------------------------
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// `Key:\tvalue` lines of /proc/<pid>/task/<tid>/status for every thread of `pid`.
 fn proc_status(pid: u32) -> Vec<std::collections::HashMap<String, String>> {
@@ -476,12 +418,12 @@ fn privilege_drop_emulator_mode_relays_and_reloads() {
         return;
     }
     let (nobody, nogroup) = pfsync_gw::config::account::lookup_user("nobody").unwrap();
-    let dir = Dir::new("drop");
+    let dir = Dir::new("lh-drop");
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (pa, pb, pc) = (
-        keygen(&dir, "a.key"),
-        keygen(&dir, "b.key"),
-        keygen(&dir, "c.key"),
+        keygen(&dir.0, "a.key"),
+        keygen(&dir.0, "b.key"),
+        keygen(&dir.0, "c.key"),
     );
     // a's key belongs to the account a drops to, so a can re-read it on SIGHUP.
     std::os::unix::fs::chown(dir.path("a.key"), Some(nobody), None).unwrap();
@@ -554,9 +496,9 @@ fn privilege_drop_needs_root_or_that_user() {
         return;
     }
     // The daemon already runs as nobody and is told to become daemon: exit 1, clear error.
-    let dir = Dir::new("drop2");
+    let dir = Dir::new("lh-drop2");
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    keygen(&dir, "gw.key");
+    keygen(&dir.0, "gw.key");
     let (nobody, nogroup) = pfsync_gw::config::account::lookup_user("nobody").unwrap();
     std::os::unix::fs::chown(dir.path("gw.key"), Some(nobody), None).unwrap();
     let cfg = dir.path("gw.toml");
@@ -579,14 +521,6 @@ fn privilege_drop_needs_root_or_that_user() {
         err.contains("only root can switch to user `daemon`"),
         "{err}"
     );
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -638,7 +572,7 @@ fn privilege_drop_raw_mode_keeps_only_cap_net_raw_and_relays() {
             "--inh-caps=-all,+net_raw,+net_admin",
             "--ambient-caps=-all,+net_raw,+net_admin",
             "--bounding-set=-all,+net_raw,+net_admin",
-            common::gw::bin(),
+            bin(),
             "run",
             "--config",
             cfg_b.to_str().unwrap(),

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use common::capture::{RawPf, PFSYNC_GROUP};
 use common::gw::{drop_count, Net, SYNC_IF, TUNNEL_PORT};
 use common::netns::skip_unless_root;
-use common::pf::{packet, tcp_state};
+use common::pf::{packet, state_ids, tcp_state};
 use pfsync_gw::tunnel::{Endpoint, Identity, Send as TunnelSend, INITIATION_LEN};
-use pfsync_gw::wire::{Dialect, Message, Packet};
+use pfsync_gw::wire::Message;
 use rand_core::{OsRng, RngCore};
 
 /// Packets per second the flood aims at (the issue asks for ≥ 50,000).
@@ -204,18 +204,6 @@ fn status_latency(sock: &std::path::Path) -> Duration {
     }
 }
 
-/// State ids (of creator CREATOR) in a pfsync packet.
-fn state_ids(payload: &[u8]) -> Vec<u64> {
-    let Ok(p) = Packet::new_checked(payload, Dialect::OpenbsdV6) else {
-        return Vec::new();
-    };
-    p.messages()
-        .filter_map(|m: Message| m.state_id())
-        .filter(|id| id.creator == CREATOR)
-        .map(|id| id.id)
-        .collect()
-}
-
 /// Offer RELAY_PPS new states from fw-a for PHASE; return how many distinct ones fw-b
 /// got within the phase (plus 0.5 s of transit), sampling `status` latency meanwhile.
 fn relay_phase(
@@ -242,7 +230,7 @@ fn relay_phase(
             let end = Instant::now() + PHASE + Duration::from_millis(500);
             while let Some(left) = end.checked_duration_since(Instant::now()) {
                 if let Some(p) = fw_b.recv(left) {
-                    got.extend(state_ids(&p.payload));
+                    got.extend(state_ids(&p.payload, CREATOR));
                 }
             }
             got
@@ -399,7 +387,7 @@ fn relay_survives_a_handshake_flood() {
     let end = Instant::now() + Duration::from_secs(15);
     while all.iter().any(|id| !seen.contains(id)) && Instant::now() < end {
         if let Some(p) = fw_b.recv(Duration::from_millis(200)) {
-            seen.extend(state_ids(&p.payload));
+            seen.extend(state_ids(&p.payload, CREATOR));
         }
     }
     let missing = all.iter().filter(|id| !seen.contains(id)).count();

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use common::capture::{RawPf, PFSYNC_GROUP};
 use common::gw::{keygen, Keys, Net, SYNC_IF};
 use common::netns::skip_unless_root;
-use common::pf::{packet, tcp_state};
+use common::pf::{packet, state_ids, tcp_state};
 use common::poll::wait_for;
-use pfsync_gw::wire::{Dialect, Message, Packet};
+use pfsync_gw::wire::Message;
 
 /// Config of gateway `i` with private key `own` and, per other site, (public, next).
 fn write_config(net: &Net, i: usize, own: &Keys, peer: (&str, Option<&str>)) -> PathBuf {
@@ -63,17 +63,6 @@ fn hup(ns: &str) {
         }
     }
     assert_eq!(n, 1, "one gateway in {ns}");
-}
-
-fn state_ids(payload: &[u8], creator: u32) -> Vec<u64> {
-    let Ok(p) = Packet::new_checked(payload, Dialect::OpenbsdV6) else {
-        return Vec::new();
-    };
-    p.messages()
-        .filter_map(|m: Message| m.state_id())
-        .filter(|id| id.creator == creator)
-        .map(|id| id.id)
-        .collect()
 }
 
 #[test]

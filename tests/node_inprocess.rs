@@ -3,10 +3,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pfsync_gw::config::{Config, EmulatorConfig, Key, LocalConfig, LocalMode, PeerConfig};
+use pfsync_gw::config::{Config, EmulatorConfig, Key, PeerConfig};
 use pfsync_gw::node::status::Status;
 use pfsync_gw::node::{control, Node, NodeHandle};
 use pfsync_gw::wire::Dialect;
@@ -16,24 +15,12 @@ struct Site {
 }
 
 fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
-    Config {
-        path: PathBuf::from("<test>"),
-        name: format!("gw-{i}"),
-        private_key: key.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        control_socket: None,
-        metrics_listen: None,
-        rekey_after: None,
-        mtu: 1500,
-        local: LocalConfig {
-            mode: LocalMode::Emulator,
-            interface: Some(format!("em{i}")),
-            dialect,
-            capture_multicast: false,
-            inject_to: pfsync_gw::wire::PFSYNC_GROUP,
-            firewalls: Vec::new(),
-        },
-        emulator: EmulatorConfig {
+    Config::loopback_emulator(
+        format!("gw-{i}"),
+        key.clone(),
+        format!("em{i}"),
+        dialect,
+        EmulatorConfig {
             hostid: Some(0x0a00_0001 + i as u32),
             rate,
             max_states: 5_000,
@@ -41,10 +28,7 @@ fn base_config(i: usize, key: &Key, dialect: Dialect, rate: u32) -> Config {
             seed: Some(7 + i as u64),
             churn_for: None,
         },
-        peers: Vec::new(),
-        privileges: Default::default(),
-        limits: Default::default(),
-    }
+    )
 }
 
 /// Start `dialects.len()` nodes in a full mesh; `tweak` may adjust each config.

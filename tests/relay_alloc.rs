@@ -5,36 +5,15 @@
 #[path = "common/pf.rs"]
 mod pf;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "common/alloc.rs"]
+mod counting;
+
 use std::time::Instant;
 
+use counting::allocs;
 use pf::{packet, tcp_state, upd_c};
 use pfsync_gw::sync::{Replica, ReplicaConfig};
 use pfsync_gw::wire::{Dialect, Message};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
 
 /// Move every datagram each side has for the other, both ways, until quiet.
 fn shuttle(a: &mut Replica, b: &mut Replica, buf: &mut [u8], now: Instant) {

@@ -125,6 +125,11 @@ impl Lab {
     fn data(&mut self, pkt: &[u8], clock: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.data_at(seq, pkt, clock);
+    }
+
+    /// The same with a sequence number of our choosing.
+    fn data_at(&mut self, seq: u32, pkt: &[u8], clock: u64) {
         self.send(&SyncMsg::Data {
             epoch: EVIL_EPOCH,
             seq,
@@ -172,17 +177,7 @@ fn far_sequence_numbers_cost_constant_time() {
         let far = 1u32.wrapping_add(0x7fff_fff0).wrapping_add(k * 0x1000_0000);
         lab.records(far, &[]);
         let pkt = packet(&[Message::Ins(tcp_state(100 + k as u64, EVIL_FW))]);
-        let seq = far.wrapping_add(7);
-        lab.send(&SyncMsg::Data {
-            epoch: EVIL_EPOCH,
-            seq,
-            clock,
-            dialect: OB,
-            frag: 0,
-            frags: 1,
-            total_len: pkt.len() as u16,
-            chunk: &pkt,
-        });
+        lab.data_at(far.wrapping_add(7), &pkt, clock);
         lab.drain();
     }
     let took = t.elapsed();

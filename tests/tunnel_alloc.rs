@@ -1,36 +1,15 @@
 //! The transport hot path (`send` with a session, `handle_datagram` of a transport
 //! message) must not allocate. Own test binary: it installs a counting global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "common/alloc.rs"]
+mod counting;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use counting::allocs;
 use pfsync_gw::tunnel::{Endpoint, Identity, Recv, Send};
 use rand_core::OsRng;
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
 
 #[test]
 fn transport_path_does_not_allocate() {

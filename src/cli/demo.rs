@@ -3,10 +3,9 @@
 //! did not converge.
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, EmulatorConfig, Key, LocalConfig, LocalMode, PeerConfig};
+use crate::config::{Config, EmulatorConfig, Key, PeerConfig};
 use crate::node::{Node, NodeHandle};
 use crate::wire::Dialect;
 
@@ -71,24 +70,12 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
     let mut handles: Vec<NodeHandle> = Vec::new();
     let mut cfgs = Vec::new();
     for i in 0..n {
-        let cfg = Config {
-            path: PathBuf::from("<demo>"),
-            name: name(i),
-            private_key: keys[i].clone(),
-            listen: "127.0.0.1:0".parse().expect("literal"),
-            control_socket: None,
-            metrics_listen: None,
-            rekey_after: None,
-            mtu: 1500,
-            local: LocalConfig {
-                mode: LocalMode::Emulator,
-                interface: Some(format!("em{i}")),
-                dialect: dialects[i % dialects.len()],
-                capture_multicast: false,
-                inject_to: crate::wire::PFSYNC_GROUP,
-                firewalls: Vec::new(),
-            },
-            emulator: EmulatorConfig {
+        let cfg = Config::loopback_emulator(
+            name(i),
+            keys[i].clone(),
+            format!("em{i}"),
+            dialects[i % dialects.len()],
+            EmulatorConfig {
                 hostid: Some(0x1000_0001 + i as u32),
                 rate: args.rate,
                 max_states: 20_000,
@@ -96,10 +83,7 @@ async fn demo(args: &DemoArgs, dialects: &[Dialect]) -> i32 {
                 seed: Some(42 + i as u64),
                 churn_for: None,
             },
-            peers: Vec::new(),
-            privileges: Default::default(),
-            limits: Default::default(),
-        };
+        );
         let (node, h) = match Node::bind(cfg.clone()).await {
             Ok(x) => x,
             Err(e) => {

@@ -284,12 +284,12 @@ pub(crate) fn write(d: Dialect, msg: &Message, b: &mut [u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire::peer::tests::{peer_e, PEER_E};
 
     /// Reference §10 E: a `pfsync_upd_c` built from two copies of peer E.
-    fn upd_c_e_bytes() -> [u8; 84] {
+    pub(crate) fn upd_c_e_bytes() -> [u8; 84] {
         let mut b = [0u8; 84];
         b[7] = 1;
         b[8..40].copy_from_slice(&PEER_E);
@@ -298,7 +298,7 @@ mod tests {
         b
     }
 
-    fn upd_c_e() -> Message {
+    pub(crate) fn upd_c_e() -> Message {
         Message::UpdC(UpdCRepr {
             id: StateId::new(1, 0xdead_beef),
             src: peer_e(),

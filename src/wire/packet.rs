@@ -545,8 +545,8 @@ impl<'a> PacketWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::peer::tests::{peer_e, PEER_E};
-    use crate::wire::{BusStatus, StateId, UpdCRepr};
+    use crate::wire::msg::tests::{upd_c_e, upd_c_e_bytes};
+    use crate::wire::{BusStatus, StateId};
 
     fn parse(d: Dialect, b: &[u8]) -> Vec<Message> {
         Packet::new_checked(b, d).unwrap().messages().collect()
@@ -658,31 +658,12 @@ mod tests {
         assert_eq!(w.push(&m[0]), Ok(false));
     }
 
-    fn upd_c_e() -> Message {
-        Message::UpdC(UpdCRepr {
-            id: StateId::new(1, 0xdead_beef),
-            src: peer_e(),
-            dst: peer_e(),
-            expire: 0,
-            timeout: 2,
-            flags: 0,
-        })
-    }
-
-    fn upd_c_e_body() -> Vec<u8> {
-        let mut b = vec![0, 0, 0, 0, 0, 0, 0, 1];
-        b.extend_from_slice(&PEER_E);
-        b.extend_from_slice(&PEER_E);
-        b.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 2, 0, 0, 0]);
-        b
-    }
-
     #[test]
     fn example_e_openbsd() {
         let mut pkt = vec![6, 0, 0, 108];
         pkt.extend_from_slice(&[0; 16]);
         pkt.extend_from_slice(&[0x04, 0x15, 0x00, 0x01]);
-        pkt.extend_from_slice(&upd_c_e_body());
+        pkt.extend_from_slice(&upd_c_e_bytes());
         assert_eq!(pkt.len(), 108);
         assert_eq!(parse(Dialect::OpenbsdV6, &pkt), [upd_c_e()]);
         assert_eq!(emit(Dialect::OpenbsdV6, &[upd_c_e()], [0; 16]), pkt);
@@ -693,7 +674,7 @@ mod tests {
         let mut pkt = vec![5, 0, 0, 112];
         pkt.extend_from_slice(&[0; 16]);
         pkt.extend_from_slice(&[0x04, 0x00, 0x00, 0x01]);
-        pkt.extend_from_slice(&upd_c_e_body());
+        pkt.extend_from_slice(&upd_c_e_bytes());
         pkt.extend_from_slice(&FREEBSD_EOF);
         assert_eq!(parse(Dialect::Freebsd1400, &pkt), [upd_c_e(), Message::Eof]);
         assert_eq!(emit(Dialect::Freebsd1400, &[upd_c_e()], [0; 16]), pkt);
@@ -856,7 +837,7 @@ mod tests {
         let mut pkt = vec![6, 0, 0, 108];
         pkt.extend_from_slice(&[0; 16]);
         pkt.extend_from_slice(&[0x04, 0x15, 0x00, 0x01]);
-        pkt.extend_from_slice(&upd_c_e_body());
+        pkt.extend_from_slice(&upd_c_e_bytes());
         pkt[24 + 80] = 20;
         assert_eq!(
             Packet::new_checked(&pkt[..], Dialect::OpenbsdV6).unwrap_err(),

@@ -211,36 +211,9 @@ impl RawPf {
 
 /// First IPv4 address of `ifname` in the calling thread's namespace.
 pub fn if_addr(ifname: &str) -> Option<Ipv4Addr> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we read and free.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return None;
-    }
-    let mut cur = ifap;
-    let mut found = None;
-    while !cur.is_null() {
-        // SAFETY: cur is a node of the list.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: NUL-terminated name owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        // SAFETY: reading the family, then a sockaddr_in when it says AF_INET.
-        unsafe {
-            if name.to_bytes() == ifname.as_bytes()
-                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
-            {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-                break;
-            }
-        }
-    }
-    // SAFETY: from getifaddrs.
-    unsafe { libc::freeifaddrs(ifap) };
-    found
+    pfsync_gw::local::raw::interface_ipv4_addrs(ifname)
+        .first()
+        .copied()
 }
 
 /// Direction of a captured frame relative to the capturing interface.

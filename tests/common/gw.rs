@@ -26,9 +26,7 @@ pub const TRANSIT_IF: &str = "tr0";
 pub const TUNNEL_PORT: u16 = 51900;
 pub const ATTACKER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 66);
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_pfsync-gw")
-}
+pub use super::proc::bin;
 
 /// A key pair made by the CLI: private key file (0600) and base64 public key.
 #[derive(Debug, Clone)]

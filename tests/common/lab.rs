@@ -14,4 +14,5 @@ pub mod gw;
 pub mod netns;
 pub mod pf;
 pub mod poll;
+pub mod proc;
 pub mod sync;

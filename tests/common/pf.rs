@@ -1,7 +1,7 @@
 //! pfsync packets as a firewall would send them, built with the crate's codec.
 
 use pfsync_gw::wire::{
-    AddrFamily, Dialect, Message, PacketWriter, PeerRepr, StateId, StateKeyRepr, StateRepr,
+    AddrFamily, Dialect, Message, Packet, PacketWriter, PeerRepr, StateId, StateKeyRepr, StateRepr,
     UpdCRepr,
 };
 
@@ -74,4 +74,18 @@ pub fn packet(msgs: &[Message]) -> Vec<u8> {
     let n = w.finish();
     buf.truncate(n);
     buf
+}
+
+/// Ids of the states of `creator` that an OpenBSD v6 packet names (any message kind);
+/// nothing if it does not parse.
+#[allow(dead_code)] // not every including test binary needs it
+pub fn state_ids(payload: &[u8], creator: u32) -> Vec<u64> {
+    let Ok(p) = Packet::new_checked(payload, Dialect::OpenbsdV6) else {
+        return Vec::new();
+    };
+    p.messages()
+        .filter_map(|m: Message| m.state_id())
+        .filter(|id| id.creator == creator)
+        .map(|id| id.id)
+        .collect()
 }
