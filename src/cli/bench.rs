@@ -374,6 +374,7 @@ fn shuttle(
     }
 }
 
+#[inline(never)]
 fn relay_round<'p>(
     pkts: impl Iterator<Item = &'p Vec<u8>>,
     ra: &mut Replica,

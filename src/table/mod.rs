@@ -21,6 +21,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 pub use digest::{entry_hash, leaf_of, Digest};
+use digest::{entry_hash_from, entry_prefix, HashPrefix};
 
 use crate::wire::{BusStatus, Message, StateId, StateRepr, UpdCRepr};
 
@@ -101,8 +102,23 @@ pub struct Entry {
     seen: Instant,
     version: Version,
     hash: u128,
+    /// `hash` without the peers, so a compressed update rehashes only what it changed.
+    prefix: HashPrefix,
     leaf: u32,
     slot: u32,
+}
+
+impl Entry {
+    /// Recompute `hash` from the state; the prefix is reused unless `full` or the
+    /// timeout changed (the only non-peer synced field an update keeps changing).
+    #[inline]
+    fn rehash_self(&mut self, full: bool) -> u128 {
+        if full || self.prefix.timeout != self.state.timeout {
+            self.prefix = entry_prefix(&self.state);
+        }
+        self.hash = entry_hash_from(&self.prefix, &self.state.src, &self.state.dst);
+        self.hash
+    }
 }
 
 impl Entry {
@@ -422,8 +438,7 @@ impl StateTable {
             e.version = e.version.max(v);
         }
         let leaf = e.leaf as usize;
-        let h = entry_hash(&e.state);
-        e.hash = h;
+        let h = e.rehash_self(true);
         self.rehash(leaf, old_hash, h);
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
@@ -456,8 +471,7 @@ impl StateTable {
             e.version = e.version.max(v);
         }
         let leaf = e.leaf as usize;
-        let h = entry_hash(&e.state);
-        e.hash = h;
+        let h = e.rehash_self(false);
         self.rehash(leaf, old_hash, h);
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
@@ -488,7 +502,8 @@ impl StateTable {
         let id = s.id;
         self.drop_tomb(id);
         let leaf = self.leaf_of(id);
-        let hash = entry_hash(s);
+        let prefix = entry_prefix(s);
+        let hash = entry_hash_from(&prefix, &s.src, &s.dst);
         let l = &mut self.leaves[leaf];
         let slot = l.ids.len() as u32;
         l.ids.push(id);
@@ -502,6 +517,7 @@ impl StateTable {
                 seen: now,
                 version,
                 hash,
+                prefix,
                 leaf: leaf as u32,
                 slot,
             },
