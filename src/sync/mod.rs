@@ -336,7 +336,9 @@ pub struct Replica {
     next_expire: Instant,
     stats: ReplicaStats,
     scratch_refs: Vec<StateRef>,
-    scratch_msgs: Vec<(Message, Applied)>,
+    /// Per message of the DATA being applied: what the firewall gets for it (small, so
+    /// the clean path copies no messages; the packet is re-parsed only when not clean).
+    scratch_fates: Vec<Fate>,
     /// The local firewall's bulk answer being received (reconciliation sweep).
     sweep: Option<Sweep>,
     /// Creator ids of our own firewall (from its INS and BUS): it is the authority on those
@@ -345,6 +347,15 @@ pub struct Replica {
     /// Set while a late captured packet is applied: its changes go to the peers as dirty
     /// state references (sent once each, current version) instead of as DATA.
     coalesce: bool,
+}
+
+/// What a message of a peer's DATA becomes towards the local firewall.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Keep,
+    /// Replaced by the mirror's current copy (or a delete if it has none).
+    Current(StateId),
+    Skip,
 }
 
 /// Reconciling the mirror with the firewall's own full dump (BUS START … BUS END): what the
@@ -368,7 +379,7 @@ impl Replica {
             next_expire: now + cfg.expire_interval,
             stats: ReplicaStats::default(),
             scratch_refs: Vec::new(),
-            scratch_msgs: Vec::new(),
+            scratch_fates: Vec::new(),
             sweep: None,
             local_creators: Vec::new(),
             coalesce: false,
@@ -977,7 +988,7 @@ impl Replica {
         let p = self.peers.get_mut(&peer).unwrap();
         let v = Version::new(c.clock, p.node);
         let mut clean = true;
-        self.scratch_msgs.clear();
+        self.scratch_fates.clear();
         for msg in pkt.messages() {
             // What a peer says about our own firewall's states is an echo or a correction:
             // it wins only where it is strictly more advanced, never on version alone.
@@ -1000,7 +1011,12 @@ impl Replica {
                 }
                 _ => {}
             }
-            self.scratch_msgs.push((msg, a));
+            self.scratch_fates.push(match a {
+                Applied::Stale(id) | Applied::Older(id) => Fate::Current(id),
+                Applied::BulkRequested | Applied::NeedUpdate(_) => Fate::Skip,
+                _ if matches!(msg, Message::Eof) => Fate::Skip,
+                _ => Fate::Keep,
+            });
         }
         if clean && c.dialect == self.cfg.local_dialect {
             self.injector.push_raw(&c.bytes, now);
@@ -1008,14 +1024,16 @@ impl Replica {
             // Never hand the firewall something older than the mirror: replace stale
             // messages by the mirror's current copy.
             let table = &self.table;
-            let msgs = self.scratch_msgs.iter().filter_map(|(m, a)| match a {
-                Applied::Stale(id) | Applied::Older(id) => {
-                    Some(table.update_for(*id, now).unwrap_or(Message::DelC(*id)))
-                }
-                Applied::BulkRequested | Applied::NeedUpdate(_) => None,
-                _ if matches!(m, Message::Eof) => None,
-                _ => Some(*m),
-            });
+            let msgs =
+                pkt.messages()
+                    .zip(self.scratch_fates.iter())
+                    .filter_map(|(m, f)| match *f {
+                        Fate::Current(id) => {
+                            Some(table.update_for(id, now).unwrap_or(Message::DelC(id)))
+                        }
+                        Fate::Skip => None,
+                        Fate::Keep => Some(m),
+                    });
             self.injector.encode(msgs, Some(c.dialect), now);
         }
         Ok(())
