@@ -21,6 +21,9 @@ pub struct BenchArgs {
     /// Milliseconds per round.
     #[arg(long, default_value_t = 300)]
     pub round_ms: u64,
+    /// Also time a bulk sync of this many states into an empty peer (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    pub bulk: u64,
 }
 
 struct Row {
@@ -157,6 +160,10 @@ pub fn run(args: &BenchArgs) -> i32 {
         a_addr,
     ));
     drop((ra, rb, churn));
+
+    if args.bulk > 0 {
+        mem_rows.push(bulk_sync(&mut a, &mut b, a_addr, b_addr, args.bulk));
+    }
 
     // Loopback UDP: the tunnel's datagrams vs plain datagrams, both batched.
     match (
@@ -566,6 +573,60 @@ fn relay_row(
         baseline_name: "parse the same packets",
         baseline,
     }
+}
+
+/// Time until an empty peer holds all `n` states of the other replica (anti-entropy over
+/// the in-memory tunnel, real clock: timers run as in the daemon).
+fn bulk_sync(
+    a: &mut Endpoint,
+    b: &mut Endpoint,
+    a_addr: std::net::SocketAddr,
+    b_addr: std::net::SocketAddr,
+    n: u64,
+) -> String {
+    let (mut ra, mut rb) = replica_pair(a, b, a_addr, b_addr, 0);
+    fill_tables(&mut [&mut ra], n);
+    let (mut plain, mut wire_buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048], vec![0u8; 2048]);
+    let start = Instant::now();
+    let limit = Duration::from_secs(60);
+    while (rb.table().len() as u64) < n && start.elapsed() < limit {
+        let now = Instant::now();
+        ra.handle_timeout(now);
+        rb.handle_timeout(now);
+        shuttle(
+            &mut ra,
+            a,
+            &mut rb,
+            b,
+            a_addr,
+            &mut plain,
+            &mut wire_buf,
+            &mut out,
+            now,
+        );
+        shuttle(
+            &mut rb,
+            b,
+            &mut ra,
+            a,
+            b_addr,
+            &mut plain,
+            &mut wire_buf,
+            &mut out,
+            now,
+        );
+        while rb.poll_local_inject(&mut out).is_some() {}
+    }
+    let secs = start.elapsed().as_secs_f64();
+    format!(
+        "bulk sync into an empty peer: {} of {n} states in {secs:.2} s (digests {})",
+        rb.table().len(),
+        if ra.table().digest() == rb.table().digest() {
+            "equal"
+        } else {
+            "differ"
+        }
+    )
 }
 
 /// Bytes of resident memory per mirrored state, and the insert rate, for `n` states
