@@ -588,6 +588,11 @@ fn bulk_sync(
     fill_tables(&mut [&mut ra], n);
     let (mut plain, mut wire_buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048], vec![0u8; 2048]);
     let start = Instant::now();
+    // The empty peer (re)joins: both sides see their session come up, as in the daemon.
+    for r in [&mut ra, &mut rb] {
+        r.on_peer_down(0, start);
+        r.on_peer_up(0, start);
+    }
     let limit = Duration::from_secs(60);
     while (rb.table().len() as u64) < n && start.elapsed() < limit {
         let now = Instant::now();
