@@ -21,6 +21,9 @@ pub struct BenchArgs {
     /// Milliseconds per round.
     #[arg(long, default_value_t = 300)]
     pub round_ms: u64,
+    /// Also time a bulk sync of this many states into an empty peer (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    pub bulk: u64,
 }
 
 struct Row {
@@ -35,6 +38,14 @@ pub fn run(args: &BenchArgs) -> i32 {
     let round = Duration::from_millis(args.round_ms.max(10));
     let rounds = args.rounds.max(1);
     let mut rows = Vec::new();
+    let mut mem_rows: Vec<String> = Vec::new();
+    // First, while nothing has been freed yet that the table could reuse unseen by RSS.
+    let (per_state, fill_rate) = table_footprint(1_000_000);
+    mem_rows.push(format!(
+        "mirror table: {per_state:.0} B per state (RSS growth over 1,000,000 states); \
+         inserted {:.2} M states/s",
+        fill_rate / 1e6
+    ));
 
     let pkt = upd_c_packet(Dialect::OpenbsdV6, &mut 1);
     let n_msgs = Packet::new_checked(&pkt[..], Dialect::OpenbsdV6)
@@ -120,38 +131,39 @@ pub fn run(args: &BenchArgs) -> i32 {
     let _ = b_addr;
 
     // The whole gateway data path without sockets: capture → mirror → sync → seal → open →
-    // mirror → inject, for packets of compressed updates, against parsing them only.
-    let (mut ra, mut rb) = replica_pair(&mut a, &mut b, a_addr, b_addr);
-    let pkts = churn_packets(Dialect::OpenbsdV6, 64);
-    let per_round: usize = pkts
-        .iter()
-        .map(|p| {
-            Packet::new_checked(&p[..], Dialect::OpenbsdV6)
-                .map(|p| p.messages().count())
-                .unwrap_or(0)
-        })
-        .sum();
-    rows.push(Row {
-        name: "relay upd_c through two gateways (no sockets)",
-        unit: "msg/s",
-        value: median(rounds, || {
-            rate(round, per_round, || {
-                relay_round(&pkts, &mut ra, &mut rb, &mut a, &mut b, a_addr)
-            })
-        }),
-        baseline_name: "parse the same packets",
-        baseline: median(rounds, || {
-            rate(round, per_round, || {
-                for p in &pkts {
-                    if let Ok(p) = Packet::new_checked(black_box(&p[..]), Dialect::OpenbsdV6) {
-                        for m in p.messages() {
-                            black_box(m);
-                        }
-                    }
-                }
-            })
-        }),
-    });
+    // mirror → inject, for packets of compressed updates, against parsing them only. Every
+    // packet's sequence numbers advance each time it is relayed, as a live connection's do
+    // (replaying the same bytes would measure the stale-update path instead).
+    let (mut ra, mut rb) = replica_pair(&mut a, &mut b, a_addr, b_addr, 17);
+    let mut churn = Churn::new(Dialect::OpenbsdV6, 1, 17, 64);
+    rows.push(relay_row(
+        "relay upd_c through two gateways (no sockets)",
+        round,
+        rounds,
+        &mut churn,
+        (&mut ra, &mut rb),
+        (&mut a, &mut b),
+        a_addr,
+    ));
+    // The same over a table larger than the caches (the netns benchmark's pool is 10,200).
+    let big = 100_000u64;
+    let (mut ra, mut rb) = replica_pair(&mut a, &mut b, a_addr, b_addr, 0);
+    fill_tables(&mut [&mut ra, &mut rb], big);
+    let mut churn = Churn::new(Dialect::OpenbsdV6, 1, big, (big as usize).div_ceil(17));
+    rows.push(relay_row(
+        "relay upd_c, 100k states, round-robin",
+        round,
+        rounds,
+        &mut churn,
+        (&mut ra, &mut rb),
+        (&mut a, &mut b),
+        a_addr,
+    ));
+    drop((ra, rb, churn));
+
+    if args.bulk > 0 {
+        mem_rows.push(bulk_sync(&mut a, &mut b, a_addr, b_addr, args.bulk));
+    }
 
     // Loopback UDP: the tunnel's datagrams vs plain datagrams, both batched.
     match (
@@ -188,6 +200,9 @@ pub fn run(args: &BenchArgs) -> i32 {
             r.baseline_name
         );
     }
+    for m in &mem_rows {
+        println!("{m}");
+    }
     0
 }
 
@@ -218,14 +233,26 @@ fn sum_words(b: &[u8]) -> u64 {
 /// A full packet of compressed updates (as many as fit in 1480 bytes) for states 1, 2, …,
 /// with sequence numbers advancing from `seq`.
 pub fn upd_c_packet(dialect: Dialect, seq: &mut u32) -> Vec<u8> {
+    upd_c_packet_from(dialect, seq, &mut 1, 1, u64::MAX - 1).0
+}
+
+/// A full packet of compressed updates for states `*id, *id + 1, …` (wrapping from
+/// `first + states` back to `first`), sequence numbers advancing from `seq`; and its count.
+fn upd_c_packet_from(
+    dialect: Dialect,
+    seq: &mut u32,
+    id: &mut u64,
+    first: u64,
+    states: u64,
+) -> (Vec<u8>, usize) {
     let mut buf = vec![0u8; 1480];
     let mut w = PacketWriter::new(dialect, &mut buf);
-    let mut id = 1u64;
+    let mut n = 0;
     loop {
-        *seq = seq.wrapping_add(1000);
+        let s = seq.wrapping_add(1000);
         let peer = PeerRepr {
-            seqlo: *seq,
-            seqhi: seq.wrapping_add(65_535),
+            seqlo: s,
+            seqhi: s.wrapping_add(65_535),
             max_win: 65_535,
             mss: 1460,
             state: 4,
@@ -233,7 +260,7 @@ pub fn upd_c_packet(dialect: Dialect, seq: &mut u32) -> Vec<u8> {
             ..Default::default()
         };
         let m = Message::UpdC(UpdCRepr {
-            id: StateId::new(id, 0xdead_beef),
+            id: StateId::new(*id, 0xdead_beef),
             src: peer,
             dst: peer,
             expire: 0,
@@ -241,13 +268,20 @@ pub fn upd_c_packet(dialect: Dialect, seq: &mut u32) -> Vec<u8> {
             flags: 0,
         });
         match w.push(&m) {
-            Ok(true) => id += 1,
+            Ok(true) => {
+                *seq = s;
+                n += 1;
+                *id += 1;
+                if *id >= first + states {
+                    *id = first;
+                }
+            }
             _ => break,
         }
     }
-    let n = w.finish();
-    buf.truncate(n);
-    buf
+    let len = w.finish();
+    buf.truncate(len);
+    (buf, n)
 }
 
 /// Two snow transport states (the tunnel's cipher suite) after an in-memory handshake.
@@ -272,6 +306,7 @@ fn replica_pair(
     b: &mut Endpoint,
     a_addr: std::net::SocketAddr,
     b_addr: std::net::SocketAddr,
+    states: u64,
 ) -> (Replica, Replica) {
     let now = Instant::now();
     let mut ra = Replica::new(ReplicaConfig::new(1, Dialect::OpenbsdV6), now);
@@ -285,24 +320,10 @@ fn replica_pair(
     let mut out = vec![0u8; 2048];
     // The states the benchmark's compressed updates refer to.
     let mut buf = vec![0u8; 1480];
-    for chunk in (1..=64u64).collect::<Vec<_>>().chunks(4) {
+    for chunk in (1..=states).collect::<Vec<_>>().chunks(4) {
         let mut w = PacketWriter::new(Dialect::OpenbsdV6, &mut buf);
         for &id in chunk {
-            let mut st = StateRepr {
-                id: StateId::new(id, 0xdead_beef),
-                ifname: crate::wire::name_field("em0"),
-                af: AddrFamily::Inet,
-                proto: 6,
-                direction: 1,
-                timeout: 2,
-                expire: 86_400,
-                ..Default::default()
-            };
-            st.key[0].addr[0][..4].copy_from_slice(&[10, 0, 0, 1]);
-            st.key[0].addr[1][..4].copy_from_slice(&[10, 0, 0, 2]);
-            st.key[0].port = [1024 + id as u16, 443];
-            st.key[1] = st.key[0];
-            let _ = w.push(&Message::Ins(st));
+            let _ = w.push(&Message::Ins(bench_state(id)));
         }
         let n = w.finish();
         let _ = ra.on_local_pfsync(&buf[..n], now);
@@ -360,8 +381,9 @@ fn shuttle(
     }
 }
 
-fn relay_round(
-    pkts: &[Vec<u8>],
+#[inline(never)]
+fn relay_round<'p>(
+    pkts: impl Iterator<Item = &'p Vec<u8>>,
     ra: &mut Replica,
     rb: &mut Replica,
     a: &mut Endpoint,
@@ -404,11 +426,238 @@ fn relay_round(
     );
 }
 
-/// Packets of compressed updates for states that exist on both sides (inserted first),
-/// each moving the connections forward.
-fn churn_packets(dialect: Dialect, n: usize) -> Vec<Vec<u8>> {
-    let mut seq = 1u32;
-    (0..n).map(|_| upd_c_packet(dialect, &mut seq)).collect()
+/// A TCP state as the benchmark's firewall would insert it.
+fn bench_state(id: u64) -> StateRepr {
+    let mut st = StateRepr {
+        id: StateId::new(id, 0xdead_beef),
+        ifname: crate::wire::name_field("em0"),
+        af: AddrFamily::Inet,
+        proto: 6,
+        direction: 1,
+        timeout: 2,
+        expire: 86_400,
+        ..Default::default()
+    };
+    st.key[0].addr[0][..4].copy_from_slice(&[10, 0, (id >> 16) as u8, 1]);
+    st.key[0].addr[1][..4].copy_from_slice(&[10, 1, 0, 2]);
+    st.key[0].port = [id as u16, 443];
+    st.key[1] = st.key[0];
+    st
+}
+
+/// Insert states `1..=n` into every replica's mirror directly (same version everywhere, so
+/// the mirrors agree), as a finished bulk sync would leave them.
+fn fill_tables(rs: &mut [&mut Replica], n: u64) {
+    let now = Instant::now();
+    for id in 1..=n {
+        let m = Message::Ins(bench_state(id));
+        for r in rs.iter_mut() {
+            r.table_mut()
+                .apply_versioned(&m, now, crate::table::Version::new(1, 1));
+        }
+    }
+}
+
+/// Packets of compressed updates covering states `first..first + states` round-robin
+/// (`pkts` packets), whose sequence numbers are moved forward each time a packet is used.
+struct Churn {
+    pkts: Vec<Vec<u8>>,
+    /// Offsets of every big-endian `seqlo`/`seqhi` field, per packet.
+    seq_at: Vec<Vec<usize>>,
+    next: usize,
+    /// Added to every sequence number of a packet after use: more than the span of one
+    /// cycle, so the next use of any state is newer than all earlier ones.
+    step: u32,
+    msgs: usize,
+}
+
+impl Churn {
+    fn new(dialect: Dialect, first: u64, states: u64, pkts: usize) -> Churn {
+        let build = |seq0: u32| {
+            let mut seq = seq0;
+            let mut id = first;
+            let mut out = Vec::with_capacity(pkts);
+            let mut msgs = 0;
+            for _ in 0..pkts {
+                let (p, n) = upd_c_packet_from(dialect, &mut seq, &mut id, first, states);
+                msgs += n;
+                out.push(p);
+            }
+            (out, msgs)
+        };
+        let (a, msgs) = build(1);
+        // Shifting every sequence number by 2^24 changes exactly the top byte of each field.
+        let (b, _) = build(1 + (1 << 24));
+        let seq_at = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| {
+                (0..x.len().min(y.len()))
+                    .filter(|&i| x[i] != y[i])
+                    .collect()
+            })
+            .collect();
+        Churn {
+            pkts: a,
+            seq_at,
+            next: 0,
+            step: (msgs as u32 + 1).wrapping_mul(1000),
+            msgs,
+        }
+    }
+
+    /// Messages in the next `k` packets.
+    fn batch_msgs(&self, k: usize) -> usize {
+        k * self.msgs / self.pkts.len()
+    }
+
+    /// The next `k` packets (cyclically); they advance after the caller has used them.
+    fn take(&mut self, k: usize) -> impl Iterator<Item = &Vec<u8>> {
+        let n = self.pkts.len();
+        let start = self.next;
+        for j in 0..k {
+            let i = (start + j) % n;
+            let p = &mut self.pkts[i];
+            for &o in &self.seq_at[i] {
+                let v = u32::from_be_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
+                p[o..o + 4].copy_from_slice(&v.wrapping_add(self.step).to_be_bytes());
+            }
+        }
+        self.next = (start + k) % n;
+        let pkts = &self.pkts;
+        (0..k).map(move |j| &pkts[(start + j) % n])
+    }
+}
+
+/// Median relay rate over `churn` and the parse-only baseline of the same packets.
+#[allow(clippy::too_many_arguments)]
+fn relay_row(
+    name: &'static str,
+    round: Duration,
+    rounds: usize,
+    churn: &mut Churn,
+    (ra, rb): (&mut Replica, &mut Replica),
+    (a, b): (&mut Endpoint, &mut Endpoint),
+    a_addr: std::net::SocketAddr,
+) -> Row {
+    const K: usize = 16;
+    let per_call = churn.batch_msgs(K);
+    let value = median(rounds, || {
+        rate(round, per_call, || {
+            relay_round(churn.take(K), ra, rb, a, b, a_addr)
+        })
+    });
+    let baseline = median(rounds, || {
+        rate(round, per_call, || {
+            for p in churn.take(K) {
+                if let Ok(p) = Packet::new_checked(black_box(&p[..]), Dialect::OpenbsdV6) {
+                    for m in p.messages() {
+                        black_box(m);
+                    }
+                }
+            }
+        })
+    });
+    // The figure is only the relay path's if nothing was refused as stale on the way.
+    let (sa, sb) = (ra.table().stats(), rb.table().stats());
+    if sa.stale + sa.older + sb.stale + sb.older > 0 || sb.updates == 0 {
+        eprintln!(
+            "warning: {name}: stale/older updates (a {}/{}, b {}/{}), b applied {}",
+            sa.stale, sa.older, sb.stale, sb.older, sb.updates
+        );
+    }
+    Row {
+        name,
+        unit: "msg/s",
+        value,
+        baseline_name: "parse the same packets",
+        baseline,
+    }
+}
+
+/// Time until an empty peer holds all `n` states of the other replica (anti-entropy over
+/// the in-memory tunnel, real clock: timers run as in the daemon).
+fn bulk_sync(
+    a: &mut Endpoint,
+    b: &mut Endpoint,
+    a_addr: std::net::SocketAddr,
+    b_addr: std::net::SocketAddr,
+    n: u64,
+) -> String {
+    let (mut ra, mut rb) = replica_pair(a, b, a_addr, b_addr, 0);
+    fill_tables(&mut [&mut ra], n);
+    let (mut plain, mut wire_buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048], vec![0u8; 2048]);
+    let start = Instant::now();
+    // The empty peer (re)joins: both sides see their session come up, as in the daemon.
+    for r in [&mut ra, &mut rb] {
+        r.on_peer_down(0, start);
+        r.on_peer_up(0, start);
+    }
+    let limit = Duration::from_secs(60);
+    while (rb.table().len() as u64) < n && start.elapsed() < limit {
+        let now = Instant::now();
+        ra.handle_timeout(now);
+        rb.handle_timeout(now);
+        shuttle(
+            &mut ra,
+            a,
+            &mut rb,
+            b,
+            a_addr,
+            &mut plain,
+            &mut wire_buf,
+            &mut out,
+            now,
+        );
+        shuttle(
+            &mut rb,
+            b,
+            &mut ra,
+            a,
+            b_addr,
+            &mut plain,
+            &mut wire_buf,
+            &mut out,
+            now,
+        );
+        while rb.poll_local_inject(&mut out).is_some() {}
+    }
+    let secs = start.elapsed().as_secs_f64();
+    format!(
+        "bulk sync into an empty peer: {} of {n} states in {secs:.2} s (digests {})",
+        rb.table().len(),
+        if ra.table().digest() == rb.table().digest() {
+            "equal"
+        } else {
+            "differ"
+        }
+    )
+}
+
+/// Bytes of resident memory per mirrored state, and the insert rate, for `n` states
+/// inserted into an empty table (what a bulk sync into an empty peer builds).
+fn table_footprint(n: u64) -> (f64, f64) {
+    let rss = || -> f64 {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(f64::NAN, |pages| pages * 4096.0)
+    };
+    let now = Instant::now();
+    let before = rss();
+    let mut t = crate::table::StateTable::default();
+    let start = Instant::now();
+    for id in 1..=n {
+        t.apply_versioned(
+            &Message::Ins(bench_state(id)),
+            now,
+            crate::table::Version::new(1, 1),
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = rss();
+    black_box(&t);
+    ((after - before) / n as f64, n as f64 / secs)
 }
 
 fn tunnel_pair() -> (

@@ -289,6 +289,15 @@ pub struct ReplicaStats {
     pub inject: InjectStats,
 }
 
+/// What a message of a peer's DATA becomes towards the local firewall.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Fate {
+    Keep,
+    /// Replaced by the mirror's current copy (or a delete if it has none).
+    Current(StateId),
+    Skip,
+}
+
 /// The replica: mirror table + all peers' sync state. Pure; see module docs.
 pub struct Replica {
     cfg: ReplicaConfig,
@@ -301,7 +310,9 @@ pub struct Replica {
     stats: ReplicaStats,
     notes: VecDeque<(PeerId, SyncNote)>,
     scratch_refs: Vec<StateRef>,
-    scratch_msgs: Vec<(Message, Applied)>,
+    /// Per message of the DATA being applied: what the firewall gets for it (small, so
+    /// the clean path copies no messages; the packet is re-parsed only when not clean).
+    scratch_fates: Vec<Fate>,
     /// The local firewall's bulk answer being received (reconciliation sweep).
     sweep: Option<Sweep>,
     /// Creator ids of our own firewall (from its INS and BUS): it is the authority on those
@@ -340,7 +351,7 @@ impl Replica {
             stats: ReplicaStats::default(),
             notes: VecDeque::new(),
             scratch_refs: Vec::new(),
-            scratch_msgs: Vec::new(),
+            scratch_fates: Vec::new(),
             sweep: None,
             local_creators: Vec::new(),
             coalesce: false,

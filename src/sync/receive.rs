@@ -339,12 +339,12 @@ impl Replica {
         let v = Version::new(c.clock, self.peers[&peer].node);
         let mut clean = true;
         let mut incomplete = false;
-        self.scratch_msgs.clear();
+        self.scratch_fates.clear();
         for msg in pkt.messages() {
             // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.
             if !self.admit(peer, &msg, matches!(msg, Message::Ins(_)), now) {
                 clean = false;
-                self.scratch_msgs.push((msg, Applied::Full(StateId::BULK)));
+                self.scratch_fates.push(Fate::Skip);
                 continue;
             }
             // What a peer says about our own firewall's states is an echo or a correction:
@@ -375,7 +375,13 @@ impl Replica {
                 }
                 _ => {}
             }
-            self.scratch_msgs.push((msg, a));
+            self.scratch_fates.push(match a {
+                Applied::Stale(id) | Applied::Older(id) => Fate::Current(id),
+                // Full: refused (mirror or the peer's space full, or outside its creator ids).
+                Applied::BulkRequested | Applied::NeedUpdate(_) | Applied::Full(_) => Fate::Skip,
+                _ if matches!(msg, Message::Eof) => Fate::Skip,
+                _ => Fate::Keep,
+            });
         }
         if clean && c.dialect == self.cfg.local_dialect {
             self.stats.data_verbatim += 1;
@@ -389,15 +395,16 @@ impl Replica {
             // Never hand the firewall something older than the mirror: replace stale
             // messages by the mirror's current copy.
             let table = &self.table;
-            let msgs = self.scratch_msgs.iter().filter_map(|(m, a)| match a {
-                Applied::Stale(id) | Applied::Older(id) => {
-                    Some(table.update_for(*id, now).unwrap_or(Message::DelC(*id)))
-                }
-                // Full: refused (mirror or the peer's space full, or outside its creator ids).
-                Applied::BulkRequested | Applied::NeedUpdate(_) | Applied::Full(_) => None,
-                _ if matches!(m, Message::Eof) => None,
-                _ => Some(*m),
-            });
+            let msgs =
+                pkt.messages()
+                    .zip(self.scratch_fates.iter())
+                    .filter_map(|(m, f)| match *f {
+                        Fate::Current(id) => {
+                            Some(table.update_for(id, now).unwrap_or(Message::DelC(id)))
+                        }
+                        Fate::Skip => None,
+                        Fate::Keep => Some(m),
+                    });
             self.injector.encode(msgs, Some(c.dialect), now);
         }
         Ok(())

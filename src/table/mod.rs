@@ -21,6 +21,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 pub use digest::{entry_hash, leaf_of, Digest};
+use digest::{entry_hash_from, entry_prefix, HashPrefix};
 
 use crate::wire::{BusStatus, Message, StateId, StateRepr, UpdCRepr};
 
@@ -107,8 +108,23 @@ pub struct Entry {
     seen: Instant,
     version: Version,
     hash: u128,
+    /// `hash` without the peers, so a compressed update rehashes only what it changed.
+    prefix: HashPrefix,
     leaf: u32,
     slot: u32,
+}
+
+impl Entry {
+    /// Recompute `hash` from the state; the prefix is reused unless `full` or the
+    /// timeout changed (the only non-peer synced field an update keeps changing).
+    #[inline]
+    fn rehash_self(&mut self, full: bool) -> u128 {
+        if full || self.prefix.timeout != self.state.timeout {
+            self.prefix = entry_prefix(&self.state);
+        }
+        self.hash = entry_hash_from(&self.prefix, &self.state.src, &self.state.dst);
+        self.hash
+    }
 }
 
 impl Entry {
@@ -191,7 +207,12 @@ pub struct TableStats {
 /// The state table.
 pub struct StateTable {
     cfg: TableConfig,
-    states: IdMap<Entry>,
+    /// Id → position in `slab`. Small buckets (16 B): a lookup touches one line of the
+    /// index and then only the entry's own lines, and the sparse hash table does not hold
+    /// whole entries (≈ 2× the buckets of the live count after growth).
+    index: IdMap<u32>,
+    /// The entries, dense (removal swaps the last one in).
+    slab: Vec<Entry>,
     tombs: IdMap<Tomb>,
     tomb_order: VecDeque<StateId>,
     leaves: Vec<Leaf>,
@@ -219,7 +240,8 @@ impl StateTable {
         assert!(cfg.leaves_log2 <= 16, "leaves_log2 must be <= 16");
         StateTable {
             cfg,
-            states: IdMap::default(),
+            index: IdMap::default(),
+            slab: Vec::new(),
             tombs: IdMap::default(),
             tomb_order: VecDeque::new(),
             leaves: vec![Leaf::default(); 1usize << cfg.leaves_log2],
@@ -234,10 +256,10 @@ impl StateTable {
         &self.cfg
     }
     pub fn len(&self) -> usize {
-        self.states.len()
+        self.slab.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.slab.is_empty()
     }
     /// How many states with this creator id the table holds.
     pub fn creator_len(&self, creator: u32) -> usize {
@@ -247,10 +269,10 @@ impl StateTable {
         self.stats
     }
     pub fn get(&self, id: StateId) -> Option<&Entry> {
-        self.states.get(&id)
+        self.index.get(&id).map(|&i| &self.slab[i as usize])
     }
     pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
-        self.states.values()
+        self.slab.iter()
     }
     /// The version a deleted id was deleted at, while its tombstone is kept.
     pub fn tombstone(&self, id: StateId) -> Option<Version> {
@@ -299,7 +321,7 @@ impl StateTable {
     /// Recompute the digest from scratch (tests / self-check).
     pub fn recompute_digest(&self) -> Digest {
         let mut d = Digest::ZERO;
-        for e in self.states.values() {
+        for e in &self.slab {
             d.add(entry_hash(&e.state));
         }
         d
@@ -349,7 +371,7 @@ impl StateTable {
 
     /// Our current copy of a state as a full `UPD`.
     pub fn update_for(&self, id: StateId, now: Instant) -> Option<Message> {
-        self.states.get(&id).map(|e| Message::Upd(e.present(now)))
+        self.get(id).map(|e| Message::Upd(e.present(now)))
     }
 
     /// A bulk answer: `BUS START`, every state as `UPD`, `BUS END` (endtime 0, as OpenBSD).
@@ -360,11 +382,7 @@ impl StateTable {
             status,
         };
         core::iter::once(bus(BusStatus::Start))
-            .chain(
-                self.states
-                    .values()
-                    .map(move |e| Message::Upd(e.present(now))),
-            )
+            .chain(self.slab.iter().map(move |e| Message::Upd(e.present(now))))
             .chain(core::iter::once(bus(BusStatus::End)))
     }
 
@@ -373,8 +391,8 @@ impl StateTable {
     /// its own copy.
     pub fn expire(&mut self, now: Instant) -> usize {
         let due: Vec<StateId> = self
-            .states
-            .values()
+            .slab
+            .iter()
             .filter(|e| e.deadline <= now)
             .map(|e| e.state.id)
             .collect();
@@ -396,7 +414,7 @@ impl StateTable {
 
     /// Earliest state deadline (O(n); for tests and diagnostics).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.states.values().map(|e| e.deadline).min()
+        self.slab.iter().map(|e| e.deadline).min()
     }
 
     fn newer_tomb(&self, id: StateId, v: Option<Version>) -> bool {
@@ -413,12 +431,12 @@ impl StateTable {
             return Applied::Ignored;
         }
         let id = s.id;
-        let Some(e) = self.states.get_mut(&id) else {
+        let Some(&i) = self.index.get(&id) else {
             if self.newer_tomb(id, v) {
                 self.stats.older += 1;
                 return Applied::Older(id);
             }
-            if self.states.len() >= self.cfg.max_states {
+            if self.slab.len() >= self.cfg.max_states {
                 self.stats.refused_full += 1;
                 return Applied::Full(id);
             }
@@ -426,6 +444,7 @@ impl StateTable {
             self.stats.inserts += 1;
             return Applied::Inserted(id);
         };
+        let e = &mut self.slab[i as usize];
         let old_hash = e.hash;
         let (stale, changed, newer) = merge_into(e, &s.src, &s.dst, s.timeout, v);
         if stale < 2 && newer {
@@ -441,8 +460,7 @@ impl StateTable {
             e.version = e.version.max(v);
         }
         let leaf = e.leaf as usize;
-        let h = entry_hash(&e.state);
-        e.hash = h;
+        let h = e.rehash_self(true);
         self.rehash(leaf, old_hash, h);
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
@@ -453,7 +471,7 @@ impl StateTable {
 
     fn upd_c(&mut self, u: &UpdCRepr, now: Instant, v: Option<Version>) -> Applied {
         let id = u.id;
-        let Some(e) = self.states.get_mut(&id) else {
+        let Some(&i) = self.index.get(&id) else {
             if self.newer_tomb(id, v) {
                 self.stats.older += 1;
                 return Applied::Older(id);
@@ -461,6 +479,7 @@ impl StateTable {
             self.stats.need_update += 1;
             return Applied::NeedUpdate(id);
         };
+        let e = &mut self.slab[i as usize];
         let old_hash = e.hash;
         let (stale, changed, newer) = merge_into(e, &u.src, &u.dst, u.timeout, v);
         if stale < 2 && newer {
@@ -475,8 +494,7 @@ impl StateTable {
             e.version = e.version.max(v);
         }
         let leaf = e.leaf as usize;
-        let h = entry_hash(&e.state);
-        e.hash = h;
+        let h = e.rehash_self(false);
         self.rehash(leaf, old_hash, h);
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
@@ -507,29 +525,33 @@ impl StateTable {
         let id = s.id;
         self.drop_tomb(id);
         let leaf = self.leaf_of(id);
-        let hash = entry_hash(s);
+        let prefix = entry_prefix(s);
+        let hash = entry_hash_from(&prefix, &s.src, &s.dst);
         *self.per_creator.entry(id.creator).or_insert(0) += 1;
         let l = &mut self.leaves[leaf];
         let slot = l.ids.len() as u32;
         l.ids.push(id);
         l.digest.add(hash);
         self.digest.add(hash);
-        self.states.insert(
-            id,
-            Entry {
-                state: *s,
-                deadline: now + Duration::from_secs(s.expire as u64),
-                seen: now,
-                version,
-                hash,
-                leaf: leaf as u32,
-                slot,
-            },
-        );
+        self.index.insert(id, self.slab.len() as u32);
+        self.slab.push(Entry {
+            state: *s,
+            deadline: now + Duration::from_secs(s.expire as u64),
+            seen: now,
+            version,
+            hash,
+            prefix,
+            leaf: leaf as u32,
+            slot,
+        });
     }
 
     fn remove_entry(&mut self, id: StateId) -> Option<Entry> {
-        let e = self.states.remove(&id)?;
+        let i = self.index.remove(&id)? as usize;
+        let e = self.slab.swap_remove(i);
+        if let Some(m) = self.slab.get(i) {
+            self.index.insert(m.state.id, i as u32);
+        }
         if let std::collections::hash_map::Entry::Occupied(mut c) =
             self.per_creator.entry(id.creator)
         {
@@ -544,15 +566,15 @@ impl StateTable {
         let slot = e.slot as usize;
         l.ids.swap_remove(slot);
         if let Some(&moved) = l.ids.get(slot) {
-            if let Some(m) = self.states.get_mut(&moved) {
-                m.slot = slot as u32;
+            if let Some(&m) = self.index.get(&moved) {
+                self.slab[m as usize].slot = slot as u32;
             }
         }
         Some(e)
     }
 
     fn delete(&mut self, id: StateId, now: Instant, v: Option<Version>) -> Applied {
-        match self.states.get(&id) {
+        match self.index.get(&id) {
             Some(_) => {
                 // Deletes win over any version (see `newer_tomb`): remove-wins keeps replicas
                 // that saw a delete and a late update in different orders convergent.
@@ -582,8 +604,8 @@ impl StateTable {
     ) -> usize {
         let all_if = ifname[0] == 0;
         let ids: Vec<StateId> = self
-            .states
-            .values()
+            .slab
+            .iter()
             .filter(|e| {
                 e.state.id.creator == creator
                     && (all_if || e.state.ifname == *ifname)
@@ -686,5 +708,52 @@ fn merge_into(
 impl Default for StateTable {
     fn default() -> Self {
         StateTable::new(TableConfig::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removal moves the last entry of the slab into the hole: the index, the leaves and the
+    /// digest must still describe exactly the remaining states.
+    #[test]
+    fn removal_keeps_index_leaves_and_digest_consistent() {
+        let now = Instant::now();
+        let mut t = StateTable::new(TableConfig {
+            leaves_log2: 3,
+            ..Default::default()
+        });
+        for i in 1..=200u64 {
+            let s = StateRepr {
+                id: StateId::new(i, 9),
+                expire: 60 + i as u32,
+                ..Default::default()
+            };
+            t.apply(&Message::Ins(s), now);
+        }
+        for i in (1..=200u64).filter(|i| i % 3 == 0) {
+            assert_eq!(
+                t.apply(&Message::DelC(StateId::new(i, 9)), now),
+                Applied::Deleted(StateId::new(i, 9))
+            );
+        }
+        assert_eq!(t.len(), 134);
+        for i in 1..=200u64 {
+            let id = StateId::new(i, 9);
+            match t.get(id) {
+                Some(e) => {
+                    assert!(i % 3 != 0);
+                    assert_eq!(e.raw().id, id);
+                    assert_eq!(e.raw().expire, 60 + i as u32);
+                    assert!(t.leaf_states(t.leaf_of(id)).contains(&id));
+                }
+                None => assert_eq!(i % 3, 0),
+            }
+        }
+        let in_leaves: usize = (0..t.leaf_count()).map(|l| t.leaf_len(l)).sum();
+        assert_eq!(in_leaves, t.len());
+        assert_eq!(t.iter().count(), t.len());
+        assert_eq!(t.digest(), t.recompute_digest());
     }
 }
