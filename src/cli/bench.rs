@@ -309,8 +309,13 @@ fn replica_pair(
     states: u64,
 ) -> (Replica, Replica) {
     let now = Instant::now();
-    let mut ra = Replica::new(ReplicaConfig::new(1, Dialect::OpenbsdV6), now);
-    let mut rb = Replica::new(ReplicaConfig::new(2, Dialect::OpenbsdV6), now);
+    // The sync path's own speed: no state caps, no repair budget (`[limits]` bound a real
+    // bulk separately; docs/PERFORMANCE.md).
+    let unlimited = |id| {
+        ReplicaConfig::new(id, Dialect::OpenbsdV6).with_limits(usize::MAX, usize::MAX, 1 << 40)
+    };
+    let mut ra = Replica::new(unlimited(1), now);
+    let mut rb = Replica::new(unlimited(2), now);
     ra.add_peer(0, now);
     rb.add_peer(0, now);
     ra.on_peer_up(0, now);
