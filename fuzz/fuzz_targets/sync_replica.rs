@@ -135,7 +135,9 @@ fuzz_target!(|data: &[u8]| {
                 let _ = r.on_peer_datagram(PEER, &d, now);
             }
             6 => r.on_peer_down(PEER, now),
-            _ => r.on_peer_up(PEER, now),
+            _ => {
+                r.on_peer_up(PEER, now);
+            }
         }
         assert!(r.table().len() <= 2_000, "mirror over its cap");
         assert!(r.table().tombstone_count() <= 1_000);
