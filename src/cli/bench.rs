@@ -334,26 +334,10 @@ fn replica_pair(
         let _ = ra.on_local_pfsync(&buf[..n], now);
     }
     for _ in 0..16 {
-        shuttle(
-            &mut ra,
-            a,
-            &mut rb,
-            b,
-            a_addr,
-            &mut plain,
-            &mut wire_buf,
-            &mut out,
-            now,
-        );
-        shuttle(
-            &mut rb,
-            b,
-            &mut ra,
-            a,
-            b_addr,
-            &mut plain,
-            &mut wire_buf,
-            &mut out,
+        shuttle_both(
+            (&mut ra, a, a_addr),
+            (&mut rb, b, b_addr),
+            (&mut plain, &mut wire_buf, &mut out),
             now,
         );
         ra.handle_timeout(now);
@@ -363,6 +347,17 @@ fn replica_pair(
 }
 
 /// Move everything `from` has for its peer through the tunnel into `to`.
+/// One round both ways over the in-memory tunnel: a's datagrams to b, then b's to a.
+fn shuttle_both(
+    (ra, a, a_addr): (&mut Replica, &mut Endpoint, std::net::SocketAddr),
+    (rb, b, b_addr): (&mut Replica, &mut Endpoint, std::net::SocketAddr),
+    (plain, wire_buf, out): (&mut [u8], &mut [u8], &mut [u8]),
+    now: Instant,
+) {
+    shuttle(ra, a, rb, b, a_addr, plain, wire_buf, out, now);
+    shuttle(rb, b, ra, a, b_addr, plain, wire_buf, out, now);
+}
+
 #[allow(clippy::too_many_arguments)]
 fn shuttle(
     from: &mut Replica,
@@ -603,26 +598,10 @@ fn bulk_sync(
         let now = Instant::now();
         ra.handle_timeout(now);
         rb.handle_timeout(now);
-        shuttle(
-            &mut ra,
-            a,
-            &mut rb,
-            b,
-            a_addr,
-            &mut plain,
-            &mut wire_buf,
-            &mut out,
-            now,
-        );
-        shuttle(
-            &mut rb,
-            b,
-            &mut ra,
-            a,
-            b_addr,
-            &mut plain,
-            &mut wire_buf,
-            &mut out,
+        shuttle_both(
+            (&mut ra, a, a_addr),
+            (&mut rb, b, b_addr),
+            (&mut plain, &mut wire_buf, &mut out),
             now,
         );
         while rb.poll_local_inject(&mut out).is_some() {}
