@@ -564,15 +564,10 @@ impl Node {
     /// Receive up to `budget` batches from the tunnel socket; true if it may hold more.
     fn drain_udp(&mut self, now: Instant, budget: usize) -> bool {
         for _ in 0..budget {
-            let r = match poll_now(self.udp.readable()) {
-                Some(Ok(mut g)) => g.try_io(|s| self.udp_rx.recv(s.get_ref().as_raw_fd())),
-                _ => return false,
-            };
-            match r {
-                Ok(Ok(_)) => {}
-                // Readiness cleared by `try_io`: the next wakeup comes from the reactor.
-                Err(_would_block) => return false,
-                Ok(Err(e)) => {
+            match try_recv_batch(&self.udp, &mut self.udp_rx) {
+                None => return false,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
                     // ICMP errors for earlier sends surface here; they're not fatal.
                     tracing::debug!("udp recv: {e}");
                     continue;
@@ -617,14 +612,10 @@ impl Node {
         let RawSide { sock, rx, .. } = &mut **raw;
         let wall = std::time::SystemTime::now();
         for _ in 0..budget {
-            let r = match poll_now(sock.readable()) {
-                Some(Ok(mut g)) => g.try_io(|s| rx.recv(s.get_ref().as_raw_fd())),
-                _ => return false,
-            };
-            match r {
-                Ok(Ok(_)) => {}
-                Err(_would_block) => return false,
-                Ok(Err(e)) => {
+            match try_recv_batch(sock, rx) {
+                None => return false,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
                     if let Some(n) = self.log_limit.allow("raw_recv", now) {
                         tracing::warn!(suppressed = n, "raw recv: {e}");
                     }
@@ -864,6 +855,7 @@ impl Node {
         let rs = self.replica.stats();
         // Sync stream starts (issue #11/#10.1): a rekey must not add to any of these.
         let mut epochs = [0u64; 5];
+        let mut sync_drops = [0u64; 3];
         for slot in &self.peers {
             if let Some(p) = self.replica.peer_stats(slot.id) {
                 epochs[0] += p.tx_epochs;
@@ -871,11 +863,6 @@ impl Node {
                 epochs[2] += p.sessions_kept;
                 epochs[3] += p.peer_restarts;
                 epochs[4] += p.hello_reqs_rx;
-            }
-        }
-        let mut sync_drops = [0u64; 3];
-        for slot in &self.peers {
-            if let Some(p) = self.replica.peer_stats(slot.id) {
                 sync_drops[0] += p.bad_datagrams;
                 sync_drops[1] += p.duplicates;
                 sync_drops[2] += p.epoch_mismatch;
@@ -1099,6 +1086,16 @@ fn flush_raw(raw: &mut RawSide, counters: &mut Counters) {
 fn only_upd_c(pkt: &[u8], dialect: wire::Dialect) -> bool {
     wire::Packet::new_checked(pkt, dialect)
         .is_ok_and(|p| p.messages().all(|m| matches!(m, wire::Message::UpdC(_))))
+}
+
+/// One `recvmmsg` batch from a registered socket if tokio knows it readable; `None` when it
+/// is not, or the read would block (`try_io` then clears the readiness, so the next wakeup
+/// comes from the reactor).
+fn try_recv_batch<T: AsRawFd>(sock: &AsyncFd<T>, rx: &mut RecvBatch) -> Option<io::Result<usize>> {
+    match poll_now(sock.readable()) {
+        Some(Ok(mut g)) => g.try_io(|s| rx.recv(s.get_ref().as_raw_fd())).ok(),
+        _ => None,
+    }
 }
 
 /// Poll a future once without waiting (readiness that tokio already knows of).
