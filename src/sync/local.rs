@@ -91,22 +91,13 @@ impl Replica {
             Some((c, m)) if c == sweep.creator => m,
             _ => IdMap::default(),
         };
-        let gone: Vec<StateId> = unlisted
+        let mut gone: Vec<StateId> = unlisted
             .keys()
             .filter(|id| prev.contains_key(id))
             .copied()
             .collect();
-        for id in gone {
-            unlisted.remove(&id);
-            self.clock += 1;
-            let v = Version::new(self.clock, self.cfg.node_id);
-            if let Applied::Deleted(_) = self.table.apply_versioned(&Message::DelC(id), now, v) {
-                self.stats.sweep_deleted += 1;
-                // The tombstone travels as a RECORDS repair; peers inject DEL_C.
-                for p in self.peers.values_mut() {
-                    p.mark_dirty(StateRef::State(id));
-                }
-            }
+        for id in &gone {
+            unlisted.remove(id);
         }
         if !unlisted.is_empty() {
             self.absent = Some((sweep.creator, unlisted));
@@ -121,15 +112,22 @@ impl Replica {
             .collect();
         for id in claims {
             self.claimed.remove(&id);
-            if sweep.seen.contains_key(&id) || self.table.get(id).is_some() {
-                continue;
+            if !sweep.seen.contains_key(&id) && self.table.get(id).is_none() {
+                gone.push(id);
             }
+        }
+        for id in gone {
             self.clock += 1;
             let v = Version::new(self.clock, self.cfg.node_id);
-            self.table.apply_versioned(&Message::DelC(id), now, v);
-            self.stats.sweep_deleted += 1;
-            for p in self.peers.values_mut() {
-                p.mark_dirty(StateRef::State(id));
+            // Deleted (the mirror held it) or NotFound (a claim: the tombstone is written).
+            if let Applied::Deleted(_) | Applied::NotFound(_) =
+                self.table.apply_versioned(&Message::DelC(id), now, v)
+            {
+                self.stats.sweep_deleted += 1;
+                // The tombstone travels as a RECORDS repair; peers inject DEL_C.
+                for p in self.peers.values_mut() {
+                    p.mark_dirty(StateRef::State(id));
+                }
             }
         }
         self.stats.sweeps += 1;
