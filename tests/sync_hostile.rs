@@ -475,3 +475,72 @@ fn leaf_requests_are_answered_within_ten_times_their_size() {
     );
     assert!(r2 <= 10 * s2 + 5 * cfg.answer_rate + cfg.answer_burst);
 }
+
+/// Issue 10.3: a SUMMARY that arrives while repairs we sent are unacknowledged is not
+/// ignored: it is counted as deferred, answered with no RANGES while the repair is in
+/// flight, and once the repair is acked our own SUMMARY{want_reply} goes out (the peer
+/// answers that with RANGES, so the comparison happens).
+#[test]
+fn a_summary_during_unacked_repairs_is_deferred_then_answered() {
+    use pfsync_gw::table::{StateTable, TableConfig};
+    let mut lab = Lab::new(|_| {});
+    // The peer asks for our firewall's state: the answer is a RECORDS repair, unacked.
+    let mut ids = 1u64.to_be_bytes().to_vec();
+    ids.extend_from_slice(&LOCAL_FW.to_be_bytes());
+    lab.send(&SyncMsg::StateReq { ids: &ids });
+    let repairs: Vec<u32> = lab
+        .drain()
+        .iter()
+        .filter_map(|d| match SyncMsg::decode(d) {
+            Ok(SyncMsg::Records { seq, .. }) => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert!(!repairs.is_empty(), "no RECORDS answered the STATE_REQ");
+
+    let other = StateTable::new(TableConfig::default()).digest();
+    assert_ne!(other, lab.r.table().digest());
+    let clock = lab.r.clock();
+    lab.send(&SyncMsg::Summary {
+        digest: other,
+        count: 0,
+        leaves_log2: lab.r.table().config().leaves_log2,
+        want_reply: true,
+        clock,
+    });
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(st.summaries_deferred, 1, "{st:?}");
+    assert!(st.resync_in_progress);
+    let during = lab.drain();
+    assert!(
+        !during
+            .iter()
+            .any(|d| matches!(SyncMsg::decode(d), Ok(SyncMsg::Ranges { .. }))),
+        "RANGES sent while the repair was unacked"
+    );
+
+    let epoch = lab.our_epoch;
+    let cum = repairs.iter().max().unwrap() + 1;
+    lab.send(&SyncMsg::Ack {
+        epoch,
+        cum,
+        nacks: &[],
+    });
+    let mut answered = false;
+    for _ in 0..50 {
+        lab.advance(Duration::from_millis(100));
+        answered |= lab.drain().iter().any(|d| {
+            matches!(
+                SyncMsg::decode(d),
+                Ok(SyncMsg::Summary {
+                    want_reply: true,
+                    ..
+                })
+            )
+        });
+        if answered {
+            break;
+        }
+    }
+    assert!(answered, "the deferred SUMMARY was never answered");
+}
