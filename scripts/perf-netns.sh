@@ -96,7 +96,7 @@ private_key_file = "$DIR/gw-$s.key"
 listen = "10.99.0.$me:51900"
 control_socket = "$DIR/gw-$s.sock"
 # Largest UDP payload on a 1500-byte path: a large pfsync packet still needs two datagrams.
-mtu = 1472
+mtu = ${PERF_MTU:-1472}
 
 [local]
 mode = "raw"

@@ -591,3 +591,61 @@ fn deletions_missed_while_down_are_found_by_two_dumps() {
         .count();
     assert!(told >= 20, "only {told} DEL_C injected at node 1");
 }
+
+/// Packets a firewall sends in one burst share datagrams (BUNDLE; a packet may start in the
+/// room another left), and still arrive byte-identical and in order, with and without loss.
+#[test]
+fn a_burst_of_packets_shares_datagrams() {
+    for (loss, seed) in [(0.0, 21), (0.2, 22)] {
+        let mut net = Net::new(vec![config(1, OB), config(2, OB)], seed);
+        net.loss = loss;
+        net.all_up();
+        net.run_for(Duration::from_secs(1));
+        let mut fw = Firewall::new(0xa, OB);
+        let mut rng = Rng::new(seed);
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        let (mut small, mut large) = (0, 0);
+        for round in 0..60 {
+            // Alternate bursts of small and of large (fragmented) packets.
+            let ops = if round % 2 == 0 { 1 } else { 20 };
+            let mut pkts = Vec::new();
+            while pkts.len() < 12 {
+                fw.churn(&mut rng, ops, &mut pkts);
+            }
+            let before = net.datagrams;
+            for p in &pkts {
+                net.nodes[0].on_local_pfsync(p, net.now).unwrap();
+                sent.push(p.clone());
+            }
+            net.pump();
+            let bytes: usize = pkts.iter().map(|p| p.len() + 23).sum();
+            let used = (net.datagrams - before) as usize;
+            if round % 2 == 0 {
+                small += 1;
+                // Twelve small packets: one datagram each before bundling.
+                assert!(
+                    used <= bytes.div_ceil(1300) + 1,
+                    "{used} datagrams for {bytes} B"
+                );
+            } else {
+                large += 1;
+                // Pieces fill datagrams: about one per 1.4 kB, not two per large packet.
+                assert!(
+                    used <= bytes.div_ceil(1340) + 1,
+                    "{used} datagrams for {bytes} B"
+                );
+            }
+            net.run_for(Duration::from_millis(20));
+        }
+        assert!(small > 0 && large > 0);
+        assert!(
+            net.converge(Duration::from_secs(30)).is_some(),
+            "loss {loss}"
+        );
+        if loss == 0.0 {
+            assert_eq!(net.injected[1], sent, "relayed bytes differ");
+        }
+        assert_table_equals(&fw, &net.nodes[1]);
+        assert_eq!(net.rollbacks, 0);
+    }
+}

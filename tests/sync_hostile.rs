@@ -135,8 +135,7 @@ impl Lab {
             seq,
             clock,
             dialect: OB,
-            frag: 0,
-            frags: 1,
+            offset: 0,
             total_len: pkt.len() as u16,
             chunk: pkt,
         });

@@ -99,9 +99,9 @@ fuzz_target!(|data: &[u8]| {
                 let _ = r.on_local_pfsync(d, now);
             }
             4 => {
-                // DATA under the real epoch: seq, clock, dialect, fragment fields, chunk.
-                let (Some(seq), Some(c), Some(dl), Some(frag), Some(frags), Some(total)) =
-                    (rd.u32(), rd.u64(), rd.u8(), rd.u8(), rd.u8(), rd.u16())
+                // DATA under the real epoch: seq, clock, dialect, offset, total, chunk.
+                let (Some(seq), Some(c), Some(dl), Some(offset), Some(total)) =
+                    (rd.u32(), rd.u64(), rd.u8(), rd.u16(), rd.u16())
                 else {
                     break;
                 };
@@ -112,8 +112,7 @@ fuzz_target!(|data: &[u8]| {
                     seq,
                     clock: c,
                     dialect,
-                    frag,
-                    frags,
+                    offset,
                     total_len: total,
                     chunk: &chunk[..chunk.len().min(1300)],
                 };

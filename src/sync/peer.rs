@@ -16,15 +16,48 @@ pub(super) const MAX_NACKS: usize = 32;
 /// Most partially reassembled DATA packets per peer.
 pub(super) const MAX_PARTIALS: usize = 16;
 
+/// Most disjoint byte ranges one partial packet may be received in (a sender cuts a packet
+/// into a piece that fills a datagram's room and datagram-sized pieces: 3 for any pfsync
+/// packet; more means a hostile or broken sender).
+pub(super) const MAX_PIECES: usize = 16;
+
 pub(super) struct Partial {
     pub(super) seq: u32,
     pub(super) dialect: Dialect,
     pub(super) clock: u64,
-    pub(super) frags: u8,
-    pub(super) got: [u64; 4],
-    pub(super) ngot: u8,
-    pub(super) frag_len: usize,
+    /// Received byte ranges `[start, end)`, sorted, disjoint and not adjacent.
+    pub(super) ranges: [(u16, u16); MAX_PIECES],
+    pub(super) nranges: usize,
     pub(super) buf: Vec<u8>,
+}
+
+impl Partial {
+    /// Record bytes `a..b` as received; false if that needs more than `MAX_PIECES` ranges.
+    fn cover(&mut self, a: u16, b: u16) -> bool {
+        let r = &self.ranges[..self.nranges];
+        // Ranges before `a` that do not touch it, and after `b` likewise, stay.
+        let lo = r.iter().position(|&(_, e)| e >= a).unwrap_or(r.len());
+        let hi = r.iter().rposition(|&(s, _)| s <= b).map_or(0, |i| i + 1);
+        let (mut na, mut nb) = (a, b);
+        if lo < hi {
+            na = na.min(r[lo].0);
+            nb = nb.max(r[hi - 1].1);
+        }
+        let removed = hi.saturating_sub(lo);
+        let n = self.nranges - removed + 1;
+        if n > MAX_PIECES {
+            return false;
+        }
+        // Replace ranges lo..hi by the merged one.
+        self.ranges.copy_within(hi.max(lo)..self.nranges, lo + 1);
+        self.ranges[lo] = (na, nb);
+        self.nranges = n;
+        true
+    }
+
+    fn complete(&self) -> bool {
+        self.nranges == 1 && self.ranges[0] == (0, self.buf.len() as u16)
+    }
 }
 
 pub(super) struct Peer {
@@ -128,7 +161,7 @@ impl Peer {
 
     pub(super) fn push_out(&mut self, _cfg: &ReplicaConfig, d: &[u8]) {
         // Beyond the bound the oldest is lost like on the network: NACK/resync recovers it.
-        self.out.push(d);
+        self.out.push_bundled(d, _cfg.max_datagram);
     }
 
     pub(super) fn send(&mut self, cfg: &ReplicaConfig, m: &SyncMsg) {
@@ -239,7 +272,12 @@ pub(super) fn unknown_epoch(cfg: &ReplicaConfig, p: &mut Peer, epoch: u32, now: 
     }
 }
 
-/// Queue one local pfsync packet for `p` as DATA fragments under one new seq.
+/// Smallest first piece worth putting in the room left in a queued datagram (a smaller
+/// room is left empty; the packet starts a datagram of its own).
+const MIN_PIECE: usize = 64;
+
+/// Queue one local pfsync packet for `p` as DATA under one new seq: its first piece fills
+/// the room left in the newest queued datagram, the rest go in datagram-sized pieces.
 pub(super) fn send_data(
     cfg: &ReplicaConfig,
     p: &mut Peer,
@@ -255,44 +293,48 @@ pub(super) fn send_data(
         p.start_resync(now);
     }
     p.next_alive = p.next_alive.min(now + cfg.probe_interval);
-    let chunk = cfg.max_datagram - proto::DATA_HDR;
-    let frags = pkt.len().div_ceil(chunk).max(1);
-    if frags > 255 || pkt.len() > u16::MAX as usize {
+    let whole = cfg.max_datagram - proto::DATA_HDR;
+    if pkt.is_empty() || pkt.len() > u16::MAX as usize || whole == 0 {
         return; // cannot be represented; the NACK of `seq` will repair from refs
     }
-    for (i, c) in pkt.chunks(chunk).enumerate() {
+    let mut off = 0;
+    while off < pkt.len() {
+        let left = pkt.len() - off;
+        let room = p
+            .out
+            .tail_room(cfg.max_datagram)
+            .saturating_sub(proto::DATA_HDR);
+        let n = if room >= left.min(MIN_PIECE) {
+            room.min(left)
+        } else {
+            whole.min(left)
+        };
         let m = SyncMsg::Data {
             epoch: p.epoch,
             seq,
             clock,
             dialect,
-            frag: i as u8,
-            frags: frags as u8,
+            offset: off as u16,
             total_len: pkt.len() as u16,
-            chunk: c,
+            chunk: &pkt[off..off + n],
         };
         p.send(cfg, &m);
+        off += n;
     }
     p.stats.tx_data += 1;
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn reassemble<'a>(
     p: &mut Peer,
     seq: u32,
     dialect: Dialect,
     clock: u64,
-    frag: u8,
-    frags: u8,
+    offset: u16,
     total_len: u16,
     chunk: &'a [u8],
 ) -> Option<Complete<'a>> {
     let total = total_len as usize;
-    if frags == 1 {
-        if chunk.len() != total {
-            p.stats.bad_datagrams += 1;
-            return None;
-        }
+    if offset == 0 && chunk.len() == total {
         return Some(Complete {
             seq,
             dialect,
@@ -310,10 +352,8 @@ pub(super) fn reassemble<'a>(
                 seq,
                 dialect,
                 clock,
-                frags,
-                got: [0; 4],
-                ngot: 0,
-                frag_len: 0,
+                ranges: [(0, 0); MAX_PIECES],
+                nranges: 0,
                 buf: match p.spare_bufs.pop() {
                     Some(mut b) => {
                         b.clear();
@@ -327,29 +367,15 @@ pub(super) fn reassemble<'a>(
         }
     };
     let x = &mut p.partials[idx];
-    let last = frag == frags - 1;
-    let off = if last {
-        total.checked_sub(chunk.len())
-    } else {
-        if x.frag_len == 0 {
-            x.frag_len = chunk.len();
-        }
-        (chunk.len() == x.frag_len).then(|| frag as usize * x.frag_len)
-    };
-    let consistent = x.frags == frags && x.buf.len() == total && x.dialect == dialect;
-    let Some(off) = off.filter(|&o| consistent && o + chunk.len() <= total) else {
+    // `decode` checked offset + len <= total_len.
+    let (a, b) = (offset, offset + chunk.len() as u16);
+    if x.buf.len() != total || x.dialect != dialect || !x.cover(a, b) {
         p.stats.bad_datagrams += 1;
         p.partials.remove(idx);
         return None;
-    };
-    let (w, b) = (frag as usize / 64, 1u64 << (frag % 64));
-    if x.got[w] & b != 0 {
-        return None;
     }
-    x.got[w] |= b;
-    x.ngot += 1;
-    x.buf[off..off + chunk.len()].copy_from_slice(chunk);
-    if x.ngot < x.frags {
+    x.buf[a as usize..b as usize].copy_from_slice(chunk);
+    if !x.complete() {
         return None;
     }
     let x = p.partials.remove(idx)?;
@@ -359,6 +385,41 @@ pub(super) fn reassemble<'a>(
         clock: x.clock,
         bytes: std::borrow::Cow::Owned(x.buf),
     })
+}
+
+/// Feed `pieces` of `pkt` through a fresh peer's reassembly; the packet once complete
+/// (it must complete on the last piece that adds bytes, and not before).
+#[cfg(test)]
+pub(crate) fn reassemble_test(pieces: &[(usize, usize)], pkt: &[u8]) -> Option<Vec<u8>> {
+    let mut p = Peer::new(
+        &ReplicaConfig::new(1, Dialect::OpenbsdV6),
+        64,
+        Instant::now(),
+    );
+    let mut done = None;
+    let mut seen = vec![false; pkt.len()];
+    for &(a, b) in pieces {
+        let c = reassemble(
+            &mut p,
+            7,
+            Dialect::OpenbsdV6,
+            1,
+            a as u16,
+            pkt.len() as u16,
+            &pkt[a..b],
+        );
+        let new = seen[a..b].iter().any(|s| !s);
+        seen[a..b].iter_mut().for_each(|s| *s = true);
+        let all = seen.iter().all(|&s| s);
+        match c {
+            Some(c) => {
+                assert!(all && new && done.is_none(), "completed early or twice");
+                done = Some(c.bytes.into_owned());
+            }
+            None => assert!(!(all && new), "did not complete on the last byte"),
+        }
+    }
+    done
 }
 
 impl Replica {

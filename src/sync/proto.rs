@@ -1,7 +1,8 @@
 //! The gateway-to-gateway sync protocol: message formats (see docs/SYNC.md).
 //!
-//! Every datagram is one message: `type u8 · version u8 · body`. All integers are big-endian.
-//! Decoding is strict (exact lengths, known enum values, no trailing bytes) and never panics.
+//! Every datagram is one message, `type u8 · version u8 · body`, or a BUNDLE of several.
+//! All integers are big-endian. Decoding is strict (exact lengths, known enum values, no
+//! trailing bytes) and never panics.
 
 use crate::table::{Digest, Version};
 use crate::wire::{
@@ -9,8 +10,9 @@ use crate::wire::{
 };
 
 /// Version byte of every sync message. 2: HELLO and HELLO_ACK carry the sender's
-/// incarnation, HELLO_REQ added (a v1 peer's HELLO would not decode anyway).
-pub const SYNC_VERSION: u8 = 2;
+/// incarnation, HELLO_REQ added. 3: BUNDLE added, DATA fragments carry a byte offset (so a
+/// packet may start in the room left in a datagram) instead of an index.
+pub const SYNC_VERSION: u8 = 3;
 /// Version byte of the state record format carried in RECORDS.
 pub const RECORD_VERSION: u8 = 1;
 
@@ -27,6 +29,7 @@ pub mod msg_type {
     pub const LEAF_REQ: u8 = 10;
     pub const STATE_REQ: u8 = 11;
     pub const HELLO_REQ: u8 = 12;
+    pub const BUNDLE: u8 = 13;
 }
 
 pub mod record_kind {
@@ -36,7 +39,10 @@ pub mod record_kind {
 }
 
 /// Fixed header sizes, used to size fragments and batches.
-pub const DATA_HDR: usize = 2 + 4 + 4 + 8 + 1 + 1 + 1 + 2;
+pub const DATA_HDR: usize = 2 + 4 + 4 + 8 + 1 + 2 + 2;
+/// BUNDLE header (type, version) and the length prefix of each message in it.
+pub const BUNDLE_HDR: usize = 2;
+pub const BUNDLE_LEN_PREFIX: usize = 2;
 pub const RECORDS_HDR: usize = 2 + 4 + 4 + 1 + 2;
 pub const ACK_HDR: usize = 2 + 4 + 4 + 1;
 pub const RANGES_HDR: usize = 2 + 4 + 4 + 1;
@@ -219,14 +225,13 @@ pub enum SyncMsg<'a> {
     HelloReq {
         epoch: u32,
     },
-    /// One fragment of an original pfsync packet.
+    /// Bytes `offset..offset + chunk.len()` of an original pfsync packet of `total_len`.
     Data {
         epoch: u32,
         seq: u32,
         clock: u64,
         dialect: Dialect,
-        frag: u8,
-        frags: u8,
+        offset: u16,
         total_len: u16,
         chunk: &'a [u8],
     },
@@ -304,17 +309,10 @@ impl<'a> SyncMsg<'a> {
                 let seq = r.u32()?;
                 let clock = r.u64()?;
                 let dialect = dialect_from_code(r.u8()?)?;
-                let frag = r.u8()?;
-                let frags = r.u8()?;
+                let offset = r.u16()?;
                 let total_len = r.u16()?;
                 let chunk = r.rest();
-                if frags == 0 || frag >= frags {
-                    return Err(SyncError::BadValue {
-                        what: "fragment index",
-                        value: frag as u64,
-                    });
-                }
-                if chunk.is_empty() || chunk.len() > total_len as usize {
+                if chunk.is_empty() || offset as usize + chunk.len() > total_len as usize {
                     return Err(SyncError::BadValue {
                         what: "fragment length",
                         value: chunk.len() as u64,
@@ -325,11 +323,16 @@ impl<'a> SyncMsg<'a> {
                     seq,
                     clock,
                     dialect,
-                    frag,
-                    frags,
+                    offset,
                     total_len,
                     chunk,
                 }
+            }
+            BUNDLE => {
+                return Err(SyncError::BadValue {
+                    what: "nested bundle",
+                    value: ty as u64,
+                })
             }
             RECORDS => {
                 let epoch = r.u32()?;
@@ -472,8 +475,7 @@ impl<'a> SyncMsg<'a> {
                 seq,
                 clock,
                 dialect,
-                frag,
-                frags,
+                offset,
                 total_len,
                 chunk,
             } => {
@@ -483,8 +485,7 @@ impl<'a> SyncMsg<'a> {
                 w.u32(seq)?;
                 w.u64(clock)?;
                 w.u8(dialect_code(dialect))?;
-                w.u8(frag)?;
-                w.u8(frags)?;
+                w.u16(offset)?;
                 w.u16(total_len)?;
                 w.bytes(chunk)?;
             }
@@ -565,6 +566,89 @@ impl<'a> SyncMsg<'a> {
         }
         Ok(w.pos())
     }
+}
+
+/// The messages of one datagram: the datagram itself, or the parts of a BUNDLE
+/// (`13 · version · n × (len u16 · message)`, n ≥ 1, each `len` ≥ 2, no BUNDLE inside, nothing
+/// after the last part). The framing is checked whole here, before any part is returned.
+pub fn datagram_parts(buf: &[u8]) -> Result<Parts<'_>> {
+    if buf.first() != Some(&msg_type::BUNDLE) {
+        if buf.is_empty() {
+            return Err(SyncError::Truncated {
+                what: "sync header",
+                need: 2,
+                have: 0,
+            });
+        }
+        return Ok(Parts {
+            rest: buf,
+            bundle: false,
+        });
+    }
+    let mut r = Rd::new(buf, "bundle");
+    r.u8()?;
+    let ver = r.u8()?;
+    if ver != SYNC_VERSION {
+        return Err(SyncError::BadVersion(ver));
+    }
+    let body = r.rest();
+    let mut r = Rd::new(body, "bundled message");
+    let mut n = 0;
+    while r.remaining() > 0 {
+        let len = r.u16()? as usize;
+        let m = r.bytes(len)?;
+        if len < 2 || m[0] == msg_type::BUNDLE {
+            return Err(SyncError::BadValue {
+                what: "bundled message",
+                value: len as u64,
+            });
+        }
+        n += 1;
+    }
+    if n == 0 {
+        return Err(SyncError::BadValue {
+            what: "empty bundle",
+            value: 0,
+        });
+    }
+    Ok(Parts {
+        rest: body,
+        bundle: true,
+    })
+}
+
+/// Iterator over a datagram's messages (see [`datagram_parts`]).
+pub struct Parts<'a> {
+    rest: &'a [u8],
+    bundle: bool,
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        if !self.bundle {
+            return Some(std::mem::take(&mut self.rest));
+        }
+        // Framing was validated by `datagram_parts`.
+        let len = u16::from_be_bytes([self.rest[0], self.rest[1]]) as usize;
+        let (m, rest) = self.rest[BUNDLE_LEN_PREFIX..].split_at(len);
+        self.rest = rest;
+        Some(m)
+    }
+}
+
+/// Bytes a message of `len` adds to a datagram of `tail` bytes when bundled into it
+/// (`bundled`: the datagram is a BUNDLE already; else it becomes one).
+pub fn bundled_len(tail: usize, bundled: bool, len: usize) -> usize {
+    let header = if bundled {
+        0
+    } else {
+        BUNDLE_HDR + BUNDLE_LEN_PREFIX
+    };
+    tail + header + BUNDLE_LEN_PREFIX + len
 }
 
 /// Iterate the `(first, last)` ranges of an ACK's NACK list.
@@ -992,8 +1076,7 @@ mod tests {
                 seq: 2,
                 clock: 3,
                 dialect: Dialect::OpenbsdV6,
-                frag: 1,
-                frags: 2,
+                offset: 7,
                 total_len: 10,
                 chunk: &[1, 2, 3],
             },
@@ -1039,6 +1122,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bundles_split_strictly() {
+        use crate::sync::link::PacketRing;
+        let a = SyncMsg::Alive {
+            epoch: 1,
+            next_seq: 2,
+        };
+        let b = SyncMsg::HelloReq { epoch: 9 };
+        let (mut x, mut y) = ([0u8; 64], [0u8; 64]);
+        let (na, nb) = (a.encode(&mut x).unwrap(), b.encode(&mut y).unwrap());
+        let mut ring = PacketRing::new(8, 4096);
+        ring.push_bundled(&x[..na], 1400);
+        assert_eq!(ring.tail_room(1400), 1400 - bundled_len(na, false, 0));
+        ring.push_bundled(&y[..nb], 1400);
+        ring.push_bundled(&x[..na], 1400);
+        assert_eq!(ring.len(), 1, "three small messages share one datagram");
+        let mut d = [0u8; 128];
+        let n = ring.pop_into(&mut d).unwrap();
+        assert_eq!(n, BUNDLE_HDR + 3 * BUNDLE_LEN_PREFIX + 2 * na + nb);
+        let parts: Vec<_> = datagram_parts(&d[..n]).unwrap().collect();
+        assert_eq!(parts, [&x[..na], &y[..nb], &x[..na]]);
+        // A lone message is sent as itself, not as a bundle of one.
+        ring.push_bundled(&y[..nb], 1400);
+        assert_eq!(ring.pop_into(&mut d), Some(nb));
+        assert_eq!(datagram_parts(&d[..nb]).unwrap().count(), 1);
+        // Too big to join: a datagram of its own.
+        ring.push_bundled(&x[..na], na + 5);
+        ring.push_bundled(&y[..nb], na + 5);
+        assert_eq!(ring.len(), 2);
+
+        let bundle = |parts: &[&[u8]]| {
+            let mut v = vec![msg_type::BUNDLE, SYNC_VERSION];
+            for p in parts {
+                v.extend((p.len() as u16).to_be_bytes());
+                v.extend(*p);
+            }
+            v
+        };
+        let ok = bundle(&[&x[..na], &y[..nb]]);
+        assert_eq!(datagram_parts(&ok).unwrap().count(), 2);
+        // Every truncation and one trailing byte are refused, as are empty and nested
+        // bundles, a part shorter than a message header and another version.
+        for cut in 0..ok.len() {
+            if cut != BUNDLE_HDR + BUNDLE_LEN_PREFIX + na {
+                assert!(datagram_parts(&ok[..cut]).is_err(), "cut {cut}");
+            }
+        }
+        let mut trailing = ok.clone();
+        trailing.push(0);
+        assert!(datagram_parts(&trailing).is_err());
+        assert!(datagram_parts(&bundle(&[])).is_err());
+        assert!(datagram_parts(&bundle(&[&ok])).is_err());
+        assert!(datagram_parts(&bundle(&[&[7]])).is_err());
+        let mut old = ok.clone();
+        old[1] = 2;
+        assert_eq!(datagram_parts(&old).err(), Some(SyncError::BadVersion(2)));
+        // A BUNDLE is never a message on its own.
+        assert!(SyncMsg::decode(&ok).is_err());
     }
 
     #[test]

@@ -20,13 +20,14 @@ impl Replica {
         if !self.peers.contains_key(&peer) {
             return Err(SyncError::UnknownPeer(peer));
         }
-        let msg = match SyncMsg::decode(data) {
-            Ok(m) => m,
-            Err(e) => {
-                self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
-                return Err(e);
-            }
-        };
+        // The whole datagram is checked (bundle framing and every message in it) before
+        // any of it acts: a bad datagram is refused entirely.
+        let checked = proto::datagram_parts(data)
+            .and_then(|mut parts| parts.try_for_each(|m| SyncMsg::decode(m).map(drop)));
+        if let Err(e) = checked {
+            self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
+            return Err(e);
+        }
         {
             let p = self.peers.get_mut(&peer).unwrap();
             p.stats.rx_datagrams += 1;
@@ -37,6 +38,21 @@ impl Replica {
                 self.on_peer_up(peer, now);
             }
         }
+        let mut res = Ok(());
+        for part in proto::datagram_parts(data)? {
+            let r = self.on_peer_msg(peer, SyncMsg::decode(part)?, now);
+            res = res.and(r);
+        }
+        res
+    }
+
+    /// One (already validated) message of a peer's datagram.
+    fn on_peer_msg(
+        &mut self,
+        peer: PeerId,
+        msg: SyncMsg<'_>,
+        now: Instant,
+    ) -> Result<(), SyncError> {
         match msg {
             SyncMsg::Hello {
                 node,
@@ -120,8 +136,7 @@ impl Replica {
                 seq,
                 clock,
                 dialect,
-                frag,
-                frags,
+                offset,
                 total_len,
                 chunk,
             } => {
@@ -137,8 +152,7 @@ impl Replica {
                     p.stats.duplicates += 1;
                     return Ok(());
                 }
-                let Some(c) = reassemble(p, seq, dialect, clock, frag, frags, total_len, chunk)
-                else {
+                let Some(c) = reassemble(p, seq, dialect, clock, offset, total_len, chunk) else {
                     return Ok(());
                 };
                 if !p.rx_accept(&self.cfg, c.seq, now) {
