@@ -315,6 +315,8 @@ impl Node {
             churn: churn_rx,
             reload: rl_rx,
         };
+        let gso = node.udp_tx.enable_gso(node.udp.get_ref().as_raw_fd());
+        tracing::debug!(gso, "UDP segmentation offload for the tunnel socket");
         // Every counter exists (at 0) from the start, in `status --json` and on /metrics.
         for k in NODE_COUNTERS {
             node.counters.other.insert(k, 0);
