@@ -31,6 +31,9 @@ impl Replica {
             let p = self.peers.get_mut(&peer).unwrap();
             p.stats.rx_datagrams += 1;
             p.earn(&self.cfg, data.len());
+            if let SyncMsg::Records { .. } | SyncMsg::Ranges { .. } = msg {
+                p.owe_pad(&self.cfg, data.len());
+            }
             p.last_rx = now;
             if !p.up {
                 // Traffic from a peer we had declared dead (or never saw up): start over.
@@ -75,7 +78,15 @@ impl Replica {
                     clock: self.clock,
                     incarnation: self.cfg.incarnation,
                 };
-                p.send(&self.cfg, &ack);
+                p.answer(&self.cfg, &ack, now, 0);
+            }
+            SyncMsg::Pad { want, .. } => {
+                // Only its bytes matter (credited above); `want` asks us to pay for answers.
+                let p = self.peers.get_mut(&peer).unwrap();
+                p.stats.pad_rx_bytes += data.len() as u64;
+                if want > 0 {
+                    p.asked_to_pay(&self.cfg, want);
+                }
             }
             SyncMsg::HelloReq { epoch } => {
                 let p = self.peers.get_mut(&peer).unwrap();
@@ -200,8 +211,10 @@ impl Replica {
                     for r in refs.drain(..) {
                         p.mark_dirty(r);
                     }
-                    p.stats.skips_tx += 1;
-                    p.send(&self.cfg, &SyncMsg::Skip { epoch, first, last });
+                    // Unaffordable: a repeated NACK gets it (the refs are re-queued once).
+                    if p.answer(&self.cfg, &SyncMsg::Skip { epoch, first, last }, now, 0) {
+                        p.stats.skips_tx += 1;
+                    }
                 }
             }
             SyncMsg::Skip { epoch, first, last } => {
@@ -252,7 +265,7 @@ impl Replica {
                     }
                     if want_reply {
                         let s = summary(&self.table, self.clock, false);
-                        p.send(&self.cfg, &s);
+                        p.answer(&self.cfg, &s, now, 0);
                     }
                 } else if !want_reply && !p.quiet() {
                     // An audit is sent while the peer has nothing unacked; if we have
