@@ -202,7 +202,8 @@ pub struct LimitsConfig {
     pub states: usize,
     /// Most states in the creator-id space of one peer.
     pub peer_states: usize,
-    /// Bytes per second of repair/anti-entropy answers a peer gets beyond 10× what it sends.
+    /// Opt-in: bytes per second of repair/anti-entropy answers a peer gets beyond 10× what
+    /// it sends (requester pays). 0 (default) keeps every answer within 10× its requests.
     pub repair_rate: u64,
 }
 
@@ -211,7 +212,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             states: 1_000_000,
             peer_states: 500_000,
-            repair_rate: 8 << 20,
+            repair_rate: 0,
         }
     }
 }

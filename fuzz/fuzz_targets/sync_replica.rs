@@ -1,14 +1,15 @@
 #![no_main]
 //! Sequences of datagrams from an established (possibly compromised) peer into a
 //! `Replica`, interleaved with time, polling and local packets: never a panic, the clock
-//! never wraps, and the mirror stays within its caps.
+//! never wraps, the mirror stays within its caps, and no more is answered than 10× what
+//! the peer sent plus the initial allowance (requester pays; PAD is a structured op).
 //!
 //! Input: a list of ops. Byte 0 of an op picks it; a u16 length prefixes the payloads.
 //! Structured DATA/RECORDS ops carry the peer's real epoch so the fuzzer reaches the
 //! handlers behind the epoch check.
 use libfuzzer_sys::fuzz_target;
 use pfsync_gw::sync::proto::{msg_type, RECORDS_HDR, RECORD_VERSION, SYNC_VERSION};
-use pfsync_gw::sync::{Replica, ReplicaConfig, SyncMsg};
+use pfsync_gw::sync::{Replica, ReplicaConfig, SyncMsg, ANSWER_INITIAL};
 use pfsync_gw::wire::Dialect;
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
         if ops > 2_000 {
             break;
         }
-        match op % 8 {
+        match op % 9 {
             0 => {
                 let Some(d) = rd.bytes() else { break };
                 let _ = r.on_peer_datagram(PEER, d, now);
@@ -133,7 +134,15 @@ fuzz_target!(|data: &[u8]| {
                 d.extend_from_slice(body);
                 let _ = r.on_peer_datagram(PEER, &d, now);
             }
-            6 => r.on_peer_down(PEER, now),
+            6 => {
+                // PAD: payment, and a request that we pay (`want`).
+                let (Some(want), Some(len)) = (rd.u32(), rd.u16()) else { break };
+                let m = SyncMsg::Pad { want, len: len % 1400 };
+                if let Ok(n) = m.encode(&mut buf) {
+                    let _ = r.on_peer_datagram(PEER, &buf[..n], now);
+                }
+            }
+            7 => r.on_peer_down(PEER, now),
             _ => {
                 r.on_peer_up(PEER, now);
             }
@@ -141,6 +150,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(r.table().len() <= 2_000, "mirror over its cap");
         assert!(r.table().tombstone_count() <= 1_000);
         assert!(r.clock() >= clock, "the Lamport clock went backwards (wrapped)");
+        let st = r.peer_stats(PEER).expect("peer");
+        assert!(
+            st.answer_bytes <= 10 * st.rx_bytes + ANSWER_INITIAL,
+            "answers beyond the budget: {st:?}"
+        );
+        assert!(st.pad_tx_bytes <= st.rx_bytes / 4, "padding beyond a quarter: {st:?}");
     }
     drain(&mut r, now);
 });

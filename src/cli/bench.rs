@@ -134,7 +134,7 @@ pub fn run(args: &BenchArgs) -> i32 {
     // mirror → inject, for packets of compressed updates, against parsing them only. Every
     // packet's sequence numbers advance each time it is relayed, as a live connection's do
     // (replaying the same bytes would measure the stale-update path instead).
-    let (mut ra, mut rb) = replica_pair(&mut a, &mut b, a_addr, b_addr, 17);
+    let (mut ra, mut rb) = replica_pair(&mut a, &mut b, a_addr, b_addr, 17, false);
     let mut churn = Churn::new(Dialect::OpenbsdV6, 1, 17, 64);
     rows.push(relay_row(
         "relay upd_c through two gateways (no sockets)",
@@ -147,7 +147,7 @@ pub fn run(args: &BenchArgs) -> i32 {
     ));
     // The same over a table larger than the caches (the netns benchmark's pool is 10,200).
     let big = 100_000u64;
-    let (mut ra, mut rb) = replica_pair(&mut a, &mut b, a_addr, b_addr, 0);
+    let (mut ra, mut rb) = replica_pair(&mut a, &mut b, a_addr, b_addr, 0, false);
     fill_tables(&mut [&mut ra, &mut rb], big);
     let mut churn = Churn::new(Dialect::OpenbsdV6, 1, big, (big as usize).div_ceil(17));
     rows.push(relay_row(
@@ -162,7 +162,8 @@ pub fn run(args: &BenchArgs) -> i32 {
     drop((ra, rb, churn));
 
     if args.bulk > 0 {
-        mem_rows.push(bulk_sync(&mut a, &mut b, a_addr, b_addr, args.bulk));
+        mem_rows.push(bulk_sync(&mut a, &mut b, a_addr, b_addr, args.bulk, false));
+        mem_rows.push(bulk_sync(&mut a, &mut b, a_addr, b_addr, args.bulk, true));
     }
 
     // Loopback UDP: the tunnel's datagrams vs plain datagrams, both batched.
@@ -307,12 +308,14 @@ fn replica_pair(
     a_addr: std::net::SocketAddr,
     b_addr: std::net::SocketAddr,
     states: u64,
+    budget: bool,
 ) -> (Replica, Replica) {
     let now = Instant::now();
-    // The sync path's own speed: no state caps, no repair budget (`[limits]` bound a real
-    // bulk separately; docs/PERFORMANCE.md).
+    // The sync path's own speed: no state caps, and no answer budget unless `budget` (then
+    // the default one: requester pays, no free repair rate; docs/SYNC.md).
     let unlimited = |id| {
-        ReplicaConfig::new(id, Dialect::OpenbsdV6).with_limits(usize::MAX, usize::MAX, 1 << 40)
+        let rate = if budget { 0 } else { 1 << 40 };
+        ReplicaConfig::new(id, Dialect::OpenbsdV6).with_limits(usize::MAX, usize::MAX, rate)
     };
     let mut ra = Replica::new(unlimited(1), now);
     let mut rb = Replica::new(unlimited(2), now);
@@ -583,8 +586,9 @@ fn bulk_sync(
     a_addr: std::net::SocketAddr,
     b_addr: std::net::SocketAddr,
     n: u64,
+    budget: bool,
 ) -> String {
-    let (mut ra, mut rb) = replica_pair(a, b, a_addr, b_addr, 0);
+    let (mut ra, mut rb) = replica_pair(a, b, a_addr, b_addr, 0, budget);
     fill_tables(&mut [&mut ra], n);
     let (mut plain, mut wire_buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048], vec![0u8; 2048]);
     let start = Instant::now();
@@ -607,14 +611,21 @@ fn bulk_sync(
         while rb.poll_local_inject(&mut out).is_some() {}
     }
     let secs = start.elapsed().as_secs_f64();
+    let pad = rb.peer_stats(0).map_or(0, |s| s.pad_tx_bytes);
     format!(
-        "bulk sync into an empty peer: {} of {n} states in {secs:.2} s (digests {})",
+        "bulk sync into an empty peer, {}: {} of {n} states in {secs:.2} s (digests {}; {:.1} MB padded back)",
+        if budget {
+            "default answer budget (requester pays)"
+        } else {
+            "no answer budget"
+        },
         rb.table().len(),
         if ra.table().digest() == rb.table().digest() {
             "equal"
         } else {
             "differ"
-        }
+        },
+        pad as f64 / 1e6
     )
 }
 

@@ -4,6 +4,7 @@
 //! differing leaves, and RECORDS messages built from a peer's dirty state references and
 //! queued leaves. The message handlers themselves are in `receive.rs`.
 
+use super::bounds::ANSWER_RESERVE;
 use super::peer::set_bit;
 use super::*;
 
@@ -29,25 +30,18 @@ pub(super) fn send_ranges(
 ) {
     let mut d = [0u8; FANOUT * 16];
     let n = n.min(FANOUT);
-    // A RANGES can answer a RANGES with up to 64 more: paid from the answer budget like
-    // RECORDS; a dropped one is asked for again at the next digest check.
-    if !p.refill(cfg, now) {
-        p.stats.answers_deferred += 1;
-        return;
-    }
-    p.spend(12 + n * 16);
     for i in 0..n {
         let dg = table.range_digest(first + i * span, span);
         d[i * 16..i * 16 + 16].copy_from_slice(&dg.to_be_bytes());
     }
-    p.send(
-        cfg,
-        &SyncMsg::Ranges {
-            first: first as u32,
-            span: span as u32,
-            digests: &d[..n * 16],
-        },
-    );
+    // A RANGES can answer a RANGES with up to 64 more: paid from the answer budget like
+    // RECORDS; a dropped one is asked for again at the next digest check.
+    let m = SyncMsg::Ranges {
+        first: first as u32,
+        span: span as u32,
+        digests: &d[..n * 16],
+    };
+    p.answer(cfg, &m, now, ANSWER_RESERVE);
 }
 
 /// Build one RECORDS message from the peer's dirty refs (refilled from queued leaves).

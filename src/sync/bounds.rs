@@ -12,28 +12,111 @@ pub const MAX_LEARNED_CREATORS: usize = 8;
 /// Most (peer, creator) conflicts remembered so that each is logged once.
 pub(super) const MAX_ALARMS: usize = 64;
 
+/// Credit that RECORDS and RANGES (the large answers) leave for the small ones (ACK with
+/// 32 NACK ranges, SKIP, HELLO_ACK, SUMMARY reply), so a bulk answer never starves them.
+pub(super) const ANSWER_RESERVE: usize = 512;
+
+/// A PAD{want} asks for the credit of this many full datagrams of answers.
+pub(super) const WANT_DATAGRAMS: u64 = 16;
+
 impl Peer {
-    /// Refill the answer budget for time passed; true if something may be spent.
-    pub(super) fn refill(&mut self, cfg: &ReplicaConfig, now: Instant) -> bool {
+    /// Credit the opt-in `answer_rate` for the time passed (nothing by default).
+    fn refill(&mut self, cfg: &ReplicaConfig, now: Instant) {
+        if cfg.answer_rate == 0 {
+            return;
+        }
         let dt = now.saturating_duration_since(self.credit_at);
         let add = (cfg.answer_rate as u128 * dt.as_micros() / 1_000_000) as i64;
         if add > 0 {
-            self.credit = (self.credit.saturating_add(add)).min(cfg.answer_burst as i64);
+            self.credit = self.credit.saturating_add(add).min(cfg.answer_cap as i64);
             self.credit_at = now;
         }
-        self.credit > 0
     }
 
-    /// Credit what the peer sent us (its requests pay for our answers).
+    /// Bytes of answers we may send the peer now, keeping `reserve` for small answers.
+    pub(super) fn affordable(
+        &mut self,
+        cfg: &ReplicaConfig,
+        now: Instant,
+        reserve: usize,
+    ) -> usize {
+        self.refill(cfg, now);
+        (self.credit.max(0) as usize).saturating_sub(reserve)
+    }
+
+    /// Credit a datagram the peer sent us: its bytes pay for our answers.
     pub(super) fn earn(&mut self, cfg: &ReplicaConfig, bytes: usize) {
-        let cap = (cfg.answer_burst as i64).max(cfg.answer_factor as i64 * 65_536);
+        self.stats.rx_bytes += bytes as u64;
         let add = (cfg.answer_factor as i64).saturating_mul(bytes as i64);
-        self.credit = self.credit.saturating_add(add).min(cap);
+        self.credit = self.credit.saturating_add(add).min(cfg.answer_cap as i64);
     }
 
+    /// Pay for an answer of `bytes` (the caller checked `affordable`).
     pub(super) fn spend(&mut self, bytes: usize) {
         self.credit -= bytes as i64;
         self.stats.answer_bytes += bytes as u64;
+    }
+
+    /// Queue answer `m` if the budget affords it (beyond `reserve`); else it is dropped and
+    /// counted: every such answer is asked for again by the peer's retry (HELLO every
+    /// 500 ms, SUMMARY every second, a repeated NACK, the next digest check).
+    pub(super) fn answer(
+        &mut self,
+        cfg: &ReplicaConfig,
+        m: &SyncMsg,
+        now: Instant,
+        reserve: usize,
+    ) -> bool {
+        let mut buf = [0u8; 1500];
+        let Ok(n) = m.encode(&mut buf) else {
+            return false;
+        };
+        // Charged as sent: with the BUNDLE framing it adds when it joins a datagram.
+        let cost = self.out.bundled_cost(n, cfg.max_datagram);
+        if cost > self.affordable(cfg, now, reserve) {
+            self.stats.answers_deferred += 1;
+            return false;
+        }
+        self.spend(cost);
+        self.push_out(cfg, &buf[..n]);
+        true
+    }
+
+    /// Requester pays: a RECORDS or RANGES datagram of `bytes` arrived from the peer. We owe
+    /// it 1/`pad_divisor` of that in PAD, and may pad up to twice that when it asks.
+    pub(super) fn owe_pad(&mut self, cfg: &ReplicaConfig, bytes: usize) {
+        if cfg.pad_divisor == 0 {
+            return;
+        }
+        let share = bytes as u64 / cfg.pad_divisor;
+        self.pad_allow += 2 * share;
+        self.pad_owed = (self.pad_owed + share).min(self.pad_allow);
+    }
+
+    /// The peer's PAD{want}: its answers to us wait for `want` bytes of credit. We pay
+    /// `want / answer_factor`, within what its answers allow us to pad.
+    pub(super) fn asked_to_pay(&mut self, cfg: &ReplicaConfig, want: u32) {
+        if cfg.pad_divisor == 0 || cfg.answer_factor == 0 {
+            return;
+        }
+        let pay = u64::from(want).div_ceil(cfg.answer_factor);
+        self.pad_owed = (self.pad_owed + pay).min(self.pad_allow);
+    }
+
+    /// Size of the PAD datagram due now (whole datagrams only: fewer, larger PADs), if any.
+    pub(super) fn pad_due(&self, limit: usize) -> Option<usize> {
+        let n = self.pad_owed.min(self.pad_allow).min(limit as u64) as usize;
+        (n == limit).then_some(n)
+    }
+
+    /// The PAD{want} that asks the peer to pay for the answers waiting for it.
+    pub(super) fn pay_request(&self, cfg: &ReplicaConfig) -> SyncMsg<'static> {
+        let goal = WANT_DATAGRAMS * cfg.max_datagram as u64 * cfg.answer_factor;
+        let want = goal.saturating_sub(self.credit.max(0) as u64).max(1);
+        SyncMsg::Pad {
+            want: want.min(u32::MAX as u64) as u32,
+            len: 0,
+        }
     }
 }
 

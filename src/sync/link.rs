@@ -244,19 +244,33 @@ impl PacketRing {
         }
     }
 
+    /// Length of the newest datagram with a message of `m` bytes bundled into it, if that
+    /// stays within `max` (and the ring's byte bound).
+    fn joined_len(&self, m: usize, max: usize) -> Option<usize> {
+        let t = *self.lens.back()? as usize;
+        let len = proto::bundled_len(t, self.tail_bundle, m);
+        (len <= max && len <= u16::MAX as usize && self.bytes.len() + len - t <= self.max_bytes)
+            .then_some(len)
+    }
+
+    /// Bytes a message of `m` bytes adds to the queue when pushed with
+    /// [`PacketRing::push_bundled`]: itself, plus the BUNDLE framing when it joins a datagram.
+    pub fn bundled_cost(&self, m: usize, max: usize) -> usize {
+        match self.joined_len(m, max) {
+            Some(len) => len - *self.lens.back().expect("joinable") as usize,
+            None => m,
+        }
+    }
+
     /// Queue sync message `m`: joined to the newest datagram as a BUNDLE when the result
     /// stays within `max` bytes (more messages per datagram: fewer seals and syscalls),
     /// else as a datagram of its own. Only what is still queued is joined, so nothing
     /// waits for company: the queue is drained every round.
     pub fn push_bundled(&mut self, m: &[u8], max: usize) -> usize {
-        let Some(&t) = self.lens.back() else {
+        let Some(len) = self.joined_len(m.len(), max) else {
             return self.push(m);
         };
-        let t = t as usize;
-        let len = proto::bundled_len(t, self.tail_bundle, m.len());
-        if len > max || len > u16::MAX as usize || self.bytes.len() + len - t > self.max_bytes {
-            return self.push(m);
-        }
+        let t = *self.lens.back().expect("joinable") as usize;
         if !self.tail_bundle {
             // Re-frame the newest datagram as the first part of a BUNDLE.
             let start = self.bytes.len() - t;

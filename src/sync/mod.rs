@@ -45,6 +45,12 @@ use peer::{send_hello, Peer};
 
 pub type PeerId = usize;
 
+/// Answer budget a peer starts with (docs/SYNC.md, *Requester pays*): a SUMMARY/RANGES
+/// exchange and the first ≈ 240 records before its padding arrives.
+pub const ANSWER_INITIAL: u64 = 64 << 10;
+/// Most answer budget a peer can save: enough for a full `records_window` in flight.
+pub const ANSWER_CAP: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     /// Our node id: tie-breaker of versions, also the creatorid of BUS we emit.
@@ -96,13 +102,19 @@ pub struct ReplicaConfig {
     pub max_clock_ahead: u64,
     /// Most states in the creator-id space of one peer (global cap: `table.max_states`).
     pub peer_max_states: usize,
-    /// Answers to one peer (RECORDS, RANGES) are paid from a byte budget credited
-    /// `answer_factor` × the bytes the peer sends…
+    /// Answers to one peer (everything we send because it asked: RECORDS, RANGES, ACK,
+    /// SKIP, HELLO_ACK, SUMMARY replies, HELLO_REQ, LEAF_REQ, STATE_REQ) are paid from a
+    /// byte budget credited `answer_factor` × the bytes of every datagram the peer sends…
     pub answer_factor: u64,
-    /// …plus this many bytes per second (the repair rate a quiet peer can pull)…
+    /// …starting at this allowance (once per peer, not per epoch)…
+    pub answer_initial: u64,
+    /// …saving at most this much…
+    pub answer_cap: u64,
+    /// …plus this many bytes per second (0 by default: opt-in, it weakens the bound).
     pub answer_rate: u64,
-    /// …up to this much saved.
-    pub answer_burst: u64,
+    /// Requester pays: we pad back 1/`pad_divisor` of the RECORDS and RANGES bytes a peer
+    /// sends us (PAD messages), and at most twice that when it asks; 0 = never pad.
+    pub pad_divisor: u64,
     /// The firewall's bulk request (`UPD_REQ 0/0`) is answered at most once per this.
     pub bulk_answer_interval: Duration,
     /// Enforce creator-id spaces (a peer inserts and clears only its own site's states).
@@ -139,8 +151,10 @@ impl ReplicaConfig {
             max_clock_ahead: 1 << 32,
             peer_max_states: 500_000,
             answer_factor: 10,
-            answer_rate: 8 << 20,
-            answer_burst: 8 << 20,
+            answer_initial: ANSWER_INITIAL,
+            answer_cap: ANSWER_CAP,
+            answer_rate: 0,
+            pad_divisor: 8,
             bulk_answer_interval: Duration::from_secs(1),
             creator_spaces: true,
             table: TableConfig::default(),
@@ -149,12 +163,13 @@ impl ReplicaConfig {
 }
 
 impl ReplicaConfig {
-    /// The `[limits]` of the config: mirror and per-peer state caps, repair rate (bytes/s).
+    /// The `[limits]` of the config: mirror and per-peer state caps, and the opt-in repair
+    /// rate (bytes/s of answers beyond the requester-pays budget; 0 = none).
     pub fn with_limits(mut self, states: usize, peer_states: usize, repair_rate: u64) -> Self {
         self.table.max_states = states;
         self.peer_max_states = peer_states;
         self.answer_rate = repair_rate;
-        self.answer_burst = repair_rate.max(1 << 20);
+        self.answer_cap = ANSWER_CAP.max(repair_rate);
         self
     }
 }
@@ -198,8 +213,15 @@ pub struct PeerSyncStats {
     pub states_refused: u64,
     /// Answers held back or dropped because the peer's answer budget was spent.
     pub answers_deferred: u64,
-    /// Bytes of answers (RECORDS, RANGES) sent to the peer.
+    /// Bytes of answers (see `ReplicaConfig::answer_factor`) sent to the peer.
     pub answer_bytes: u64,
+    /// Bytes of sync datagrams received from the peer (what its answers are paid from).
+    pub rx_bytes: u64,
+    /// Bytes of PAD sent to / received from the peer (requester pays).
+    pub pad_tx_bytes: u64,
+    pub pad_rx_bytes: u64,
+    /// PAD{want} sent: our answers to the peer waited for its payment.
+    pub pay_requests: u64,
     /// Send epochs we opened to this peer (1 after the first session; more only after a
     /// restart of the peer, a HELLO_REQ or a dead-peer detection; never on a rekey).
     pub tx_epochs: u64,
@@ -547,12 +569,18 @@ impl Replica {
                 continue;
             }
             t = t.min(p.next_alive);
-            if p.credit <= 0 && p.busy() && self.cfg.answer_rate > 0 {
-                // Round up, at least 1 ms: waking before a byte is earned would spin.
-                let need = ((1 - p.credit) as u128 * 1_000_000)
-                    .div_ceil(self.cfg.answer_rate as u128)
-                    .clamp(1_000, u64::MAX as u128);
-                t = t.min(p.credit_at + Duration::from_micros(need as u64));
+            if p.starved {
+                // Our answers wait for the peer's payment: ask for it (PAD{want}) again.
+                t = t.min(p.pay_req_at);
+                if self.cfg.answer_rate > 0 {
+                    // Until one datagram is affordable; at least 1 ms: waking before a byte
+                    // is earned would spin.
+                    let need = (self.cfg.max_datagram as i64 - p.credit).max(1) as u128;
+                    let us = (need * 1_000_000)
+                        .div_ceil(self.cfg.answer_rate as u128)
+                        .clamp(1_000, u64::MAX as u128);
+                    t = t.min(p.credit_at + Duration::from_micros(us as u64));
+                }
             }
             if !p.resync {
                 t = t.min(p.next_audit);

@@ -8,6 +8,7 @@
 //! picks what goes on the link next (`poll_inner`).
 
 use super::antientropy::build_records;
+use super::bounds::ANSWER_RESERVE;
 use super::*;
 
 /// Most NACK ranges per ACK.
@@ -101,9 +102,16 @@ pub(super) struct Peer {
     pub(super) creators: Vec<u32>,
     /// … or learned from its first-hand states and pinned.
     pub(super) learned: Vec<u32>,
-    /// Answer budget in bytes (may go below 0 by one message).
+    /// Answer budget in bytes (docs/SYNC.md, *Requester pays*); never below 0.
     pub(super) credit: i64,
     pub(super) credit_at: Instant,
+    /// Answers wait for the peer's payment (set when no RECORDS fit the budget).
+    pub(super) starved: bool,
+    /// Earliest time for our next PAD{want} (one per `probe_interval` while starved).
+    pub(super) pay_req_at: Instant,
+    /// PAD bytes we owe the peer for its answers, and the most we may still pad.
+    pub(super) pad_owed: u64,
+    pub(super) pad_allow: u64,
     pub(super) stats: PeerSyncStats,
 }
 
@@ -153,8 +161,12 @@ impl Peer {
             next_audit: now + cfg.audit_interval,
             creators: Vec::new(),
             learned: Vec::new(),
-            credit: cfg.answer_burst as i64,
+            credit: cfg.answer_initial.min(cfg.answer_cap) as i64,
             credit_at: now,
+            starved: false,
+            pay_req_at: now,
+            pad_owed: 0,
+            pad_allow: 0,
             stats: PeerSyncStats::default(),
         }
     }
@@ -267,8 +279,9 @@ pub(super) fn unknown_epoch(cfg: &ReplicaConfig, p: &mut Peer, epoch: u32, now: 
     p.stats.epoch_mismatch += 1;
     if p.up && now >= p.hello_req_after {
         p.hello_req_after = now + cfg.hello_interval;
-        p.stats.hello_reqs_tx += 1;
-        p.send(cfg, &SyncMsg::HelloReq { epoch });
+        if p.answer(cfg, &SyncMsg::HelloReq { epoch }, now, 0) {
+            p.stats.hello_reqs_tx += 1;
+        }
     }
 }
 
@@ -475,7 +488,9 @@ impl Replica {
             std::mem::take(&mut p.creators),
             std::mem::take(&mut p.learned),
         );
+        // The budget and padding belong to the peer, not to one epoch.
         let (credit, credit_at) = (p.credit, p.credit_at);
+        let (pad_owed, pad_allow) = (p.pad_owed, p.pad_allow);
         let (incarnation, req_after) = (p.peer_incarnation, p.hello_req_after);
         let (ack_due, rx_unacked) = (p.ack_due, p.rx_unacked);
         *p = Peer::new(&self.cfg, leaves, now);
@@ -483,6 +498,8 @@ impl Replica {
         p.learned = learned;
         p.credit = credit;
         p.credit_at = credit_at;
+        p.pad_owed = pad_owed;
+        p.pad_allow = pad_allow;
         p.stats = stats;
         p.rx_epoch = rx_epoch;
         p.rx = rx;
@@ -519,31 +536,44 @@ impl Replica {
             return p.out.pop_into(out);
         }
         if p.ack_due.is_some_and(|t| t <= now) {
-            if let Some(epoch) = p.rx_epoch {
-                p.ack_due = None;
-                p.rx_unacked = 0;
-                let mut gaps = Vec::new();
-                p.rx.gaps(MAX_NACKS, &mut gaps);
-                p.stats.nacks_tx += gaps.len() as u64;
-                let mut nacks = [0u8; MAX_NACKS * 8];
-                for (i, (a, b)) in gaps.iter().enumerate() {
-                    nacks[i * 8..i * 8 + 4].copy_from_slice(&a.to_be_bytes());
-                    nacks[i * 8 + 4..i * 8 + 8].copy_from_slice(&b.to_be_bytes());
-                }
-                let m = SyncMsg::Ack {
-                    epoch,
-                    cum: p.rx.cum,
-                    nacks: &nacks[..gaps.len() * 8],
-                };
-                return m.encode(&mut out[..limit]).ok();
-            }
             p.ack_due = None;
+            // An ACK answers the peer's DATA/RECORDS/SKIP/ALIVE: paid like every answer, its
+            // NACK list cut to what the budget affords. Unaffordable: the peer's next
+            // message (its ALIVE probe at the latest) brings the ACK back.
+            let afford = p.affordable(cfg, now, 0);
+            match p.rx_epoch {
+                Some(epoch) if afford >= proto::ACK_HDR => {
+                    p.rx_unacked = 0;
+                    let mut gaps = Vec::new();
+                    let max = MAX_NACKS.min((afford - proto::ACK_HDR) / 8);
+                    p.rx.gaps(max, &mut gaps);
+                    p.stats.nacks_tx += gaps.len() as u64;
+                    let mut nacks = [0u8; MAX_NACKS * 8];
+                    for (i, (a, b)) in gaps.iter().enumerate() {
+                        nacks[i * 8..i * 8 + 4].copy_from_slice(&a.to_be_bytes());
+                        nacks[i * 8 + 4..i * 8 + 8].copy_from_slice(&b.to_be_bytes());
+                    }
+                    let m = SyncMsg::Ack {
+                        epoch,
+                        cum: p.rx.cum,
+                        nacks: &nacks[..gaps.len() * 8],
+                    };
+                    let n = m.encode(&mut out[..limit]).ok()?;
+                    p.spend(n);
+                    return Some(n);
+                }
+                Some(_) => p.stats.answers_deferred += 1,
+                None => {}
+            }
         }
         if !p.established {
             return None;
         }
-        if !p.leaf_reqs.is_empty() {
-            let n = p.leaf_reqs.len().min((limit - 4) / 4);
+        // LEAF_REQ and STATE_REQ answer the peer's RANGES and DATA: as many entries as the
+        // budget affords; the rest wait.
+        let afford = p.affordable(cfg, now, 0);
+        if !p.leaf_reqs.is_empty() && afford >= 8 {
+            let n = p.leaf_reqs.len().min((limit - 4) / 4).min((afford - 4) / 4);
             let mut w = proto::Wr::new(&mut out[..limit]);
             w.u8(msg_type::LEAF_REQ).ok()?;
             w.u8(SYNC_VERSION).ok()?;
@@ -551,10 +581,15 @@ impl Replica {
             for l in p.leaf_reqs.drain(..n) {
                 w.u32(l).ok()?;
             }
+            p.spend(w.pos());
             return Some(w.pos());
         }
-        if !p.state_reqs.is_empty() {
-            let n = p.state_reqs.len().min((limit - 4) / 12);
+        if !p.state_reqs.is_empty() && afford >= 16 {
+            let n = p
+                .state_reqs
+                .len()
+                .min((limit - 4) / 12)
+                .min((afford - 4) / 12);
             let mut w = proto::Wr::new(&mut out[..limit]);
             w.u8(msg_type::STATE_REQ).ok()?;
             w.u8(SYNC_VERSION).ok()?;
@@ -563,18 +598,49 @@ impl Replica {
                 w.u64(id.id).ok()?;
                 w.u32(id.creator).ok()?;
             }
+            p.spend(w.pos());
             return Some(w.pos());
         }
-        if p.tx.records_in_flight < cfg.records_window && p.busy() {
-            // Repairs and anti-entropy answers are paid from the peer's answer budget.
-            if !p.refill(cfg, now) {
-                p.stats.answers_deferred += 1;
-                return None;
-            }
-            let n = build_records(cfg, p, &self.table, now, &mut out[..limit])?;
-            p.spend(n);
+        // Requester pays: our PAD for the answers the peer sent us (not an answer itself:
+        // at most 2/`pad_divisor` of them).
+        if let Some(n) = p.pad_due(limit) {
+            let m = SyncMsg::Pad {
+                want: 0,
+                len: (n - proto::PAD_HDR) as u16,
+            };
+            let n = m.encode(&mut out[..limit]).ok()?;
+            p.pad_owed -= n as u64;
+            p.pad_allow -= n as u64;
+            p.stats.pad_tx_bytes += n as u64;
             return Some(n);
         }
+        if p.tx.records_in_flight < cfg.records_window && p.busy() {
+            // Repairs and anti-entropy answers are paid from the peer's answer budget,
+            // beyond the reserve for the small answers.
+            let room = limit.min(p.affordable(cfg, now, ANSWER_RESERVE));
+            if room > RECORDS_HDR {
+                if let Some(n) = build_records(cfg, p, &self.table, now, &mut out[..room]) {
+                    p.spend(n);
+                    p.starved = false;
+                    return Some(n);
+                }
+            }
+            if !p.dirty.is_empty() || !p.leaves.is_empty() {
+                // Nothing fits the budget: wait for the peer's bytes, and ask it to pay
+                // (PAD{want}, once per `probe_interval`; not an answer: our own timer).
+                if !p.starved {
+                    p.starved = true;
+                    p.stats.answers_deferred += 1;
+                }
+                if now >= p.pay_req_at {
+                    p.pay_req_at = now + cfg.probe_interval;
+                    p.stats.pay_requests += 1;
+                    return p.pay_request(cfg).encode(&mut out[..limit]).ok();
+                }
+                return None;
+            }
+        }
+        p.starved = false;
         None
     }
 }

@@ -30,6 +30,7 @@ pub mod msg_type {
     pub const STATE_REQ: u8 = 11;
     pub const HELLO_REQ: u8 = 12;
     pub const BUNDLE: u8 = 13;
+    pub const PAD: u8 = 14;
 }
 
 pub mod record_kind {
@@ -46,6 +47,7 @@ pub const BUNDLE_LEN_PREFIX: usize = 2;
 pub const RECORDS_HDR: usize = 2 + 4 + 4 + 1 + 2;
 pub const ACK_HDR: usize = 2 + 4 + 4 + 1;
 pub const RANGES_HDR: usize = 2 + 4 + 4 + 1;
+pub const PAD_HDR: usize = 2 + 4;
 /// Encoded size of a tombstone record.
 pub const TOMBSTONE_LEN: usize = 1 + 12 + 12;
 /// Upper bound of an encoded state record.
@@ -277,6 +279,13 @@ pub enum SyncMsg<'a> {
     StateReq {
         ids: &'a [u8],
     },
+    /// Payment for answers (requester pays, docs/SYNC.md): `len` zero bytes that only count
+    /// towards the receiver's answer budget for us. `want` > 0: "answers to you are waiting
+    /// for this many bytes of credit", asked by an answerer whose budget ran out.
+    Pad {
+        want: u32,
+        len: u16,
+    },
 }
 
 impl<'a> SyncMsg<'a> {
@@ -426,6 +435,23 @@ impl<'a> SyncMsg<'a> {
                     ids: r.bytes(n * 12)?,
                 }
             }
+            PAD => {
+                let want = r.u32()?;
+                let pad = r.rest();
+                if let Some(i) = pad.iter().position(|&b| b != 0) {
+                    return Err(SyncError::BadValue {
+                        what: "padding byte",
+                        value: pad[i] as u64,
+                    });
+                }
+                SyncMsg::Pad {
+                    want,
+                    len: u16::try_from(pad.len()).map_err(|_| SyncError::BadValue {
+                        what: "padding length",
+                        value: pad.len() as u64,
+                    })?,
+                }
+            }
             t => return Err(SyncError::UnknownType(t)),
         };
         r.end()?;
@@ -469,6 +495,17 @@ impl<'a> SyncMsg<'a> {
                 w.u8(HELLO_REQ)?;
                 w.u8(SYNC_VERSION)?;
                 w.u32(epoch)?;
+            }
+            SyncMsg::Pad { want, len } => {
+                w.u8(PAD)?;
+                w.u8(SYNC_VERSION)?;
+                w.u32(want)?;
+                let mut left = len as usize;
+                while left > 0 {
+                    let k = left.min(64);
+                    w.bytes(&[0u8; 64][..k])?;
+                    left -= k;
+                }
             }
             SyncMsg::Data {
                 epoch,
@@ -1110,6 +1147,8 @@ mod tests {
                 leaves: &[0, 0, 0, 1],
             },
             SyncMsg::StateReq { ids: &[5u8; 12] },
+            SyncMsg::Pad { want: 9, len: 0 },
+            SyncMsg::Pad { want: 0, len: 100 },
         ];
         let mut buf = [0u8; 256];
         for m in &msgs {
@@ -1117,7 +1156,12 @@ mod tests {
             assert_eq!(SyncMsg::decode(&buf[..n]).unwrap(), *m);
             // Every truncation is an error; one extra byte is an error (except open-ended DATA).
             for cut in 0..n {
-                if !matches!(m, SyncMsg::Data { .. }) || cut < DATA_HDR + 1 {
+                let open_ended = match m {
+                    SyncMsg::Data { .. } => cut > DATA_HDR,
+                    SyncMsg::Pad { .. } => cut >= PAD_HDR,
+                    _ => false,
+                };
+                if !open_ended {
                     assert!(SyncMsg::decode(&buf[..cut]).is_err(), "{m:?} cut {cut}");
                 }
             }
@@ -1182,6 +1226,16 @@ mod tests {
         assert_eq!(datagram_parts(&old).err(), Some(SyncError::BadVersion(2)));
         // A BUNDLE is never a message on its own.
         assert!(SyncMsg::decode(&ok).is_err());
+    }
+
+    #[test]
+    fn pad_is_zeros_only() {
+        let mut buf = [0u8; 64];
+        let n = SyncMsg::Pad { want: 1, len: 20 }.encode(&mut buf).unwrap();
+        assert_eq!(n, PAD_HDR + 20);
+        assert!(buf[PAD_HDR..n].iter().all(|&b| b == 0));
+        buf[n - 1] = 1;
+        assert!(SyncMsg::decode(&buf[..n]).is_err());
     }
 
     #[test]

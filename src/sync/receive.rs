@@ -40,19 +40,24 @@ impl Replica {
         }
         let mut res = Ok(());
         for part in proto::datagram_parts(data)? {
-            let r = self.on_peer_msg(peer, SyncMsg::decode(part)?, now);
+            let r = self.on_peer_msg(peer, SyncMsg::decode(part)?, part.len(), now);
             res = res.and(r);
         }
         res
     }
 
-    /// One (already validated) message of a peer's datagram.
+    /// One (already validated) message of `len` bytes of a peer's datagram.
     fn on_peer_msg(
         &mut self,
         peer: PeerId,
         msg: SyncMsg<'_>,
+        len: usize,
         now: Instant,
     ) -> Result<(), SyncError> {
+        if let SyncMsg::Records { .. } | SyncMsg::Ranges { .. } = msg {
+            let p = self.peers.get_mut(&peer).unwrap();
+            p.owe_pad(&self.cfg, len);
+        }
         match msg {
             SyncMsg::Hello {
                 node,
@@ -91,7 +96,15 @@ impl Replica {
                     clock: self.clock,
                     incarnation: self.cfg.incarnation,
                 };
-                p.send(&self.cfg, &ack);
+                p.answer(&self.cfg, &ack, now, 0);
+            }
+            SyncMsg::Pad { want, .. } => {
+                // Only its bytes matter (credited above); `want` asks us to pay for answers.
+                let p = self.peers.get_mut(&peer).unwrap();
+                p.stats.pad_rx_bytes += len as u64;
+                if want > 0 {
+                    p.asked_to_pay(&self.cfg, want);
+                }
             }
             SyncMsg::HelloReq { epoch } => {
                 let p = self.peers.get_mut(&peer).unwrap();
@@ -214,8 +227,10 @@ impl Replica {
                     for r in refs.drain(..) {
                         p.mark_dirty(r);
                     }
-                    p.stats.skips_tx += 1;
-                    p.send(&self.cfg, &SyncMsg::Skip { epoch, first, last });
+                    // Unaffordable: a repeated NACK gets it (the refs are re-queued once).
+                    if p.answer(&self.cfg, &SyncMsg::Skip { epoch, first, last }, now, 0) {
+                        p.stats.skips_tx += 1;
+                    }
                 }
             }
             SyncMsg::Skip { epoch, first, last } => {
@@ -266,7 +281,7 @@ impl Replica {
                     }
                     if want_reply {
                         let s = summary(&self.table, self.clock, false);
-                        p.send(&self.cfg, &s);
+                        p.answer(&self.cfg, &s, now, 0);
                     }
                 } else if !want_reply && !p.quiet() {
                     // An audit is sent while the peer has nothing unacked; if we have
