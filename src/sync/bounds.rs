@@ -123,13 +123,17 @@ impl Peer {
 impl Replica {
     /// Drop counters of the hostile-peer bounds, summed over peers (for status/metrics).
     pub fn security_counters(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let mut c = [0u64; 5];
+        let mut c = [0u64; 9];
         for p in self.peers.values() {
             c[0] += p.stats.clock_refused;
             c[1] += p.stats.foreign_refused;
             c[2] += p.stats.creator_conflicts;
             c[3] += p.stats.states_refused;
             c[4] += p.stats.answers_deferred;
+            c[5] += p.stats.answer_bytes;
+            c[6] += p.stats.pad_tx_bytes;
+            c[7] += p.stats.pad_rx_bytes;
+            c[8] += p.stats.pay_requests;
         }
         [
             ("sync_clock_refused", c[0]),
@@ -137,6 +141,10 @@ impl Replica {
             ("sync_creator_conflict", c[2]),
             ("sync_states_refused", c[3]),
             ("sync_answer_budget", c[4]),
+            ("sync_answer_bytes", c[5]),
+            ("sync_pad_tx_bytes", c[6]),
+            ("sync_pad_rx_bytes", c[7]),
+            ("sync_pay_requests", c[8]),
             ("local_bulk_refused", self.stats.bulk_refused),
             ("sync_mirror_full", self.table.stats().refused_full),
         ]
