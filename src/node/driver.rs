@@ -315,8 +315,13 @@ impl Node {
             churn: churn_rx,
             reload: rl_rx,
         };
-        let gso = node.udp_tx.enable_gso(node.udp.get_ref().as_raw_fd());
-        tracing::debug!(gso, "UDP segmentation offload for the tunnel socket");
+        let fd = node.udp.get_ref().as_raw_fd();
+        let (gso, gro) = (node.udp_tx.enable_gso(fd), node.udp_rx.enable_gro(fd));
+        tracing::debug!(
+            gso,
+            gro,
+            "UDP segmentation/receive offload for the tunnel socket"
+        );
         // Every counter exists (at 0) from the start, in `status --json` and on /metrics.
         for k in NODE_COUNTERS {
             node.counters.other.insert(k, 0);
