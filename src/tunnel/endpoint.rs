@@ -3,6 +3,7 @@
 //! datagrams to send, deadlines and events.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -119,6 +120,30 @@ pub struct DosStats {
     pub roam_fallbacks: u64,
 }
 
+/// Bytes of randomness fetched at once for timer jitter (16 draws).
+const JITTER_POOL: usize = 64;
+
+/// Hasher for the receiver-index table. The keys are drawn uniformly at random by us
+/// (`Shared::new_index`) and a datagram can only look one up, never insert one, so no keyed
+/// (SipHash) hash is needed against flooding: a multiply spreads the 32 random bits over
+/// the 64 hashbrown uses (bucket bits low, tag bits high).
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b) ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.0 = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Bytes we may send to a newly roamed, unproven endpoint per byte it sent us.
 pub const ROAM_BUDGET_FACTOR: u64 = 3;
 
@@ -193,9 +218,14 @@ struct Shared {
     mac1: Mac1Key,
     params: NoiseParams,
     rng: Box<dyn CryptoRngCore + core::marker::Send>,
+    /// Random bytes for timer jitter, refilled from `rng` JITTER_POOL bytes at a time, so
+    /// sending data does not cost a system call (`OsRng`) per packet; `jitter_next` is the
+    /// next unused byte (JITTER_POOL: empty).
+    jitter_pool: [u8; JITTER_POOL],
+    jitter_next: usize,
     wall_base: SystemTime,
     instant_base: Instant,
-    by_index: HashMap<u32, PeerId>,
+    by_index: HashMap<u32, PeerId, BuildHasherDefault<IndexHasher>>,
     drops: DropCounters,
     events: VecDeque<Event>,
     cookies: CookieChecker,
@@ -235,8 +265,15 @@ impl Shared {
     }
 
     fn jitter(&mut self) -> Duration {
+        if self.jitter_next + 4 > JITTER_POOL {
+            self.rng.fill_bytes(&mut self.jitter_pool);
+            self.jitter_next = 0;
+        }
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&self.jitter_pool[self.jitter_next..self.jitter_next + 4]);
+        self.jitter_next += 4;
         let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32 + 1;
-        Duration::from_millis(u64::from(self.rng.next_u32() % max))
+        Duration::from_millis(u64::from(u32::from_le_bytes(w) % max))
     }
 
     /// Minimum time between two initiations of one attempt series (REKEY_TIMEOUT, or the
@@ -420,7 +457,8 @@ impl Peer {
             });
         self.authenticated_tx(len, now);
         self.out_keepalive = false;
-        if !payload.is_empty() {
+        // Draw jitter only when the timer is actually armed (once per silence from the peer).
+        if !payload.is_empty() && self.timers.new_handshake.is_none() {
             let jitter = shared.jitter();
             self.timers.on_data_sent(now, jitter);
         }
@@ -458,9 +496,11 @@ impl Endpoint {
                 mac1,
                 params: handshake::noise_params(),
                 rng: Box::new(rng),
+                jitter_pool: [0; JITTER_POOL],
+                jitter_next: JITTER_POOL,
                 wall_base: wall,
                 instant_base: now,
-                by_index: HashMap::new(),
+                by_index: HashMap::default(),
                 drops: DropCounters::default(),
                 events: VecDeque::new(),
                 cookies: CookieChecker::new(&identity_public),
