@@ -14,9 +14,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use snow::params::NoiseParams;
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::aead::TransportKeys;
 use super::errors::DropReason;
 use super::mac::Mac1Key;
 use super::messages::{
@@ -207,7 +208,7 @@ pub(crate) fn create_response(
     psk: &[u8; 32],
     remote_mac1: &Mac1Key,
     local_index: u32,
-) -> Result<(StatelessTransportState, [u8; RESPONSE_LEN]), snow::Error> {
+) -> Result<(TransportKeys, [u8; RESPONSE_LEN]), snow::Error> {
     let mut state = consumed.state;
     state.set_psk(PSK_LOCATION, psk)?;
     let mut noise = [0u8; NOISE_RESPONSE_LEN];
@@ -216,7 +217,24 @@ pub(crate) fn create_response(
     let mut msg = messages::emit_response(local_index, consumed.remote_index, &noise);
     let mac = remote_mac1.compute(&msg[..field::RESP_MAC1.start]);
     msg[field::RESP_MAC1].copy_from_slice(&mac);
-    Ok((state.into_stateless_transport_mode()?, msg))
+    Ok((transport_keys(state, false)?, msg))
+}
+
+/// The transport keys of a finished handshake (Noise `Split()`), for our own AEAD
+/// (`aead.rs`). snow's state, with its chaining key and handshake hash, is dropped here.
+fn transport_keys(
+    mut state: HandshakeState,
+    initiator: bool,
+) -> Result<TransportKeys, snow::Error> {
+    if !state.is_handshake_finished() {
+        return Err(snow::Error::State(
+            snow::error::StateProblem::HandshakeNotFinished,
+        ));
+    }
+    Ok(TransportKeys::from_split(
+        &mut state.dangerously_get_raw_split(),
+        initiator,
+    ))
 }
 
 impl InitiatorHandshake {
@@ -233,10 +251,8 @@ impl InitiatorHandshake {
     }
 
     /// Transport keys after a successful `consume_response`.
-    pub fn into_transport(self) -> Result<StatelessTransportState, DropReason> {
-        self.state
-            .into_stateless_transport_mode()
-            .map_err(|_| DropReason::HandshakeFailed)
+    pub fn into_transport(self) -> Result<TransportKeys, DropReason> {
+        transport_keys(self.state, true).map_err(|_| DropReason::HandshakeFailed)
     }
 }
 
@@ -299,11 +315,91 @@ mod tests {
         let mut hs = hs;
         hs.consume_response(&r).unwrap();
         let ta = hs.into_transport().unwrap();
-        let mut ct = [0u8; 64];
-        let n = ta.write_message(7, b"hello", &mut ct).unwrap();
-        let mut pt = [0u8; 64];
-        let m = tb.read_message(7, &ct[..n], &mut pt).unwrap();
-        assert_eq!(&pt[..m], b"hello");
+        let mut buf = *b"hello\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let tag = ta.seal(7, &mut buf[..5]);
+        buf[5..].copy_from_slice(&tag);
+        assert_eq!(tb.open(7, &mut buf), Ok(5));
+        assert_eq!(&buf[..5], b"hello");
+        let tag = tb.seal(8, &mut buf[..5]);
+        buf[5..].copy_from_slice(&tag);
+        assert_eq!(ta.open(8, &mut buf), Ok(5));
+    }
+
+    /// Both ends of one handshake as snow states, finished, before the split.
+    fn finished_states() -> (HandshakeState, HandshakeState) {
+        let params = noise_params();
+        let a = Identity::from_private([5; 32]);
+        let b = Identity::from_private([6; 32]);
+        let ts = tai64n(SystemTime::now());
+        let (hs, init) = create_initiation(
+            &params,
+            &a,
+            &b.public(),
+            &Mac1Key::new(&b.public()),
+            &[3; 32],
+            1,
+            &ts,
+        )
+        .unwrap();
+        let Ok(Message::Initiation(i)) = Message::parse(&init) else {
+            panic!()
+        };
+        let mut resp = consume_initiation(&params, &b, &i).unwrap().state;
+        resp.set_psk(PSK_LOCATION, &[3; 32]).unwrap();
+        let mut m2 = [0u8; NOISE_RESPONSE_LEN];
+        resp.write_message(&[], &mut m2).unwrap();
+        let mut init_state = hs.state;
+        init_state.read_message(&m2, &mut [0u8; 64]).unwrap();
+        (init_state, resp)
+    }
+
+    /// Our transport AEAD is byte-for-byte snow's (Noise/WireGuard: nonce = 4 zero bytes ‖
+    /// LE64 counter, empty AD): snow seals and we open, we seal and snow opens, and the
+    /// ciphertexts are identical, both directions, for empty, short and full payloads.
+    #[test]
+    fn transport_aead_is_byte_identical_to_snow() {
+        let (mut si, mut sr) = finished_states();
+        let (ours_i, ours_r) = (
+            TransportKeys::from_split(&mut si.dangerously_get_raw_split(), true),
+            TransportKeys::from_split(&mut sr.dangerously_get_raw_split(), false),
+        );
+        let (snow_i, snow_r) = (
+            si.into_stateless_transport_mode().unwrap(),
+            sr.into_stateless_transport_mode().unwrap(),
+        );
+        let payload: Vec<u8> = (0..1400u32).map(|i| (i * 7) as u8).collect();
+        let pairs = [(&ours_i, &snow_i, &snow_r), (&ours_r, &snow_r, &snow_i)];
+        for (ours, snow_self, snow_peer) in pairs {
+            for (len, counter) in [
+                (0, 0u64),
+                (1, 1),
+                (64, 1 << 32 | 5),
+                (1400, u64::MAX - (1 << 13) - 1),
+            ] {
+                let mut mine = payload[..len].to_vec();
+                let tag = ours.seal(counter, &mut mine);
+                mine.extend_from_slice(&tag);
+                let mut theirs = vec![0u8; len + 16];
+                let n = snow_self
+                    .write_message(counter, &payload[..len], &mut theirs)
+                    .unwrap();
+                assert_eq!(n, len + 16);
+                assert_eq!(mine, theirs, "len {len} counter {counter}");
+                let mut plain = vec![0u8; len + 16];
+                assert_eq!(
+                    snow_peer.read_message(counter, &mine, &mut plain).unwrap(),
+                    len
+                );
+                assert_eq!(plain[..len], payload[..len]);
+                // The peer's snow seals; we open.
+                let mut wire = vec![0u8; len + 16];
+                snow_peer
+                    .write_message(counter, &payload[..len], &mut wire)
+                    .unwrap();
+                assert_eq!(ours.open(counter, &mut wire), Ok(len));
+                assert_eq!(wire[..len], payload[..len]);
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! ```
 //! The wire protocol is specified in `docs/PROTOCOL.md` (section "Tunnel").
 
+mod aead;
 mod cookie;
 mod dh;
 mod dos;

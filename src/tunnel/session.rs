@@ -3,10 +3,11 @@
 
 use std::time::Instant;
 
-use snow::StatelessTransportState;
-
+use super::aead::TransportKeys;
 use super::errors::DropReason;
-use super::messages::{self, Transport, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
+use super::messages::{
+    self, Transport, MAX_PAYLOAD, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
+};
 use super::replay::ReplayWindow;
 use super::timers::{
     REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
@@ -17,7 +18,7 @@ pub(crate) struct Session {
     pub local_index: u32,
     /// Index we put in messages to the peer.
     pub remote_index: u32,
-    transport: StatelessTransportState,
+    keys: TransportKeys,
     pub created: Instant,
     /// Did we initiate the handshake? Only the initiator rekeys on age.
     pub initiator: bool,
@@ -30,14 +31,14 @@ impl Session {
     pub fn new(
         local_index: u32,
         remote_index: u32,
-        transport: StatelessTransportState,
+        keys: TransportKeys,
         created: Instant,
         initiator: bool,
     ) -> Session {
         Session {
             local_index,
             remote_index,
-            transport,
+            keys,
             created,
             initiator,
             send_counter: 0,
@@ -60,24 +61,26 @@ impl Session {
     }
 
     /// Encrypt `payload` as a complete transport message into `out`; returns its length.
+    /// The payload is copied once, into place, and sealed there.
     pub fn encrypt(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, DropReason> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(DropReason::PayloadTooLarge);
+        }
         let len = payload.len() + TRANSPORT_OVERHEAD;
         if out.len() < len {
             return Err(DropReason::BufferTooSmall);
         }
         let counter = self.send_counter;
         messages::emit_transport_header(out, self.remote_index, counter);
-        let n = self
-            .transport
-            .write_message(counter, payload, &mut out[TRANSPORT_HEADER_LEN..len])
-            .map_err(|_| DropReason::PayloadTooLarge)?;
-        debug_assert_eq!(n, payload.len() + TAG_LEN);
+        let (body, tag) = out[TRANSPORT_HEADER_LEN..len].split_at_mut(payload.len());
+        body.copy_from_slice(payload);
+        tag.copy_from_slice(&self.keys.seal(counter, body));
         self.send_counter += 1;
         Ok(len)
     }
 
     /// Decrypt a transport message into `out`; the counter is marked only after the tag
-    /// verified. `out` must hold the whole ciphertext (ring would otherwise allocate).
+    /// verified. `out` must hold the whole ciphertext (it is opened in place there).
     pub fn decrypt(&mut self, msg: &Transport<'_>, out: &mut [u8]) -> Result<usize, DropReason> {
         let counter = msg.counter();
         if !self.replay.check(counter, REJECT_AFTER_MESSAGES) {
@@ -87,10 +90,13 @@ impl Session {
         if out.len() < ct.len() {
             return Err(DropReason::BufferTooSmall);
         }
+        let in_out = &mut out[..ct.len()];
+        in_out.copy_from_slice(ct);
         let n = self
-            .transport
-            .read_message(counter, ct, out)
-            .map_err(|_| DropReason::DecryptFailed)?;
+            .keys
+            .open(counter, in_out)
+            .map_err(|()| DropReason::DecryptFailed)?;
+        debug_assert_eq!(n + TAG_LEN, ct.len());
         if !self.replay.mark(counter, REJECT_AFTER_MESSAGES) {
             return Err(DropReason::ReplayedCounter);
         }
