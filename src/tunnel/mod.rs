@@ -27,6 +27,7 @@ mod messages;
 mod replay;
 mod session;
 mod timers;
+mod wiped;
 
 pub use cookie::{COOKIE_REFRESH_TIME, COOKIE_REPLY_LEN};
 pub use dos::{
