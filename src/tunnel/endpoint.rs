@@ -1270,3 +1270,85 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// OS randomness that counts how often it is asked (each ask is a system call).
+    struct CountingRng(Arc<AtomicUsize>);
+
+    impl rand_core::RngCore for CountingRng {
+        fn next_u32(&mut self) -> u32 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            rand_core::OsRng.next_u32()
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            rand_core::OsRng.next_u64()
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            rand_core::OsRng.fill_bytes(dest);
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    impl rand_core::CryptoRng for CountingRng {}
+
+    /// Timer jitter is drawn only when the new-handshake timer is armed, and from a pool:
+    /// sending data costs no draw from the OS per packet (it was one getrandom call each).
+    #[test]
+    fn sending_data_rarely_asks_the_rng() {
+        let now = Instant::now();
+        let draws = Arc::new(AtomicUsize::new(0));
+        let (sa, sb): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.2:1".parse().unwrap(),
+        );
+        let ia = Identity::from_private([1; 32]);
+        let ib = Identity::from_private([2; 32]);
+        let mut a = Endpoint::new(ia.clone(), CountingRng(draws.clone()), now);
+        let mut b = Endpoint::new(ib.clone(), rand_core::OsRng, now);
+        a.add_peer(0, ib.public(), None, Some(sb), None);
+        b.add_peer(0, ia.public(), None, Some(sa), None);
+        let (mut wire, mut plain) = (vec![0u8; 2048], vec![0u8; 2048]);
+        assert_eq!(a.send(0, b"hi", now, &mut wire), Send::Queued);
+        for _ in 0..4 {
+            while let Some(t) = a.poll_transmit(now, &mut wire) {
+                b.handle_datagram(sa, &wire[..t.len], now, &mut plain);
+            }
+            while let Some(t) = b.poll_transmit(now, &mut wire) {
+                a.handle_datagram(sb, &wire[..t.len], now, &mut plain);
+            }
+        }
+        let before = draws.load(Ordering::Relaxed);
+        for i in 0..1000 {
+            let Send::Datagram(t) = a.send(0, &[7; 100], now, &mut wire) else {
+                panic!("session up")
+            };
+            assert!(matches!(
+                b.handle_datagram(sa, &wire[..t.len], now, &mut plain),
+                Recv::Data { .. }
+            ));
+            // Every 10th packet is answered, which disarms a's new-handshake timer.
+            if i % 10 == 0 {
+                let Send::Datagram(t) = b.send(0, &[8; 10], now, &mut wire) else {
+                    panic!("session up")
+                };
+                assert!(matches!(
+                    a.handle_datagram(sb, &wire[..t.len], now, &mut plain),
+                    Recv::Data { .. }
+                ));
+            }
+        }
+        // 100 re-arms, 16 jitters per draw.
+        let used = draws.load(Ordering::Relaxed) - before;
+        assert!(used <= 100 / 16 + 1, "{used} draws for 1000 packets");
+    }
+}
