@@ -24,8 +24,7 @@ use super::messages::{
 use super::session::Session;
 use super::timers::{
     PeerTimers, HANDSHAKE_INITIATION_RATE, KEEPALIVE_TIMEOUT, MAX_QUEUED_PAYLOADS,
-    REKEY_ATTEMPT_TIME, REKEY_ON_RECEIVE_AGE, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
-    ZERO_KEYS_AFTER,
+    REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, ZERO_KEYS_AFTER,
 };
 
 /// Caller-chosen handle for a peer.
@@ -835,9 +834,10 @@ impl Endpoint {
         }
         // WireGuard's keepKeyFreshReceiving: renew an initiator session before it expires
         // even if we only receive on it.
-        let stale = peer.current.as_ref().is_some_and(|s| {
-            s.initiator && now.saturating_duration_since(s.created) >= REKEY_ON_RECEIVE_AGE
-        });
+        let stale = peer
+            .current
+            .as_ref()
+            .is_some_and(|s| s.wants_rekey_on_receive(now));
         if stale && !peer.sent_last_minute_handshake {
             peer.sent_last_minute_handshake = true;
             peer.start_handshake(shared, now, false);

@@ -11,6 +11,7 @@ use super::messages::{
 use super::replay::ReplayWindow;
 use super::timers::{
     REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    REKEY_ON_RECEIVE_AGE,
 };
 
 pub(crate) struct Session {
@@ -20,6 +21,11 @@ pub(crate) struct Session {
     pub remote_index: u32,
     keys: TransportKeys,
     pub created: Instant,
+    /// `created` + REJECT_AFTER_TIME, + REKEY_AFTER_TIME, + REKEY_ON_RECEIVE_AGE: computed
+    /// once, so the per-packet checks compare instants instead of subtracting them.
+    reject_at: Instant,
+    rekey_at: Instant,
+    rekey_on_receive_at: Instant,
     /// Did we initiate the handshake? Only the initiator rekeys on age.
     pub initiator: bool,
     /// Next counter to send.
@@ -40,6 +46,9 @@ impl Session {
             remote_index,
             keys,
             created,
+            reject_at: created + REJECT_AFTER_TIME,
+            rekey_at: created + REKEY_AFTER_TIME,
+            rekey_on_receive_at: created + REKEY_ON_RECEIVE_AGE,
             initiator,
             send_counter: 0,
             replay: ReplayWindow::default(),
@@ -47,7 +56,7 @@ impl Session {
     }
 
     pub fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.created) >= REJECT_AFTER_TIME
+        now >= self.reject_at
     }
 
     pub fn can_send(&self, now: Instant) -> bool {
@@ -56,8 +65,13 @@ impl Session {
 
     /// Should sending on this session trigger a new handshake (WireGuard `keepKeyFreshSending`)?
     pub fn wants_rekey_on_send(&self, now: Instant) -> bool {
-        self.send_counter >= REKEY_AFTER_MESSAGES
-            || (self.initiator && now.saturating_duration_since(self.created) >= REKEY_AFTER_TIME)
+        self.send_counter >= REKEY_AFTER_MESSAGES || (self.initiator && now >= self.rekey_at)
+    }
+
+    /// Should receiving on this session renew it (WireGuard `keepKeyFreshReceiving`)? Only
+    /// the initiator's, when it is about to expire.
+    pub fn wants_rekey_on_receive(&self, now: Instant) -> bool {
+        self.initiator && now >= self.rekey_on_receive_at
     }
 
     /// Encrypt `payload` as a complete transport message into `out`; returns its length.
