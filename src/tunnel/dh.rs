@@ -9,10 +9,9 @@
 //!   without being wiped. Ours is `Zeroizing`, so snow's copies of our static key and of
 //!   every ephemeral key are erased when the handshake state is dropped.
 //!
-//! Hashes and ciphers still come from snow's resolvers (ring preferred, as `Builder::new`
-//! does with `ring-accelerated`). Known limit: snow's symmetric state (chaining key,
-//! handshake hash), its PSK slots and its cipher keys (ring `LessSafeKey`, RustCrypto
-//! arrays) are not wiped on drop; see docs/SECURITY.md.
+//! The handshake's ChaChaPoly is ours too (`aead::HandshakeCipher`, ring inside, keys
+//! wiped on drop); hashes still come from snow's resolvers (RustCrypto BLAKE2s). The
+//! handshake state itself is wiped by `handshake.rs` (see docs/SECURITY.md).
 
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
@@ -74,7 +73,8 @@ impl Dh for X25519 {
     }
 }
 
-/// snow resolver: our X25519, ring for ChaChaPoly, RustCrypto for BLAKE2s and the RNG.
+/// snow resolver: our X25519, our wiping ChaChaPoly (ring inside, `aead.rs`), RustCrypto
+/// for BLAKE2s and the RNG.
 pub(crate) struct Resolver;
 
 impl CryptoResolver for Resolver {
@@ -93,9 +93,12 @@ impl CryptoResolver for Resolver {
             .or_else(|| DefaultResolver.resolve_hash(choice))
     }
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        RingResolver
-            .resolve_cipher(choice)
-            .or_else(|| DefaultResolver.resolve_cipher(choice))
+        match choice {
+            CipherChoice::ChaChaPoly => Some(Box::<super::aead::HandshakeCipher>::default()),
+            _ => RingResolver
+                .resolve_cipher(choice)
+                .or_else(|| DefaultResolver.resolve_cipher(choice)),
+        }
     }
 }
 

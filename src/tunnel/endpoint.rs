@@ -3,6 +3,7 @@
 //! datagrams to send, deadlines and events.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,8 +24,7 @@ use super::messages::{
 use super::session::Session;
 use super::timers::{
     PeerTimers, HANDSHAKE_INITIATION_RATE, KEEPALIVE_TIMEOUT, MAX_QUEUED_PAYLOADS,
-    REKEY_ATTEMPT_TIME, REKEY_ON_RECEIVE_AGE, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
-    ZERO_KEYS_AFTER,
+    REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, ZERO_KEYS_AFTER,
 };
 
 /// Caller-chosen handle for a peer.
@@ -119,6 +119,30 @@ pub struct DosStats {
     pub roam_fallbacks: u64,
 }
 
+/// Bytes of randomness fetched at once for timer jitter (16 draws).
+const JITTER_POOL: usize = 64;
+
+/// Hasher for the receiver-index table. The keys are drawn uniformly at random by us
+/// (`Shared::new_index`) and a datagram can only look one up, never insert one, so no keyed
+/// (SipHash) hash is needed against flooding: a multiply spreads the 32 random bits over
+/// the 64 hashbrown uses (bucket bits low, tag bits high).
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b) ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.0 = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Bytes we may send to a newly roamed, unproven endpoint per byte it sent us.
 pub const ROAM_BUDGET_FACTOR: u64 = 3;
 
@@ -193,9 +217,14 @@ struct Shared {
     mac1: Mac1Key,
     params: NoiseParams,
     rng: Box<dyn CryptoRngCore + core::marker::Send>,
+    /// Random bytes for timer jitter, refilled from `rng` JITTER_POOL bytes at a time, so
+    /// sending data does not cost a system call (`OsRng`) per packet; `jitter_next` is the
+    /// next unused byte (JITTER_POOL: empty).
+    jitter_pool: [u8; JITTER_POOL],
+    jitter_next: usize,
     wall_base: SystemTime,
     instant_base: Instant,
-    by_index: HashMap<u32, PeerId>,
+    by_index: HashMap<u32, PeerId, BuildHasherDefault<IndexHasher>>,
     drops: DropCounters,
     events: VecDeque<Event>,
     cookies: CookieChecker,
@@ -235,8 +264,15 @@ impl Shared {
     }
 
     fn jitter(&mut self) -> Duration {
+        if self.jitter_next + 4 > JITTER_POOL {
+            self.rng.fill_bytes(&mut self.jitter_pool);
+            self.jitter_next = 0;
+        }
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&self.jitter_pool[self.jitter_next..self.jitter_next + 4]);
+        self.jitter_next += 4;
         let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32 + 1;
-        Duration::from_millis(u64::from(self.rng.next_u32() % max))
+        Duration::from_millis(u64::from(u32::from_le_bytes(w) % max))
     }
 
     /// Minimum time between two initiations of one attempt series (REKEY_TIMEOUT, or the
@@ -420,7 +456,8 @@ impl Peer {
             });
         self.authenticated_tx(len, now);
         self.out_keepalive = false;
-        if !payload.is_empty() {
+        // Draw jitter only when the timer is actually armed (once per silence from the peer).
+        if !payload.is_empty() && self.timers.new_handshake.is_none() {
             let jitter = shared.jitter();
             self.timers.on_data_sent(now, jitter);
         }
@@ -458,9 +495,11 @@ impl Endpoint {
                 mac1,
                 params: handshake::noise_params(),
                 rng: Box::new(rng),
+                jitter_pool: [0; JITTER_POOL],
+                jitter_next: JITTER_POOL,
                 wall_base: wall,
                 instant_base: now,
-                by_index: HashMap::new(),
+                by_index: HashMap::default(),
                 drops: DropCounters::default(),
                 events: VecDeque::new(),
                 cookies: CookieChecker::new(&identity_public),
@@ -795,9 +834,10 @@ impl Endpoint {
         }
         // WireGuard's keepKeyFreshReceiving: renew an initiator session before it expires
         // even if we only receive on it.
-        let stale = peer.current.as_ref().is_some_and(|s| {
-            s.initiator && now.saturating_duration_since(s.created) >= REKEY_ON_RECEIVE_AGE
-        });
+        let stale = peer
+            .current
+            .as_ref()
+            .is_some_and(|s| s.wants_rekey_on_receive(now));
         if stale && !peer.sent_last_minute_handshake {
             peer.sent_last_minute_handshake = true;
             peer.start_handshake(shared, now, false);
@@ -1228,5 +1268,87 @@ impl Peer {
             }
             None => Err(DropReason::RoamBudget),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// OS randomness that counts how often it is asked (each ask is a system call).
+    struct CountingRng(Arc<AtomicUsize>);
+
+    impl rand_core::RngCore for CountingRng {
+        fn next_u32(&mut self) -> u32 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            rand_core::OsRng.next_u32()
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            rand_core::OsRng.next_u64()
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            rand_core::OsRng.fill_bytes(dest);
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    impl rand_core::CryptoRng for CountingRng {}
+
+    /// Timer jitter is drawn only when the new-handshake timer is armed, and from a pool:
+    /// sending data costs no draw from the OS per packet (it was one getrandom call each).
+    #[test]
+    fn sending_data_rarely_asks_the_rng() {
+        let now = Instant::now();
+        let draws = Arc::new(AtomicUsize::new(0));
+        let (sa, sb): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.2:1".parse().unwrap(),
+        );
+        let ia = Identity::from_private([1; 32]);
+        let ib = Identity::from_private([2; 32]);
+        let mut a = Endpoint::new(ia.clone(), CountingRng(draws.clone()), now);
+        let mut b = Endpoint::new(ib.clone(), rand_core::OsRng, now);
+        a.add_peer(0, ib.public(), None, Some(sb), None);
+        b.add_peer(0, ia.public(), None, Some(sa), None);
+        let (mut wire, mut plain) = (vec![0u8; 2048], vec![0u8; 2048]);
+        assert_eq!(a.send(0, b"hi", now, &mut wire), Send::Queued);
+        for _ in 0..4 {
+            while let Some(t) = a.poll_transmit(now, &mut wire) {
+                b.handle_datagram(sa, &wire[..t.len], now, &mut plain);
+            }
+            while let Some(t) = b.poll_transmit(now, &mut wire) {
+                a.handle_datagram(sb, &wire[..t.len], now, &mut plain);
+            }
+        }
+        let before = draws.load(Ordering::Relaxed);
+        for i in 0..1000 {
+            let Send::Datagram(t) = a.send(0, &[7; 100], now, &mut wire) else {
+                panic!("session up")
+            };
+            assert!(matches!(
+                b.handle_datagram(sa, &wire[..t.len], now, &mut plain),
+                Recv::Data { .. }
+            ));
+            // Every 10th packet is answered, which disarms a's new-handshake timer.
+            if i % 10 == 0 {
+                let Send::Datagram(t) = b.send(0, &[8; 10], now, &mut wire) else {
+                    panic!("session up")
+                };
+                assert!(matches!(
+                    a.handle_datagram(sb, &wire[..t.len], now, &mut plain),
+                    Recv::Data { .. }
+                ));
+            }
+        }
+        // 100 re-arms, 16 jitters per draw.
+        let used = draws.load(Ordering::Relaxed) - before;
+        assert!(used <= 100 / 16 + 1, "{used} draws for 1000 packets");
     }
 }

@@ -14,15 +14,17 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use snow::params::NoiseParams;
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::aead::TransportKeys;
 use super::errors::DropReason;
 use super::mac::Mac1Key;
 use super::messages::{
     self, field, Initiation, Response, INITIATION_LEN, NOISE_INITIATION_LEN, NOISE_RESPONSE_LEN,
     RESPONSE_LEN, TIMESTAMP_LEN,
 };
+use super::wiped::Wiped;
 
 /// Noise protocol name.
 pub const NOISE_PATTERN: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
@@ -125,9 +127,14 @@ pub(crate) fn noise_params() -> NoiseParams {
     NOISE_PATTERN.parse().expect("valid noise pattern")
 }
 
+/// snow's handshake state, boxed and wiped when dropped: snow frees it unwiped, and it
+/// holds inline the chaining key (from which the transport keys derive), the handshake
+/// hash, the PSK slot and the peer's public keys.
+type Noise = Wiped<HandshakeState>;
+
 /// Our side of a handshake we initiated, waiting for the response.
 pub(crate) struct InitiatorHandshake {
-    state: HandshakeState,
+    state: Noise,
     pub local_index: u32,
 }
 
@@ -141,14 +148,14 @@ pub(crate) fn create_initiation(
     local_index: u32,
     timestamp: &Tai64n,
 ) -> Result<(InitiatorHandshake, [u8; INITIATION_LEN]), snow::Error> {
-    let mut state = identity.with_private(|private| {
+    let mut state = Wiped::new(identity.with_private(|private| {
         super::dh::builder(params)
             .local_private_key(private)?
             .remote_public_key(remote)?
             .psk(PSK_LOCATION as u8, psk)?
             .prologue(PROLOGUE)?
             .build_initiator()
-    })?;
+    })?);
     let mut noise = [0u8; NOISE_INITIATION_LEN];
     let n = state.write_message(timestamp, &mut noise)?;
     debug_assert_eq!(n, NOISE_INITIATION_LEN);
@@ -160,7 +167,7 @@ pub(crate) fn create_initiation(
 
 /// Responder state after a valid message 1; `remote` and `timestamp` are authenticated.
 pub(crate) struct ConsumedInitiation {
-    state: HandshakeState,
+    state: Noise,
     pub remote: [u8; 32],
     pub timestamp: Tai64n,
     pub remote_index: u32,
@@ -172,14 +179,16 @@ pub(crate) fn consume_initiation(
     identity: &Identity,
     msg: &Initiation<'_>,
 ) -> Result<ConsumedInitiation, DropReason> {
-    let mut state = identity
-        .with_private(|private| {
-            super::dh::builder(params)
-                .local_private_key(private)?
-                .prologue(PROLOGUE)?
-                .build_responder()
-        })
-        .map_err(|_| DropReason::HandshakeFailed)?;
+    let mut state = Wiped::new(
+        identity
+            .with_private(|private| {
+                super::dh::builder(params)
+                    .local_private_key(private)?
+                    .prologue(PROLOGUE)?
+                    .build_responder()
+            })
+            .map_err(|_| DropReason::HandshakeFailed)?,
+    );
     let mut payload = [0u8; NOISE_INITIATION_LEN];
     let n = state
         .read_message(msg.noise(), &mut payload)
@@ -207,7 +216,7 @@ pub(crate) fn create_response(
     psk: &[u8; 32],
     remote_mac1: &Mac1Key,
     local_index: u32,
-) -> Result<(StatelessTransportState, [u8; RESPONSE_LEN]), snow::Error> {
+) -> Result<(TransportKeys, [u8; RESPONSE_LEN]), snow::Error> {
     let mut state = consumed.state;
     state.set_psk(PSK_LOCATION, psk)?;
     let mut noise = [0u8; NOISE_RESPONSE_LEN];
@@ -216,7 +225,22 @@ pub(crate) fn create_response(
     let mut msg = messages::emit_response(local_index, consumed.remote_index, &noise);
     let mac = remote_mac1.compute(&msg[..field::RESP_MAC1.start]);
     msg[field::RESP_MAC1].copy_from_slice(&mac);
-    Ok((state.into_stateless_transport_mode()?, msg))
+    Ok((transport_keys(state, false)?, msg))
+}
+
+/// The transport keys of a finished handshake (Noise `Split()`), for our own AEAD
+/// (`aead.rs`). snow's state, with its chaining key and handshake hash, is wiped and
+/// dropped here.
+fn transport_keys(mut state: Noise, initiator: bool) -> Result<TransportKeys, snow::Error> {
+    if !state.is_handshake_finished() {
+        return Err(snow::Error::State(
+            snow::error::StateProblem::HandshakeNotFinished,
+        ));
+    }
+    Ok(TransportKeys::from_split(
+        &mut state.dangerously_get_raw_split(),
+        initiator,
+    ))
 }
 
 impl InitiatorHandshake {
@@ -233,10 +257,8 @@ impl InitiatorHandshake {
     }
 
     /// Transport keys after a successful `consume_response`.
-    pub fn into_transport(self) -> Result<StatelessTransportState, DropReason> {
-        self.state
-            .into_stateless_transport_mode()
-            .map_err(|_| DropReason::HandshakeFailed)
+    pub fn into_transport(self) -> Result<TransportKeys, DropReason> {
+        transport_keys(self.state, true).map_err(|_| DropReason::HandshakeFailed)
     }
 }
 
@@ -299,11 +321,177 @@ mod tests {
         let mut hs = hs;
         hs.consume_response(&r).unwrap();
         let ta = hs.into_transport().unwrap();
-        let mut ct = [0u8; 64];
-        let n = ta.write_message(7, b"hello", &mut ct).unwrap();
-        let mut pt = [0u8; 64];
-        let m = tb.read_message(7, &ct[..n], &mut pt).unwrap();
-        assert_eq!(&pt[..m], b"hello");
+        let mut buf = *b"hello\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let tag = ta.seal(7, &mut buf[..5]);
+        buf[5..].copy_from_slice(&tag);
+        assert_eq!(tb.open(7, &mut buf), Ok(5));
+        assert_eq!(&buf[..5], b"hello");
+        let tag = tb.seal(8, &mut buf[..5]);
+        buf[5..].copy_from_slice(&tag);
+        assert_eq!(ta.open(8, &mut buf), Ok(5));
+    }
+
+    /// Both ends of one IKpsk2 handshake run by snow alone with `resolver`'s primitives,
+    /// finished, before the split.
+    fn snow_states(
+        resolver: impl Fn() -> Box<dyn snow::resolvers::CryptoResolver + Send>,
+    ) -> (HandshakeState, HandshakeState) {
+        let b_pub = x25519_dalek::x25519([6; 32], x25519_dalek::X25519_BASEPOINT_BYTES);
+        let build = |private: &'static [u8; 32]| {
+            snow::Builder::with_resolver(noise_params(), resolver())
+                .local_private_key(private)
+                .unwrap()
+                .psk(PSK_LOCATION as u8, &[3; 32])
+                .unwrap()
+                .prologue(PROLOGUE)
+                .unwrap()
+        };
+        let mut i = build(&[5; 32])
+            .remote_public_key(&b_pub)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut r = build(&[6; 32]).build_responder().unwrap();
+        let (mut m, mut p) = ([0u8; 256], [0u8; 256]);
+        let n = i.write_message(&[0; TIMESTAMP_LEN], &mut m).unwrap();
+        r.read_message(&m[..n], &mut p).unwrap();
+        let n = r.write_message(&[], &mut m).unwrap();
+        i.read_message(&m[..n], &mut p).unwrap();
+        (i, r)
+    }
+
+    /// `ours` and `theirs` (snow) are the two ends of one direction or the same end:
+    /// sealing with one and opening with the other works and the bytes are identical.
+    fn assert_same_wire(
+        ours: &TransportKeys,
+        snow_self: &snow::StatelessTransportState,
+        snow_peer: &snow::StatelessTransportState,
+    ) {
+        let payload: Vec<u8> = (0..1400u32).map(|i| (i * 7) as u8).collect();
+        let counters = [
+            (0, 0u64),
+            (1, 1),
+            (64, 1 << 32 | 5),
+            (1400, u64::MAX - (1 << 13) - 1),
+        ];
+        for (len, counter) in counters {
+            let mut mine = payload[..len].to_vec();
+            let tag = ours.seal(counter, &mut mine);
+            mine.extend_from_slice(&tag);
+            let mut theirs = vec![0u8; len + 16];
+            let n = snow_self
+                .write_message(counter, &payload[..len], &mut theirs)
+                .unwrap();
+            assert_eq!(n, len + 16);
+            assert_eq!(mine, theirs, "len {len} counter {counter}");
+            let mut plain = vec![0u8; len + 16];
+            let n = snow_peer.read_message(counter, &mine, &mut plain).unwrap();
+            assert_eq!(plain[..n], payload[..len]);
+            // The peer's snow seals; we open.
+            let mut wire = vec![0u8; len + 16];
+            snow_peer
+                .write_message(counter, &payload[..len], &mut wire)
+                .unwrap();
+            assert_eq!(ours.open(counter, &mut wire), Ok(len));
+            assert_eq!(wire[..len], payload[..len]);
+        }
+    }
+
+    /// Our transport AEAD is byte-for-byte snow's (Noise/WireGuard: nonce = 4 zero bytes ‖
+    /// LE64 counter, empty AD), against snow's ring cipher and its RustCrypto cipher:
+    /// snow seals and we open, we seal and snow opens, identical ciphertexts, both
+    /// directions, empty to full payloads, counters up to the reject limit.
+    #[test]
+    fn transport_aead_is_byte_identical_to_snow() {
+        let resolvers: [fn() -> Box<dyn snow::resolvers::CryptoResolver + Send>; 2] = [
+            || Box::new(snow::resolvers::RingResolver),
+            || Box::new(snow::resolvers::DefaultResolver),
+        ];
+        for resolver in resolvers {
+            let fallback = move || -> Box<dyn snow::resolvers::CryptoResolver + Send> {
+                Box::new(snow::resolvers::FallbackResolver::new(
+                    resolver(),
+                    Box::new(snow::resolvers::DefaultResolver),
+                ))
+            };
+            let (mut si, mut sr) = snow_states(fallback);
+            let ours_i = TransportKeys::from_split(&mut si.dangerously_get_raw_split(), true);
+            let ours_r = TransportKeys::from_split(&mut sr.dangerously_get_raw_split(), false);
+            let snow_i = si.into_stateless_transport_mode().unwrap();
+            let snow_r = sr.into_stateless_transport_mode().unwrap();
+            assert_same_wire(&ours_i, &snow_i, &snow_r);
+            assert_same_wire(&ours_r, &snow_r, &snow_i);
+        }
+    }
+
+    /// Our handshake (our X25519 and handshake cipher) against a responder that is snow
+    /// with its own primitives: messages and transport keys agree.
+    #[test]
+    fn handshake_interoperates_with_plain_snow() {
+        let a = Identity::from_private([5; 32]);
+        let b = Identity::from_private([6; 32]);
+        let ts = tai64n(SystemTime::now());
+        let (mut hs, init) = create_initiation(
+            &noise_params(),
+            &a,
+            &b.public(),
+            &Mac1Key::new(&b.public()),
+            &[3; 32],
+            1,
+            &ts,
+        )
+        .unwrap();
+        let Ok(Message::Initiation(i)) = Message::parse(&init) else {
+            panic!()
+        };
+        let mut r = snow::Builder::new(noise_params())
+            .local_private_key(&[6; 32])
+            .unwrap()
+            .psk(PSK_LOCATION as u8, &[3; 32])
+            .unwrap()
+            .prologue(PROLOGUE)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let mut p = [0u8; 128];
+        let n = r.read_message(i.noise(), &mut p).unwrap();
+        assert_eq!(p[..n], ts);
+        let mut noise = [0u8; NOISE_RESPONSE_LEN];
+        r.write_message(&[], &mut noise).unwrap();
+        let resp = messages::emit_response(2, 1, &noise);
+        let Ok(Message::Response(m)) = Message::parse(&resp) else {
+            panic!()
+        };
+        hs.consume_response(&m).unwrap();
+        let ours = hs.into_transport().unwrap();
+        let theirs = r.into_stateless_transport_mode().unwrap();
+        let mut buf = *b"0123456789abcdef________________";
+        let tag = ours.seal(3, &mut buf[..16]);
+        buf[16..].copy_from_slice(&tag);
+        let mut plain = [0u8; 32];
+        assert_eq!(theirs.read_message(3, &buf, &mut plain).unwrap(), 16);
+        assert_eq!(&plain[..16], b"0123456789abcdef");
+    }
+
+    /// snow's handshake state, chaining key and PSK slot included, is zero after drop.
+    #[test]
+    fn handshake_state_is_wiped_on_drop() {
+        let a = Identity::from_private([5; 32]);
+        let b = Identity::from_private([6; 32]);
+        let (hs, _) = create_initiation(
+            &noise_params(),
+            &a,
+            &b.public(),
+            &Mac1Key::new(&b.public()),
+            &[0x3c; 32],
+            1,
+            &tai64n(SystemTime::now()),
+        )
+        .unwrap();
+        assert!(!hs.state.is_handshake_finished());
+        let after = crate::tunnel::wiped::tests::bytes_after_drop(hs.state);
+        assert!(after.len() > 300, "whole state, {} bytes", after.len());
+        assert!(after.iter().all(|&x| x == 0));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! ```
 //! The wire protocol is specified in `docs/PROTOCOL.md` (section "Tunnel").
 
+mod aead;
 mod cookie;
 mod dh;
 mod dos;
@@ -26,6 +27,7 @@ mod messages;
 mod replay;
 mod session;
 mod timers;
+mod wiped;
 
 pub use cookie::{COOKIE_REFRESH_TIME, COOKIE_REPLY_LEN};
 pub use dos::{

@@ -3,13 +3,15 @@
 
 use std::time::Instant;
 
-use snow::StatelessTransportState;
-
+use super::aead::TransportKeys;
 use super::errors::DropReason;
-use super::messages::{self, Transport, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
+use super::messages::{
+    self, Transport, MAX_PAYLOAD, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
+};
 use super::replay::ReplayWindow;
 use super::timers::{
     REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    REKEY_ON_RECEIVE_AGE,
 };
 
 pub(crate) struct Session {
@@ -17,8 +19,13 @@ pub(crate) struct Session {
     pub local_index: u32,
     /// Index we put in messages to the peer.
     pub remote_index: u32,
-    transport: StatelessTransportState,
+    keys: TransportKeys,
     pub created: Instant,
+    /// `created` + REJECT_AFTER_TIME, + REKEY_AFTER_TIME, + REKEY_ON_RECEIVE_AGE: computed
+    /// once, so the per-packet checks compare instants instead of subtracting them.
+    reject_at: Instant,
+    rekey_at: Instant,
+    rekey_on_receive_at: Instant,
     /// Did we initiate the handshake? Only the initiator rekeys on age.
     pub initiator: bool,
     /// Next counter to send.
@@ -30,15 +37,18 @@ impl Session {
     pub fn new(
         local_index: u32,
         remote_index: u32,
-        transport: StatelessTransportState,
+        keys: TransportKeys,
         created: Instant,
         initiator: bool,
     ) -> Session {
         Session {
             local_index,
             remote_index,
-            transport,
+            keys,
             created,
+            reject_at: created + REJECT_AFTER_TIME,
+            rekey_at: created + REKEY_AFTER_TIME,
+            rekey_on_receive_at: created + REKEY_ON_RECEIVE_AGE,
             initiator,
             send_counter: 0,
             replay: ReplayWindow::default(),
@@ -46,7 +56,7 @@ impl Session {
     }
 
     pub fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.created) >= REJECT_AFTER_TIME
+        now >= self.reject_at
     }
 
     pub fn can_send(&self, now: Instant) -> bool {
@@ -55,29 +65,36 @@ impl Session {
 
     /// Should sending on this session trigger a new handshake (WireGuard `keepKeyFreshSending`)?
     pub fn wants_rekey_on_send(&self, now: Instant) -> bool {
-        self.send_counter >= REKEY_AFTER_MESSAGES
-            || (self.initiator && now.saturating_duration_since(self.created) >= REKEY_AFTER_TIME)
+        self.send_counter >= REKEY_AFTER_MESSAGES || (self.initiator && now >= self.rekey_at)
+    }
+
+    /// Should receiving on this session renew it (WireGuard `keepKeyFreshReceiving`)? Only
+    /// the initiator's, when it is about to expire.
+    pub fn wants_rekey_on_receive(&self, now: Instant) -> bool {
+        self.initiator && now >= self.rekey_on_receive_at
     }
 
     /// Encrypt `payload` as a complete transport message into `out`; returns its length.
+    /// The payload is copied once, into place, and sealed there.
     pub fn encrypt(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, DropReason> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(DropReason::PayloadTooLarge);
+        }
         let len = payload.len() + TRANSPORT_OVERHEAD;
         if out.len() < len {
             return Err(DropReason::BufferTooSmall);
         }
         let counter = self.send_counter;
         messages::emit_transport_header(out, self.remote_index, counter);
-        let n = self
-            .transport
-            .write_message(counter, payload, &mut out[TRANSPORT_HEADER_LEN..len])
-            .map_err(|_| DropReason::PayloadTooLarge)?;
-        debug_assert_eq!(n, payload.len() + TAG_LEN);
+        let (body, tag) = out[TRANSPORT_HEADER_LEN..len].split_at_mut(payload.len());
+        body.copy_from_slice(payload);
+        tag.copy_from_slice(&self.keys.seal(counter, body));
         self.send_counter += 1;
         Ok(len)
     }
 
     /// Decrypt a transport message into `out`; the counter is marked only after the tag
-    /// verified. `out` must hold the whole ciphertext (ring would otherwise allocate).
+    /// verified. `out` must hold the whole ciphertext (it is opened in place there).
     pub fn decrypt(&mut self, msg: &Transport<'_>, out: &mut [u8]) -> Result<usize, DropReason> {
         let counter = msg.counter();
         if !self.replay.check(counter, REJECT_AFTER_MESSAGES) {
@@ -87,10 +104,13 @@ impl Session {
         if out.len() < ct.len() {
             return Err(DropReason::BufferTooSmall);
         }
+        let in_out = &mut out[..ct.len()];
+        in_out.copy_from_slice(ct);
         let n = self
-            .transport
-            .read_message(counter, ct, out)
-            .map_err(|_| DropReason::DecryptFailed)?;
+            .keys
+            .open(counter, in_out)
+            .map_err(|()| DropReason::DecryptFailed)?;
+        debug_assert_eq!(n + TAG_LEN, ct.len());
         if !self.replay.mark(counter, REJECT_AFTER_MESSAGES) {
             return Err(DropReason::ReplayedCounter);
         }
