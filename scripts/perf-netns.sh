@@ -6,6 +6,9 @@
 #   scripts/perf-netns.sh                 full sweep (10 s per point, ~5 minutes)
 #   scripts/perf-netns.sh --smoke         one tiny point per mode (CI, a few seconds)
 #   options: --secs S  --rates LIST  --sizes LIST  --states N  --modes plain,gw  --runs N
+#   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
+#        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
+#        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`)
 #
 # boringtun is measured when `boringtun-cli` (or `boringtun`) and `wg` are installed.
 set -euo pipefail
@@ -97,6 +100,7 @@ listen = "10.99.0.$me:51900"
 control_socket = "$DIR/gw-$s.sock"
 # Largest UDP payload on a 1500-byte path: a large pfsync packet still needs two datagrams.
 mtu = ${PERF_MTU:-1472}
+${PERF_NO_OFFLOAD:+udp_offload = false}
 
 [local]
 mode = "raw"

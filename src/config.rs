@@ -100,6 +100,9 @@ struct RawNode {
     control_group: Option<String>,
     #[serde(default)]
     rekey_after_secs: Option<u64>,
+    /// UDP segmentation/receive offload on the tunnel socket (default on).
+    #[serde(default)]
+    udp_offload: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +187,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Largest tunnel datagram we send (bytes of UDP payload).
     pub mtu: usize,
+    /// `[node] udp_offload`: UDP GSO/GRO on the tunnel socket when the kernel has them.
+    pub udp_offload: bool,
     /// Test aid (`[node] rekey_after_secs`): rekey tunnel sessions this often instead of
     /// WireGuard's 120 s. `None` in production.
     pub rekey_after: Option<Duration>,
@@ -274,6 +279,7 @@ impl Config {
             metrics_listen: None,
             rekey_after: None,
             mtu: 1500,
+            udp_offload: true,
             local: LocalConfig {
                 mode: LocalMode::Emulator,
                 interface: Some(interface),
@@ -560,6 +566,7 @@ impl Config {
             control_socket: raw.node.control_socket.map(|p| resolve(&p)),
             metrics_listen,
             mtu,
+            udp_offload: raw.node.udp_offload.unwrap_or(true),
             rekey_after,
             local: LocalConfig {
                 mode: raw.local.mode,
@@ -612,6 +619,15 @@ impl Config {
         );
         let _ = writeln!(s, "  tunnel listen     udp {}", self.listen);
         let _ = writeln!(s, "  tunnel mtu        {} bytes", self.mtu);
+        let _ = writeln!(
+            s,
+            "  udp offload       {}",
+            if self.udp_offload {
+                "on (if the kernel has it)"
+            } else {
+                "off"
+            }
+        );
         match self.local.mode {
             LocalMode::Raw => {
                 let _ = writeln!(

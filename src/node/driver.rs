@@ -316,7 +316,12 @@ impl Node {
             reload: rl_rx,
         };
         let fd = node.udp.get_ref().as_raw_fd();
-        let (gso, gro) = (node.udp_tx.enable_gso(fd), node.udp_rx.enable_gro(fd));
+        let offload = node.cfg.udp_offload;
+        let (gso, gro) = if offload {
+            (node.udp_tx.enable_gso(fd), node.udp_rx.enable_gro(fd))
+        } else {
+            (false, false)
+        };
         tracing::debug!(
             gso,
             gro,
