@@ -5,12 +5,14 @@
 #
 #   scripts/perf-netns.sh                 full sweep (10 s per point, ~5 minutes)
 #   scripts/perf-netns.sh --smoke         one tiny point per mode (CI, a few seconds)
-#   options: --secs S  --rates LIST  --sizes LIST  --states N  --modes plain,gw  --runs N
+#   options: --secs S  --rates LIST  --sizes LIST  --states N  --modes plain,gw,boringtun  --runs N
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`)
 #
-# boringtun is measured when `boringtun-cli` (or `boringtun`) and `wg` are installed.
+# Mode `boringtun` (in the default --modes) runs userspace WireGuard between the gateways when
+# `boringtun-cli` and `wg` are installed (cargo install boringtun-cli; apt install
+# wireguard-tools); fw-a's packets are then routed through it to fw-b's address.
 set -euo pipefail
 
 BIN=${PFSYNC_GW:-$(dirname "$0")/../target/release/pfsync-gw}
@@ -20,7 +22,7 @@ SECS=10
 RATES=5000,20000,50000,100000,200000,0
 SIZES=17,2
 STATES=10200
-MODES=plain,gw
+MODES=plain,gw,boringtun
 RUNS=1
 while [ $# -gt 0 ]; do
     case $1 in
@@ -131,6 +133,40 @@ EOF
     return 1
 }
 
+BTUN=$(command -v boringtun-cli || command -v boringtun || true)
+
+# boringtun (userspace WireGuard, one thread per side) between gw-a and gw-b; fw-a's packets
+# are routed to fw-b's address through it (TTL 253 on arrival: perf-load does not check it).
+start_boringtun() {
+    rm -f /var/run/wireguard/wga.sock /var/run/wireguard/wgb.sock
+    for s in a b; do
+        wg genkey >"$DIR/wg-$s.key"
+        wg pubkey <"$DIR/wg-$s.key" >"$DIR/wg-$s.pub"
+    done
+    for s in a b; do
+        if [ $s = a ]; then ns=$GWA me=1 other=b oaddr=2; else ns=$GWB me=2 other=a oaddr=1; fi
+        ip netns exec $ns sysctl -qw net.ipv4.ip_forward=1
+        WG_SUDO=1 ip netns exec $ns "$BTUN" --foreground --threads 1 --disable-drop-privileges \
+            wg$s >"$DIR/btun-$s.log" 2>&1 &
+        PIDS+=($!)
+        [ $s = a ] && PA=$! || PB=$!
+    done
+    for s in a b; do
+        if [ $s = a ]; then ns=$GWA me=1 other=b oaddr=2; else ns=$GWB me=2 other=a oaddr=1; fi
+        for _ in $(seq 50); do [ -S /var/run/wireguard/wg$s.sock ] && break; sleep 0.1; done
+        ip netns exec $ns wg set wg$s private-key "$DIR/wg-$s.key" listen-port 51820 \
+            peer "$(cat "$DIR/wg-$other.pub")" endpoint 10.99.0.$oaddr:51820 \
+            allowed-ips 10.$oaddr.0.0/24
+        # MTU 1500: full pfsync packets (DF set, as pf sends them) fit; the outer datagram is
+        # then IP-fragmented, like the gateway's two datagrams per large packet.
+        ip -n $ns link set wg$s mtu 1500 up
+        ip -n $ns route add 10.$oaddr.0.0/24 dev wg$s
+    done
+    ip -n $FWA route replace 10.2.0.0/24 via 10.1.0.1
+    ip -n $FWB route replace 10.1.0.0/24 via 10.2.0.1
+    sleep 0.5
+}
+
 stop_relays() {
     kill "$PA" "$PB" 2>/dev/null || true
     wait "$PA" "$PB" 2>/dev/null || true
@@ -142,8 +178,16 @@ for run in $(seq "$RUNS"); do
         case $mode in
             plain) start_plain ;;
             gw) start_gw ;;
+            boringtun)
+                if [ -z "$BTUN" ] || ! command -v wg >/dev/null; then
+                    echo "# boringtun: boringtun-cli or wg not installed, not measured"
+                    continue
+                fi
+                start_boringtun ;;
             *) echo "unknown mode $mode" >&2; exit 2 ;;
         esac
+        TO=()
+        [ $mode = boringtun ] && TO=(--to 10.2.0.2)
         REC=()
         if [ -n "${PERF_RECORD:-}" ] && [ $mode = gw ]; then
             # Profile both gateways for the whole sweep (perf report -i $PERF_RECORD-a.data).
@@ -151,7 +195,7 @@ for run in $(seq "$RUNS"); do
             perf record -g -o "$PERF_RECORD-b.data" -p "$PB" >/dev/null 2>&1 & REC+=($!)
         fi
         "$BIN" perf-load --tx-ns $FWA --rx-ns $FWB --states "$STATES" --per-packet "$SIZES" \
-            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" |
+            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" "${TO[@]}" |
             tee -a "$DIR/results"
         for r in "${REC[@]:-}"; do [ -n "$r" ] && kill -INT "$r" && wait "$r" || true; done
         if [ $mode = gw ]; then
@@ -162,11 +206,6 @@ for run in $(seq "$RUNS"); do
         fi
         stop_relays
     done
-    if command -v boringtun-cli >/dev/null || command -v boringtun >/dev/null; then
-        echo "# boringtun is installed but this script does not drive it yet"
-    else
-        echo "# boringtun: not installed, not measured"
-    fi
 done
 
 # Several runs: the median of each column per point (what docs/PERFORMANCE.md reports).

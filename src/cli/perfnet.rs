@@ -58,6 +58,10 @@ pub struct LoadArgs {
     /// Label of this run (first column).
     #[arg(long, default_value = "relay")]
     pub label: String,
+    /// Send fw-a's packets to this address instead of the pfsync group (a routed path,
+    /// e.g. through a WireGuard tunnel, for the side-by-side with boringtun).
+    #[arg(long)]
+    pub to: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -284,7 +288,7 @@ fn send_all(
     n: usize,
 ) -> io::Result<()> {
     enter_netns(&args.tx_ns)?;
-    let sock = RawSyncSocket::open(&args.iface, false, wire::PFSYNC_GROUP)?;
+    let sock = RawSyncSocket::open(&args.iface, false, args.to.unwrap_or(wire::PFSYNC_GROUP))?;
     let fd = sock.as_raw_fd();
     let to = sock.inject_to();
     let mut sb = SendBatch::new(1500);
