@@ -1,8 +1,9 @@
 //! Id → slab position: an open-addressing table of 4-byte slots (linear probing,
 //! backward-shift deletion, load ≤ 3/4).
 //!
-//! A slot holds `position + 1` in its low `pos_bits` bits (0 = empty) and, above them, a tag
-//! from the id's hash, so a probe that meets another id is almost always rejected without
+//! A slot holds `position + 1` in its low `pos_bits` bits (0 = empty; `pos_bits` = log2 of
+//! the slot count, which always exceeds the positions held) and, above them, a tag from the
+//! id's hash, so a probe that meets another id is almost always rejected without
 //! touching that id's entry. The ids themselves are not stored: the entry in the slab holds
 //! its id, and a hit is confirmed there (the caller reads that entry next anyway). 4 bytes
 //! per slot instead of the 24 of a `HashMap<StateId, u32>` bucket.
@@ -12,50 +13,45 @@ use crate::wire::StateId;
 
 const KEY: u64 = 0x6964_782d_7066_7379;
 
+/// One finaliser round (the multiply spreads the creator over all 64 bits).
 #[inline]
 pub(crate) fn id_hash(id: StateId) -> u64 {
-    mix64(id.id ^ mix64(id.creator as u64 ^ KEY))
+    mix64(id.id ^ (id.creator as u64 ^ KEY).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 pub(crate) struct Index {
     slots: Vec<u32>,
     len: usize,
+    /// `slots.len() - 1`.
+    mask: usize,
+    /// log2 of `slots.len()`: positions + 1 take the bits below, the tag those above.
     pos_bits: u32,
 }
 
 impl Index {
-    /// An index for positions `0 .. max_positions`.
-    pub(crate) fn new(max_positions: usize) -> Index {
-        let need = (max_positions as u64 + 1).max(2);
-        let pos_bits = (64 - (need - 1).leading_zeros()).min(32);
+    pub(crate) fn new() -> Index {
         Index {
             slots: Vec::new(),
             len: 0,
-            pos_bits,
+            mask: 0,
+            pos_bits: 0,
         }
     }
 
     #[inline]
     fn tag_of(&self, h: u64) -> u32 {
-        if self.pos_bits >= 32 {
-            0
-        } else {
-            ((h >> 32) as u32) << self.pos_bits
-        }
+        // Shifted as u64: no tag bits are left once `pos_bits` is 32.
+        (((h >> 32) as u32 as u64) << self.pos_bits) as u32
     }
 
     #[inline]
     fn pos_mask(&self) -> u32 {
-        if self.pos_bits >= 32 {
-            u32::MAX
-        } else {
-            (1u32 << self.pos_bits) - 1
-        }
+        ((1u64 << self.pos_bits) - 1) as u32
     }
 
     #[inline]
     fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
+        self.mask
     }
 
     /// Position of `id`; `id_at(pos)` gives the id stored at a slab position.
@@ -87,12 +83,18 @@ impl Index {
         }
     }
 
-    /// Add `id` (not present) at position `pos`. `id_at` is needed when the table grows.
+    /// Add `id` (not present) at position `pos`, which is below the number of ids held
+    /// after it. `id_at` is needed when the table grows.
     pub(crate) fn insert(&mut self, id: StateId, pos: u32, id_at: impl Fn(u32) -> StateId) {
+        debug_assert!((pos as usize) <= self.len);
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             let cap = (self.slots.len() * 2).max(16);
+            assert!(cap <= 1 << 32, "more than 3 × 2^30 states");
             let old = std::mem::replace(&mut self.slots, vec![0; cap]);
             let pm = self.pos_mask();
+            // Positions stay below ¾ of the slot count, so they fit in log2(slots) bits.
+            self.pos_bits = cap.trailing_zeros();
+            self.mask = cap - 1;
             for s in old.into_iter().filter(|&s| s != 0) {
                 let p = (s & pm) - 1;
                 self.place(id_hash(id_at(p)), p);
@@ -157,12 +159,12 @@ impl Index {
 mod tests {
     use super::*;
 
-    /// Inserts, removals (with backward shift) and relocations against a model, with few
-    /// tag bits so tag collisions happen.
+    /// Inserts, removals (with backward shift) and relocations against a model, through
+    /// several growths.
     #[test]
     fn matches_a_model() {
         let mut ids: Vec<StateId> = Vec::new();
-        let mut ix = Index::new(1 << 28);
+        let mut ix = Index::new();
         let mut x = 12345u64;
         for round in 0..20_000u64 {
             x = mix64(x + round);

@@ -208,11 +208,16 @@ impl core::fmt::Debug for Entry<'_> {
 }
 
 /// Nanoseconds from `epoch` to `t` (negative before it).
+#[inline]
 fn rel_ns(epoch: Instant, t: Instant) -> i64 {
-    if t >= epoch {
-        (t - epoch).as_nanos().min(i64::MAX as u128) as i64
-    } else {
-        -((epoch - t).as_nanos().min(i64::MAX as u128) as i64)
+    let ns = |d: Duration| {
+        (d.as_secs().min(i64::MAX as u64) as i64)
+            .saturating_mul(NS_PER_SEC)
+            .saturating_add(d.subsec_nanos() as i64)
+    };
+    match t.checked_duration_since(epoch) {
+        Some(d) => ns(d),
+        None => -ns(epoch - t),
     }
 }
 
@@ -284,6 +289,9 @@ pub struct StateTable {
     pool: Pool,
     /// Time 0 of the entries' stored times (the first `now` seen).
     epoch: Option<Instant>,
+    /// The last `now` converted and its value: the messages of one packet share a `now`,
+    /// and converting costs more than the rest of a compressed update's bookkeeping.
+    last_now: Option<(Instant, i64)>,
     tombs: IdMap<Tomb>,
     tomb_order: VecDeque<StateId>,
     leaves: Vec<Leaf>,
@@ -311,12 +319,13 @@ impl StateTable {
         assert!(cfg.leaves_log2 <= 16, "leaves_log2 must be <= 16");
         StateTable {
             cfg,
-            index: Index::new(cfg.max_states.min(u32::MAX as usize - 1)),
+            index: Index::new(),
             slab: Vec::new(),
             arena: Vec::new(),
             garbage: 0,
             pool: Pool::default(),
             epoch: None,
+            last_now: None,
             tombs: IdMap::default(),
             tomb_order: VecDeque::new(),
             leaves: vec![Leaf::default(); 1usize << cfg.leaves_log2],
@@ -370,8 +379,16 @@ impl StateTable {
     }
 
     /// `now` in nanoseconds since the epoch, which the first call sets.
+    #[inline]
     fn clock(&mut self, now: Instant) -> i64 {
-        rel_ns(*self.epoch.get_or_insert(now), now)
+        match self.last_now {
+            Some((t, ns)) if t == now => ns,
+            _ => {
+                let ns = rel_ns(*self.epoch.get_or_insert(now), now);
+                self.last_now = Some((now, ns));
+                ns
+            }
+        }
     }
     /// `t` in nanoseconds since the epoch (0 before any state was stored).
     fn rel(&self, t: Instant) -> i64 {
