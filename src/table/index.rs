@@ -83,20 +83,20 @@ impl Index {
         }
     }
 
-    /// Add `id` (not present) at position `pos`, which is below the number of ids held
-    /// after it. `id_at` is needed when the table grows.
+    /// Add `id` (not present) at position `pos`, which must be the number of ids held: the
+    /// positions are always `0 .. len` (the slab is dense). `id_at` is needed when the table
+    /// grows.
     pub(crate) fn insert(&mut self, id: StateId, pos: u32, id_at: impl Fn(u32) -> StateId) {
-        debug_assert!((pos as usize) <= self.len);
+        assert_eq!(pos as usize, self.len, "positions are dense");
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             let cap = (self.slots.len() * 2).max(16);
             assert!(cap <= 1 << 32, "more than 3 × 2^30 states");
-            let old = std::mem::replace(&mut self.slots, vec![0; cap]);
-            let pm = self.pos_mask();
+            self.slots = vec![0; cap];
             // Positions stay below ¾ of the slot count, so they fit in log2(slots) bits.
             self.pos_bits = cap.trailing_zeros();
             self.mask = cap - 1;
-            for s in old.into_iter().filter(|&s| s != 0) {
-                let p = (s & pm) - 1;
+            // Rehash in position order: the ids are read sequentially, not at random.
+            for p in 0..self.len as u32 {
                 self.place(id_hash(id_at(p)), p);
             }
         }

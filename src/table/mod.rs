@@ -299,7 +299,7 @@ pub struct StateTable {
     stats: TableStats,
     last_bus: Option<(u32, BusStatus)>,
     /// States held per creator id (per-site caps are checked against it).
-    per_creator: HashMap<u32, u32>,
+    per_creator: HashMap<u32, u32, BuildHasherDefault<IdHasher>>,
 }
 
 /// Default `PFTM_*` timeouts (seconds) for refreshing a state when an update carries no
@@ -332,7 +332,7 @@ impl StateTable {
             digest: Digest::ZERO,
             stats: TableStats::default(),
             last_bus: None,
-            per_creator: HashMap::new(),
+            per_creator: HashMap::default(),
         }
     }
 
