@@ -946,6 +946,36 @@ impl Default for StateTable {
 mod tests {
     use super::*;
 
+    /// Stored times are nanoseconds from the first `now` seen: deadlines, `expire` and
+    /// `creation` come back exactly, also for times before that epoch.
+    #[test]
+    fn stored_times_are_exact_around_the_epoch() {
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let mut t = StateTable::default();
+        let st = |id| StateRepr {
+            id: StateId::new(id, 9),
+            expire: 60,
+            creation: 5,
+            ..Default::default()
+        };
+        t.apply(&Message::Ins(st(1)), t0);
+        let early = t0 - Duration::from_millis(10_500);
+        t.apply(&Message::Ins(st(2)), early);
+        for (id, at) in [(1, t0), (2, early)] {
+            let e = t.get(StateId::new(id, 9)).unwrap();
+            assert_eq!(e.deadline(), at + Duration::from_secs(60));
+            assert_eq!(e.present(at).expire, 60);
+            let p = e.present(at + Duration::from_micros(59_000_500));
+            assert_eq!((p.expire, p.creation), (1, 5 + 59));
+            assert_eq!(e.present(at + Duration::from_secs(60)).expire, 0);
+            assert_eq!(e.present(at - Duration::from_secs(3)).creation, 5);
+        }
+        assert_eq!(t.next_deadline(), Some(early + Duration::from_secs(60)));
+        assert_eq!(t.expire(early + Duration::from_secs(60)), 1);
+        assert!(t.get(StateId::new(2, 9)).is_none());
+        assert_eq!(t.len(), 1);
+    }
+
     /// Removal moves the last entry of the slab into the hole: the index, the leaves and the
     /// digest must still describe exactly the remaining states.
     #[test]
