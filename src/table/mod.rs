@@ -289,6 +289,8 @@ pub struct StateTable {
     pool: Pool,
     /// Time 0 of the entries' stored times (the first `now` seen).
     epoch: Option<Instant>,
+    /// No state's deadline is earlier (a lower bound: deadlines set later only lower it).
+    min_deadline: i64,
     /// The last `now` converted and its value: the messages of one packet share a `now`,
     /// and converting costs more than the rest of a compressed update's bookkeeping.
     last_now: Option<(Instant, i64)>,
@@ -325,6 +327,7 @@ impl StateTable {
             garbage: 0,
             pool: Pool::default(),
             epoch: None,
+            min_deadline: i64::MAX,
             last_now: None,
             tombs: IdMap::default(),
             tomb_order: VecDeque::new(),
@@ -576,12 +579,19 @@ impl StateTable {
     /// its own copy.
     pub fn expire(&mut self, now: Instant) -> usize {
         let now_ns = self.rel(now);
-        let due: Vec<StateId> = self
-            .slab
-            .iter()
-            .filter(|e| e.deadline <= now_ns)
-            .map(|e| e.sid())
-            .collect();
+        let mut due: Vec<StateId> = Vec::new();
+        // No state can be due before the lower bound: skip the scan of the whole table.
+        if now_ns >= self.min_deadline {
+            let mut min = i64::MAX;
+            for e in &self.slab {
+                if e.deadline <= now_ns {
+                    due.push(e.sid());
+                } else {
+                    min = min.min(e.deadline);
+                }
+            }
+            self.min_deadline = min;
+        }
         for id in &due {
             self.remove_entry(*id);
         }
@@ -644,6 +654,7 @@ impl StateTable {
             (full.src, full.dst, full.timeout) = (e.src, e.dst, e.timeout);
             e.proto = s.proto;
             e.deadline = now_ns.saturating_add(s.expire as i64 * NS_PER_SEC);
+            self.min_deadline = self.min_deadline.min(e.deadline);
             e.prefix = entry_prefix(&full);
             let old_cold = e.cold;
             let had = store::profile_of(&self.arena[old_cold as usize..]);
@@ -692,6 +703,7 @@ impl StateTable {
                 u.expire
             };
             e.deadline = now_ns.saturating_add(secs as i64 * NS_PER_SEC);
+            self.min_deadline = self.min_deadline.min(e.deadline);
         }
         if let Some(v) = v {
             e.raise_version(v);
@@ -751,12 +763,14 @@ impl StateTable {
         let now_ns = self.clock(now);
         let profile = self.pool.intern(&Profile::of(s));
         let cold = self.put_cold(s, profile, now_ns, None);
+        let deadline = now_ns.saturating_add(s.expire as i64 * NS_PER_SEC);
+        self.min_deadline = self.min_deadline.min(deadline);
         self.slab.push(Hot {
             id: id.id,
             clock: version.clock,
             hash: [(hash >> 64) as u64, hash as u64],
             prefix,
-            deadline: now_ns.saturating_add(s.expire as i64 * NS_PER_SEC),
+            deadline,
             src: s.src,
             dst: s.dst,
             creator: id.creator,
@@ -974,6 +988,16 @@ mod tests {
         assert_eq!(t.expire(early + Duration::from_secs(60)), 1);
         assert!(t.get(StateId::new(2, 9)).is_none());
         assert_eq!(t.len(), 1);
+        // The scan's lower bound follows a deadline an update brings forward.
+        assert_eq!(t.expire(t0 + Duration::from_secs(6)), 0);
+        let u = UpdCRepr {
+            id: StateId::new(1, 9),
+            expire: 5,
+            ..Default::default()
+        };
+        assert_eq!(t.apply(&Message::UpdC(u), t0), Applied::Updated(u.id));
+        assert_eq!(t.expire(t0 + Duration::from_secs(5)), 1);
+        assert!(t.is_empty());
     }
 
     /// Removal moves the last entry of the slab into the hole: the index, the leaves and the
