@@ -64,10 +64,9 @@ pub(super) fn build_records(
             let leaf = leaf as usize;
             set_bit(&mut p.leaf_queued, leaf, false);
             set_bit(&mut p.leaf_dumped, leaf, true);
-            for &id in table
+            for id in table
                 .leaf_states(leaf)
-                .iter()
-                .chain(table.leaf_tombstones(leaf))
+                .chain(table.leaf_tombstones(leaf).iter().copied())
             {
                 p.mark_dirty(StateRef::State(id));
             }

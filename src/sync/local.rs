@@ -76,7 +76,7 @@ impl Replica {
         let before = replies.len();
         let mut unlisted: IdMap<()> = IdMap::default();
         for e in self.table.iter() {
-            let id = e.raw().id;
+            let id = e.id();
             if sweep.seen.contains_key(&id) {
                 continue;
             }

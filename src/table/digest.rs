@@ -110,15 +110,18 @@ fn peer_words(h: &mut Hasher128, p: &PeerRepr) {
     );
 }
 
+/// Words [`entry_prefix`] absorbs (id, creator/af/proto/direction, timeout, 2 × 5 per key).
+const PREFIX_WORDS: u64 = 13;
+
 /// The entry hash absorbed up to (not including) the peers: every synced field except
 /// `src`/`dst`. A compressed update changes only the peers and (rarely) `timeout`, so the
 /// table keeps this per entry and finishes the hash from it with four words instead of
-/// seventeen. Same values as [`entry_hash`]: this only splits the computation.
-#[derive(Debug, Clone, Copy)]
+/// seventeen. Same values as [`entry_hash`]: this only splits the computation. 16 bytes
+/// (the word count is fixed), as the table stores one per state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashPrefix {
-    h: Hasher128,
-    /// The `timeout` absorbed (the one non-peer field an update may change).
-    pub timeout: u8,
+    a: u64,
+    b: u64,
 }
 
 /// The prefix of [`entry_hash`] for `s` (see [`HashPrefix`]).
@@ -137,16 +140,18 @@ pub fn entry_prefix(s: &StateRepr) -> HashPrefix {
         h.bytes(&k.addr[1]);
         h.word(((k.port[0] as u64) << 16) | k.port[1] as u64);
     }
-    HashPrefix {
-        h,
-        timeout: s.timeout,
-    }
+    debug_assert_eq!(h.n, PREFIX_WORDS);
+    HashPrefix { a: h.a, b: h.b }
 }
 
 /// [`entry_hash`] of a state whose non-peer fields gave `p`, with peers `src`/`dst`.
 #[inline]
 pub fn entry_hash_from(p: &HashPrefix, src: &PeerRepr, dst: &PeerRepr) -> u128 {
-    let mut h = p.h;
+    let mut h = Hasher128 {
+        a: p.a,
+        b: p.b,
+        n: PREFIX_WORDS,
+    };
     peer_words(&mut h, src);
     peer_words(&mut h, dst);
     h.finish()

@@ -14,7 +14,9 @@
 //! propagated and late updates refused.
 
 pub mod digest;
+mod index;
 pub mod stale;
+mod store;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -22,8 +24,10 @@ use std::time::{Duration, Instant};
 
 pub use digest::{entry_hash, leaf_of, Digest};
 use digest::{entry_hash_from, entry_prefix, HashPrefix};
+use index::Index;
+use store::{Pool, Profile, MAX_RECORD};
 
-use crate::wire::{BusStatus, Message, StateId, StateRepr, UpdCRepr};
+use crate::wire::{BusStatus, Message, PeerRepr, StateId, StateRepr, UpdCRepr};
 
 /// Orders changes of one state across nodes: a Lamport clock stamped by the gateway that
 /// observed the change from its own firewall; ties broken by node id.
@@ -99,60 +103,125 @@ pub enum Applied {
     Full(StateId),
 }
 
-/// One state in the table. Fixed size; the presented `expire`/`creation` are derived from
-/// `deadline`/`seen` at output time.
+/// The hot part of one state, fixed-size in the dense slab: what a compressed update reads
+/// and writes (id, peers, timeout, deadline, version, hash and hash prefix) and the place of
+/// the rest. Everything else is in the cold record at `cold` in the table's arena and its
+/// interned profile (see [`store`]). 128 bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct Entry {
-    state: StateRepr,
-    deadline: Instant,
-    seen: Instant,
-    version: Version,
-    hash: u128,
+struct Hot {
+    id: u64,
+    clock: u64,
+    /// Entry hash (its share of the digests), high word first; two u64 words keep the
+    /// struct 8-byte aligned.
+    hash: [u64; 2],
     /// `hash` without the peers, so a compressed update rehashes only what it changed.
     prefix: HashPrefix,
-    leaf: u32,
+    /// Nanoseconds since the table's epoch.
+    deadline: i64,
+    src: PeerRepr,
+    dst: PeerRepr,
+    creator: u32,
+    node: u32,
+    /// Position in its leaf's id list.
     slot: u32,
+    /// Offset of the cold record in the arena.
+    cold: u32,
+    leaf: u16,
+    proto: u8,
+    timeout: u8,
 }
 
-impl Entry {
-    /// Recompute `hash` from the state; the prefix is reused unless `full` or the
-    /// timeout changed (the only non-peer synced field an update keeps changing).
+impl Hot {
     #[inline]
-    fn rehash_self(&mut self, full: bool) -> u128 {
-        if full || self.prefix.timeout != self.state.timeout {
-            self.prefix = entry_prefix(&self.state);
-        }
-        self.hash = entry_hash_from(&self.prefix, &self.state.src, &self.state.dst);
-        self.hash
+    fn sid(&self) -> StateId {
+        StateId::new(self.id, self.creator)
+    }
+    #[inline]
+    fn version(&self) -> Version {
+        Version::new(self.clock, self.node)
+    }
+    #[inline]
+    fn raise_version(&mut self, v: Version) {
+        let m = self.version().max(v);
+        (self.clock, self.node) = (m.clock, m.node);
+    }
+    #[inline]
+    fn hash(&self) -> u128 {
+        ((self.hash[0] as u128) << 64) | self.hash[1] as u128
+    }
+    /// Recompute `hash` from the prefix and the peers.
+    #[inline]
+    fn rehash(&mut self) -> u128 {
+        let h = entry_hash_from(&self.prefix, &self.src, &self.dst);
+        self.hash = [(h >> 64) as u64, h as u64];
+        h
     }
 }
 
-impl Entry {
+/// One state in the table, as [`StateTable::get`] and [`StateTable::iter`] give it: a view
+/// that decodes the stored form on demand.
+#[derive(Clone, Copy)]
+pub struct Entry<'a> {
+    t: &'a StateTable,
+    h: &'a Hot,
+}
+
+impl Entry<'_> {
+    pub fn id(&self) -> StateId {
+        self.h.sid()
+    }
     /// The stored state (its `expire`/`creation` are as last received; see [`Entry::present`]).
-    pub fn raw(&self) -> &StateRepr {
-        &self.state
+    /// Decoded from the stored form: prefer [`Entry::id`] when only the id is needed.
+    pub fn raw(&self) -> StateRepr {
+        self.t.decode(self.h).0
     }
     pub fn version(&self) -> Version {
-        self.version
+        self.h.version()
     }
     /// Hash of the synced fields (this entry's share of the digest).
     pub fn hash(&self) -> u128 {
-        self.hash
+        self.h.hash()
     }
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.t.instant(self.h.deadline)
     }
     /// The state with `expire` (seconds left, rounded up) and `creation` (age) relative to `now`.
     pub fn present(&self, now: Instant) -> StateRepr {
-        let mut s = self.state;
-        let left = self.deadline.saturating_duration_since(now);
-        s.expire = (left.as_millis().div_ceil(1000)).min(u32::MAX as u128) as u32;
-        s.creation = s
-            .creation
-            .saturating_add(now.saturating_duration_since(self.seen).as_secs() as u32);
+        let (mut s, seen) = self.t.decode(self.h);
+        let now = self.t.rel(now);
+        let left = self.h.deadline.saturating_sub(now).max(0) as u64;
+        s.expire = ((left / 1_000_000).div_ceil(1000)).min(u32::MAX as u64) as u32;
+        let age = now.saturating_sub(seen).max(0) as u64 / 1_000_000_000;
+        s.creation = s.creation.saturating_add(age as u32);
         s
     }
 }
+
+impl core::fmt::Debug for Entry<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Entry")
+            .field("state", &self.raw())
+            .field("version", &self.version())
+            .field("deadline", &self.h.deadline)
+            .finish()
+    }
+}
+
+/// Nanoseconds from `epoch` to `t` (negative before it).
+#[inline]
+fn rel_ns(epoch: Instant, t: Instant) -> i64 {
+    let ns = |d: Duration| {
+        (d.as_secs().min(i64::MAX as u64) as i64)
+            .saturating_mul(NS_PER_SEC)
+            .saturating_add(d.subsec_nanos() as i64)
+    };
+    match t.checked_duration_since(epoch) {
+        Some(d) => ns(d),
+        None => -ns(epoch - t),
+    }
+}
+
+const NS_PER_SEC: i64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Tomb {
@@ -163,7 +232,8 @@ struct Tomb {
 #[derive(Debug, Clone, Default)]
 struct Leaf {
     digest: Digest,
-    ids: Vec<StateId>,
+    /// Slab positions of the leaf's states (4 bytes each, not 16 for the id).
+    ids: Vec<u32>,
     tombs: Vec<StateId>,
 }
 
@@ -207,12 +277,23 @@ pub struct TableStats {
 /// The state table.
 pub struct StateTable {
     cfg: TableConfig,
-    /// Id → position in `slab`. Small buckets (16 B): a lookup touches one line of the
-    /// index and then only the entry's own lines, and the sparse hash table does not hold
-    /// whole entries (≈ 2× the buckets of the live count after growth).
-    index: IdMap<u32>,
-    /// The entries, dense (removal swaps the last one in).
-    slab: Vec<Entry>,
+    /// Id → position in `slab` (4-byte slots; see [`index`]).
+    index: Index,
+    /// The entries' hot parts, dense (removal swaps the last one in).
+    slab: Vec<Hot>,
+    /// The entries' cold records (see [`store`]), in no particular order.
+    arena: Vec<u8>,
+    /// Bytes of `arena` no entry refers to any more (compacted away when over half).
+    garbage: usize,
+    /// Interned profiles of the entries (see [`store`]).
+    pool: Pool,
+    /// Time 0 of the entries' stored times (the first `now` seen).
+    epoch: Option<Instant>,
+    /// No state's deadline is earlier (a lower bound: deadlines set later only lower it).
+    min_deadline: i64,
+    /// The last `now` converted and its value: the messages of one packet share a `now`,
+    /// and converting costs more than the rest of a compressed update's bookkeeping.
+    last_now: Option<(Instant, i64)>,
     tombs: IdMap<Tomb>,
     tomb_order: VecDeque<StateId>,
     leaves: Vec<Leaf>,
@@ -220,7 +301,7 @@ pub struct StateTable {
     stats: TableStats,
     last_bus: Option<(u32, BusStatus)>,
     /// States held per creator id (per-site caps are checked against it).
-    per_creator: HashMap<u32, u32>,
+    per_creator: HashMap<u32, u32, BuildHasherDefault<IdHasher>>,
 }
 
 /// Default `PFTM_*` timeouts (seconds) for refreshing a state when an update carries no
@@ -240,15 +321,21 @@ impl StateTable {
         assert!(cfg.leaves_log2 <= 16, "leaves_log2 must be <= 16");
         StateTable {
             cfg,
-            index: IdMap::default(),
+            index: Index::new(),
             slab: Vec::new(),
+            arena: Vec::new(),
+            garbage: 0,
+            pool: Pool::default(),
+            epoch: None,
+            min_deadline: i64::MAX,
+            last_now: None,
             tombs: IdMap::default(),
             tomb_order: VecDeque::new(),
             leaves: vec![Leaf::default(); 1usize << cfg.leaves_log2],
             digest: Digest::ZERO,
             stats: TableStats::default(),
             last_bus: None,
-            per_creator: HashMap::new(),
+            per_creator: HashMap::default(),
         }
     }
 
@@ -268,11 +355,109 @@ impl StateTable {
     pub fn stats(&self) -> TableStats {
         self.stats
     }
-    pub fn get(&self, id: StateId) -> Option<&Entry> {
-        self.index.get(&id).map(|&i| &self.slab[i as usize])
+    pub fn get(&self, id: StateId) -> Option<Entry<'_>> {
+        self.find(id).map(|i| Entry {
+            t: self,
+            h: &self.slab[i],
+        })
     }
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
-        self.slab.iter()
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
+        self.slab.iter().map(move |h| Entry { t: self, h })
+    }
+    /// Distinct profiles (interned rarely varying field sets) held; see [`store`].
+    pub fn profile_count(&self) -> usize {
+        self.pool.len()
+    }
+    /// Bytes of the cold records' arena (live and not yet compacted).
+    pub fn arena_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    #[inline]
+    fn find(&self, id: StateId) -> Option<usize> {
+        let slab = &self.slab;
+        self.index
+            .find(id, |p| slab[p as usize].sid())
+            .map(|p| p as usize)
+    }
+
+    /// `now` in nanoseconds since the epoch, which the first call sets.
+    #[inline]
+    fn clock(&mut self, now: Instant) -> i64 {
+        match self.last_now {
+            Some((t, ns)) if t == now => ns,
+            _ => {
+                let ns = rel_ns(*self.epoch.get_or_insert(now), now);
+                self.last_now = Some((now, ns));
+                ns
+            }
+        }
+    }
+    /// `t` in nanoseconds since the epoch (0 before any state was stored).
+    fn rel(&self, t: Instant) -> i64 {
+        self.epoch.map_or(0, |e| rel_ns(e, t))
+    }
+    fn instant(&self, ns: i64) -> Instant {
+        let e = self.epoch.expect("a stored time implies an epoch");
+        if ns >= 0 {
+            e + Duration::from_nanos(ns as u64)
+        } else {
+            e - Duration::from_nanos(ns.unsigned_abs())
+        }
+    }
+
+    /// The full state of `h` and the time of its last full update.
+    fn decode(&self, h: &Hot) -> (StateRepr, i64) {
+        let mut s = StateRepr::default();
+        let (profile, seen) = store::decode(&self.arena[h.cold as usize..], &mut s);
+        self.pool.get(profile).fill(&mut s);
+        s.id = h.sid();
+        s.src = h.src;
+        s.dst = h.dst;
+        s.proto = h.proto;
+        s.timeout = h.timeout;
+        (s, seen)
+    }
+
+    /// Store the cold record of `s`, over the one at `old` when it fits; returns its offset.
+    fn put_cold(&mut self, s: &StateRepr, profile: u32, seen: i64, old: Option<u32>) -> u32 {
+        let mut buf = [0u8; MAX_RECORD];
+        let n = store::encode(s, profile, seen, &mut buf);
+        if let Some(o) = old {
+            let o = o as usize;
+            let had = store::record_len(&self.arena[o..]);
+            if n <= had {
+                self.arena[o..o + n].copy_from_slice(&buf[..n]);
+                self.garbage += had - n;
+                return o as u32;
+            }
+            self.garbage += had;
+        }
+        let at = self.arena.len();
+        assert!(at + n <= u32::MAX as usize, "state arena beyond 4 GiB");
+        self.arena.extend_from_slice(&buf[..n]);
+        at as u32
+    }
+
+    /// Rewrite the arena without garbage once garbage is over half of it.
+    fn maybe_compact(&mut self) {
+        if self.garbage < 4096 || self.garbage * 2 < self.arena.len() {
+            return;
+        }
+        let mut next = Vec::with_capacity(self.arena.len() - self.garbage);
+        for h in &mut self.slab {
+            let o = h.cold as usize;
+            let n = store::record_len(&self.arena[o..]);
+            h.cold = next.len() as u32;
+            next.extend_from_slice(&self.arena[o..o + n]);
+        }
+        self.arena = next;
+        self.garbage = 0;
+    }
+
+    fn profile_at(&self, h: &Hot) -> &Profile {
+        self.pool
+            .get(store::profile_of(&self.arena[h.cold as usize..]))
     }
     /// The version a deleted id was deleted at, while its tombstone is kept.
     pub fn tombstone(&self, id: StateId) -> Option<Version> {
@@ -311,8 +496,11 @@ impl StateTable {
         d
     }
     /// Ids of the states in a leaf.
-    pub fn leaf_states(&self, leaf: usize) -> &[StateId] {
-        &self.leaves[leaf].ids
+    pub fn leaf_states(&self, leaf: usize) -> impl ExactSizeIterator<Item = StateId> + '_ {
+        self.leaves[leaf]
+            .ids
+            .iter()
+            .map(|&p| self.slab[p as usize].sid())
     }
     /// Ids of the tombstones in a leaf.
     pub fn leaf_tombstones(&self, leaf: usize) -> &[StateId] {
@@ -321,8 +509,8 @@ impl StateTable {
     /// Recompute the digest from scratch (tests / self-check).
     pub fn recompute_digest(&self) -> Digest {
         let mut d = Digest::ZERO;
-        for e in &self.slab {
-            d.add(entry_hash(&e.state));
+        for h in &self.slab {
+            d.add(entry_hash(&self.decode(h).0));
         }
         d
     }
@@ -382,7 +570,7 @@ impl StateTable {
             status,
         };
         core::iter::once(bus(BusStatus::Start))
-            .chain(self.slab.iter().map(move |e| Message::Upd(e.present(now))))
+            .chain(self.iter().map(move |e| Message::Upd(e.present(now))))
             .chain(core::iter::once(bus(BusStatus::End)))
     }
 
@@ -390,12 +578,20 @@ impl StateTable {
     /// Returns the number of states removed. Expiry leaves no tombstone: every node expires
     /// its own copy.
     pub fn expire(&mut self, now: Instant) -> usize {
-        let due: Vec<StateId> = self
-            .slab
-            .iter()
-            .filter(|e| e.deadline <= now)
-            .map(|e| e.state.id)
-            .collect();
+        let now_ns = self.rel(now);
+        let mut due: Vec<StateId> = Vec::new();
+        // No state can be due before the lower bound: skip the scan of the whole table.
+        if now_ns >= self.min_deadline {
+            let mut min = i64::MAX;
+            for e in &self.slab {
+                if e.deadline <= now_ns {
+                    due.push(e.sid());
+                } else {
+                    min = min.min(e.deadline);
+                }
+            }
+            self.min_deadline = min;
+        }
         for id in &due {
             self.remove_entry(*id);
         }
@@ -414,7 +610,8 @@ impl StateTable {
 
     /// Earliest state deadline (O(n); for tests and diagnostics).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.slab.iter().map(|e| e.deadline).min()
+        let ns = self.slab.iter().map(|e| e.deadline).min()?;
+        Some(self.instant(ns))
     }
 
     fn newer_tomb(&self, id: StateId, v: Option<Version>) -> bool {
@@ -431,12 +628,12 @@ impl StateTable {
             return Applied::Ignored;
         }
         let id = s.id;
-        let Some(&i) = self.index.get(&id) else {
+        let Some(i) = self.find(id) else {
             if self.newer_tomb(id, v) {
                 self.stats.older += 1;
                 return Applied::Older(id);
             }
-            if self.slab.len() >= self.cfg.max_states {
+            if self.slab.len() >= self.cfg.max_states.min(u32::MAX as usize - 1) {
                 self.stats.refused_full += 1;
                 return Applied::Full(id);
             }
@@ -444,23 +641,39 @@ impl StateTable {
             self.stats.inserts += 1;
             return Applied::Inserted(id);
         };
-        let e = &mut self.slab[i as usize];
-        let old_hash = e.hash;
+        let now_ns = self.clock(now);
+        let e = &mut self.slab[i];
+        let (old_hash, old_timeout) = (e.hash(), e.timeout);
         let (stale, changed, newer) = merge_into(e, &s.src, &s.dst, s.timeout, v);
-        if stale < 2 && newer {
-            let (src, dst, timeout) = (e.state.src, e.state.dst, e.state.timeout);
-            e.state = *s;
-            e.state.src = src;
-            e.state.dst = dst;
-            e.state.timeout = timeout;
-            e.deadline = now + Duration::from_secs(s.expire as u64);
-            e.seen = now;
-        }
         if let Some(v) = v {
-            e.version = e.version.max(v);
+            e.raise_version(v);
         }
+        if stale < 2 && newer {
+            // Every non-peer field but `timeout` comes from the update.
+            let mut full = *s;
+            (full.src, full.dst, full.timeout) = (e.src, e.dst, e.timeout);
+            e.proto = s.proto;
+            e.deadline = now_ns.saturating_add(s.expire as i64 * NS_PER_SEC);
+            self.min_deadline = self.min_deadline.min(e.deadline);
+            e.prefix = entry_prefix(&full);
+            let old_cold = e.cold;
+            let had = store::profile_of(&self.arena[old_cold as usize..]);
+            let p = Profile::of(s);
+            let profile = if *self.pool.get(had) == p {
+                had
+            } else {
+                let n = self.pool.intern(&p);
+                self.pool.release(had);
+                n
+            };
+            self.slab[i].cold = self.put_cold(&full, profile, now_ns, Some(old_cold));
+            self.maybe_compact();
+        } else if e.timeout != old_timeout {
+            self.refresh_prefix(i);
+        }
+        let e = &mut self.slab[i];
         let leaf = e.leaf as usize;
-        let h = e.rehash_self(true);
+        let h = e.rehash();
         self.rehash(leaf, old_hash, h);
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
@@ -471,7 +684,7 @@ impl StateTable {
 
     fn upd_c(&mut self, u: &UpdCRepr, now: Instant, v: Option<Version>) -> Applied {
         let id = u.id;
-        let Some(&i) = self.index.get(&id) else {
+        let Some(i) = self.find(id) else {
             if self.newer_tomb(id, v) {
                 self.stats.older += 1;
                 return Applied::Older(id);
@@ -479,8 +692,9 @@ impl StateTable {
             self.stats.need_update += 1;
             return Applied::NeedUpdate(id);
         };
-        let e = &mut self.slab[i as usize];
-        let old_hash = e.hash;
+        let now_ns = self.clock(now);
+        let e = &mut self.slab[i];
+        let (old_hash, old_timeout) = (e.hash(), e.timeout);
         let (stale, changed, newer) = merge_into(e, &u.src, &u.dst, u.timeout, v);
         if stale < 2 && newer {
             let secs = if u.expire == 0 {
@@ -488,19 +702,31 @@ impl StateTable {
             } else {
                 u.expire
             };
-            e.deadline = now + Duration::from_secs(secs as u64);
+            e.deadline = now_ns.saturating_add(secs as i64 * NS_PER_SEC);
+            self.min_deadline = self.min_deadline.min(e.deadline);
         }
         if let Some(v) = v {
-            e.version = e.version.max(v);
+            e.raise_version(v);
         }
+        if e.timeout != old_timeout {
+            // The one synced non-peer field an update changes: the prefix absorbed it.
+            self.refresh_prefix(i);
+        }
+        let e = &mut self.slab[i];
         let leaf = e.leaf as usize;
-        let h = e.rehash_self(false);
+        let h = e.rehash();
         self.rehash(leaf, old_hash, h);
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
             return Applied::Older(id);
         }
         self.finish_update(id, stale)
+    }
+
+    /// Recompute the hash prefix of `slab[i]` from its stored state.
+    fn refresh_prefix(&mut self, i: usize) {
+        let (s, _) = self.decode(&self.slab[i]);
+        self.slab[i].prefix = entry_prefix(&s);
     }
 
     fn finish_update(&mut self, id: StateId, stale: u8) -> Applied {
@@ -528,29 +754,52 @@ impl StateTable {
         let prefix = entry_prefix(s);
         let hash = entry_hash_from(&prefix, &s.src, &s.dst);
         *self.per_creator.entry(id.creator).or_insert(0) += 1;
+        let pos = self.slab.len() as u32;
         let l = &mut self.leaves[leaf];
         let slot = l.ids.len() as u32;
-        l.ids.push(id);
+        l.ids.push(pos);
         l.digest.add(hash);
         self.digest.add(hash);
-        self.index.insert(id, self.slab.len() as u32);
-        self.slab.push(Entry {
-            state: *s,
-            deadline: now + Duration::from_secs(s.expire as u64),
-            seen: now,
-            version,
-            hash,
+        let now_ns = self.clock(now);
+        let profile = self.pool.intern(&Profile::of(s));
+        let cold = self.put_cold(s, profile, now_ns, None);
+        let deadline = now_ns.saturating_add(s.expire as i64 * NS_PER_SEC);
+        self.min_deadline = self.min_deadline.min(deadline);
+        self.slab.push(Hot {
+            id: id.id,
+            clock: version.clock,
+            hash: [(hash >> 64) as u64, hash as u64],
             prefix,
-            leaf: leaf as u32,
+            deadline,
+            src: s.src,
+            dst: s.dst,
+            creator: id.creator,
+            node: version.node,
             slot,
+            cold,
+            leaf: leaf as u16,
+            proto: s.proto,
+            timeout: s.timeout,
         });
+        let slab = &self.slab;
+        self.index.insert(id, pos, |p| slab[p as usize].sid());
     }
 
-    fn remove_entry(&mut self, id: StateId) -> Option<Entry> {
-        let i = self.index.remove(&id)? as usize;
+    fn remove_entry(&mut self, id: StateId) -> Option<Hot> {
+        let slab = &self.slab;
+        let i = self.index.remove(id, |p| slab[p as usize].sid())? as usize;
+        let (leaf, slot) = (self.slab[i].leaf as usize, self.slab[i].slot as usize);
+        let l = &mut self.leaves[leaf];
+        l.ids.swap_remove(slot);
+        if let Some(&p) = l.ids.get(slot) {
+            self.slab[p as usize].slot = slot as u32;
+        }
         let e = self.slab.swap_remove(i);
         if let Some(m) = self.slab.get(i) {
-            self.index.insert(m.state.id, i as u32);
+            // The last entry moved into the hole: repoint its index slot and leaf entry.
+            self.index
+                .relocate(m.sid(), self.slab.len() as u32, i as u32);
+            self.leaves[m.leaf as usize].ids[m.slot as usize] = i as u32;
         }
         if let std::collections::hash_map::Entry::Occupied(mut c) =
             self.per_creator.entry(id.creator)
@@ -560,28 +809,24 @@ impl StateTable {
                 c.remove();
             }
         }
-        let l = &mut self.leaves[e.leaf as usize];
-        l.digest.sub(e.hash);
-        self.digest.sub(e.hash);
-        let slot = e.slot as usize;
-        l.ids.swap_remove(slot);
-        if let Some(&moved) = l.ids.get(slot) {
-            if let Some(&m) = self.index.get(&moved) {
-                self.slab[m as usize].slot = slot as u32;
-            }
-        }
+        self.leaves[leaf].digest.sub(e.hash());
+        self.digest.sub(e.hash());
+        let rec = &self.arena[e.cold as usize..];
+        self.garbage += store::record_len(rec);
+        self.pool.release(store::profile_of(rec));
+        self.maybe_compact();
         Some(e)
     }
 
     fn delete(&mut self, id: StateId, now: Instant, v: Option<Version>) -> Applied {
-        match self.index.get(&id) {
+        match self.find(id) {
             Some(_) => {
                 // Deletes win over any version (see `newer_tomb`): remove-wins keeps replicas
                 // that saw a delete and a late update in different orders convergent.
                 let Some(e) = self.remove_entry(id) else {
                     return Applied::NotFound(id);
                 };
-                self.put_tomb(id, v.unwrap_or(e.version).max(e.version), now);
+                self.put_tomb(id, v.unwrap_or(e.version()).max(e.version()), now);
                 self.stats.deletes += 1;
                 Applied::Deleted(id)
             }
@@ -607,15 +852,15 @@ impl StateTable {
             .slab
             .iter()
             .filter(|e| {
-                e.state.id.creator == creator
-                    && (all_if || e.state.ifname == *ifname)
-                    && v.is_none_or(|v| e.version < v)
+                e.creator == creator
+                    && (all_if || self.profile_at(e).ifname() == ifname)
+                    && v.is_none_or(|v| e.version() < v)
             })
-            .map(|e| e.state.id)
+            .map(|e| e.sid())
             .collect();
         for &id in &ids {
             let e = self.remove_entry(id).expect("present");
-            self.put_tomb(id, v.unwrap_or(e.version).max(e.version), now);
+            self.put_tomb(id, v.unwrap_or(e.version()).max(e.version()), now);
         }
         self.stats.clears += 1;
         self.stats.deletes += ids.len() as u64;
@@ -666,38 +911,38 @@ impl StateTable {
 /// higher version wins. Returns (stale peers, anything changed, incoming counts as newer for
 /// the non-peer fields).
 fn merge_into(
-    e: &mut Entry,
-    src: &crate::wire::PeerRepr,
-    dst: &crate::wire::PeerRepr,
+    e: &mut Hot,
+    src: &PeerRepr,
+    dst: &PeerRepr,
     timeout: u8,
     v: Option<Version>,
 ) -> (u8, bool, bool) {
-    let proto = e.state.proto;
+    let proto = e.proto;
     match v {
         None => {
-            let before = (e.state.src, e.state.dst);
-            let stale = stale::merge_peers(proto, &mut e.state.src, &mut e.state.dst, src, dst);
+            let before = (e.src, e.dst);
+            let stale = stale::merge_peers(proto, &mut e.src, &mut e.dst, src, dst);
             if stale < 2 {
-                e.state.timeout = timeout;
+                e.timeout = timeout;
             }
-            let changed = before != (e.state.src, e.state.dst);
+            let changed = before != (e.src, e.dst);
             (stale, changed, true)
         }
         Some(v) => {
-            let ord = v.cmp(&e.version);
-            let (s1, c1) = stale::merge_peer_versioned(proto, true, &mut e.state.src, src, ord);
-            let (s2, c2) = stale::merge_peer_versioned(proto, false, &mut e.state.dst, dst, ord);
+            let ord = v.cmp(&e.version());
+            let (s1, c1) = stale::merge_peer_versioned(proto, true, &mut e.src, src, ord);
+            let (s2, c2) = stale::merge_peer_versioned(proto, false, &mut e.dst, dst, ord);
             let stale = s1 as u8 + s2 as u8;
             // Non-peer fields follow the version; equal versions tie-break on timeout so that
             // both sides pick the same copy.
             let newer = match ord {
                 core::cmp::Ordering::Greater => true,
                 core::cmp::Ordering::Less => false,
-                core::cmp::Ordering::Equal => timeout >= e.state.timeout,
+                core::cmp::Ordering::Equal => timeout >= e.timeout,
             };
             let mut changed = c1 || c2;
-            if stale < 2 && newer && e.state.timeout != timeout {
-                e.state.timeout = timeout;
+            if stale < 2 && newer && e.timeout != timeout {
+                e.timeout = timeout;
                 changed = true;
             }
             (stale, changed, newer || c1 || c2)
@@ -714,6 +959,46 @@ impl Default for StateTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stored times are nanoseconds from the first `now` seen: deadlines, `expire` and
+    /// `creation` come back exactly, also for times before that epoch.
+    #[test]
+    fn stored_times_are_exact_around_the_epoch() {
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let mut t = StateTable::default();
+        let st = |id| StateRepr {
+            id: StateId::new(id, 9),
+            expire: 60,
+            creation: 5,
+            ..Default::default()
+        };
+        t.apply(&Message::Ins(st(1)), t0);
+        let early = t0 - Duration::from_millis(10_500);
+        t.apply(&Message::Ins(st(2)), early);
+        for (id, at) in [(1, t0), (2, early)] {
+            let e = t.get(StateId::new(id, 9)).unwrap();
+            assert_eq!(e.deadline(), at + Duration::from_secs(60));
+            assert_eq!(e.present(at).expire, 60);
+            let p = e.present(at + Duration::from_micros(59_000_500));
+            assert_eq!((p.expire, p.creation), (1, 5 + 59));
+            assert_eq!(e.present(at + Duration::from_secs(60)).expire, 0);
+            assert_eq!(e.present(at - Duration::from_secs(3)).creation, 5);
+        }
+        assert_eq!(t.next_deadline(), Some(early + Duration::from_secs(60)));
+        assert_eq!(t.expire(early + Duration::from_secs(60)), 1);
+        assert!(t.get(StateId::new(2, 9)).is_none());
+        assert_eq!(t.len(), 1);
+        // The scan's lower bound follows a deadline an update brings forward.
+        assert_eq!(t.expire(t0 + Duration::from_secs(6)), 0);
+        let u = UpdCRepr {
+            id: StateId::new(1, 9),
+            expire: 5,
+            ..Default::default()
+        };
+        assert_eq!(t.apply(&Message::UpdC(u), t0), Applied::Updated(u.id));
+        assert_eq!(t.expire(t0 + Duration::from_secs(5)), 1);
+        assert!(t.is_empty());
+    }
 
     /// Removal moves the last entry of the slab into the hole: the index, the leaves and the
     /// digest must still describe exactly the remaining states.
@@ -746,7 +1031,7 @@ mod tests {
                     assert!(i % 3 != 0);
                     assert_eq!(e.raw().id, id);
                     assert_eq!(e.raw().expire, 60 + i as u32);
-                    assert!(t.leaf_states(t.leaf_of(id)).contains(&id));
+                    assert!(t.leaf_states(t.leaf_of(id)).any(|x| x == id));
                 }
                 None => assert_eq!(i % 3, 0),
             }

@@ -441,7 +441,7 @@ impl Emulator {
             .table
             .iter()
             .filter(|e| e.deadline() <= now)
-            .map(|e| e.raw().id)
+            .map(|e| e.id())
             .collect();
         for id in due {
             self.own.remove(&id);
@@ -675,7 +675,7 @@ impl Emulator {
             return;
         }
         self.bulk_ids.clear();
-        self.bulk_ids.extend(self.table.iter().map(|e| e.raw().id));
+        self.bulk_ids.extend(self.table.iter().map(|e| e.id()));
         self.bulk_out = Some(BulkOut {
             started: false,
             pos: 0,
@@ -746,7 +746,7 @@ impl Emulator {
             self.own.remove(&id);
             return;
         };
-        let mut s = *e.raw();
+        let mut s = e.raw();
         match churn::step(&mut self.rng, flow, &mut s) {
             Step::Changed(next) => {
                 // Apply exactly what goes on the wire, so our table and the peers' agree.

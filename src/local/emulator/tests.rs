@@ -56,7 +56,7 @@ fn deliver(e: &mut Emulator, pkts: &[Vec<u8>], now: Instant) {
 /// Change an own state as a churn step would (seqlo advances), at `at`.
 fn bump(e: &mut Emulator, id: StateId, at: Instant) {
     e.now = e.now.max(at);
-    let mut s = *e.table.get(id).unwrap().raw();
+    let mut s = e.table.get(id).unwrap().raw();
     s.src.seqlo = s.src.seqlo.wrapping_add(100);
     let u = e.upd_c_of(&s);
     e.table.apply(&Message::UpdC(u), at);

@@ -1,0 +1,197 @@
+//! Id → slab position: an open-addressing table of 4-byte slots (linear probing,
+//! backward-shift deletion, load ≤ 3/4).
+//!
+//! A slot holds `position + 1` in its low `pos_bits` bits (0 = empty; `pos_bits` = log2 of
+//! the slot count, which always exceeds the positions held) and, above them, a tag from the
+//! id's hash, so a probe that meets another id is almost always rejected without
+//! touching that id's entry. The ids themselves are not stored: the entry in the slab holds
+//! its id, and a hit is confirmed there (the caller reads that entry next anyway). 4 bytes
+//! per slot instead of the 24 of a `HashMap<StateId, u32>` bucket.
+
+use super::digest::mix64;
+use crate::wire::StateId;
+
+const KEY: u64 = 0x6964_782d_7066_7379;
+
+/// One finaliser round (the multiply spreads the creator over all 64 bits).
+#[inline]
+pub(crate) fn id_hash(id: StateId) -> u64 {
+    mix64(id.id ^ (id.creator as u64 ^ KEY).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+pub(crate) struct Index {
+    slots: Vec<u32>,
+    len: usize,
+    /// `slots.len() - 1`.
+    mask: usize,
+    /// log2 of `slots.len()`: positions + 1 take the bits below, the tag those above.
+    pos_bits: u32,
+}
+
+impl Index {
+    pub(crate) fn new() -> Index {
+        Index {
+            slots: Vec::new(),
+            len: 0,
+            mask: 0,
+            pos_bits: 0,
+        }
+    }
+
+    #[inline]
+    fn tag_of(&self, h: u64) -> u32 {
+        // Shifted as u64: no tag bits are left once `pos_bits` is 32.
+        (((h >> 32) as u32 as u64) << self.pos_bits) as u32
+    }
+
+    #[inline]
+    fn pos_mask(&self) -> u32 {
+        ((1u64 << self.pos_bits) - 1) as u32
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.mask
+    }
+
+    /// Position of `id`; `id_at(pos)` gives the id stored at a slab position.
+    #[inline]
+    pub(crate) fn find(&self, id: StateId, id_at: impl Fn(u32) -> StateId) -> Option<u32> {
+        self.find_slot(id, id_at).map(|(_, p)| p)
+    }
+
+    #[inline]
+    fn find_slot(&self, id: StateId, id_at: impl Fn(u32) -> StateId) -> Option<(usize, u32)> {
+        if self.len == 0 {
+            return None;
+        }
+        let h = id_hash(id);
+        let (tag, pm, mask) = (self.tag_of(h), self.pos_mask(), self.mask());
+        let mut i = h as usize & mask;
+        loop {
+            let s = self.slots[i];
+            if s == 0 {
+                return None;
+            }
+            if s & !pm == tag {
+                let p = (s & pm) - 1;
+                if id_at(p) == id {
+                    return Some((i, p));
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Add `id` (not present) at position `pos`, which must be the number of ids held: the
+    /// positions are always `0 .. len` (the slab is dense). `id_at` is needed when the table
+    /// grows.
+    pub(crate) fn insert(&mut self, id: StateId, pos: u32, id_at: impl Fn(u32) -> StateId) {
+        assert_eq!(pos as usize, self.len, "positions are dense");
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            let cap = (self.slots.len() * 2).max(16);
+            assert!(cap <= 1 << 32, "more than 3 × 2^30 states");
+            self.slots = vec![0; cap];
+            // Positions stay below ¾ of the slot count, so they fit in log2(slots) bits.
+            self.pos_bits = cap.trailing_zeros();
+            self.mask = cap - 1;
+            // Rehash in position order: the ids are read sequentially, not at random.
+            for p in 0..self.len as u32 {
+                self.place(id_hash(id_at(p)), p);
+            }
+        }
+        self.place(id_hash(id), pos);
+        self.len += 1;
+    }
+
+    fn place(&mut self, h: u64, pos: u32) {
+        debug_assert!(pos < self.pos_mask());
+        let mask = self.mask();
+        let mut i = h as usize & mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = self.tag_of(h) | (pos + 1);
+    }
+
+    /// Remove `id`; returns its position.
+    pub(crate) fn remove(&mut self, id: StateId, id_at: impl Fn(u32) -> StateId) -> Option<u32> {
+        let (mut hole, p) = self.find_slot(id, &id_at)?;
+        let (pm, mask) = (self.pos_mask(), self.mask());
+        // Backward shift: move every later member of the probe run that may live in the hole.
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.slots[j];
+            if s == 0 {
+                break;
+            }
+            let home = id_hash(id_at((s & pm) - 1)) as usize & mask;
+            // `home` is cyclically outside (hole, j]: the member may move back to the hole.
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots[hole] = s;
+                hole = j;
+            }
+        }
+        self.slots[hole] = 0;
+        self.len -= 1;
+        Some(p)
+    }
+
+    /// `id`, now at position `from`, moves to `to`.
+    pub(crate) fn relocate(&mut self, id: StateId, from: u32, to: u32) {
+        let h = id_hash(id);
+        let (tag, mask) = (self.tag_of(h), self.mask());
+        let mut i = h as usize & mask;
+        loop {
+            let s = self.slots[i];
+            assert!(s != 0, "relocated id is indexed");
+            if s == tag | (from + 1) {
+                self.slots[i] = tag | (to + 1);
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inserts, removals (with backward shift) and relocations against a model, through
+    /// several growths.
+    #[test]
+    fn matches_a_model() {
+        let mut ids: Vec<StateId> = Vec::new();
+        let mut ix = Index::new();
+        let mut x = 12345u64;
+        for round in 0..20_000u64 {
+            x = mix64(x + round);
+            if ids.is_empty() || x % 3 != 0 {
+                let id = StateId::new(x % 5000, (x >> 40) as u32 % 3);
+                if ix.find(id, |p| ids[p as usize]).is_none() {
+                    ids.push(id);
+                    let pos = ids.len() as u32 - 1;
+                    ix.insert(id, pos, |p| ids[p as usize]);
+                }
+            } else {
+                let i = (x >> 20) as usize % ids.len();
+                let id = ids[i];
+                assert_eq!(ix.remove(id, |p| ids[p as usize]), Some(i as u32));
+                let last = ids.len() - 1;
+                ids.swap_remove(i);
+                if i < last {
+                    ix.relocate(ids[i], last as u32, i as u32);
+                }
+            }
+            if round % 997 == 0 {
+                for (p, &id) in ids.iter().enumerate() {
+                    assert_eq!(ix.find(id, |q| ids[q as usize]), Some(p as u32));
+                }
+                assert_eq!(ix.len, ids.len());
+            }
+        }
+        assert_eq!(ix.find(StateId::new(9999, 9), |q| ids[q as usize]), None);
+    }
+}
