@@ -200,6 +200,9 @@ pub struct Config {
     pub limits: LimitsConfig,
 }
 
+/// Most mirrored states `[limits] states` may allow.
+pub const MAX_STATES: usize = 1 << 24;
+
 /// `[limits]` (see docs/SECURITY.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
@@ -594,8 +597,13 @@ impl Config {
                     repair_rate: None,
                 });
                 let states = l.states.unwrap_or(d.states);
-                if states == 0 {
-                    return Err(err("limits.states", "must be at least 1".into()));
+                // The table's compact form addresses its record arena with 32 bits: 16 M
+                // states keep it below 4 GiB even with IPv6 NAT states and half garbage.
+                if !(1..=MAX_STATES).contains(&states) {
+                    return Err(err(
+                        "limits.states",
+                        format!("{states} is outside 1..={MAX_STATES}"),
+                    ));
                 }
                 LimitsConfig {
                     states,

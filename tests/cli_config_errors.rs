@@ -146,6 +146,18 @@ fn unknown_field() {
 }
 
 #[test]
+fn a_state_limit_beyond_what_the_table_can_address_is_refused() {
+    let d = Dir::new("cfg-limits");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let text = format!("{}\n[limits]\nstates = 100000000\n", config(&a, &b_pub, ""));
+    assert_exit2(
+        &check(&d, &text),
+        &["limits.states", "100000000", "16777216"],
+    );
+}
+
+#[test]
 fn unknown_dialect_and_bad_endpoint() {
     let d = Dir::new("cfg-dialect");
     let (a, _) = keygen(&d, "a.key");
