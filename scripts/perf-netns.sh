@@ -140,7 +140,7 @@ BTUN=$(command -v boringtun-cli || command -v boringtun || true)
 start_boringtun() {
     rm -f /var/run/wireguard/wga.sock /var/run/wireguard/wgb.sock
     for s in a b; do
-        wg genkey >"$DIR/wg-$s.key"
+        (umask 077; wg genkey >"$DIR/wg-$s.key")
         wg pubkey <"$DIR/wg-$s.key" >"$DIR/wg-$s.pub"
     done
     for s in a b; do
