@@ -307,7 +307,7 @@ pub(super) fn send_data(
     }
     p.next_alive = p.next_alive.min(now + cfg.probe_interval);
     let whole = cfg.max_datagram - proto::DATA_HDR;
-    if pkt.is_empty() || pkt.len() > u16::MAX as usize || whole == 0 {
+    if pkt.is_empty() || pkt.len() > u16::MAX as usize {
         return; // cannot be represented; the NACK of `seq` will repair from refs
     }
     let mut off = 0;

@@ -655,6 +655,7 @@ pub fn datagram_parts(buf: &[u8]) -> Result<Parts<'_>> {
 }
 
 /// Iterator over a datagram's messages (see [`datagram_parts`]).
+#[derive(Clone)]
 pub struct Parts<'a> {
     rest: &'a [u8],
     bundle: bool,

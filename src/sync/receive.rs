@@ -21,13 +21,21 @@ impl Replica {
             return Err(SyncError::UnknownPeer(peer));
         }
         // The whole datagram is checked (bundle framing and every message in it) before
-        // any of it acts: a bad datagram is refused entirely.
-        let checked = proto::datagram_parts(data)
-            .and_then(|mut parts| parts.try_for_each(|m| SyncMsg::decode(m).map(drop)));
-        if let Err(e) = checked {
-            self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
-            return Err(e);
-        }
+        // any of it acts: a bad datagram is refused entirely. Each message is decoded again
+        // when it acts (decoding is a few field reads; keeping the views would need storage).
+        let checked = proto::datagram_parts(data).and_then(|parts| {
+            parts
+                .clone()
+                .try_for_each(|m| SyncMsg::decode(m).map(drop))
+                .map(|()| parts)
+        });
+        let parts = match checked {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
+                return Err(e);
+            }
+        };
         {
             let p = self.peers.get_mut(&peer).unwrap();
             p.stats.rx_datagrams += 1;
@@ -39,7 +47,7 @@ impl Replica {
             }
         }
         let mut res = Ok(());
-        for part in proto::datagram_parts(data)? {
+        for part in parts {
             let r = self.on_peer_msg(peer, SyncMsg::decode(part)?, part.len(), now);
             res = res.and(r);
         }
