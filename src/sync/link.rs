@@ -566,36 +566,4 @@ mod tests {
         out.clear();
         assert!(!q.nack(3, 3, &mut out), "seq 3 was purged by overflow");
     }
-
-    /// Any cut of a packet into pieces, delivered in any order with duplicates, reassembles
-    /// to the packet exactly, and completes on its last missing byte.
-    #[test]
-    fn pieces_reassemble_in_any_order() {
-        use crate::sync::peer::reassemble_test as reassemble;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
-        for round in 0..2000 {
-            let total = 1 + rnd(1500);
-            let pkt: Vec<u8> = (0..total).map(|i| (i * 7 + round) as u8).collect();
-            let mut cuts: Vec<usize> = (0..rnd(6)).map(|_| rnd(total)).collect();
-            cuts.extend([0, total]);
-            cuts.sort();
-            cuts.dedup();
-            let mut pieces: Vec<(usize, usize)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
-            if rnd(2) == 0 && pieces.len() > 1 {
-                let d = pieces[rnd(pieces.len())];
-                pieces.push(d); // a duplicate
-            }
-            for i in (1..pieces.len()).rev() {
-                pieces.swap(i, rnd(i + 1));
-            }
-            let out = reassemble(&pieces, &pkt);
-            assert_eq!(out.as_deref(), Some(&pkt[..]), "round {round} {pieces:?}");
-        }
-    }
 }

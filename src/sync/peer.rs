@@ -400,41 +400,6 @@ pub(super) fn reassemble<'a>(
     })
 }
 
-/// Feed `pieces` of `pkt` through a fresh peer's reassembly; the packet once complete
-/// (it must complete on the last piece that adds bytes, and not before).
-#[cfg(test)]
-pub(crate) fn reassemble_test(pieces: &[(usize, usize)], pkt: &[u8]) -> Option<Vec<u8>> {
-    let mut p = Peer::new(
-        &ReplicaConfig::new(1, Dialect::OpenbsdV6),
-        64,
-        Instant::now(),
-    );
-    let mut done = None;
-    let mut seen = vec![false; pkt.len()];
-    for &(a, b) in pieces {
-        let c = reassemble(
-            &mut p,
-            7,
-            Dialect::OpenbsdV6,
-            1,
-            a as u16,
-            pkt.len() as u16,
-            &pkt[a..b],
-        );
-        let new = seen[a..b].iter().any(|s| !s);
-        seen[a..b].iter_mut().for_each(|s| *s = true);
-        let all = seen.iter().all(|&s| s);
-        match c {
-            Some(c) => {
-                assert!(all && new && done.is_none(), "completed early or twice");
-                done = Some(c.bytes.into_owned());
-            }
-            None => assert!(!(all && new), "did not complete on the last byte"),
-        }
-    }
-    done
-}
-
 impl Replica {
     /// A tunnel session with `peer` became usable. The first one (or the first after the
     /// peer was declared down) opens our send epoch; any later one — a rekey, the second of
@@ -642,5 +607,75 @@ impl Replica {
         }
         p.starved = false;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `pieces` of `pkt` through a fresh peer's reassembly; the packet once complete
+    /// (it must complete on the last piece that adds bytes, and not before).
+    fn reassemble_pieces(pieces: &[(usize, usize)], pkt: &[u8]) -> Option<Vec<u8>> {
+        let mut p = Peer::new(
+            &ReplicaConfig::new(1, Dialect::OpenbsdV6),
+            64,
+            Instant::now(),
+        );
+        let mut done = None;
+        let mut seen = vec![false; pkt.len()];
+        for &(a, b) in pieces {
+            let c = reassemble(
+                &mut p,
+                7,
+                Dialect::OpenbsdV6,
+                1,
+                a as u16,
+                pkt.len() as u16,
+                &pkt[a..b],
+            );
+            let new = seen[a..b].iter().any(|s| !s);
+            seen[a..b].iter_mut().for_each(|s| *s = true);
+            let all = seen.iter().all(|&s| s);
+            match c {
+                Some(c) => {
+                    assert!(all && new && done.is_none(), "completed early or twice");
+                    done = Some(c.bytes.into_owned());
+                }
+                None => assert!(!(all && new), "did not complete on the last byte"),
+            }
+        }
+        done
+    }
+
+    /// Any cut of a packet into pieces, delivered in any order with duplicates, reassembles
+    /// to the packet exactly, and completes on its last missing byte.
+    #[test]
+    fn pieces_reassemble_in_any_order() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..2000 {
+            let total = 1 + rnd(1500);
+            let pkt: Vec<u8> = (0..total).map(|i| (i * 7 + round) as u8).collect();
+            let mut cuts: Vec<usize> = (0..rnd(6)).map(|_| rnd(total)).collect();
+            cuts.extend([0, total]);
+            cuts.sort();
+            cuts.dedup();
+            let mut pieces: Vec<(usize, usize)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
+            if rnd(2) == 0 && pieces.len() > 1 {
+                let d = pieces[rnd(pieces.len())];
+                pieces.push(d); // a duplicate
+            }
+            for i in (1..pieces.len()).rev() {
+                pieces.swap(i, rnd(i + 1));
+            }
+            let out = reassemble_pieces(&pieces, &pkt);
+            assert_eq!(out.as_deref(), Some(&pkt[..]), "round {round} {pieces:?}");
+        }
     }
 }
