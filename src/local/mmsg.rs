@@ -57,39 +57,19 @@ impl RecvBatch {
     /// skb and one slot for many datagrams; [`RecvBatch::iter`] cuts them apart again).
     /// For a UDP socket whose slots hold 64 KiB. Returns whether it is on.
     pub fn enable_gro(&mut self, fd: RawFd) -> bool {
-        let one: libc::c_int = 1;
-        // SAFETY: passing a c_int option value of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                (&one as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 && self.ctrl.is_empty() {
+        let on = set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        if on && self.ctrl.is_empty() {
             self.ctrl = vec![[0u64; CTRL_LEN / 8]; BATCH];
         }
-        r == 0
+        on
     }
 
     /// Ask the kernel for each datagram's receive time and for the count of datagrams it
     /// dropped because the socket buffer was full (see [`RecvBatch::received_at`],
     /// [`RecvBatch::take_overflow`]). Best effort: without them both report nothing.
     pub fn enable_timestamps(&mut self, fd: RawFd) {
-        let one: libc::c_int = 1;
         for opt in [libc::SO_TIMESTAMPNS, libc::SO_RXQ_OVFL] {
-            // SAFETY: passing a c_int option value of the right size.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&one as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            let _ = set_int_option(fd, libc::SOL_SOCKET, opt, 1);
         }
         self.ctrl = vec![[0u64; CTRL_LEN / 8]; BATCH];
     }
@@ -263,19 +243,8 @@ impl SendBatch {
     /// Use UDP segmentation offload on `fd` (a UDP socket) if the kernel has it; returns
     /// whether it is on.
     pub fn enable_gso(&mut self, fd: RawFd) -> bool {
-        let v: libc::c_int = 0;
         // Probe: setting a 0 segment size is a no-op on kernels that know the option.
-        // SAFETY: passing a c_int option value of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&v as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        self.gso = r == 0;
+        self.gso = set_int_option(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
         self.gso
     }
 
@@ -476,6 +445,29 @@ fn std_to_sockaddr(a: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::sock
     }
 }
 
+/// `setsockopt` of a C int option.
+pub(crate) fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passing a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Socket buffers for bursts (a bulk update is thousands of packets back to back): try the
 /// privileged `SO_*BUFFORCE` first, which may exceed `net.core.rmem_max`, then the plain
 /// options (clamped by the kernel). Best effort: a small buffer still works, just drops more
@@ -487,17 +479,7 @@ pub fn set_socket_buffers(fd: RawFd, bytes: usize) {
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
         for opt in [force, plain] {
-            // SAFETY: passing a c_int option value of the right size.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&v as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r == 0 {
+            if set_int_option(fd, libc::SOL_SOCKET, opt, v).is_ok() {
                 break;
             }
         }

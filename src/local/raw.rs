@@ -162,21 +162,12 @@ fn set_multicast_if_index(fd: RawFd, ifindex: u32) -> io::Result<()> {
 }
 
 fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
-    let v: libc::c_int = libc::IP_PMTUDISC_DO;
-    // SAFETY: passing a c_int option value.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    super::mmsg::set_int_option(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )
 }
 
 /// The IPv4 addresses configured on `ifname` (empty if none or on error).
