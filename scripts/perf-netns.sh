@@ -6,6 +6,7 @@
 #   scripts/perf-netns.sh                 full sweep (10 s per point, ~5 minutes)
 #   scripts/perf-netns.sh --smoke         one tiny point per mode (CI, a few seconds)
 #   options: --secs S  --rates LIST  --sizes LIST  --states N  --modes plain,gw,boringtun  --runs N
+#            --nice N (every relay's priority, default -10 = the gateway's default [node] nice)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`)
@@ -24,6 +25,7 @@ SIZES=17,2
 STATES=10200
 MODES=plain,gw,boringtun
 RUNS=1
+NICE=-10
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SECS=1; RATES=2000; SIZES=17; STATES=200 ;;
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
         --states) STATES=$2; shift ;;
         --modes) MODES=$2; shift ;;
         --runs) RUNS=$2; shift ;;
+        --nice) NICE=$2; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -72,7 +75,7 @@ ip -n $GWA addr add 10.99.0.1/24 dev tr0
 ip -n $GWB addr add 10.99.0.2/24 dev tr0
 
 echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
+echo "# relays at nice $NICE; $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
 
 start_plain() {
     ip netns exec $GWA "$BIN" perf-relay --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
@@ -186,6 +189,10 @@ for run in $(seq "$RUNS"); do
                 start_boringtun ;;
             *) echo "unknown mode $mode" >&2; exit 2 ;;
         esac
+        # Every relay at the gateway's default priority ([node] nice = -10; --nice changes
+        # it for all, older gateway builds included), so the side by side differs only in
+        # the relay.
+        for t in /proc/$PA/task/* /proc/$PB/task/*; do renice -n "$NICE" -p "${t##*/}" >/dev/null; done
         TO=()
         [ $mode = boringtun ] && TO=(--to 10.2.0.2)
         REC=()

@@ -103,6 +103,9 @@ struct RawNode {
     /// UDP segmentation/receive offload on the tunnel socket (default on).
     #[serde(default)]
     udp_offload: Option<bool>,
+    /// Scheduling priority of the daemon (default `DEFAULT_NICE`).
+    #[serde(default)]
+    nice: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +192,8 @@ pub struct Config {
     pub mtu: usize,
     /// `[node] udp_offload`: UDP GSO/GRO on the tunnel socket when the kernel has them.
     pub udp_offload: bool,
+    /// `[node] nice`: the daemon's scheduling priority.
+    pub nice: Nice,
     /// Test aid (`[node] rekey_after_secs`): rekey tunnel sessions this often instead of
     /// WireGuard's 120 s. `None` in production.
     pub rekey_after: Option<Duration>,
@@ -198,6 +203,29 @@ pub struct Config {
     /// `[node] user`, `group`, `control_group`.
     pub privileges: Privileges,
     pub limits: LimitsConfig,
+}
+
+/// Priority the daemon takes when `[node] nice` is not set. An HA daemon starved of CPU by
+/// the load it is there to carry loses state changes exactly when they matter (conntrackd
+/// recommends `Nice -20`, corosync runs real-time by default); -10 wins against ordinary
+/// processes without competing with the kernel's own threads.
+pub const DEFAULT_NICE: i32 = -10;
+
+/// `[node] nice`: the value, and whether the operator asked for it (then not getting it is
+/// an error; the default is best effort, e.g. the unprivileged demo keeps its priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nice {
+    pub value: i32,
+    pub explicit: bool,
+}
+
+impl Default for Nice {
+    fn default() -> Nice {
+        Nice {
+            value: DEFAULT_NICE,
+            explicit: false,
+        }
+    }
 }
 
 /// Most mirrored states `[limits] states` may allow.
@@ -283,6 +311,7 @@ impl Config {
             rekey_after: None,
             mtu: 1500,
             udp_offload: true,
+            nice: Nice::default(),
             local: LocalConfig {
                 mode: LocalMode::Emulator,
                 interface: Some(interface),
@@ -394,6 +423,16 @@ impl Config {
         if !(576..=65_000).contains(&mtu) {
             return Err(err("node.mtu", format!("{mtu} is outside 576..=65000")));
         }
+        let nice = match raw.node.nice {
+            None => Nice::default(),
+            Some(n) if !(-20..=19).contains(&n) => {
+                return Err(err("node.nice", format!("{n} is outside -20..=19")))
+            }
+            Some(n) => Nice {
+                value: n as i32,
+                explicit: true,
+            },
+        };
 
         let dialect = Dialect::from_name(&raw.local.dialect).ok_or_else(|| {
             err(
@@ -570,6 +609,7 @@ impl Config {
             metrics_listen,
             mtu,
             udp_offload: raw.node.udp_offload.unwrap_or(true),
+            nice,
             rekey_after,
             local: LocalConfig {
                 mode: raw.local.mode,
@@ -634,6 +674,16 @@ impl Config {
                 "on (if the kernel has it)"
             } else {
                 "off"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  nice              {}{}",
+            self.nice.value,
+            if self.nice.explicit {
+                ""
+            } else {
+                " (default, if permitted)"
             }
         );
         match self.local.mode {

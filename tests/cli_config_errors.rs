@@ -361,3 +361,16 @@ fn logs_to_a_pipe_carry_no_colour() {
         "ANSI escape in a piped log: {err:?}"
     );
 }
+
+#[test]
+fn a_nice_value_outside_the_kernels_range_is_refused() {
+    let d = Dir::new("cfg-nice");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let text = config(&a, &b_pub, "").replace("[node]\n", "[node]\nnice = -21\n");
+    assert_exit2(&check(&d, &text), &["node.nice", "-21", "-20..=19"]);
+    let ok = config(&a, &b_pub, "").replace("[node]\n", "[node]\nnice = 19\n");
+    let o = check(&d, &ok);
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nice              19"));
+}

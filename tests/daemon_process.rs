@@ -252,3 +252,52 @@ fn peer_restart_reconnects_and_resyncs_by_itself() {
     eprintln!("tunnel re-established {back:?} after restart");
     assert!(back < Duration::from_secs(8), "{back:?}");
 }
+
+/// The nice value of process `pid` (field 19 of /proc/<pid>/stat).
+fn nice_of(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_daemon_takes_its_configured_priority_and_by_default_raises_it_when_permitted() {
+    let dir = Dir::new("nice");
+    let d = &dir.0;
+    let pb = keygen(d, "b.key");
+    keygen(d, "a.key");
+    let (qa, qb) = (free_udp_port(), free_udp_port());
+    // a: an explicit (lower) priority, which any user may take.
+    let cfg = write_config(d, "a", qa, 0xa, &[("b", &pb, qb)]);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("[node]\n", "[node]\nnice = 7\n")).unwrap();
+    let a = start(d, "a", false);
+    wait_for(
+        "a's control socket",
+        Duration::from_secs(10),
+        || status(&a).is_some(),
+        &[&a],
+    );
+    assert_eq!(nice_of(a.child.id()), 7);
+
+    // b: the default, -10 when privileged; otherwise unchanged, and the daemon still runs.
+    write_config(d, "b", qb, 0xb, &[]);
+    let b = start(d, "b", false);
+    wait_for(
+        "b's control socket",
+        Duration::from_secs(10),
+        || status(&b).is_some(),
+        &[&b],
+    );
+    // SAFETY: plain getter.
+    let root = unsafe { libc::geteuid() } == 0;
+    let own = nice_of(std::process::id());
+    let want = if root { -10 } else { own };
+    assert_eq!(nice_of(b.child.id()), want);
+    let log = std::fs::read_to_string(&b.log).unwrap();
+    assert!(
+        log.contains(&format!("nice {want}")) || log.contains("nice unchanged"),
+        "{log}"
+    );
+}

@@ -17,6 +17,19 @@ use crate::config::Config;
 
 /// `pfsync-gw run`: run one node until SIGTERM/SIGINT; SIGHUP reloads the peers.
 pub fn run_daemon(cfg: Config) -> i32 {
+    // Before any thread exists (they inherit it) and before the privilege drop (which
+    // gives up the right to raise it).
+    let nice = match privdrop::set_nice(cfg.nice.value) {
+        Ok(()) => format!("nice {}", cfg.nice.value),
+        Err(e) if cfg.nice.explicit => {
+            eprintln!("error: [node] nice = {}: {e}", cfg.nice.value);
+            return 1;
+        }
+        Err(e) => format!(
+            "nice unchanged (default {} not permitted: {e})",
+            cfg.nice.value
+        ),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -30,6 +43,7 @@ pub fn run_daemon(cfg: Config) -> i32 {
     let run_as = cfg.privileges.run_as.clone();
     let keep_net_raw = cfg.local.mode == crate::config::LocalMode::Raw;
     rt.block_on(async move {
+        tracing::info!("{nice}");
         let (node, handle) = match Node::bind(cfg).await {
             Ok(n) => n,
             Err(e) => {

@@ -14,6 +14,9 @@
 //!
 //! Already running as the target user (systemd `User=` with `AmbientCapabilities=`), only
 //! the capability sets are reduced.
+//!
+//! `set_nice` is here too: raising the daemon's priority is the other thing only the
+//! privileged start can do.
 
 use crate::config::RunAs;
 
@@ -22,6 +25,23 @@ pub const CAP_NET_RAW: u32 = 13;
 
 fn os_err(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// Set the scheduling priority (nice value) of the calling thread and of every thread it
+/// creates afterwards (Linux: per thread; the BSDs: the whole process).
+pub fn set_nice(nice: i32) -> Result<(), String> {
+    // SAFETY: plain syscall on integers; `who` 0 is the caller.
+    #[allow(clippy::unnecessary_cast)]
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, nice) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EACCES) {
+            format!("{e} (raising priority needs root or CAP_SYS_NICE)")
+        } else {
+            e.to_string()
+        });
+    }
+    Ok(())
 }
 
 /// Switch to `run_as`, keeping CAP_NET_RAW if `keep_net_raw` (Linux). Returns a one-line
