@@ -352,9 +352,7 @@ fn replica_pair(
     rb.add_peer(0, now);
     ra.on_peer_up(0, now);
     rb.on_peer_up(0, now);
-    let mut plain = vec![0u8; 2048];
     let mut wire_buf = vec![0u8; 2048];
-    let mut out = vec![0u8; 2048];
     // The states the benchmark's compressed updates refer to.
     let mut buf = vec![0u8; 1480];
     for chunk in (1..=states).collect::<Vec<_>>().chunks(4) {
@@ -369,7 +367,7 @@ fn replica_pair(
         shuttle_both(
             (&mut ra, a, a_addr),
             (&mut rb, b, b_addr),
-            (&mut plain, &mut wire_buf, &mut out),
+            &mut wire_buf,
             now,
         );
         ra.handle_timeout(now);
@@ -383,11 +381,11 @@ fn replica_pair(
 fn shuttle_both(
     (ra, a, a_addr): (&mut Replica, &mut Endpoint, std::net::SocketAddr),
     (rb, b, b_addr): (&mut Replica, &mut Endpoint, std::net::SocketAddr),
-    (plain, wire_buf, out): (&mut [u8], &mut [u8], &mut [u8]),
+    wire_buf: &mut [u8],
     now: Instant,
 ) {
-    shuttle(ra, a, rb, b, a_addr, plain, wire_buf, out, now);
-    shuttle(rb, b, ra, a, b_addr, plain, wire_buf, out, now);
+    shuttle(ra, a, rb, b, a_addr, wire_buf, now);
+    shuttle(rb, b, ra, a, b_addr, wire_buf, now);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -397,17 +395,18 @@ fn shuttle(
     to: &mut Replica,
     to_ep: &mut Endpoint,
     from_addr: std::net::SocketAddr,
-    plain: &mut [u8],
     wire_buf: &mut [u8],
-    out: &mut [u8],
     now: Instant,
 ) {
-    while let Some(n) = from.poll_peer_transmit(0, now, &mut plain[..1400]) {
-        if let tunnel::Send::Datagram(t) = from_ep.send(0, &plain[..n], now, wire_buf) {
+    // As the node does: the datagram is written where the transport header ends, sealed
+    // there, and opened where it was received.
+    let body = tunnel::TRANSPORT_HEADER_LEN..tunnel::TRANSPORT_HEADER_LEN + 1400;
+    while let Some(n) = from.poll_peer_transmit(0, now, &mut wire_buf[body.clone()]) {
+        if let tunnel::Send::Datagram(t) = from_ep.send_in_place(0, n, now, wire_buf) {
             if let Recv::Data { len, .. } =
-                to_ep.handle_datagram(from_addr, &wire_buf[..t.len], now, out)
+                to_ep.handle_datagram_in_place(from_addr, &mut wire_buf[..t.len], now)
             {
-                let _ = to.on_peer_datagram(0, &out[..len], now);
+                let _ = to.on_peer_datagram(0, &wire_buf[body.start..][..len], now);
             }
         }
     }
@@ -423,39 +422,18 @@ fn relay_round<'p>(
     a_addr: std::net::SocketAddr,
 ) {
     let now = Instant::now();
-    let mut plain = [0u8; 2048];
     let mut wire_buf = [0u8; 2048];
     let mut out = [0u8; 2048];
     for p in pkts {
         let _ = ra.on_local_pfsync(p, now);
     }
-    shuttle(
-        ra,
-        a,
-        rb,
-        b,
-        a_addr,
-        &mut plain,
-        &mut wire_buf,
-        &mut out,
-        now,
-    );
+    shuttle(ra, a, rb, b, a_addr, &mut wire_buf, now);
     while let Some(n) = rb.poll_local_inject(&mut out) {
         black_box(n);
     }
     // Acks flow back so the resend queue stays bounded.
     let b_addr: std::net::SocketAddr = "127.0.0.1:2".parse().expect("literal");
-    shuttle(
-        rb,
-        b,
-        ra,
-        a,
-        b_addr,
-        &mut plain,
-        &mut wire_buf,
-        &mut out,
-        now,
-    );
+    shuttle(rb, b, ra, a, b_addr, &mut wire_buf, now);
 }
 
 /// A TCP state as the benchmark's firewall would insert it.
@@ -621,7 +599,7 @@ fn bulk_sync(
 ) -> String {
     let (mut ra, mut rb) = replica_pair(a, b, a_addr, b_addr, 0, budget);
     fill_tables(&mut [&mut ra], n);
-    let (mut plain, mut wire_buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048], vec![0u8; 2048]);
+    let (mut wire_buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
     let start = Instant::now();
     // The empty peer (re)joins: both sides see their session come up, as in the daemon.
     for r in [&mut ra, &mut rb] {
@@ -636,7 +614,7 @@ fn bulk_sync(
         shuttle_both(
             (&mut ra, a, a_addr),
             (&mut rb, b, b_addr),
-            (&mut plain, &mut wire_buf, &mut out),
+            &mut wire_buf,
             now,
         );
         while rb.poll_local_inject(&mut out).is_some() {}

@@ -202,6 +202,27 @@ impl RecvBatch {
             })
         })
     }
+
+    /// As [`RecvBatch::iter`], with each datagram's bytes writable (to decrypt them where
+    /// they lie).
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(Option<SocketAddr>, Option<&mut [u8]>)) {
+        for i in 0..self.count {
+            let src = sockaddr_to_std(&self.addrs[i]);
+            if self.lens[i] == usize::MAX {
+                f(src, None);
+                continue;
+            }
+            let d = &mut self.bufs[i][..self.lens[i]];
+            let seg = self.segs[i];
+            if seg > 0 && seg < d.len() {
+                for part in d.chunks_mut(seg) {
+                    f(src, Some(part));
+                }
+            } else {
+                f(src, Some(d));
+            }
+        }
+    }
 }
 
 /// Datagrams queued for one `sendmmsg`, copied into preallocated slots.

@@ -105,7 +105,6 @@ pub struct Node {
     udp_rx: RecvBatch,
     udp_tx: SendBatch,
     local: Local,
-    plain: Vec<u8>,
     scratch: Vec<u8>,
     counters: Counters,
     injected_this_round: usize,
@@ -303,7 +302,6 @@ impl Node {
             udp_rx: RecvBatch::new(65_536),
             udp_tx: SendBatch::new(mtu),
             local,
-            plain: vec![0; 65_536],
             scratch: vec![0; 65_536],
             counters: Counters::default(),
             injected_this_round: 0,
@@ -585,32 +583,32 @@ impl Node {
                     continue;
                 }
             }
-            for (src, data) in self.udp_rx.iter() {
+            // Each datagram is opened where it was received (no copy of it first).
+            let (endpoint, replica) = (&mut self.endpoint, &mut self.replica);
+            let (counters, log_limit) = (&mut self.counters, &mut self.log_limit);
+            self.udp_rx.for_each_mut(|src, data| {
                 let (Some(src), Some(data)) = (src, data) else {
-                    bump(&mut self.counters, "tunnel_oversized");
-                    continue;
+                    bump(counters, "tunnel_oversized");
+                    return;
                 };
-                match self
-                    .endpoint
-                    .handle_datagram(src, data, now, &mut self.plain)
-                {
+                match endpoint.handle_datagram_in_place(src, data, now) {
                     Recv::Data { peer, len } => {
-                        if let Err(e) = self.replica.on_peer_datagram(peer, &self.plain[..len], now)
-                        {
-                            bump(&mut self.counters, "sync_malformed");
-                            if let Some(n) = self.log_limit.allow("sync_malformed", now) {
+                        let plain = &data[tunnel::TRANSPORT_HEADER_LEN..][..len];
+                        if let Err(e) = replica.on_peer_datagram(peer, plain, now) {
+                            bump(counters, "sync_malformed");
+                            if let Some(n) = log_limit.allow("sync_malformed", now) {
                                 tracing::warn!(%src, suppressed = n, "malformed sync message: {e}");
                             }
                         }
                     }
                     Recv::Dropped(reason) => {
-                        if let Some(n) = self.log_limit.allow("tunnel_drop", now) {
+                        if let Some(n) = log_limit.allow("tunnel_drop", now) {
                             tracing::debug!(%src, suppressed = n, ?reason, "tunnel datagram dropped");
                         }
                     }
                     _ => {}
                 }
-            }
+            });
         }
         true
     }
@@ -741,20 +739,19 @@ impl Node {
                 tracing::info!(peer = %self.peer_name(p), "{note}");
             }
 
-            // Replica → tunnel.
+            // Replica → tunnel: each datagram is written into the send slot where its
+            // transport header ends and sealed there (no plaintext copy).
             let budget = self.cfg.mtu - tunnel::TRANSPORT_OVERHEAD;
+            let body = tunnel::TRANSPORT_HEADER_LEN..tunnel::TRANSPORT_HEADER_LEN + budget;
             let fd = self.udp.get_ref().as_raw_fd();
             for i in 0..self.peers.len() {
                 let id = self.peers[i].id;
                 while let Some(n) =
                     self.replica
-                        .poll_peer_transmit(id, now, &mut self.plain[..budget])
+                        .poll_peer_transmit(id, now, &mut self.udp_tx.slot()[body.clone()])
                 {
                     moved += 1;
-                    match self
-                        .endpoint
-                        .send(id, &self.plain[..n], now, self.udp_tx.slot())
-                    {
+                    match self.endpoint.send_in_place(id, n, now, self.udp_tx.slot()) {
                         tunnel::Send::Datagram(t) => {
                             self.udp_tx.commit(t.len, t.to);
                             if self.udp_tx.is_full() {

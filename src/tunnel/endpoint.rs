@@ -20,6 +20,7 @@ use super::handshake::{
 use super::mac::Mac1Key;
 use super::messages::{
     field, Initiation, Message, Response, Transport, INITIATION_LEN, MAX_PAYLOAD, RESPONSE_LEN,
+    TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
 };
 use super::session::Session;
 use super::timers::{
@@ -61,6 +62,21 @@ pub enum Send {
     /// No usable session: the payload waits for the handshake. Call `poll_transmit`.
     Queued,
     Dropped(DropReason),
+}
+
+/// Where the payload of a send is: borrowed (copied into the datagram), or already in the
+/// datagram buffer at `TRANSPORT_HEADER_LEN` (sealed in place).
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Copy(&'a [u8]),
+    InPlace(usize),
+}
+
+/// A transport message to open: its view and the buffer the plaintext goes to, or its
+/// counter and its ciphertext and tag, opened where they lie (plaintext at the start).
+enum Sealed<'a> {
+    Copy(Transport<'a>, &'a mut [u8]),
+    InPlace(u64, &'a mut [u8]),
 }
 
 /// Something the driver may want to log or act on.
@@ -440,7 +456,7 @@ impl Peer {
     fn send_transport(
         &mut self,
         shared: &mut Shared,
-        payload: &[u8],
+        payload: Payload<'_>,
         now: Instant,
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
@@ -449,7 +465,10 @@ impl Peer {
             .as_mut()
             .filter(|s| s.can_send(now))
             .ok_or(DropReason::NoSession)?;
-        let len = session.encrypt(payload, out)?;
+        let (len, empty) = match payload {
+            Payload::Copy(p) => (session.encrypt(p, out)?, p.is_empty()),
+            Payload::InPlace(n) => (session.encrypt_in_place(out, n)?, n == 0),
+        };
         let rekey = session.wants_rekey_on_send(now)
             || shared.rekey_after.is_some_and(|r| {
                 session.initiator && now.saturating_duration_since(session.created) >= r
@@ -457,7 +476,7 @@ impl Peer {
         self.authenticated_tx(len, now);
         self.out_keepalive = false;
         // Draw jitter only when the timer is actually armed (once per silence from the peer).
-        if !payload.is_empty() && self.timers.new_handshake.is_none() {
+        if !empty && self.timers.new_handshake.is_none() {
             let jitter = shared.jitter();
             self.timers.on_data_sent(now, jitter);
         }
@@ -641,11 +660,38 @@ impl Endpoint {
         self.last_now = now;
         match Message::parse(datagram) {
             Err(reason) => self.shared.dropped(reason),
-            Ok(Message::Transport(t)) => self.handle_transport(src, &t, datagram.len(), now, out),
+            Ok(Message::Transport(t)) => {
+                let index = t.receiver();
+                self.handle_transport(src, index, Sealed::Copy(t, out), datagram.len(), now)
+            }
             Ok(Message::Initiation(i)) => self.handle_initiation(src, &i, now),
             Ok(Message::Response(r)) => self.handle_response(src, &r, now),
             Ok(Message::CookieReply(c)) => self.handle_cookie_reply(c, now),
         }
+    }
+
+    /// As [`Endpoint::handle_datagram`], but a transport message is opened where it lies:
+    /// for `Recv::Data { len, .. }` the plaintext is
+    /// `datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]` (no copy of the
+    /// ciphertext first). The rest of `datagram` after a transport message, and all of it
+    /// after one that fails to open, is unspecified.
+    pub fn handle_datagram_in_place(
+        &mut self,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Recv {
+        self.last_now = now;
+        let wire_len = datagram.len();
+        let (index, counter) = match Message::parse(datagram) {
+            Err(reason) => return self.shared.dropped(reason),
+            Ok(Message::Transport(t)) => (t.receiver(), t.counter()),
+            Ok(Message::Initiation(i)) => return self.handle_initiation(src, &i, now),
+            Ok(Message::Response(r)) => return self.handle_response(src, &r, now),
+            Ok(Message::CookieReply(c)) => return self.handle_cookie_reply(c, now),
+        };
+        let ct = &mut datagram[TRANSPORT_HEADER_LEN..];
+        self.handle_transport(src, index, Sealed::InPlace(counter, ct), wire_len, now)
     }
 
     fn handle_initiation(&mut self, src: SocketAddr, msg: &Initiation<'_>, now: Instant) -> Recv {
@@ -779,16 +825,17 @@ impl Endpoint {
         Recv::Handshake { peer: id }
     }
 
+    /// A transport message to our `index`; the plaintext is opened into the output buffer
+    /// or in place (see [`Sealed`]).
     fn handle_transport(
         &mut self,
         src: SocketAddr,
-        msg: &Transport<'_>,
+        index: u32,
+        sealed: Sealed<'_>,
         wire_len: usize,
         now: Instant,
-        out: &mut [u8],
     ) -> Recv {
         let shared = &mut self.shared;
-        let index = msg.receiver();
         let Some(&id) = shared.by_index.get(&index) else {
             return shared.dropped(DropReason::UnknownIndex);
         };
@@ -811,7 +858,11 @@ impl Endpoint {
         if session.expired(now) {
             return shared.dropped(DropReason::ExpiredSession);
         }
-        let len = match session.decrypt(msg, out) {
+        let opened = match sealed {
+            Sealed::Copy(msg, out) => session.decrypt(&msg, out),
+            Sealed::InPlace(counter, ct) => session.decrypt_in_place(counter, ct),
+        };
+        let len = match opened {
             Ok(n) => n,
             Err(reason) => return shared.dropped(reason),
         };
@@ -854,11 +905,43 @@ impl Endpoint {
     /// `poll_transmit`. Also call `poll_transmit` after a `Datagram`: sending may trigger a
     /// rekey.
     pub fn send(&mut self, peer: PeerId, payload: &[u8], now: Instant, out: &mut [u8]) -> Send {
+        self.send_payload(peer, Payload::Copy(payload), now, out)
+    }
+
+    /// As [`Endpoint::send`] for the `len`-byte payload the caller already wrote at
+    /// `buf[TRANSPORT_HEADER_LEN..]` (`buf` holds at least `len + TRANSPORT_OVERHEAD`
+    /// bytes): it is sealed where it lies, so a datagram built in the send slot is never
+    /// copied. Queued (no usable session yet) it is copied out, as `send` would.
+    pub fn send_in_place(
+        &mut self,
+        peer: PeerId,
+        len: usize,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Send {
+        self.send_payload(peer, Payload::InPlace(len), now, buf)
+    }
+
+    fn send_payload(
+        &mut self,
+        peer: PeerId,
+        payload: Payload<'_>,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Send {
         self.last_now = now;
         let shared = &mut self.shared;
-        if payload.len() > MAX_PAYLOAD {
+        let payload_len = match payload {
+            Payload::Copy(p) => p.len(),
+            Payload::InPlace(n) => n,
+        };
+        if payload_len > MAX_PAYLOAD {
             shared.drops.record(DropReason::PayloadTooLarge);
             return Send::Dropped(DropReason::PayloadTooLarge);
+        }
+        if matches!(payload, Payload::InPlace(_)) && out.len() < payload_len + TRANSPORT_OVERHEAD {
+            shared.drops.record(DropReason::BufferTooSmall);
+            return Send::Dropped(DropReason::BufferTooSmall);
         }
         let Some(p) = self.peers.get_mut(&peer) else {
             shared.drops.record(DropReason::UnknownPeer);
@@ -866,7 +949,7 @@ impl Endpoint {
         };
         let usable = p.usable(now);
         if usable && p.queue.is_empty() && p.endpoint.is_some() {
-            let to = match p.transport_dest(shared, payload.len()) {
+            let to = match p.transport_dest(shared, payload_len) {
                 Ok(to) => to,
                 Err(reason) => {
                     shared.drops.record(reason);
@@ -887,7 +970,10 @@ impl Endpoint {
             shared.drops.record(DropReason::QueueFull);
             return Send::Dropped(DropReason::QueueFull);
         }
-        p.queue.push_back(payload.to_vec());
+        p.queue.push_back(match payload {
+            Payload::Copy(b) => b.to_vec(),
+            Payload::InPlace(n) => out[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n].to_vec(),
+        });
         if !usable {
             p.start_handshake(shared, now, false);
         }
@@ -934,9 +1020,12 @@ impl Endpoint {
                 continue;
             }
             while let Some(payload) = peer.queue.pop_front() {
-                let sent = peer
-                    .transport_dest(shared, payload.len())
-                    .and_then(|to| Ok((to, peer.send_transport(shared, &payload, now, out)?)));
+                let sent = peer.transport_dest(shared, payload.len()).and_then(|to| {
+                    Ok((
+                        to,
+                        peer.send_transport(shared, Payload::Copy(&payload), now, out)?,
+                    ))
+                });
                 match sent {
                     Ok((to, len)) => return Some(Transmit { to, len }),
                     Err(reason) => shared.drops.record(reason),
@@ -944,9 +1033,12 @@ impl Endpoint {
             }
             if peer.out_keepalive {
                 peer.out_keepalive = false;
-                let sent = peer
-                    .transport_dest(shared, 0)
-                    .and_then(|to| Ok((to, peer.send_transport(shared, &[], now, out)?)));
+                let sent = peer.transport_dest(shared, 0).and_then(|to| {
+                    Ok((
+                        to,
+                        peer.send_transport(shared, Payload::Copy(&[]), now, out)?,
+                    ))
+                });
                 match sent {
                     Ok((to, len)) => return Some(Transmit { to, len }),
                     Err(reason) => shared.drops.record(reason),

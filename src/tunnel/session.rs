@@ -80,14 +80,27 @@ impl Session {
         if payload.len() > MAX_PAYLOAD {
             return Err(DropReason::PayloadTooLarge);
         }
-        let len = payload.len() + TRANSPORT_OVERHEAD;
-        if out.len() < len {
+        if out.len() < payload.len() + TRANSPORT_OVERHEAD {
+            return Err(DropReason::BufferTooSmall);
+        }
+        out[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.encrypt_in_place(out, payload.len())
+    }
+
+    /// Seal the `n` payload bytes the caller wrote at `buf[TRANSPORT_HEADER_LEN..]` where
+    /// they lie: the header goes in front of them, the tag after, and `buf[..len]` is the
+    /// complete transport message; returns `len`.
+    pub fn encrypt_in_place(&mut self, buf: &mut [u8], n: usize) -> Result<usize, DropReason> {
+        if n > MAX_PAYLOAD {
+            return Err(DropReason::PayloadTooLarge);
+        }
+        let len = n + TRANSPORT_OVERHEAD;
+        if buf.len() < len {
             return Err(DropReason::BufferTooSmall);
         }
         let counter = self.send_counter;
-        messages::emit_transport_header(out, self.remote_index, counter);
-        let (body, tag) = out[TRANSPORT_HEADER_LEN..len].split_at_mut(payload.len());
-        body.copy_from_slice(payload);
+        messages::emit_transport_header(buf, self.remote_index, counter);
+        let (body, tag) = buf[TRANSPORT_HEADER_LEN..len].split_at_mut(n);
         tag.copy_from_slice(&self.keys.seal(counter, body));
         self.send_counter += 1;
         Ok(len)
@@ -97,6 +110,7 @@ impl Session {
     /// verified. `out` must hold the whole ciphertext (it is opened in place there).
     pub fn decrypt(&mut self, msg: &Transport<'_>, out: &mut [u8]) -> Result<usize, DropReason> {
         let counter = msg.counter();
+        // A replayed message is refused before it is copied.
         if !self.replay.check(counter, REJECT_AFTER_MESSAGES) {
             return Err(DropReason::ReplayedCounter);
         }
@@ -106,11 +120,25 @@ impl Session {
         }
         let in_out = &mut out[..ct.len()];
         in_out.copy_from_slice(ct);
+        self.decrypt_in_place(counter, in_out)
+    }
+
+    /// Decrypt the ciphertext (with its tag) of a transport message with `counter` where it
+    /// lies, in `in_out`; the plaintext is `in_out[..n]`. The counter is checked first and
+    /// marked only after the tag verified.
+    pub fn decrypt_in_place(
+        &mut self,
+        counter: u64,
+        in_out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        if !self.replay.check(counter, REJECT_AFTER_MESSAGES) {
+            return Err(DropReason::ReplayedCounter);
+        }
         let n = self
             .keys
             .open(counter, in_out)
             .map_err(|()| DropReason::DecryptFailed)?;
-        debug_assert_eq!(n + TAG_LEN, ct.len());
+        debug_assert_eq!(n + TAG_LEN, in_out.len());
         if !self.replay.mark(counter, REJECT_AFTER_MESSAGES) {
             return Err(DropReason::ReplayedCounter);
         }
