@@ -176,19 +176,24 @@ impl TxQueue {
     }
 }
 
+/// Bytes kept free in front of every queued datagram: a BUNDLE header and its first part's
+/// length prefix go there when the datagram becomes a bundle, so no byte of it moves.
+const PREFIX: usize = proto::BUNDLE_HDR + proto::BUNDLE_LEN_PREFIX;
+
 /// A bounded FIFO of datagrams stored back to back in one byte ring: pushing and popping
 /// copy bytes but allocate nothing once the ring has grown to its working size (a
 /// `VecDeque<Vec<u8>>` costs one allocation per datagram on the data path).
 #[derive(Debug)]
 pub struct PacketRing {
+    /// Each datagram after `PREFIX` bytes; a bundle's header fills them.
     bytes: VecDeque<u8>,
-    lens: VecDeque<u16>,
+    /// Per datagram: its length as sent, and whether it is a sync BUNDLE (see
+    /// [`PacketRing::push_bundled`]; it then starts at its prefix, else after it).
+    lens: VecDeque<(u16, bool)>,
+    /// Bytes of the queued datagrams as sent (what `max_bytes` bounds).
+    queued: usize,
     max_items: usize,
     max_bytes: usize,
-    /// The newest datagram is a sync BUNDLE (see [`PacketRing::push_bundled`]).
-    tail_bundle: bool,
-    /// Scratch for turning the newest datagram into a BUNDLE (grown once).
-    scratch: Vec<u8>,
 }
 
 impl PacketRing {
@@ -197,10 +202,9 @@ impl PacketRing {
         PacketRing {
             bytes: VecDeque::new(),
             lens: VecDeque::new(),
+            queued: 0,
             max_items: max_items.max(1),
             max_bytes: max_bytes.max(u16::MAX as usize),
-            tail_bundle: false,
-            scratch: Vec::new(),
         }
     }
 
@@ -213,25 +217,35 @@ impl PacketRing {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.lens.clear();
-        self.tail_bundle = false;
+        self.queued = 0;
     }
 
     /// Append `d` (at most 65,535 bytes; longer is refused). Returns how many old datagrams
     /// were dropped to make room.
     pub fn push(&mut self, d: &[u8]) -> usize {
-        if d.len() > u16::MAX as usize {
+        self.push_parts(&[d])
+    }
+
+    /// Append the datagram made of `parts` back to back (gathered here: the caller needs no
+    /// buffer to assemble it in). As [`PacketRing::push`] otherwise.
+    pub fn push_parts(&mut self, parts: &[&[u8]]) -> usize {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > u16::MAX as usize {
             return 0;
         }
         let mut dropped = 0;
         while !self.lens.is_empty()
-            && (self.lens.len() >= self.max_items || self.bytes.len() + d.len() > self.max_bytes)
+            && (self.lens.len() >= self.max_items || self.queued + len > self.max_bytes)
         {
             self.pop_front();
             dropped += 1;
         }
-        self.bytes.extend(d);
-        self.lens.push_back(d.len() as u16);
-        self.tail_bundle = false;
+        self.bytes.extend([0u8; PREFIX]);
+        for p in parts {
+            self.bytes.extend(*p);
+        }
+        self.lens.push_back((len as u16, false));
+        self.queued += len;
         dropped
     }
 
@@ -239,7 +253,7 @@ impl PacketRing {
     /// (0 when the ring is empty: the message would start a datagram of its own).
     pub fn tail_room(&self, max: usize) -> usize {
         match self.lens.back() {
-            Some(&t) => max.saturating_sub(proto::bundled_len(t as usize, self.tail_bundle, 0)),
+            Some(&(t, b)) => max.saturating_sub(proto::bundled_len(t as usize, b, 0)),
             None => 0,
         }
     }
@@ -247,9 +261,10 @@ impl PacketRing {
     /// Length of the newest datagram with a message of `m` bytes bundled into it, if that
     /// stays within `max` (and the ring's byte bound).
     fn joined_len(&self, m: usize, max: usize) -> Option<usize> {
-        let t = *self.lens.back()? as usize;
-        let len = proto::bundled_len(t, self.tail_bundle, m);
-        (len <= max && len <= u16::MAX as usize && self.bytes.len() + len - t <= self.max_bytes)
+        let (t, b) = *self.lens.back()?;
+        let t = t as usize;
+        let len = proto::bundled_len(t, b, m);
+        (len <= max && len <= u16::MAX as usize && self.queued + len - t <= self.max_bytes)
             .then_some(len)
     }
 
@@ -257,7 +272,7 @@ impl PacketRing {
     /// [`PacketRing::push_bundled`]: itself, plus the BUNDLE framing when it joins a datagram.
     pub fn bundled_cost(&self, m: usize, max: usize) -> usize {
         match self.joined_len(m, max) {
-            Some(len) => len - *self.lens.back().expect("joinable") as usize,
+            Some(len) => len - self.lens.back().expect("joinable").0 as usize,
             None => m,
         }
     }
@@ -267,51 +282,66 @@ impl PacketRing {
     /// else as a datagram of its own. Only what is still queued is joined, so nothing
     /// waits for company: the queue is drained every round.
     pub fn push_bundled(&mut self, m: &[u8], max: usize) -> usize {
-        let Some(len) = self.joined_len(m.len(), max) else {
-            return self.push(m);
+        self.push_bundled_parts(&[m], max)
+    }
+
+    /// [`PacketRing::push_bundled`] for the message made of `parts` back to back (a header
+    /// and a borrowed body: written into the ring directly, not assembled first).
+    pub fn push_bundled_parts(&mut self, parts: &[&[u8]], max: usize) -> usize {
+        let m: usize = parts.iter().map(|p| p.len()).sum();
+        let Some(len) = self.joined_len(m, max) else {
+            return self.push_parts(parts);
         };
-        let t = *self.lens.back().expect("joinable") as usize;
-        if !self.tail_bundle {
-            // Re-frame the newest datagram as the first part of a BUNDLE.
-            let start = self.bytes.len() - t;
-            self.scratch.clear();
-            self.scratch.extend(self.bytes.range(start..));
-            self.bytes.truncate(start);
-            self.bytes
-                .extend([proto::msg_type::BUNDLE, proto::SYNC_VERSION]);
-            self.bytes.extend((t as u16).to_be_bytes());
-            self.bytes.extend(&self.scratch);
-            self.tail_bundle = true;
+        let (t, bundled) = *self.lens.back().expect("joinable");
+        if !bundled {
+            // The newest datagram becomes the first part of a BUNDLE: its header and length
+            // prefix go into the bytes kept free in front of it.
+            let start = self.bytes.len() - t as usize - PREFIX;
+            let [hi, lo] = t.to_be_bytes();
+            for (i, b) in [proto::msg_type::BUNDLE, proto::SYNC_VERSION, hi, lo]
+                .into_iter()
+                .enumerate()
+            {
+                self.bytes[start + i] = b;
+            }
         }
-        self.bytes.extend((m.len() as u16).to_be_bytes());
-        self.bytes.extend(m);
-        *self.lens.back_mut().expect("non-empty") = len as u16;
+        self.bytes.extend((m as u16).to_be_bytes());
+        for p in parts {
+            self.bytes.extend(*p);
+        }
+        *self.lens.back_mut().expect("non-empty") = (len as u16, true);
+        self.queued += len - t as usize;
         0
     }
 
     /// Length of the oldest datagram.
     pub fn front_len(&self) -> Option<usize> {
-        self.lens.front().map(|&l| l as usize)
+        self.lens.front().map(|&(l, _)| l as usize)
     }
 
     /// Drop the oldest datagram.
     pub fn pop_front(&mut self) {
-        if let Some(l) = self.lens.pop_front() {
-            self.bytes.drain(..l as usize);
-        }
-        if self.lens.is_empty() {
-            self.tail_bundle = false;
+        if let Some((l, b)) = self.lens.pop_front() {
+            let stored = l as usize + if b { 0 } else { PREFIX };
+            self.bytes.drain(..stored);
+            self.queued -= l as usize;
         }
     }
 
     /// Move the oldest datagram into `out`; `None` if empty or `out` is too small (then
     /// the datagram stays).
     pub fn pop_into(&mut self, out: &mut [u8]) -> Option<usize> {
-        let n = self.front_len()?;
+        let (n, bundle) = *self.lens.front()?;
+        let n = n as usize;
         if n > out.len() {
             return None;
         }
+        let skip = if bundle { 0 } else { PREFIX };
         let (a, b) = self.bytes.as_slices();
+        let (a, b) = match a.get(skip..) {
+            Some(a) => (a, b),
+            None => (&[][..], &b[skip - a.len()..]),
+        };
         let k = n.min(a.len());
         out[..k].copy_from_slice(&a[..k]);
         out[k..n].copy_from_slice(&b[..n - k]);

@@ -322,16 +322,22 @@ pub(super) fn send_data(
         } else {
             whole.min(left)
         };
-        let m = SyncMsg::Data {
+        // The header alone (a DATA message is its header and the chunk verbatim); the chunk
+        // goes from the captured packet straight into the ring, not through a buffer.
+        let head = SyncMsg::Data {
             epoch: p.epoch,
             seq,
             clock,
             dialect,
             offset: off as u16,
             total_len: pkt.len() as u16,
-            chunk: &pkt[off..off + n],
+            chunk: &[],
         };
-        p.send(cfg, &m);
+        let mut hdr = [0u8; proto::DATA_HDR];
+        if head.encode(&mut hdr).is_ok() {
+            p.out
+                .push_bundled_parts(&[&hdr, &pkt[off..off + n]], cfg.max_datagram);
+        }
         off += n;
     }
     p.stats.tx_data += 1;

@@ -1169,6 +1169,51 @@ mod tests {
         }
     }
 
+    /// `send_data` queues a DATA message as its header (encoded with an empty chunk) and
+    /// the chunk, gathered by the ring: the same bytes as the whole message encoded, alone
+    /// and joined to a bundle.
+    #[test]
+    fn data_header_and_chunk_gather_to_the_message() {
+        use crate::sync::link::PacketRing;
+        let chunk: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        fn data(chunk: &[u8]) -> SyncMsg<'_> {
+            SyncMsg::Data {
+                epoch: 3,
+                seq: 4,
+                clock: 5,
+                dialect: Dialect::OpenbsdV6,
+                offset: 6,
+                total_len: 900,
+                chunk,
+            }
+        }
+        let mut whole = [0u8; 400];
+        let n = data(&chunk).encode(&mut whole).unwrap();
+        let mut hdr = [0u8; DATA_HDR];
+        assert_eq!(data(&[]).encode(&mut hdr), Ok(DATA_HDR));
+        let alive = SyncMsg::Alive {
+            epoch: 1,
+            next_seq: 2,
+        };
+        let mut x = [0u8; 64];
+        let na = alive.encode(&mut x).unwrap();
+        let (mut gathered, mut plain) = (PacketRing::new(8, 4096), PacketRing::new(8, 4096));
+        for ring in [&mut gathered, &mut plain] {
+            ring.push_bundled(&x[..na], 1400);
+        }
+        gathered.push_bundled_parts(&[&hdr, &chunk], 1400);
+        plain.push_bundled(&whole[..n], 1400);
+        gathered.push_parts(&[&hdr, &chunk]);
+        plain.push(&whole[..n]);
+        let (mut a, mut b) = ([0u8; 1400], [0u8; 1400]);
+        for _ in 0..2 {
+            let la = gathered.pop_into(&mut a).unwrap();
+            assert_eq!(Some(la), plain.pop_into(&mut b));
+            assert_eq!(a[..la], b[..la]);
+        }
+        assert!(gathered.is_empty());
+    }
+
     #[test]
     fn bundles_split_strictly() {
         use crate::sync::link::PacketRing;
