@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::link::PacketRing;
 use crate::table::digest::mix64;
 use crate::wire::{translate, Dialect, Message, PacketWriter};
 
@@ -23,7 +22,15 @@ pub struct InjectStats {
 pub struct Injector {
     dialect: Dialect,
     mtu: usize,
-    queue: PacketRing,
+    /// Packets in order, each in a buffer of its own: a reassembled packet's buffer is
+    /// queued as it is (no copy); buffers go back to `spare` once injected.
+    queue: VecDeque<Vec<u8>>,
+    queued_bytes: usize,
+    max_items: usize,
+    max_bytes: usize,
+    /// Empty buffers for the next queued packets and for DATA reassembly (no allocation
+    /// per packet once warm). Never more buffers than the most ever in use at once.
+    pub(super) spare: Vec<Vec<u8>>,
     echo: VecDeque<(u64, Instant)>,
     buf: Vec<u8>,
     pub stats: InjectStats,
@@ -53,7 +60,11 @@ impl Injector {
         Injector {
             dialect,
             mtu,
-            queue: PacketRing::new(max, max.saturating_mul(mtu)),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            max_items: max.max(1),
+            max_bytes: max.saturating_mul(mtu).max(u16::MAX as usize),
+            spare: Vec::new(),
             echo: VecDeque::new(),
             buf: vec![0; mtu],
             stats: InjectStats::default(),
@@ -67,9 +78,45 @@ impl Injector {
         self.queue.is_empty()
     }
 
+    /// An empty buffer from the spare ones (allocated only when none is left).
+    pub(super) fn take_buf(&mut self) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// A buffer no longer needed, kept for reuse.
+    pub(super) fn give_buf(&mut self, b: Vec<u8>) {
+        if self.spare.len() < self.max_items {
+            self.spare.push(b);
+        }
+    }
+
     /// Queue bytes for injection, unchanged.
     pub fn push_raw(&mut self, bytes: &[u8], now: Instant) {
-        self.stats.dropped += self.queue.push(bytes) as u64;
+        if bytes.len() > u16::MAX as usize {
+            return;
+        }
+        let mut b = self.take_buf();
+        b.reserve(bytes.len().max(self.mtu));
+        b.extend_from_slice(bytes);
+        self.push_owned(b, now);
+    }
+
+    /// Queue the packet in `b` for injection, unchanged, keeping the buffer (a reassembled
+    /// packet is not copied again).
+    pub(super) fn push_owned(&mut self, b: Vec<u8>, now: Instant) {
+        if b.len() > u16::MAX as usize {
+            self.give_buf(b);
+            return;
+        }
+        // Beyond the bounds the oldest packets go.
+        while !self.queue.is_empty()
+            && (self.queue.len() >= self.max_items || self.queued_bytes + b.len() > self.max_bytes)
+        {
+            self.drop_front();
+            self.stats.dropped += 1;
+        }
         while self
             .echo
             .front()
@@ -78,7 +125,16 @@ impl Injector {
         {
             self.echo.pop_front();
         }
-        self.echo.push_back((packet_hash(bytes), now));
+        self.echo.push_back((packet_hash(&b), now));
+        self.queued_bytes += b.len();
+        self.queue.push_back(b);
+    }
+
+    fn drop_front(&mut self) {
+        if let Some(b) = self.queue.pop_front() {
+            self.queued_bytes -= b.len();
+            self.give_buf(b);
+        }
     }
 
     /// Is this captured packet the echo of something we injected?
@@ -144,14 +200,15 @@ impl Injector {
     }
 
     pub fn pop(&mut self, out: &mut [u8]) -> Option<usize> {
-        let n = self.queue.front_len()?;
+        let n = self.queue.front()?.len();
         if n > out.len() {
             // Caller's buffer is too small for this packet: drop it rather than stall.
-            self.queue.pop_front();
+            self.drop_front();
             self.stats.dropped += 1;
             return None;
         }
-        let n = self.queue.pop_into(out)?;
+        out[..n].copy_from_slice(self.queue.front()?);
+        self.drop_front();
         self.stats.packets += 1;
         self.stats.bytes += n as u64;
         Some(n)

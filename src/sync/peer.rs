@@ -90,8 +90,6 @@ pub(super) struct Peer {
     pub(super) rx_unacked: u32,
     pub(super) ack_due: Option<Instant>,
     pub(super) partials: VecDeque<Partial>,
-    /// Buffers of completed partials, reused for the next ones (no allocation per packet).
-    pub(super) spare_bufs: Vec<Vec<u8>>,
     pub(super) last_rx: Instant,
     // anti-entropy
     pub(super) resync: bool,
@@ -154,7 +152,6 @@ impl Peer {
             rx_unacked: 0,
             ack_due: None,
             partials: VecDeque::new(),
-            spare_bufs: Vec::new(),
             last_rx: now,
             resync: false,
             summary_due: None,
@@ -251,7 +248,8 @@ pub(super) struct Complete<'a> {
     pub(super) dialect: Dialect,
     pub(super) clock: u64,
     /// A single fragment is borrowed from the datagram; a reassembled packet owns the
-    /// partial's buffer, which goes back to the peer's spare list after use.
+    /// partial's buffer (taken from the injector's spare ones): queued for injection as it
+    /// is, or given back.
     pub(super) bytes: std::borrow::Cow<'a, [u8]>,
 }
 
@@ -343,8 +341,12 @@ pub(super) fn send_data(
     p.stats.tx_data += 1;
 }
 
+/// The packet `chunk` completes, if any: borrowed when it is the whole packet, else
+/// reassembled in a buffer taken from `spare`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn reassemble<'a>(
     p: &mut Peer,
+    spare: &mut Injector,
     seq: u32,
     dialect: Dialect,
     clock: u64,
@@ -373,13 +375,10 @@ pub(super) fn reassemble<'a>(
                 clock,
                 ranges: [(0, 0); MAX_PIECES],
                 nranges: 0,
-                buf: match p.spare_bufs.pop() {
-                    Some(mut b) => {
-                        b.clear();
-                        b.resize(total, 0);
-                        b
-                    }
-                    None => vec![0; total],
+                buf: {
+                    let mut b = spare.take_buf();
+                    b.resize(total, 0);
+                    b
                 },
             });
             p.partials.len() - 1
@@ -623,16 +622,15 @@ mod tests {
     /// Feed `pieces` of `pkt` through a fresh peer's reassembly; the packet once complete
     /// (it must complete on the last piece that adds bytes, and not before).
     fn reassemble_pieces(pieces: &[(usize, usize)], pkt: &[u8]) -> Option<Vec<u8>> {
-        let mut p = Peer::new(
-            &ReplicaConfig::new(1, Dialect::OpenbsdV6),
-            64,
-            Instant::now(),
-        );
+        let cfg = ReplicaConfig::new(1, Dialect::OpenbsdV6);
+        let mut p = Peer::new(&cfg, 64, Instant::now());
+        let mut spare = Injector::new(cfg.local_dialect, cfg.local_mtu, 4);
         let mut done = None;
         let mut seen = vec![false; pkt.len()];
         for &(a, b) in pieces {
             let c = reassemble(
                 &mut p,
+                &mut spare,
                 7,
                 Dialect::OpenbsdV6,
                 1,

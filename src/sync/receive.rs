@@ -5,8 +5,10 @@
 //! `apply_records` apply a peer's relayed packets and repair records to the mirror and queue
 //! what the local firewall must learn for injection.
 
+use std::borrow::Cow;
+
 use super::antientropy::{send_ranges, FANOUT};
-use super::peer::{reassemble, unknown_epoch, Complete, MAX_PARTIALS};
+use super::peer::{reassemble, unknown_epoch, Complete};
 use super::*;
 
 impl Replica {
@@ -173,21 +175,19 @@ impl Replica {
                     p.stats.duplicates += 1;
                     return Ok(());
                 }
-                let Some(c) = reassemble(p, seq, dialect, clock, offset, total_len, chunk) else {
+                let spare = &mut self.injector;
+                let Some(c) = reassemble(p, spare, seq, dialect, clock, offset, total_len, chunk)
+                else {
                     return Ok(());
                 };
                 if !p.rx_accept(&self.cfg, c.seq, now) {
+                    if let std::borrow::Cow::Owned(b) = c.bytes {
+                        self.injector.give_buf(b);
+                    }
                     return Ok(());
                 }
                 p.stats.rx_data += 1;
-                let r = self.apply_data(peer, &c, now);
-                if let std::borrow::Cow::Owned(b) = c.bytes {
-                    let p = self.peers.get_mut(&peer).unwrap();
-                    if p.spare_bufs.len() < MAX_PARTIALS {
-                        p.spare_bufs.push(b);
-                    }
-                }
-                r?;
+                self.apply_data(peer, c, now)?;
             }
             SyncMsg::Records {
                 epoch,
@@ -359,21 +359,44 @@ impl Replica {
         Ok(())
     }
 
+    /// Apply a peer's relayed packet; a reassembled packet's buffer is queued for
+    /// injection as it is, or given back to the injector's spare buffers.
     pub(super) fn apply_data(
         &mut self,
         peer: PeerId,
-        c: &Complete,
+        c: Complete,
         now: Instant,
     ) -> Result<(), SyncError> {
-        let pkt = match Packet::new_checked(&c.bytes[..], c.dialect) {
+        let r = self.apply_data_inner(peer, &c.bytes, c.dialect, c.clock, now);
+        let verbatim = matches!(r, Ok(true));
+        match c.bytes {
+            Cow::Borrowed(b) if verbatim => self.injector.push_raw(b, now),
+            Cow::Owned(b) if verbatim => self.injector.push_owned(b, now),
+            Cow::Owned(b) => self.injector.give_buf(b),
+            Cow::Borrowed(_) => {}
+        }
+        r.map(drop)
+    }
+
+    /// [`Replica::apply_data`] but for the verbatim injection, which it asks for with
+    /// `Ok(true)`.
+    fn apply_data_inner(
+        &mut self,
+        peer: PeerId,
+        bytes: &[u8],
+        dialect: Dialect,
+        clock: u64,
+        now: Instant,
+    ) -> Result<bool, SyncError> {
+        let pkt = match Packet::new_checked(bytes, dialect) {
             Ok(p) => p,
             Err(e) => {
                 self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
                 return Err(e.into());
             }
         };
-        self.clock = self.clock.max(c.clock);
-        let v = Version::new(c.clock, self.peers[&peer].node);
+        self.clock = self.clock.max(clock);
+        let v = Version::new(clock, self.peers[&peer].node);
         let mut clean = true;
         let mut incomplete = false;
         self.scratch_fates.clear();
@@ -420,11 +443,11 @@ impl Replica {
                 _ => Fate::Keep,
             });
         }
-        if clean && c.dialect == self.cfg.local_dialect {
+        if clean && dialect == self.cfg.local_dialect {
             self.stats.data_verbatim += 1;
-            self.injector.push_raw(&c.bytes, now);
+            return Ok(true);
         } else {
-            if incomplete || c.dialect != self.cfg.local_dialect {
+            if incomplete || dialect != self.cfg.local_dialect {
                 self.stats.data_reencoded += 1;
             } else {
                 self.stats.data_corrected += 1;
@@ -442,9 +465,9 @@ impl Replica {
                         Fate::Skip => None,
                         Fate::Keep => Some(m),
                     });
-            self.injector.encode(msgs, Some(c.dialect), now);
+            self.injector.encode(msgs, Some(dialect), now);
         }
-        Ok(())
+        Ok(false)
     }
 
     pub(super) fn apply_records(&mut self, peer: PeerId, body: &[u8], count: u16, now: Instant) {
