@@ -113,17 +113,20 @@ fn id_at(b: &[u8], id: usize, creator: usize) -> StateId {
 }
 
 /// Decode one body (`b` holds at least `body_len` bytes). `None` for bodiless kinds.
+///
+/// Each arm builds its `Some(..)` itself: wrapping the result of the whole `match` moved
+/// the full-size enum (a state's size, for a 48-byte `UPD_C` too) through a temporary.
 #[inline]
 pub(crate) fn read(d: Dialect, kind: Kind, b: &[u8]) -> Option<Message> {
-    Some(match kind {
-        Kind::Clr => Message::Clr {
+    match kind {
+        Kind::Clr => Some(Message::Clr {
             ifname: bytes(b, clr::IFNAME),
             creator: be32(b, clr::CREATORID),
-        },
-        Kind::InsAck => Message::InsAck(id_at(b, id_msg::ID, id_msg::CREATORID)),
-        Kind::UpdReq => Message::UpdReq(id_at(b, id_msg::ID, id_msg::CREATORID)),
-        Kind::DelC => Message::DelC(id_at(b, id_msg::ID, id_msg::CREATORID)),
-        Kind::UpdC => Message::UpdC(UpdCRepr {
+        }),
+        Kind::InsAck => Some(Message::InsAck(id_at(b, id_msg::ID, id_msg::CREATORID))),
+        Kind::UpdReq => Some(Message::UpdReq(id_at(b, id_msg::ID, id_msg::CREATORID))),
+        Kind::DelC => Some(Message::DelC(id_at(b, id_msg::ID, id_msg::CREATORID))),
+        Kind::UpdC => Some(Message::UpdC(UpdCRepr {
             id: id_at(b, upd_c::ID, upd_c::CREATORID),
             src: PeerRepr::read(b, upd_c::SRC),
             dst: PeerRepr::read(b, upd_c::DST),
@@ -134,15 +137,15 @@ pub(crate) fn read(d: Dialect, kind: Kind, b: &[u8]) -> Option<Message> {
             } else {
                 u8_at(b, upd_c::FLAGS)
             },
-        }),
-        Kind::Bus => Message::Bus {
+        })),
+        Kind::Bus => Some(Message::Bus {
             creator: be32(b, bus::CREATORID),
             endtime: be32(b, bus::ENDTIME),
             status: BusStatus::from_wire(u8_at(b, bus::STATUS)),
-        },
+        }),
         Kind::Tdb => {
             let l = tdb_layout(d);
-            Message::Tdb(TdbRepr {
+            Some(Message::Tdb(TdbRepr {
                 spi: be32(b, tdb::SPI),
                 dst: bytes(b, tdb::DST),
                 rpl: if l.rpl64 {
@@ -154,13 +157,13 @@ pub(crate) fn read(d: Dialect, kind: Kind, b: &[u8]) -> Option<Message> {
                 sproto: u8_at(b, l.sproto),
                 updates: u8_at(b, l.updates),
                 rdomain: l.rdomain.map_or(0, |o| be16(b, o)),
-            })
+            }))
         }
-        Kind::Ins => Message::Ins(state::read(d, b)),
-        Kind::Upd => Message::Upd(state::read(d, b)),
-        Kind::Del => Message::Del(state::read(d, b)),
-        Kind::Eof | Kind::Ignore => return None,
-    })
+        Kind::Ins => Some(Message::Ins(state::read(d, b))),
+        Kind::Upd => Some(Message::Upd(state::read(d, b))),
+        Kind::Del => Some(Message::Del(state::read(d, b))),
+        Kind::Eof | Kind::Ignore => None,
+    }
 }
 
 /// Receive checks for one body starting at packet offset `base`.
