@@ -200,10 +200,13 @@ impl Replica {
         let mut bulk = false;
         let mut replies: Vec<Message> = Vec::new();
         let mut sweep_done = false;
-        for msg in p.messages() {
+        // Each message is used where the iterator wrote it (borrowed from the `Option`, not
+        // moved out of it: a move copies the whole enum, a state's size).
+        let mut msgs = p.messages();
+        while let Some(msg) = &msgs.next() {
             let own = match msg {
                 Message::Ins(s) => Some(s.id.creator),
-                Message::Bus { creator, .. } => Some(creator),
+                Message::Bus { creator, .. } => Some(*creator),
                 _ => None,
             };
             if let Some(c) = own {
@@ -220,7 +223,7 @@ impl Replica {
                 } => {
                     self.sweep_wanted = false;
                     self.sweep = Some(Sweep {
-                        creator,
+                        creator: *creator,
                         seen: IdMap::default(),
                         start_clock: self.clock,
                     })
@@ -229,7 +232,7 @@ impl Replica {
                     creator,
                     status: BusStatus::End,
                     ..
-                } => sweep_done |= self.sweep.as_ref().is_some_and(|s| s.creator == creator),
+                } => sweep_done |= self.sweep.as_ref().is_some_and(|s| s.creator == *creator),
                 Message::Ins(s) | Message::Upd(s) => {
                     if let Some(sw) = &mut self.sweep {
                         sw.seen.insert(s.id, ());
@@ -248,7 +251,7 @@ impl Replica {
             };
             let a = self
                 .table
-                .apply_versioned(&msg, now, self.local_version(&msg, v));
+                .apply_versioned(msg, now, self.local_version(msg, v));
             if in_sweep {
                 let id = msg.state_id().expect("ins/upd have ids");
                 if self.table.get(id).map(|e| e.hash()) != before {
@@ -263,7 +266,7 @@ impl Replica {
                 }
                 continue;
             }
-            match (&msg, a) {
+            match (msg, a) {
                 (Message::UpdReq(_), Applied::BulkRequested) => bulk = true,
                 (Message::UpdReq(_), Applied::Reply(m)) => replies.push(m),
                 (Message::UpdReq(_), _) => forward = true, // a peer's firewall may have it
@@ -291,8 +294,8 @@ impl Replica {
             }
             match msg {
                 Message::Clr { ifname, creator } => self.scratch_refs.push(StateRef::Clear {
-                    creator,
-                    ifname,
+                    creator: *creator,
+                    ifname: *ifname,
                     version: v,
                 }),
                 Message::Ins(_)

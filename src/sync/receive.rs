@@ -400,9 +400,12 @@ impl Replica {
         let mut clean = true;
         let mut incomplete = false;
         self.scratch_fates.clear();
-        for msg in pkt.messages() {
+        // Borrowed where the iterator wrote it: moving it out of the `Option` copies the
+        // whole enum (a state's size) per message.
+        let mut msgs = pkt.messages();
+        while let Some(msg) = &msgs.next() {
             // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.
-            if !self.admit(peer, &msg, matches!(msg, Message::Ins(_)), now) {
+            if !self.admit(peer, msg, matches!(msg, Message::Ins(_)), now) {
                 clean = false;
                 self.scratch_fates.push(Fate::Skip);
                 continue;
@@ -413,7 +416,7 @@ impl Replica {
                 Some(id) if self.local_creators.contains(&id.creator) => Version::ZERO,
                 _ => v,
             };
-            let a = self.table.apply_versioned(&msg, now, vm);
+            let a = self.table.apply_versioned(msg, now, vm);
             let p = self.peers.get_mut(&peer).unwrap();
             match a {
                 Applied::Stale(id) | Applied::Older(id) => {
