@@ -85,9 +85,10 @@ impl Injector {
         b
     }
 
-    /// A buffer no longer needed, kept for reuse.
+    /// A buffer no longer needed, kept for reuse. One grown beyond two local packets (a
+    /// peer's oversized DATA) is freed, so the spares stay within `max_items` × 2 × mtu.
     pub(super) fn give_buf(&mut self, b: Vec<u8>) {
-        if self.spare.len() < self.max_items {
+        if self.spare.len() < self.max_items && b.capacity() <= 2 * self.mtu {
             self.spare.push(b);
         }
     }
