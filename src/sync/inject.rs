@@ -215,3 +215,24 @@ impl Injector {
         Some(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_buffers_are_bounded_in_count_and_size() {
+        let mut inj = Injector::new(Dialect::OpenbsdV6, 1500, 2);
+        // A peer's oversized packet grew this buffer: it is not kept.
+        inj.give_buf(Vec::with_capacity(60_000));
+        assert!(inj.spare.is_empty());
+        for _ in 0..5 {
+            inj.give_buf(Vec::with_capacity(1500));
+        }
+        assert_eq!(inj.spare.len(), 2);
+        // Reuse: the next buffer comes from the spares, emptied.
+        let b = inj.take_buf();
+        assert!(b.is_empty() && b.capacity() >= 1500);
+        assert_eq!(inj.spare.len(), 1);
+    }
+}
