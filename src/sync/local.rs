@@ -200,9 +200,13 @@ impl Replica {
         let mut bulk = false;
         let mut replies: Vec<Message> = Vec::new();
         let mut sweep_done = false;
-        for msg in p.messages() {
-            let own = match msg {
-                Message::Ins(s) => Some(s.id.creator),
+        // Each message is used where the iterator put it (a `Message` is large: moving it
+        // out, as `for` does, costs a copy of its largest variant).
+        let mut msgs = p.messages();
+        #[allow(clippy::while_let_on_iterator)]
+        while let Some(ref msg) = msgs.next() {
+            let own = match *msg {
+                Message::Ins(ref s) => Some(s.id.creator),
                 Message::Bus { creator, .. } => Some(creator),
                 _ => None,
             };
@@ -212,7 +216,7 @@ impl Replica {
                     self.unpin_local(c);
                 }
             }
-            match msg {
+            match *msg {
                 Message::Bus {
                     creator,
                     status: BusStatus::Start,
@@ -230,7 +234,7 @@ impl Replica {
                     status: BusStatus::End,
                     ..
                 } => sweep_done |= self.sweep.as_ref().is_some_and(|s| s.creator == creator),
-                Message::Ins(s) | Message::Upd(s) => {
+                Message::Ins(ref s) | Message::Upd(ref s) => {
                     if let Some(sw) = &mut self.sweep {
                         sw.seen.insert(s.id, ());
                     }
@@ -240,18 +244,12 @@ impl Replica {
             // Inside the firewall's dump, only what changes the mirror travels on, and as
             // repairs: re-broadcasting the whole dump would bury the peers' firewalls.
             let in_sweep = self.sweep.is_some() && matches!(msg, Message::Ins(_) | Message::Upd(_));
-            let before = if in_sweep {
-                msg.state_id()
-                    .and_then(|id| self.table.get(id).map(|e| e.hash()))
-            } else {
-                None
-            };
             let a = self
                 .table
-                .apply_versioned(&msg, now, self.local_version(&msg, v));
+                .apply_versioned(msg, now, self.local_version(msg, v));
             if in_sweep {
                 let id = msg.state_id().expect("ins/upd have ids");
-                if self.table.get(id).map(|e| e.hash()) != before {
+                if self.table.last_change().changed {
                     for p in self.peers.values_mut() {
                         p.mark_dirty(StateRef::State(id));
                     }
@@ -263,7 +261,7 @@ impl Replica {
                 }
                 continue;
             }
-            match (&msg, a) {
+            match (msg, a) {
                 (Message::UpdReq(_), Applied::BulkRequested) => bulk = true,
                 (Message::UpdReq(_), Applied::Reply(m)) => replies.push(m),
                 (Message::UpdReq(_), _) => forward = true, // a peer's firewall may have it
@@ -289,7 +287,7 @@ impl Replica {
                 }
                 _ => forward = true,
             }
-            match msg {
+            match *msg {
                 Message::Clr { ifname, creator } => self.scratch_refs.push(StateRef::Clear {
                     creator,
                     ifname,
