@@ -958,6 +958,7 @@ impl StateTable {
 /// non-stale peer. Versioned: also never backwards, and between equally advanced copies the
 /// higher version wins. Returns (stale peers, anything changed, incoming counts as newer for
 /// the non-peer fields).
+#[inline(always)]
 fn merge_into(
     e: &mut Hot,
     src: &PeerRepr,
