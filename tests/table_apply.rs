@@ -828,3 +828,43 @@ fn compaction_keeps_survivors() {
     }
     assert_eq!(t.digest(), t.recompute_digest());
 }
+
+// ---- what an apply did, without looking it up ----------------------------------------------
+
+proptest! {
+    /// `last_change` says what comparing the entry's hash before and after the apply says
+    /// (the lookups the sync layer used to make around every record).
+    #[test]
+    fn last_change_matches_lookups(
+        ops in proptest::collection::vec(
+            (0..6u8, 0..12u64, 0..4u32, 0..3u8, proptest::option::of((0..4u64, 0..3u32))),
+            0..150,
+        ),
+    ) {
+        let now = t0();
+        let mut t = StateTable::new(TableConfig { leaves_log2: 3, ..Default::default() });
+        for (kind, i, seq, state, v) in ops {
+            let mut s = st(i, 1 + (i % 2) as u32, if i % 3 == 0 { UDP } else { TCP });
+            s.src = peer(3 + state, 1000 + seq);
+            s.dst.seqlo = 5000 + seq;
+            s.timeout = 2 + state;
+            let m = match kind {
+                0 => Message::Ins(s),
+                1 => Message::Upd(s),
+                2 | 3 => Message::UpdC(upd_c(&s)),
+                4 => Message::DelC(s.id),
+                _ => Message::Del(s),
+            };
+            let before = t.get(s.id).map(|e| e.hash());
+            match v {
+                Some((clock, node)) => t.apply_versioned(&m, now, Version::new(clock, node)),
+                None => t.apply(&m, now),
+            };
+            let after = t.get(s.id).map(|e| e.hash());
+            let c = t.last_change();
+            prop_assert_eq!(c.held, before.is_some(), "{:?}", m);
+            prop_assert_eq!(c.changed, before != after, "{:?}", m);
+        }
+        prop_assert_eq!(t.digest(), t.recompute_digest());
+    }
+}

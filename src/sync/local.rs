@@ -200,13 +200,14 @@ impl Replica {
         let mut bulk = false;
         let mut replies: Vec<Message> = Vec::new();
         let mut sweep_done = false;
-        // Each message is used where the iterator wrote it (borrowed from the `Option`, not
-        // moved out of it: a move copies the whole enum, a state's size).
+        // Each message is used where the iterator put it (a `Message` is large: moving it
+        // out, as `for` does, costs a copy of its largest variant).
         let mut msgs = p.messages();
-        while let Some(msg) = &msgs.next() {
-            let own = match msg {
-                Message::Ins(s) => Some(s.id.creator),
-                Message::Bus { creator, .. } => Some(*creator),
+        #[allow(clippy::while_let_on_iterator)]
+        while let Some(ref msg) = msgs.next() {
+            let own = match *msg {
+                Message::Ins(ref s) => Some(s.id.creator),
+                Message::Bus { creator, .. } => Some(creator),
                 _ => None,
             };
             if let Some(c) = own {
@@ -215,7 +216,7 @@ impl Replica {
                     self.unpin_local(c);
                 }
             }
-            match msg {
+            match *msg {
                 Message::Bus {
                     creator,
                     status: BusStatus::Start,
@@ -223,7 +224,7 @@ impl Replica {
                 } => {
                     self.sweep_wanted = false;
                     self.sweep = Some(Sweep {
-                        creator: *creator,
+                        creator,
                         seen: IdMap::default(),
                         start_clock: self.clock,
                     })
@@ -232,8 +233,8 @@ impl Replica {
                     creator,
                     status: BusStatus::End,
                     ..
-                } => sweep_done |= self.sweep.as_ref().is_some_and(|s| s.creator == *creator),
-                Message::Ins(s) | Message::Upd(s) => {
+                } => sweep_done |= self.sweep.as_ref().is_some_and(|s| s.creator == creator),
+                Message::Ins(ref s) | Message::Upd(ref s) => {
                     if let Some(sw) = &mut self.sweep {
                         sw.seen.insert(s.id, ());
                     }
@@ -243,18 +244,12 @@ impl Replica {
             // Inside the firewall's dump, only what changes the mirror travels on, and as
             // repairs: re-broadcasting the whole dump would bury the peers' firewalls.
             let in_sweep = self.sweep.is_some() && matches!(msg, Message::Ins(_) | Message::Upd(_));
-            let before = if in_sweep {
-                msg.state_id()
-                    .and_then(|id| self.table.get(id).map(|e| e.hash()))
-            } else {
-                None
-            };
             let a = self
                 .table
                 .apply_versioned(msg, now, self.local_version(msg, v));
             if in_sweep {
                 let id = msg.state_id().expect("ins/upd have ids");
-                if self.table.get(id).map(|e| e.hash()) != before {
+                if self.table.last_change().changed {
                     for p in self.peers.values_mut() {
                         p.mark_dirty(StateRef::State(id));
                     }
@@ -292,10 +287,10 @@ impl Replica {
                 }
                 _ => forward = true,
             }
-            match msg {
+            match *msg {
                 Message::Clr { ifname, creator } => self.scratch_refs.push(StateRef::Clear {
-                    creator: *creator,
-                    ifname: *ifname,
+                    creator,
+                    ifname,
                     version: v,
                 }),
                 Message::Ins(_)

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use super::antientropy::{send_ranges, FANOUT};
 use super::peer::{reassemble, unknown_epoch, Complete};
 use super::*;
+use crate::table::Change;
 
 impl Replica {
     /// Plaintext from the tunnel.
@@ -400,10 +401,11 @@ impl Replica {
         let mut clean = true;
         let mut incomplete = false;
         self.scratch_fates.clear();
-        // Borrowed where the iterator wrote it: moving it out of the `Option` copies the
-        // whole enum (a state's size) per message.
+        // Each message is used where the iterator put it (a `Message` is large: moving it
+        // out, as `for` does, costs a copy of its largest variant).
         let mut msgs = pkt.messages();
-        while let Some(msg) = &msgs.next() {
+        #[allow(clippy::while_let_on_iterator)]
+        while let Some(ref msg) = msgs.next() {
             // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.
             if !self.admit(peer, msg, matches!(msg, Message::Ins(_)), now) {
                 clean = false;
@@ -417,10 +419,10 @@ impl Replica {
                 _ => v,
             };
             let a = self.table.apply_versioned(msg, now, vm);
-            let p = self.peers.get_mut(&peer).unwrap();
             match a {
                 Applied::Stale(id) | Applied::Older(id) => {
                     clean = false;
+                    let p = self.peers.get_mut(&peer).unwrap();
                     p.stats.stale_returned += 1;
                     p.mark_dirty(StateRef::State(id));
                 }
@@ -429,11 +431,11 @@ impl Replica {
                     // will be requested (a late INS could otherwise follow a newer UPD_C).
                     clean = false;
                     incomplete = true;
-                    p.state_reqs.push_back(id);
+                    self.peers.get_mut(&peer).unwrap().state_reqs.push_back(id);
                 }
                 Applied::Full(_) => {
                     clean = false;
-                    p.stats.states_refused += 1;
+                    self.peers.get_mut(&peer).unwrap().stats.states_refused += 1;
                     self.note_full(now);
                 }
                 _ => {}
@@ -512,9 +514,8 @@ impl Replica {
                 Record::State(v, s) => {
                     self.clock = self.clock.max(v.clock);
                     let id = s.id;
-                    let before = self.table.get(id).map(|e| e.hash());
                     let a = self.table.apply_versioned(&Message::Upd(s), now, v);
-                    let changed = self.table.get(id).map(|e| e.hash()) != before;
+                    let Change { held, changed } = self.table.last_change();
                     match a {
                         Applied::Stale(_) | Applied::Older(_) => {
                             p.stats.stale_returned += 1;
@@ -529,7 +530,7 @@ impl Replica {
                     // Our own firewall's state that the mirror did not hold: the firewall
                     // deleted it while we were not listening (or the sweep will find it in
                     // its next dump). Injecting it would resurrect it; the sweeps decide.
-                    let resurrects = before.is_none() && self.local_creators.contains(&id.creator);
+                    let resurrects = !held && self.local_creators.contains(&id.creator);
                     if changed && !resurrects {
                         out.extend(self.table.update_for(id, now));
                     }

@@ -103,11 +103,25 @@ pub enum Applied {
     Full(StateId),
 }
 
+/// What the last apply did to the entry of its message's state id (see
+/// [`StateTable::last_change`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    /// The table held the id before the apply.
+    pub held: bool,
+    /// The entry's synced content changed: inserted, removed, or its hash differs.
+    pub changed: bool,
+}
+
 /// The hot part of one state, fixed-size in the dense slab: what a compressed update reads
 /// and writes (id, peers, timeout, deadline, version, hash and hash prefix) and the place of
 /// the rest. Everything else is in the cold record at `cold` in the table's arena and its
-/// interned profile (see [`store`]). 128 bytes.
+/// interned profile (see [`store`]). 128 bytes, aligned to a cache line, so that a
+/// compressed update reads and writes exactly two lines (which the pair prefetchers fetch
+/// together); laid out in order: the first line holds what a lookup compares (id, creator)
+/// and the version and hashes, the second the peers.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 struct Hot {
     id: u64,
     clock: u64,
@@ -118,18 +132,18 @@ struct Hot {
     prefix: HashPrefix,
     /// Nanoseconds since the table's epoch.
     deadline: i64,
-    src: PeerRepr,
-    dst: PeerRepr,
     creator: u32,
     node: u32,
-    /// Position in its leaf's id list.
-    slot: u32,
+    src: PeerRepr,
+    dst: PeerRepr,
     /// Offset of the cold record in the arena.
     cold: u32,
     leaf: u16,
     proto: u8,
     timeout: u8,
 }
+
+const _: () = assert!(core::mem::size_of::<Hot>() == 128);
 
 impl Hot {
     #[inline]
@@ -231,7 +245,6 @@ struct Tomb {
 
 #[derive(Debug, Clone, Default)]
 struct Leaf {
-    digest: Digest,
     /// Slab positions of the leaf's states (4 bytes each, not 16 for the id).
     ids: Vec<u32>,
     tombs: Vec<StateId>,
@@ -281,6 +294,9 @@ pub struct StateTable {
     index: Index,
     /// The entries' hot parts, dense (removal swaps the last one in).
     slab: Vec<Hot>,
+    /// Per slab position, its place in its leaf's id list (kept out of [`Hot`]: only
+    /// insertion and removal use it).
+    leaf_slot: Vec<u32>,
     /// The entries' cold records (see [`store`]), in no particular order.
     arena: Vec<u8>,
     /// Bytes of `arena` no entry refers to any more (compacted away when over half).
@@ -297,9 +313,14 @@ pub struct StateTable {
     tombs: IdMap<Tomb>,
     tomb_order: VecDeque<StateId>,
     leaves: Vec<Leaf>,
+    /// The leaves' digests, dense (16 B each, 64 KiB at 4096 leaves): every update adds to
+    /// one, and a separate array keeps them in cache.
+    leaf_digests: Vec<Digest>,
     digest: Digest,
     stats: TableStats,
     last_bus: Option<(u32, BusStatus)>,
+    /// What the last apply did (see [`StateTable::last_change`]).
+    change: Change,
     /// States held per creator id (per-site caps are checked against it).
     per_creator: HashMap<u32, u32, BuildHasherDefault<IdHasher>>,
 }
@@ -323,6 +344,7 @@ impl StateTable {
             cfg,
             index: Index::new(),
             slab: Vec::new(),
+            leaf_slot: Vec::new(),
             arena: Vec::new(),
             garbage: 0,
             pool: Pool::default(),
@@ -332,9 +354,11 @@ impl StateTable {
             tombs: IdMap::default(),
             tomb_order: VecDeque::new(),
             leaves: vec![Leaf::default(); 1usize << cfg.leaves_log2],
+            leaf_digests: vec![Digest::ZERO; 1usize << cfg.leaves_log2],
             digest: Digest::ZERO,
             stats: TableStats::default(),
             last_bus: None,
+            change: Change::default(),
             per_creator: HashMap::default(),
         }
     }
@@ -482,7 +506,7 @@ impl StateTable {
         leaf_of(id, self.cfg.leaves_log2)
     }
     pub fn leaf_digest(&self, leaf: usize) -> Digest {
-        self.leaves[leaf].digest
+        self.leaf_digests[leaf]
     }
     pub fn leaf_len(&self, leaf: usize) -> usize {
         self.leaves[leaf].ids.len()
@@ -490,8 +514,9 @@ impl StateTable {
     /// Digest of leaves `first .. first + span` (a range digest; O(span)).
     pub fn range_digest(&self, first: usize, span: usize) -> Digest {
         let mut d = Digest::ZERO;
-        for l in &self.leaves[first.min(self.leaves.len())..(first + span).min(self.leaves.len())] {
-            d.add(l.digest.0);
+        let n = self.leaf_digests.len();
+        for l in &self.leaf_digests[first.min(n)..(first + span).min(n)] {
+            d.add(l.0);
         }
         d
     }
@@ -525,7 +550,17 @@ impl StateTable {
         self.apply_inner(msg, now, Some(v))
     }
 
+    /// What the last [`apply`](Self::apply)/[`apply_versioned`](Self::apply_versioned) of an
+    /// `INS`, `UPD`, `UPD_C`, `DEL` or `DEL_C` did to that state's entry: the same as
+    /// comparing `get(id).map(|e| e.hash())` before and after, without the two lookups.
+    /// Other messages leave it unchanged-and-not-held.
+    pub fn last_change(&self) -> Change {
+        self.change
+    }
+
+    #[inline]
     fn apply_inner(&mut self, msg: &Message, now: Instant, v: Option<Version>) -> Applied {
+        self.change = Change::default();
         match msg {
             Message::Ins(s) | Message::Upd(s) => self.upsert(s, now, v),
             Message::UpdC(u) => self.upd_c(u, now, v),
@@ -639,8 +674,10 @@ impl StateTable {
             }
             self.insert_new(s, now, v.unwrap_or(Version::ZERO));
             self.stats.inserts += 1;
+            self.change.changed = true;
             return Applied::Inserted(id);
         };
+        self.change.held = true;
         let now_ns = self.clock(now);
         let e = &mut self.slab[i];
         let (old_hash, old_timeout) = (e.hash(), e.timeout);
@@ -675,6 +712,7 @@ impl StateTable {
         let leaf = e.leaf as usize;
         let h = e.rehash();
         self.rehash(leaf, old_hash, h);
+        self.change.changed = h != old_hash;
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
             return Applied::Older(id);
@@ -692,6 +730,7 @@ impl StateTable {
             self.stats.need_update += 1;
             return Applied::NeedUpdate(id);
         };
+        self.change.held = true;
         let now_ns = self.clock(now);
         let e = &mut self.slab[i];
         let (old_hash, old_timeout) = (e.hash(), e.timeout);
@@ -708,14 +747,19 @@ impl StateTable {
         if let Some(v) = v {
             e.raise_version(v);
         }
-        if e.timeout != old_timeout {
+        let timeout_changed = e.timeout != old_timeout;
+        if timeout_changed {
             // The one synced non-peer field an update changes: the prefix absorbed it.
             self.refresh_prefix(i);
         }
-        let e = &mut self.slab[i];
-        let leaf = e.leaf as usize;
-        let h = e.rehash();
-        self.rehash(leaf, old_hash, h);
+        // Nothing synced changed (peers and timeout as they were): the hash is the same.
+        if changed || timeout_changed {
+            let e = &mut self.slab[i];
+            let leaf = e.leaf as usize;
+            let h = e.rehash();
+            self.rehash(leaf, old_hash, h);
+            self.change.changed = h != old_hash;
+        }
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
             return Applied::Older(id);
@@ -739,12 +783,13 @@ impl StateTable {
         }
     }
 
+    /// An entry of `leaf` changed its hash from `old` to `new`.
+    #[inline]
     fn rehash(&mut self, leaf: usize, old: u128, new: u128) {
-        self.digest.sub(old);
-        self.digest.add(new);
-        let l = &mut self.leaves[leaf].digest;
-        l.sub(old);
-        l.add(new);
+        // Sums modulo 2^128: adding the difference is subtracting `old` and adding `new`.
+        let d = new.wrapping_sub(old);
+        self.digest.add(d);
+        self.leaf_digests[leaf].add(d);
     }
 
     fn insert_new(&mut self, s: &StateRepr, now: Instant, version: Version) {
@@ -758,7 +803,7 @@ impl StateTable {
         let l = &mut self.leaves[leaf];
         let slot = l.ids.len() as u32;
         l.ids.push(pos);
-        l.digest.add(hash);
+        self.leaf_digests[leaf].add(hash);
         self.digest.add(hash);
         let now_ns = self.clock(now);
         let profile = self.pool.intern(&Profile::of(s));
@@ -775,12 +820,12 @@ impl StateTable {
             dst: s.dst,
             creator: id.creator,
             node: version.node,
-            slot,
             cold,
             leaf: leaf as u16,
             proto: s.proto,
             timeout: s.timeout,
         });
+        self.leaf_slot.push(slot);
         let slab = &self.slab;
         self.index.insert(id, pos, |p| slab[p as usize].sid());
     }
@@ -788,18 +833,19 @@ impl StateTable {
     fn remove_entry(&mut self, id: StateId) -> Option<Hot> {
         let slab = &self.slab;
         let i = self.index.remove(id, |p| slab[p as usize].sid())? as usize;
-        let (leaf, slot) = (self.slab[i].leaf as usize, self.slab[i].slot as usize);
+        let (leaf, slot) = (self.slab[i].leaf as usize, self.leaf_slot[i] as usize);
         let l = &mut self.leaves[leaf];
         l.ids.swap_remove(slot);
         if let Some(&p) = l.ids.get(slot) {
-            self.slab[p as usize].slot = slot as u32;
+            self.leaf_slot[p as usize] = slot as u32;
         }
         let e = self.slab.swap_remove(i);
+        self.leaf_slot.swap_remove(i);
         if let Some(m) = self.slab.get(i) {
             // The last entry moved into the hole: repoint its index slot and leaf entry.
             self.index
                 .relocate(m.sid(), self.slab.len() as u32, i as u32);
-            self.leaves[m.leaf as usize].ids[m.slot as usize] = i as u32;
+            self.leaves[m.leaf as usize].ids[self.leaf_slot[i] as usize] = i as u32;
         }
         if let std::collections::hash_map::Entry::Occupied(mut c) =
             self.per_creator.entry(id.creator)
@@ -809,7 +855,7 @@ impl StateTable {
                 c.remove();
             }
         }
-        self.leaves[leaf].digest.sub(e.hash());
+        self.leaf_digests[leaf].sub(e.hash());
         self.digest.sub(e.hash());
         let rec = &self.arena[e.cold as usize..];
         self.garbage += store::record_len(rec);
@@ -819,12 +865,14 @@ impl StateTable {
     }
 
     fn delete(&mut self, id: StateId, now: Instant, v: Option<Version>) -> Applied {
-        match self.find(id) {
-            Some(_) => {
+        // One probe: removal finds the id itself.
+        match self.remove_entry(id) {
+            Some(e) => {
                 // Deletes win over any version (see `newer_tomb`): remove-wins keeps replicas
                 // that saw a delete and a late update in different orders convergent.
-                let Some(e) = self.remove_entry(id) else {
-                    return Applied::NotFound(id);
+                self.change = Change {
+                    held: true,
+                    changed: true,
                 };
                 self.put_tomb(id, v.unwrap_or(e.version()).max(e.version()), now);
                 self.stats.deletes += 1;
@@ -910,6 +958,7 @@ impl StateTable {
 /// non-stale peer. Versioned: also never backwards, and between equally advanced copies the
 /// higher version wins. Returns (stale peers, anything changed, incoming counts as newer for
 /// the non-peer fields).
+#[inline(always)]
 fn merge_into(
     e: &mut Hot,
     src: &PeerRepr,

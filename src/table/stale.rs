@@ -43,6 +43,7 @@ pub enum PeerOrder {
     Same,
 }
 
+#[inline(always)]
 fn is_stale(proto: u8, is_src: bool, ours: &PeerRepr, theirs: &PeerRepr) -> bool {
     match (proto == IPPROTO_TCP, is_src) {
         (true, true) => tcp_src_stale(ours, theirs),
@@ -51,6 +52,7 @@ fn is_stale(proto: u8, is_src: bool, ours: &PeerRepr, theirs: &PeerRepr) -> bool
     }
 }
 
+#[inline]
 pub fn peer_order(proto: u8, is_src: bool, ours: &PeerRepr, theirs: &PeerRepr) -> PeerOrder {
     if is_stale(proto, is_src, ours, theirs) {
         PeerOrder::Stale
@@ -81,6 +83,7 @@ pub fn peer_key(p: &PeerRepr) -> (u8, u32, u32, u32, u16, u16, u8, u16, u8, u8, 
 /// Versioned merge of one peer: never backwards; between equally advanced copies the higher
 /// version wins (`ours_newer` tells which), equal versions fall back to [`peer_key`].
 /// Returns (stale, changed).
+#[inline(always)]
 pub fn merge_peer_versioned(
     proto: u8,
     is_src: bool,
@@ -107,6 +110,7 @@ pub fn merge_peer_versioned(
 
 /// Merge an incoming (src, dst) into ours. Returns how many of the two peers were stale
 /// (0, 1 or 2), the kernel's `sync` count. Non-TCP peers only move forward in `state`.
+#[inline]
 pub fn merge_peers(
     proto: u8,
     src: &mut PeerRepr,

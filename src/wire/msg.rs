@@ -112,6 +112,27 @@ fn id_at(b: &[u8], id: usize, creator: usize) -> StateId {
     StateId::new(be64(b, id), be32(b, creator))
 }
 
+/// Decode a `UPD_C` body from a view of the bytes every dialect's body has: the reads are at
+/// constant offsets within a known length, so none needs a bounds check.
+#[inline(always)]
+pub(crate) fn read_upd_c(d: Dialect, b: &[u8; upd_c::LEN_V5V6]) -> UpdCRepr {
+    UpdCRepr {
+        id: id_at(b, upd_c::ID, upd_c::CREATORID),
+        src: PeerRepr::read(b, upd_c::SRC),
+        dst: PeerRepr::read(b, upd_c::DST),
+        expire: be32(b, upd_c::EXPIRE),
+        timeout: u8_at(b, upd_c::TIMEOUT),
+        flags: if d.is_freebsd() {
+            0
+        } else {
+            u8_at(b, upd_c::FLAGS)
+        },
+    }
+}
+
+/// Bytes of every dialect's `UPD_C` body (v5/v6 84, NetBSD 88).
+pub(crate) const UPD_C_MIN: usize = upd_c::LEN_V5V6;
+
 /// Decode one body (`b` holds at least `body_len` bytes). `None` for bodiless kinds.
 ///
 /// Each arm builds its `Some(..)` itself: wrapping the result of the whole `match` moved
@@ -126,18 +147,22 @@ pub(crate) fn read(d: Dialect, kind: Kind, b: &[u8]) -> Option<Message> {
         Kind::InsAck => Some(Message::InsAck(id_at(b, id_msg::ID, id_msg::CREATORID))),
         Kind::UpdReq => Some(Message::UpdReq(id_at(b, id_msg::ID, id_msg::CREATORID))),
         Kind::DelC => Some(Message::DelC(id_at(b, id_msg::ID, id_msg::CREATORID))),
-        Kind::UpdC => Some(Message::UpdC(UpdCRepr {
-            id: id_at(b, upd_c::ID, upd_c::CREATORID),
-            src: PeerRepr::read(b, upd_c::SRC),
-            dst: PeerRepr::read(b, upd_c::DST),
-            expire: be32(b, upd_c::EXPIRE),
-            timeout: u8_at(b, upd_c::TIMEOUT),
-            flags: if d.is_freebsd() {
-                0
-            } else {
-                u8_at(b, upd_c::FLAGS)
-            },
-        })),
+        Kind::UpdC => match b.first_chunk::<UPD_C_MIN>() {
+            Some(b) => Some(Message::UpdC(read_upd_c(d, b))),
+            // Shorter than validation allows: every field that fits, as before.
+            None => Some(Message::UpdC(UpdCRepr {
+                id: id_at(b, upd_c::ID, upd_c::CREATORID),
+                src: PeerRepr::read(b, upd_c::SRC),
+                dst: PeerRepr::read(b, upd_c::DST),
+                expire: be32(b, upd_c::EXPIRE),
+                timeout: u8_at(b, upd_c::TIMEOUT),
+                flags: if d.is_freebsd() {
+                    0
+                } else {
+                    u8_at(b, upd_c::FLAGS)
+                },
+            })),
+        },
         Kind::Bus => Some(Message::Bus {
             creator: be32(b, bus::CREATORID),
             endtime: be32(b, bus::ENDTIME),
@@ -166,32 +191,37 @@ pub(crate) fn read(d: Dialect, kind: Kind, b: &[u8]) -> Option<Message> {
     }
 }
 
+/// Receive checks of a `UPD_C` body starting at packet offset `base` (on a
+/// [`UPD_C_MIN`]-byte view every read is at a constant offset in a known length).
+#[inline(always)]
+pub(crate) fn validate_upd_c(d: Dialect, b: &[u8], base: usize) -> Result<()> {
+    let t = u8_at(b, upd_c::TIMEOUT);
+    if t >= d.pftm_max() {
+        return Err(WireError::BadValue {
+            offset: base + upd_c::TIMEOUT,
+            field: "timeout",
+            value: t.into(),
+        });
+    }
+    for (o, field) in [(upd_c::SRC, "src.state"), (upd_c::DST, "dst.state")] {
+        let s = u8_at(b, o + STATE_OFFSET);
+        if s > PF_TCPS_PROXY_DST {
+            return Err(WireError::BadValue {
+                offset: base + o + STATE_OFFSET,
+                field,
+                value: s.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Receive checks for one body starting at packet offset `base`.
 pub(crate) fn validate(d: Dialect, kind: Kind, b: &[u8], base: usize) -> Result<()> {
     match kind {
         Kind::Ins | Kind::Upd => state::validate(d, b, base, Check::Import),
         Kind::Del => state::validate(d, b, base, Check::Lookup),
-        Kind::UpdC => {
-            let t = u8_at(b, upd_c::TIMEOUT);
-            if t >= d.pftm_max() {
-                return Err(WireError::BadValue {
-                    offset: base + upd_c::TIMEOUT,
-                    field: "timeout",
-                    value: t.into(),
-                });
-            }
-            for (o, field) in [(upd_c::SRC, "src.state"), (upd_c::DST, "dst.state")] {
-                let s = u8_at(b, o + STATE_OFFSET);
-                if s > PF_TCPS_PROXY_DST {
-                    return Err(WireError::BadValue {
-                        offset: base + o + STATE_OFFSET,
-                        field,
-                        value: s.into(),
-                    });
-                }
-            }
-            Ok(())
-        }
+        Kind::UpdC => validate_upd_c(d, b, base),
         Kind::Clr
             if !b
                 .get(clr::IFNAME..clr::IFNAME + 16)

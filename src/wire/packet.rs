@@ -18,6 +18,7 @@
 use super::action::{self, Kind};
 use super::field::*;
 use super::header::{self, Subheader, FREEBSD_EOF};
+use super::msg::UPD_C_MIN;
 use super::{msg, Dialect, Message, Result, WireError, HEADER_LEN};
 
 fn truncated(offset: usize, needed: usize, have: usize) -> WireError {
@@ -214,7 +215,14 @@ fn check_section(
     }
     for i in 0..n {
         let o = at + i * stride;
-        let body = p.get(o..o + size).ok_or(truncated(o, size, 0))?;
+        let body = p.get(o..o + size).ok_or_else(|| truncated(o, size, 0))?;
+        if kind == Kind::UpdC {
+            // The relay's bulk: checked in line, on a fixed-size view.
+            if let Some(b) = body.first_chunk::<UPD_C_MIN>() {
+                msg::validate_upd_c(d, b, o)?;
+                continue;
+            }
+        }
         msg::validate(d, kind, body, o)?;
     }
     Ok(())
@@ -326,20 +334,16 @@ pub struct Messages<'a> {
     done: bool,
 }
 
-impl Iterator for Messages<'_> {
-    type Item = Message;
-
-    #[inline]
-    fn next(&mut self) -> Option<Message> {
+impl<'a> Messages<'a> {
+    /// The next body and its kind (`Kind::Eof` with an empty body for FreeBSD's EOF).
+    #[inline(always)]
+    fn next_body(&mut self) -> Option<(Kind, &'a [u8])> {
         loop {
             if self.left > 0 {
                 let body = self.buf.get(self.off..self.off + self.size)?;
                 self.off += self.stride;
                 self.left -= 1;
-                if let Some(m) = msg::read(self.dialect, self.kind, body) {
-                    return Some(m);
-                }
-                continue;
+                return Some((self.kind, body));
             }
             if self.done {
                 return None;
@@ -354,7 +358,7 @@ impl Iterator for Messages<'_> {
             let kind = action::decode(self.dialect, sh.action).unwrap_or(Kind::Ignore);
             if kind == Kind::Eof {
                 self.done = true;
-                return Some(Message::Eof);
+                return Some((Kind::Eof, &[]));
             }
             let size = msg::body_len(self.dialect, kind);
             let stride = if self.dialect == Dialect::OpenbsdV6 {
@@ -371,6 +375,38 @@ impl Iterator for Messages<'_> {
             self.stride = stride;
             self.size = size;
         }
+    }
+}
+
+impl Iterator for Messages<'_> {
+    type Item = Message;
+
+    #[inline]
+    fn next(&mut self) -> Option<Message> {
+        let (kind, body) = self.next_body()?;
+        if kind == Kind::UpdC {
+            // The relay's bulk: built in place from a fixed-size view (constant offsets
+            // within a known length: no bounds checks, no copy of a whole `Message`).
+            if let Some(b) = body.first_chunk::<UPD_C_MIN>() {
+                return Some(Message::UpdC(msg::read_upd_c(self.dialect, b)));
+            }
+        }
+        self.next_other(kind, body)
+    }
+}
+
+impl Messages<'_> {
+    /// Every message but a well-formed `UPD_C`: written straight into the caller's slot.
+    #[inline(never)]
+    fn next_other(&mut self, kind: Kind, body: &[u8]) -> Option<Message> {
+        if kind == Kind::Eof {
+            return Some(Message::Eof);
+        }
+        if let Some(m) = msg::read(self.dialect, kind, body) {
+            return Some(m);
+        }
+        // Not reached: sections of bodiless kinds are skipped by `next_body`.
+        self.next()
     }
 }
 
@@ -920,6 +956,43 @@ mod tests {
                     .count(),
                 3
             );
+        }
+    }
+
+    /// The fixed-size `UPD_C` view covers every dialect's body, and messages decoded through
+    /// it (and the other kinds around them) come back as written, for every dialect.
+    #[test]
+    fn upd_c_view_decodes_every_dialect() {
+        for d in Dialect::ALL {
+            assert!(msg::body_len(d, Kind::UpdC) >= UPD_C_MIN, "{d:?}");
+            let mut msgs = Vec::new();
+            for i in 0..5u64 {
+                let Message::UpdC(mut u) = upd_c_e() else {
+                    unreachable!()
+                };
+                u.id = StateId::new(i + 1, 7 + i as u32);
+                u.src.seqlo = 1000 + i as u32;
+                msgs.push(Message::UpdC(u));
+            }
+            msgs.push(Message::DelC(StateId::new(99, 3)));
+            msgs.push(Message::UpdReq(StateId::new(98, 4)));
+            let pkts: Vec<Vec<u8>> = if d == Dialect::NetbsdV3 {
+                // One action per packet.
+                vec![emit(d, &msgs[..5], [0; 16]), emit(d, &msgs[5..6], [0; 16])]
+            } else {
+                vec![emit(d, &msgs, [0; 16])]
+            };
+            let mut got = Vec::new();
+            for b in &pkts {
+                let p = Packet::new_checked(&b[..], d).unwrap();
+                got.extend(p.messages().filter(|m| *m != Message::Eof));
+            }
+            let want: Vec<Message> = if d == Dialect::NetbsdV3 {
+                msgs[..6].to_vec()
+            } else {
+                msgs.clone()
+            };
+            assert_eq!(got, want, "{d:?}");
         }
     }
 }
