@@ -25,7 +25,9 @@ pub struct Injector {
     /// Packets in order, each in a buffer of its own: a reassembled packet's buffer is
     /// queued as it is (no copy); buffers go back to `spare` once injected.
     queue: VecDeque<Vec<u8>>,
+    /// Memory the queued buffers hold (their capacity, not their length), and the spares'.
     queued_bytes: usize,
+    spare_bytes: usize,
     max_items: usize,
     max_bytes: usize,
     /// Empty buffers for the next queued packets and for DATA reassembly (no allocation
@@ -62,6 +64,7 @@ impl Injector {
             mtu,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            spare_bytes: 0,
             max_items: max.max(1),
             max_bytes: max.saturating_mul(mtu).max(u16::MAX as usize),
             spare: Vec::new(),
@@ -81,14 +84,22 @@ impl Injector {
     /// An empty buffer from the spare ones (allocated only when none is left).
     pub(super) fn take_buf(&mut self) -> Vec<u8> {
         let mut b = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= b.capacity();
         b.clear();
         b
     }
 
-    /// A buffer no longer needed, kept for reuse. One grown beyond two local packets (a
-    /// peer's oversized DATA) is freed, so the spares stay within `max_items` × 2 × mtu.
+    /// A buffer no longer needed, kept for reuse while the queue and the spares together
+    /// hold no more memory than the queue's byte bound (the byte ring's bound before
+    /// buffers were kept); one grown beyond a local packet (a peer's oversized DATA) is
+    /// freed, so a reused buffer never makes a small packet count for more than a local one.
     pub(super) fn give_buf(&mut self, b: Vec<u8>) {
-        if self.spare.len() < self.max_items && b.capacity() <= 2 * self.mtu {
+        let cap = b.capacity();
+        if self.spare.len() < self.max_items
+            && cap <= self.mtu
+            && self.queued_bytes + self.spare_bytes + cap <= self.max_bytes
+        {
+            self.spare_bytes += cap;
             self.spare.push(b);
         }
     }
@@ -113,7 +124,8 @@ impl Injector {
         }
         // Beyond the bounds the oldest packets go.
         while !self.queue.is_empty()
-            && (self.queue.len() >= self.max_items || self.queued_bytes + b.len() > self.max_bytes)
+            && (self.queue.len() >= self.max_items
+                || self.queued_bytes + b.capacity() > self.max_bytes)
         {
             self.drop_front();
             self.stats.dropped += 1;
@@ -127,13 +139,18 @@ impl Injector {
             self.echo.pop_front();
         }
         self.echo.push_back((packet_hash(&b), now));
-        self.queued_bytes += b.len();
+        self.queued_bytes += b.capacity();
         self.queue.push_back(b);
+        // The queue grew: spares give way.
+        while self.queued_bytes + self.spare_bytes > self.max_bytes {
+            let Some(s) = self.spare.pop() else { break };
+            self.spare_bytes -= s.capacity();
+        }
     }
 
     fn drop_front(&mut self) {
         if let Some(b) = self.queue.pop_front() {
-            self.queued_bytes -= b.len();
+            self.queued_bytes -= b.capacity();
             self.give_buf(b);
         }
     }
@@ -221,10 +238,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn queue_and_spares_together_stay_within_the_byte_bound() {
+        let now = Instant::now();
+        // 64 packets of 1500 B: the bound is max(64 × 1500, 65535) = 96,000 bytes.
+        let mut inj = Injector::new(Dialect::OpenbsdV6, 1500, 64);
+        let held = |i: &Injector| i.queue.iter().map(Vec::capacity).sum::<usize>();
+        let spares = |i: &Injector| i.spare.iter().map(Vec::capacity).sum::<usize>();
+        // Small packets still take a local packet's room each (as the byte ring did)...
+        for k in 0..200u8 {
+            inj.push_raw(&[k; 100], now);
+            assert!(held(&inj) <= inj.max_bytes && inj.len() <= 64);
+        }
+        // ...and buffers grown by reassembly to twice that are counted at their size.
+        for _ in 0..40 {
+            let mut b = inj.take_buf();
+            b.resize(2900, 1);
+            inj.push_owned(b, now);
+            assert!(held(&inj) + spares(&inj) <= inj.max_bytes);
+        }
+        let mut out = [0u8; 4096];
+        while inj.pop(&mut out).is_some() {
+            assert!(held(&inj) + spares(&inj) <= inj.max_bytes);
+        }
+        assert_eq!(inj.queued_bytes, 0);
+        assert_eq!(inj.spare_bytes, spares(&inj));
+        // Only buffers of a local packet's size are kept (the grown ones were freed).
+        assert!(inj.spare.iter().all(|b| b.capacity() <= 1500));
+        inj.push_raw(&[1; 100], now);
+        assert!(inj.pop(&mut out).is_some());
+    }
+
+    #[test]
     fn spare_buffers_are_bounded_in_count_and_size() {
         let mut inj = Injector::new(Dialect::OpenbsdV6, 1500, 2);
-        // A peer's oversized packet grew this buffer: it is not kept.
+        // A peer's oversized packet grew these buffers: they are not kept.
         inj.give_buf(Vec::with_capacity(60_000));
+        inj.give_buf(Vec::with_capacity(1501));
         assert!(inj.spare.is_empty());
         for _ in 0..5 {
             inj.give_buf(Vec::with_capacity(1500));
