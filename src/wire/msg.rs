@@ -112,10 +112,10 @@ fn id_at(b: &[u8], id: usize, creator: usize) -> StateId {
     StateId::new(be64(b, id), be32(b, creator))
 }
 
-/// Decode a `UPD_C` body from a view of the bytes every dialect's body has: the reads are at
-/// constant offsets within a known length, so none needs a bounds check.
+/// Decode a `UPD_C` body. Always inlined: on a [`UPD_C_MIN`]-byte view (the relay's path)
+/// every read is at a constant offset within a known length, so none needs a bounds check.
 #[inline(always)]
-pub(crate) fn read_upd_c(d: Dialect, b: &[u8; upd_c::LEN_V5V6]) -> UpdCRepr {
+pub(crate) fn read_upd_c(d: Dialect, b: &[u8]) -> UpdCRepr {
     UpdCRepr {
         id: id_at(b, upd_c::ID, upd_c::CREATORID),
         src: PeerRepr::read(b, upd_c::SRC),
@@ -147,22 +147,7 @@ pub(crate) fn read(d: Dialect, kind: Kind, b: &[u8]) -> Option<Message> {
         Kind::InsAck => Some(Message::InsAck(id_at(b, id_msg::ID, id_msg::CREATORID))),
         Kind::UpdReq => Some(Message::UpdReq(id_at(b, id_msg::ID, id_msg::CREATORID))),
         Kind::DelC => Some(Message::DelC(id_at(b, id_msg::ID, id_msg::CREATORID))),
-        Kind::UpdC => match b.first_chunk::<UPD_C_MIN>() {
-            Some(b) => Some(Message::UpdC(read_upd_c(d, b))),
-            // Shorter than validation allows: every field that fits, as before.
-            None => Some(Message::UpdC(UpdCRepr {
-                id: id_at(b, upd_c::ID, upd_c::CREATORID),
-                src: PeerRepr::read(b, upd_c::SRC),
-                dst: PeerRepr::read(b, upd_c::DST),
-                expire: be32(b, upd_c::EXPIRE),
-                timeout: u8_at(b, upd_c::TIMEOUT),
-                flags: if d.is_freebsd() {
-                    0
-                } else {
-                    u8_at(b, upd_c::FLAGS)
-                },
-            })),
-        },
+        Kind::UpdC => Some(Message::UpdC(read_upd_c(d, b))),
         Kind::Bus => Some(Message::Bus {
             creator: be32(b, bus::CREATORID),
             endtime: be32(b, bus::ENDTIME),
