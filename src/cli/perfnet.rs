@@ -28,6 +28,7 @@ use crate::wire::{
 const CREATOR: u32 = 0x9e7f_0001;
 /// Versions of each state the sender remembers (to find the first one fw-b lacks).
 const RING: usize = 8;
+/// fw-b's receiver runs at the relays' priority (perf-netns.sh `--nice`'s default).
 const RX_NICE: i32 = -10;
 
 #[derive(Debug, clap::Args)]
@@ -234,11 +235,11 @@ fn load(args: &LoadArgs) -> io::Result<()> {
             let fd = sock.as_raw_fd();
             let mut rb = RecvBatch::new(2048);
             // fw-b stands for a kernel, which takes packets in softirq: arrival is the
-            // kernel's receive time, and the thread runs at the highest priority, so neither
-            // the latency nor the age measures this thread's own scheduling.
+            // kernel's receive time, and the thread runs at the relays' priority, so neither
+            // the latency nor the age measures this thread's own scheduling. Best effort,
+            // like the rest of the benchmark's setup (it runs as root).
             rb.enable_timestamps(fd);
-            // SAFETY: plain syscall; on Linux `who` 0 is this thread only.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, RX_NICE) };
+            let _ = crate::node::privdrop::set_nice(RX_NICE);
             let mut local = Vec::with_capacity(1 << 16);
             while !sh.stop.load(Ordering::Relaxed) {
                 let mut pfd = libc::pollfd {
