@@ -359,18 +359,20 @@ fn send_in_place_is_send_without_the_copy() {
         buf.fill(0xee);
         buf[TRANSPORT_HEADER_LEN..][..p.len()].copy_from_slice(&p);
         let now = net.now;
+        let src = net.nodes[a].addr;
+        let from_a = |to, bytes: &[u8]| Datagram {
+            from: a,
+            src,
+            to,
+            bytes: bytes.to_vec(),
+            at: now,
+        };
         let Send::Datagram(t) = net.nodes[a].ep.send_in_place(b, p.len(), now, &mut buf) else {
             panic!("session is up");
         };
         assert_eq!(t.len, p.len() + TRANSPORT_OVERHEAD);
         assert_eq!(
-            net.deliver(&Datagram {
-                from: a,
-                src: net.nodes[a].addr,
-                to: t.to,
-                bytes: buf[..t.len].to_vec(),
-                at: now,
-            }),
+            net.deliver(&from_a(t.to, &buf[..t.len])),
             Some(Recv::Data {
                 peer: a,
                 len: p.len()
@@ -385,13 +387,7 @@ fn send_in_place_is_send_without_the_copy() {
         assert_eq!(twin[..8], buf[..8], "type and receiver index");
         let counter = |d: &[u8]| u64::from_le_bytes(d[8..16].try_into().unwrap());
         assert_eq!(counter(&twin), counter(&buf) + 1);
-        net.deliver(&Datagram {
-            from: a,
-            src: net.nodes[a].addr,
-            to: u.to,
-            bytes: twin[..u.len].to_vec(),
-            at: now,
-        });
+        net.deliver(&from_a(u.to, &twin[..u.len]));
         assert_eq!(net.data(b).last(), Some(&p));
     }
     // A buffer that cannot hold the payload and its overhead is refused, not read past.
