@@ -9,7 +9,8 @@
 #            --nice N (every relay's priority, default -10 = the gateway's default [node] nice)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
-#        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`)
+#        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`),
+#        PERF_STATUS=<prefix> (both gateways' status --json after each mode)
 #
 # Mode `boringtun` (in the default --modes) runs userspace WireGuard between the gateways when
 # `boringtun-cli` and `wg` are installed (cargo install boringtun-cli; apt install
@@ -207,6 +208,8 @@ for run in $(seq "$RUNS"); do
         for r in "${REC[@]:-}"; do [ -n "$r" ] && kill -INT "$r" && wait "$r" || true; done
         if [ $mode = gw ]; then
             for s in a b; do
+                # PERF_STATUS=<prefix>: every counter of both gateways, as JSON.
+                [ -n "${PERF_STATUS:-}" ] && "$BIN" status --socket "$DIR/gw-$s.sock" --json >"$PERF_STATUS-$s.json" 2>/dev/null
                 echo "# gw-$s counters: $("$BIN" status --socket "$DIR/gw-$s.sock" --json 2>/dev/null |
                     tr -d '\n ' | grep -o '"\(shed_[a-z_]*\|captured\|injected\|tunnel_send_failed\|inject_failed\)":[0-9]*' | tr '\n' ' ')"
             done

@@ -123,6 +123,9 @@ struct RawLocal {
     /// Addresses of the firewall(s) on the sync link: the only accepted pfsync sources.
     #[serde(default)]
     firewalls: Option<Vec<String>>,
+    /// Capture queueing delay kept under overload by shedding in the kernel (0: off).
+    #[serde(default)]
+    shed_target_ms: Option<i64>,
 }
 
 fn default_mode() -> LocalMode {
@@ -263,7 +266,16 @@ pub struct LocalConfig {
     pub inject_to: Ipv4Addr,
     /// The firewall(s) on the sync link (raw mode): pfsync from any other source is dropped.
     pub firewalls: Vec<Ipv4Addr>,
+    /// `[local] shed_target_ms`: the capture queueing delay the kernel filter keeps under
+    /// overload (`None`: no kernel shedding, only the 50 ms bound after reading).
+    pub shed_target: Option<Duration>,
 }
+
+/// Capture queueing delay kept under overload when `[local] shed_target_ms` is not set:
+/// low enough that a state change reaches the peer's firewall well within a failover's
+/// budget, high enough that scheduling hiccups of a busy host are not shed as overload
+/// (docs/PERFORMANCE.md has the sweep that chose it).
+pub const DEFAULT_SHED_TARGET: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Default)]
 pub struct EmulatorConfig {
@@ -319,6 +331,7 @@ impl Config {
                 capture_multicast: false,
                 inject_to: crate::wire::PFSYNC_GROUP,
                 firewalls: Vec::new(),
+                shed_target: Some(DEFAULT_SHED_TARGET),
             },
             emulator,
             peers: Vec::new(),
@@ -432,6 +445,18 @@ impl Config {
                 value: n as i32,
                 explicit: true,
             },
+        };
+
+        let shed_target = match raw.local.shed_target_ms {
+            None => Some(DEFAULT_SHED_TARGET),
+            Some(0) => None,
+            Some(ms) if !(0..=1000).contains(&ms) => {
+                return Err(err(
+                    "local.shed_target_ms",
+                    format!("{ms} is outside 0..=1000 (0 turns kernel shedding off)"),
+                ))
+            }
+            Some(ms) => Some(Duration::from_millis(ms as u64)),
         };
 
         let dialect = Dialect::from_name(&raw.local.dialect).ok_or_else(|| {
@@ -618,6 +643,7 @@ impl Config {
                 capture_multicast: raw.local.capture_multicast,
                 inject_to,
                 firewalls,
+                shed_target,
             },
             emulator: EmulatorConfig {
                 hostid: emu.hostid,
@@ -705,6 +731,17 @@ impl Config {
                     s,
                     "  firewalls         {} (pfsync from other sources dropped)",
                     fws.join(", ")
+                );
+                let _ = writeln!(
+                    s,
+                    "  overload          {}",
+                    match self.local.shed_target {
+                        Some(t) => format!(
+                            "UPD_C runs shed in the kernel above {} ms capture delay",
+                            t.as_millis()
+                        ),
+                        None => "shed only after reading (kernel shedding off)".into(),
+                    }
                 );
             }
             LocalMode::Emulator => {

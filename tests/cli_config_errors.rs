@@ -374,3 +374,32 @@ fn a_nice_value_outside_the_kernels_range_is_refused() {
     assert!(o.status.success(), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("nice              19"));
 }
+
+#[test]
+fn a_shed_target_beyond_a_second_is_refused_and_zero_turns_kernel_shedding_off() {
+    let d = Dir::new("cfg-shed");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    // The capture socket's filter exists in raw mode.
+    let raw = config(&a, &b_pub, "").replace(
+        "mode = \"emulator\"",
+        "mode = \"raw\"\ninterface = \"lo\"\nfirewalls = [\"127.0.0.2\"]",
+    );
+    let with = |v: &str| raw.replace("[local]\n", &format!("[local]\nshed_target_ms = {v}\n"));
+    assert_exit2(
+        &check(&d, &with("1001")),
+        &["local.shed_target_ms", "1001", "0..=1000"],
+    );
+    assert_exit2(&check(&d, &with("-1")), &["local.shed_target_ms", "-1"]);
+    for (v, says) in [
+        ("0", "kernel shedding off"),
+        ("5", "above 5 ms capture delay"),
+        ("", "above 20 ms capture delay"),
+    ] {
+        let text = if v.is_empty() { raw.clone() } else { with(v) };
+        let o = check(&d, &text);
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(says), "{v}: {out}");
+    }
+}

@@ -2,9 +2,15 @@
 use pfsync_gw::wire::*;
 
 pub fn check(d: Dialect, data: &[u8]) {
+    // The capture filter's shape test reads any bytes; what it would shed, when valid,
+    // holds compressed updates and nothing else.
+    let shed = UpdCRun::of(d).matches(data);
     let Ok(p) = Packet::new_checked(data, d) else {
         return;
     };
+    if shed {
+        assert!(p.messages().all(|m| matches!(m, Message::UpdC(_) | Message::Eof)));
+    }
     assert!(p.len() <= data.len());
     let mut body = Vec::new();
     for m in p.messages() {

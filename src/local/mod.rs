@@ -1,5 +1,7 @@
 //! The firewall side: raw proto-240 sockets on the sync interface, batched datagram I/O,
-//! and the pf emulator.
+//! shedding on the capture socket, and the pf emulator.
 pub mod emulator;
+pub mod filter;
 pub mod mmsg;
 pub mod raw;
+pub mod shed;

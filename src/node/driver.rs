@@ -15,8 +15,10 @@ use super::ratelimit::LogLimiter;
 use super::status::{FirewallView, PeerView, Status};
 use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
+use crate::local::filter;
 use crate::local::mmsg::{RecvBatch, SendBatch};
 use crate::local::raw::{RawSyncSocket, Untrusted};
+use crate::local::shed::ShedControl;
 use crate::sync::{Replica, ReplicaConfig};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
 use crate::wire::{self, ipv4::Ipv4Packet};
@@ -35,8 +37,10 @@ const MAX_PUMP_ROUNDS: usize = 16;
 /// a gateway that only drains its capture socket delivers nothing.
 const RAW_BATCHES_PER_ROUND: usize = 2;
 const UDP_BATCHES_PER_ROUND: usize = 2;
-/// pfsync packets injected towards the firewall per round; the rest goes in the next round
-/// (after the sockets had their turn), so big repairs reach pf in slices, not one burst.
+/// pfsync packets injected towards the firewall per round at least; the rest goes in the
+/// next round (after the sockets had their turn), so big repairs reach pf in slices, not one
+/// burst. A round may inject more: as many as arrived for injection in the round before, so
+/// a sustained relay keeps pace instead of building a standing queue (and overflowing it).
 const INJECT_PER_ROUND: usize = 128;
 /// A captured packet that waited longer than this in the kernel's buffer is behind. If it
 /// carries only compressed updates (`UPD_C`) it is dropped unapplied: newer updates of the
@@ -88,6 +92,11 @@ struct RawSide {
     sock: AsyncFd<RawSyncSocket>,
     rx: RecvBatch,
     tx: SendBatch,
+    /// Sheds `UPD_C` runs in the kernel under overload; `None` once the filter could not
+    /// be attached (shedding then happens only after the read, by `CAPTURE_MAX_AGE`).
+    shed: Option<ShedControl>,
+    /// The shape the kernel filter may shed, tested again here to estimate what it shed.
+    run: wire::UpdCRun,
 }
 
 struct PeerSlot {
@@ -108,6 +117,11 @@ pub struct Node {
     scratch: Vec<u8>,
     counters: Counters,
     injected_this_round: usize,
+    /// Packets the pump may inject this round: `INJECT_PER_ROUND`, or as many as arrived
+    /// for injection during the last round when that was more.
+    inject_budget: usize,
+    /// `Replica::inject_arrivals` at the start of this round.
+    inject_arrivals: u64,
     /// Our bulk requests to the firewall (start-up, reconciliation sweeps).
     bulk: LocalBulk,
     log_limit: LogLimiter,
@@ -183,6 +197,10 @@ struct Counters {
     shed_capture_overflow: u64,
     /// `UPD_C`-only packets older than `CAPTURE_MAX_AGE`, dropped unapplied.
     shed_capture_late: u64,
+    /// `UPD_C` runs the capture filter dropped in the kernel (estimated, see `ShedControl`).
+    shed_capture_filtered: u64,
+    /// The share of `UPD_C` runs the capture filter drops now, in percent (a gauge).
+    shed_share_percent_now: u64,
     tunnel_send_failed: u64,
     inject_failed: u64,
     other: BTreeMap<&'static str, u64>,
@@ -196,6 +214,8 @@ impl Counters {
             ("shed_coalesced", self.shed_coalesced),
             ("shed_capture_overflow", self.shed_capture_overflow),
             ("shed_capture_late", self.shed_capture_late),
+            ("shed_capture_filtered", self.shed_capture_filtered),
+            ("shed_share_percent_now", self.shed_share_percent_now),
             ("tunnel_send_failed", self.tunnel_send_failed),
             ("inject_failed", self.inject_failed),
         ]
@@ -236,6 +256,8 @@ impl Node {
                     sock: register(sock)?,
                     rx,
                     tx: SendBatch::new(LOCAL_PFSYNC_MTU),
+                    shed: cfg.local.shed_target.map(|t| ShedControl::new(now, t)),
+                    run: wire::UpdCRun::of(cfg.local.dialect),
                 }))
             }
             LocalMode::Emulator => {
@@ -305,6 +327,8 @@ impl Node {
             scratch: vec![0; 65_536],
             counters: Counters::default(),
             injected_this_round: 0,
+            inject_budget: INJECT_PER_ROUND,
+            inject_arrivals: 0,
             bulk: LocalBulk::new(now),
             log_limit: LogLimiter::new(Duration::from_secs(1)),
             started: now,
@@ -564,7 +588,12 @@ impl Node {
     /// One fair round over the sources; true if any was left with work.
     fn round(&mut self, now: Instant) -> bool {
         self.injected_this_round = 0;
+        let arrivals = self.replica.inject_arrivals();
+        let arrived = (arrivals - self.inject_arrivals) as usize;
+        self.inject_arrivals = arrivals;
+        self.inject_budget = INJECT_PER_ROUND.max(arrived);
         let raw_more = self.drain_raw(now, RAW_BATCHES_PER_ROUND);
+        self.steer_shedding(now);
         self.pump(now);
         let udp_more = self.drain_udp(now, UDP_BATCHES_PER_ROUND);
         self.pump(now);
@@ -619,7 +648,13 @@ impl Node {
         let Local::Raw(raw) = &mut self.local else {
             return false;
         };
-        let RawSide { sock, rx, .. } = &mut **raw;
+        let RawSide {
+            sock,
+            rx,
+            shed,
+            run,
+            ..
+        } = &mut **raw;
         let wall = std::time::SystemTime::now();
         for _ in 0..budget {
             match try_recv_batch(sock, rx) {
@@ -668,6 +703,9 @@ impl Node {
                     .received_at(i)
                     .and_then(|t| wall.duration_since(t).ok())
                     .unwrap_or_default();
+                if let Some(c) = shed {
+                    c.on_captured(now, age, run.matches(ip.payload()));
+                }
                 if age > CAPTURE_MAX_AGE && only_upd_c(ip.payload(), self.cfg.local.dialect) {
                     self.counters.shed_capture_late += 1;
                     continue;
@@ -687,6 +725,36 @@ impl Node {
             }
         }
         true
+    }
+
+    /// Apply the shedding controller's share to the capture socket's kernel filter.
+    fn steer_shedding(&mut self, now: Instant) {
+        let Local::Raw(raw) = &mut self.local else {
+            return;
+        };
+        let Some(c) = &mut raw.shed else {
+            return;
+        };
+        let Some(share) = c.poll(now) else {
+            return;
+        };
+        let dialect = self.cfg.local.dialect;
+        match filter::attach(
+            raw.sock.get_ref().socket(),
+            dialect,
+            filter::threshold(share),
+        ) {
+            Ok(()) => {
+                self.counters.shed_share_percent_now = (share * 100.0).round() as u64;
+                self.counters.shed_capture_filtered = c.shed_estimate();
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "capture filter not attached ({e}): overload is shed only after reading"
+                );
+                raw.shed = None;
+            }
+        }
     }
 
     /// Move everything the state machines have to say to the sockets, until quiet; at most
@@ -774,7 +842,7 @@ impl Node {
 
             // Replica → firewall, in slices: a pf kernel's input queue (and a veth's backlog)
             // drops what arrives in one long burst.
-            while self.injected_this_round < INJECT_PER_ROUND {
+            while self.injected_this_round < self.inject_budget {
                 match &mut self.local {
                     Local::Raw(raw) => {
                         // Straight into the send batch's slot: no copy per packet.

@@ -35,6 +35,8 @@ pub struct Injector {
     pub(super) spare: Vec<Vec<u8>>,
     echo: VecDeque<(u64, Instant)>,
     buf: Vec<u8>,
+    /// Packets ever queued (the driver paces injection by what arrived).
+    arrivals: u64,
     pub stats: InjectStats,
 }
 
@@ -70,6 +72,7 @@ impl Injector {
             spare: Vec::new(),
             echo: VecDeque::new(),
             buf: vec![0; mtu],
+            arrivals: 0,
             stats: InjectStats::default(),
         }
     }
@@ -79,6 +82,10 @@ impl Injector {
     }
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+    /// Packets queued since the start, dropped ones included.
+    pub fn arrivals(&self) -> u64 {
+        self.arrivals
     }
 
     /// An empty buffer from the spare ones (allocated only when none is left).
@@ -141,6 +148,7 @@ impl Injector {
         self.echo.push_back((packet_hash(&b), now));
         self.queued_bytes += b.capacity();
         self.queue.push_back(b);
+        self.arrivals += 1;
         // The queue grew: spares give way.
         while self.queued_bytes + self.spare_bytes > self.max_bytes {
             let Some(s) = self.spare.pop() else { break };

@@ -392,6 +392,11 @@ impl Replica {
         !self.injector.is_empty()
     }
 
+    /// Packets ever queued for injection towards the local firewall.
+    pub fn inject_arrivals(&self) -> u64 {
+        self.injector.arrivals()
+    }
+
     pub fn config(&self) -> &ReplicaConfig {
         &self.cfg
     }

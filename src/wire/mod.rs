@@ -18,7 +18,9 @@ mod state;
 pub mod translate;
 
 pub use error::WireError;
-pub use packet::{detect_dialect, message_wire_len, Messages, Packet, PacketWriter};
+pub use packet::{
+    detect_dialect, message_wire_len, Messages, Packet, PacketWriter, RunFraming, UpdCRun,
+};
 pub use repr::*;
 
 /// Result of every fallible codec operation.

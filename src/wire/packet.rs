@@ -75,6 +75,93 @@ pub fn detect_dialect(buf: &[u8]) -> Result<Dialect> {
     })
 }
 
+/// The shape of a packet that carries one run of `UPD_C` and nothing else, as the sending
+/// kernel writes it, told from fixed offsets alone: what the capture socket's kernel filter
+/// tests before it may shed a packet (`local::filter`). [`UpdCRun::matches`] is the same test
+/// in Rust. It is narrower than "every message is a `UPD_C`" on purpose: a packet it matches
+/// holds nothing but compressed updates, whatever its later bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdCRun {
+    /// `pfsync_header.version`.
+    pub version: u8,
+    /// Offset of the action byte: NetBSD's header, else the first subheader.
+    pub action_at: usize,
+    /// The `UPD_C` action code.
+    pub action: u8,
+    /// v5/v6 framing: the run must end exactly at `header.len`.
+    pub framed: Option<RunFraming>,
+}
+
+/// How a v5/v6 run of `UPD_C` fills its packet: `header.len` = `fixed + count · msg_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunFraming {
+    /// OpenBSD's subheader `len` (the message size in 32-bit words); FreeBSD's is padding.
+    pub len_words: Option<u8>,
+    /// Offset of the subheader's `count`.
+    pub count_at: usize,
+    pub msg_len: usize,
+    /// Header and subheader, plus FreeBSD's EOF subheader after the run.
+    pub fixed: usize,
+}
+
+impl UpdCRun {
+    pub fn of(dialect: Dialect) -> UpdCRun {
+        let code = action::encode(dialect, Kind::UpdC).unwrap_or(4);
+        let msg_len = msg::body_len(dialect, Kind::UpdC);
+        let first = HEADER_LEN;
+        let framed = match dialect {
+            Dialect::NetbsdV3 => None,
+            _ => Some(RunFraming {
+                len_words: (dialect == Dialect::OpenbsdV6).then_some((msg_len / 4) as u8),
+                count_at: first + header::subheader::COUNT,
+                msg_len,
+                fixed: first
+                    + header::subheader::SIZE
+                    + if dialect.is_freebsd() {
+                        FREEBSD_EOF.len()
+                    } else {
+                        0
+                    },
+            }),
+        };
+        UpdCRun {
+            version: dialect.version(),
+            action_at: match dialect {
+                Dialect::NetbsdV3 => header::netbsd::ACTION,
+                _ => first + header::subheader::ACTION,
+            },
+            action: code,
+            framed,
+        }
+    }
+
+    /// Bytes a packet must have before any of the tested fields can be read.
+    pub fn min_len(&self) -> usize {
+        match self.framed {
+            None => HEADER_LEN,
+            Some(_) => HEADER_LEN + header::subheader::SIZE,
+        }
+    }
+
+    /// Does `pkt` (from `pfsync_header` on) have this shape?
+    pub fn matches(&self, pkt: &[u8]) -> bool {
+        if pkt.len() < self.min_len()
+            || pkt[header::v56::VERSION] != self.version
+            || pkt[self.action_at] != self.action
+        {
+            return false;
+        }
+        let Some(f) = self.framed else {
+            return true;
+        };
+        if f.len_words.is_some_and(|w| pkt[self.action_at + 1] != w) {
+            return false;
+        }
+        let count = usize::from(be16(pkt, f.count_at));
+        usize::from(be16(pkt, header::v56::LEN)) == f.fixed + count * f.msg_len
+    }
+}
+
 /// Size of `msg`'s body in `dialect`, or `None` if the dialect cannot carry it.
 /// `Message::Eof` is framing, not a body: `Some(0)` everywhere.
 pub fn message_wire_len(dialect: Dialect, msg: &Message) -> Option<usize> {

@@ -1,0 +1,242 @@
+//! How much of the capture to shed in the kernel: a PIE-style controller (RFC 8033) on the
+//! queueing delay of captured packets. Pure: the driver feeds it each packet's wait (from
+//! the kernel's receive timestamp) and applies the share it returns to the capture filter
+//! ([`super::filter`]).
+//!
+//! Why a controller and not a fixed age bound: a bound of T keeps a standing queue of T under
+//! sustained overload (every delivered packet is then T late), while shedding at random
+//! before the queue keeps the queue short and spreads the loss evenly over the states, each
+//! of which pf updates again a few packets later. PIE's gains are tuned for TCP, which
+//! backs off; pfsync does not, so the gains here are higher and the share reaches what a
+//! several-fold overload needs within a few intervals.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How often the share is recomputed.
+pub const INTERVAL: Duration = Duration::from_millis(10);
+/// Share change per second of delay above the target, per interval.
+const ALPHA: f64 = 2.0;
+/// Share change per second of delay growth since the last interval.
+const BETA: f64 = 10.0;
+/// Never shed every matching packet: some of each state's updates must get through.
+pub const MAX_SHARE: f64 = 0.99;
+/// Smallest change worth a new filter in the kernel.
+const STEP: f64 = 1.0 / 128.0;
+
+#[derive(Debug, Clone)]
+pub struct ShedControl {
+    /// The queueing delay steered to, in seconds.
+    target: f64,
+    share: f64,
+    /// The share the kernel filter applies now (changes smaller than `STEP` wait).
+    applied: f64,
+    sum_wait: f64,
+    waits: u32,
+    /// When each recent share took effect (newest last): a packet read now was filtered
+    /// by the share in force when it arrived, which may be several intervals old.
+    history: VecDeque<(Instant, f64)>,
+    prev_delay: f64,
+    next_update: Instant,
+    /// Matching packets the kernel dropped, estimated from the share in force and the
+    /// matching packets it let through (each was kept with probability 1 − share).
+    shed_estimate: f64,
+}
+
+impl ShedControl {
+    /// A controller keeping the capture queue's delay near `target` under overload.
+    pub fn new(now: Instant, target: Duration) -> ShedControl {
+        ShedControl {
+            target: target.as_secs_f64(),
+            share: 0.0,
+            applied: 0.0,
+            sum_wait: 0.0,
+            waits: 0,
+            history: VecDeque::new(),
+            prev_delay: 0.0,
+            next_update: now + INTERVAL,
+            shed_estimate: 0.0,
+        }
+    }
+
+    /// A captured packet read at `now` had waited `wait` in the kernel's queue; `eligible`:
+    /// the filter could have dropped it (it has the shape [`crate::wire::UpdCRun`]).
+    #[inline]
+    pub fn on_captured(&mut self, now: Instant, wait: Duration, eligible: bool) {
+        self.sum_wait += wait.as_secs_f64();
+        self.waits += 1;
+        if eligible && !self.history.is_empty() {
+            // It was kept with probability 1 − s: it stands for s / (1 − s) shed ones.
+            let arrived = now.checked_sub(wait).unwrap_or(now);
+            let s = self
+                .history
+                .iter()
+                .rev()
+                .find(|&&(t, _)| t <= arrived)
+                .map_or(0.0, |&(_, s)| s);
+            self.shed_estimate += s / (1.0 - s);
+        }
+    }
+
+    /// Once per [`INTERVAL`]: the new share for the kernel filter, when it changed enough.
+    pub fn poll(&mut self, now: Instant) -> Option<f64> {
+        if now < self.next_update {
+            return None;
+        }
+        // Intervals in which nobody polled (the gateway slept: nothing was captured) had an
+        // empty queue: the share decays for each as if polled.
+        let idle = now.duration_since(self.next_update).as_secs_f64() / INTERVAL.as_secs_f64();
+        self.share = (self.share - idle.floor() * ALPHA * self.target).max(0.0);
+        self.next_update = now + INTERVAL;
+        // Nothing read in a whole interval: the queue is empty.
+        let delay = if self.waits == 0 {
+            0.0
+        } else {
+            self.sum_wait / f64::from(self.waits)
+        };
+        let target = self.target;
+        self.share = (self.share + ALPHA * (delay - target) + BETA * (delay - self.prev_delay))
+            .clamp(0.0, MAX_SHARE);
+        self.prev_delay = delay;
+        (self.sum_wait, self.waits) = (0.0, 0);
+        let changed = (self.share - self.applied).abs() >= STEP
+            || (self.share == 0.0) != (self.applied == 0.0);
+        changed.then(|| {
+            self.applied = self.share;
+            // A second of history covers any wait the capture buffer can hold under shedding.
+            while self.history.len() > 1 && now - self.history[1].0 > Duration::from_secs(1) {
+                self.history.pop_front();
+            }
+            self.history.push_back((now, self.applied));
+            self.applied
+        })
+    }
+
+    /// The share the kernel filter drops now.
+    pub fn applied_share(&self) -> f64 {
+        self.applied
+    }
+
+    /// Matching packets shed by the kernel so far (an estimate; see the field).
+    pub fn shed_estimate(&self) -> u64 {
+        self.shed_estimate as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TARGET: Duration = crate::config::DEFAULT_SHED_TARGET;
+
+    /// A fluid model of the capture queue: `offered` packets/s (all matching) against a
+    /// gateway that processes `capacity`/s; returns the delay and the share after `secs`,
+    /// and the worst delay over the last half.
+    fn simulate(offered: f64, capacity: f64, secs: f64) -> (f64, f64, f64) {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        let (mut queue, mut worst) = (0.0f64, 0.0f64);
+        let dt = 0.001;
+        let steps = (secs / dt) as usize;
+        for i in 0..steps {
+            let now = t0 + Duration::from_secs_f64(i as f64 * dt);
+            queue = (queue + (offered * (1.0 - c.applied_share()) - capacity) * dt).max(0.0);
+            let delay = queue / capacity;
+            // The gateway reads capacity·dt packets per ms, each having waited `delay`.
+            for _ in 0..(capacity * dt) as usize {
+                c.on_captured(now, Duration::from_secs_f64(delay), true);
+            }
+            if queue == 0.0 {
+                // An empty queue: nothing read.
+                c.waits = 0;
+            }
+            c.poll(now);
+            if i > steps / 2 {
+                worst = worst.max(delay);
+            }
+        }
+        (queue / capacity, c.applied_share(), worst)
+    }
+
+    #[test]
+    fn sustained_overload_is_shed_down_to_a_short_queue() {
+        for factor in [1.5, 3.0, 10.0] {
+            let (delay, share, worst) = simulate(100_000.0 * factor, 100_000.0, 3.0);
+            let need = 1.0 - 1.0 / factor;
+            let bound = 2.0 * TARGET.as_secs_f64();
+            assert!(worst < bound, "{factor}×: worst delay {worst}");
+            assert!(delay < bound, "{factor}×: delay {delay}");
+            assert!(
+                (share - need).abs() < 0.1,
+                "{factor}×: share {share}, needs {need}"
+            );
+        }
+    }
+
+    #[test]
+    fn below_capacity_nothing_is_shed() {
+        let (delay, share, _) = simulate(90_000.0, 100_000.0, 2.0);
+        assert_eq!(share, 0.0);
+        assert_eq!(delay, 0.0);
+    }
+
+    #[test]
+    fn the_share_falls_back_to_zero_when_the_overload_ends() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        let mut now = t0;
+        for _ in 0..50 {
+            for _ in 0..100 {
+                c.on_captured(now, Duration::from_millis(40), true);
+            }
+            now += INTERVAL;
+            c.poll(now);
+        }
+        assert!(c.applied_share() > 0.5, "{}", c.applied_share());
+        // Each matching packet let through stood for share/(1-share) shed ones.
+        let before = c.shed_estimate();
+        assert!(before > 0);
+        for _ in 0..200 {
+            now += INTERVAL;
+            c.poll(now);
+        }
+        assert_eq!(c.applied_share(), 0.0, "an empty queue sheds nothing");
+    }
+
+    #[test]
+    fn a_gateway_that_slept_through_the_end_of_an_overload_does_not_keep_shedding() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        c.share = 0.6;
+        c.applied = 0.6;
+        // One packet after a second of silence: the share is gone.
+        c.on_captured(t0 + Duration::from_secs(1), Duration::ZERO, true);
+        assert_eq!(c.poll(t0 + Duration::from_secs(1)), Some(0.0));
+    }
+
+    #[test]
+    fn the_estimate_counts_by_the_share_in_force_when_each_packet_arrived() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        for _ in 0..10 {
+            c.on_captured(t0, TARGET, true);
+        }
+        assert_eq!(c.shed_estimate(), 0, "nothing shed before the first share");
+        // The share goes to 0.75 at t1 = t0 + 10 ms.
+        // A delay at the target, not growing: the share stays where it is.
+        (c.share, c.prev_delay) = (0.75, TARGET.as_secs_f64());
+        let t1 = t0 + INTERVAL;
+        c.on_captured(t1, TARGET, true);
+        assert_eq!(c.poll(t1), Some(0.75));
+        let t2 = t1 + Duration::from_millis(5);
+        for _ in 0..1000 {
+            // Read after the change, but queued before it: filtered at share 0.
+            c.on_captured(t2, Duration::from_millis(6), true);
+            // Queued after it: each kept one stands for 3 shed.
+            c.on_captured(t2, Duration::from_millis(4), true);
+            c.on_captured(t2, Duration::from_millis(4), false);
+        }
+        let e = c.shed_estimate();
+        assert!((2990..=3000).contains(&e), "{e}");
+    }
+}
