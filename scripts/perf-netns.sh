@@ -10,7 +10,8 @@
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`),
-#        PERF_STATUS=<prefix> (both gateways' status --json after each mode)
+#        PERF_STATUS=<prefix> (both gateways' status --json after each mode),
+#        PERF_SHED_TARGET=<ms> ([local] shed_target_ms; 0 = kernel shedding off)
 #
 # Mode `boringtun` (in the default --modes) runs userspace WireGuard between the gateways when
 # `boringtun-cli` and `wg` are installed (cargo install boringtun-cli; apt install
@@ -113,6 +114,7 @@ mode = "raw"
 interface = "sync0"
 dialect = "openbsd-v6"
 $fwline
+${PERF_SHED_TARGET:+shed_target_ms = $PERF_SHED_TARGET}
 
 [[peer]]
 name = "gw-$other"

@@ -63,7 +63,7 @@ pub fn program(dialect: Dialect, threshold: u32) -> Vec<sock_filter> {
         // header.len must be exactly the run: nothing else follows it.
         ops.extend([
             Op::Stmt(code(BPF_LD, BPF_H, BPF_IND), f.count_at as u32),
-            Op::Stmt(code(BPF_ALU, BPF_MUL, BPF_K), f.msg_len as u32),
+            Op::Stmt(code(BPF_ALU, BPF_MUL, BPF_K), run.msg_len as u32),
             Op::Stmt(code(BPF_ALU, BPF_ADD, BPF_K), f.fixed as u32),
             Op::Stmt(code(BPF_ST, 0, 0), 0),
             Op::Stmt(code(BPF_LD, BPF_H, BPF_IND), HEADER_LEN_AT),
@@ -341,7 +341,7 @@ pub(crate) mod tests {
                 if let Some(w) = f.len_words { body[run.action_at + 1] = w; }
                 let count = usize::from(fix >> 3);
                 body[f.count_at..f.count_at + 2].copy_from_slice(&(count as u16).to_be_bytes());
-                let len = (f.fixed + count * f.msg_len) as u16;
+                let len = (f.fixed + count * run.msg_len) as u16;
                 body[2..4].copy_from_slice(&len.to_be_bytes());
             }
             let shed = exec(&program(d, u32::MAX), &ip(ihl, &body), 0) == 0;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::table::digest::mix64;
-use crate::wire::{translate, Dialect, Message, PacketWriter};
+use crate::wire::{translate, Dialect, Message, PacketWriter, UpdCRun, HEADER_LEN};
 
 /// How long an injected packet is remembered to recognise its echo.
 const ECHO_MEMORY: Duration = Duration::from_secs(5);
@@ -17,6 +17,8 @@ pub struct InjectStats {
     pub bytes: u64,
     pub dropped: u64,
     pub encode_errors: u64,
+    /// Queued packets of updates joined to the one before them (see `Injector::pop`).
+    pub joined: u64,
 }
 
 pub struct Injector {
@@ -37,6 +39,10 @@ pub struct Injector {
     buf: Vec<u8>,
     /// Packets ever queued (the driver paces injection by what arrived).
     arrivals: u64,
+    /// The shape of a packet of compressed updates only: queued ones are joined.
+    run: UpdCRun,
+    /// When the newest packet was queued (the echo time of a joined packet).
+    last_push: Option<Instant>,
     pub stats: InjectStats,
 }
 
@@ -73,6 +79,8 @@ impl Injector {
             echo: VecDeque::new(),
             buf: vec![0; mtu],
             arrivals: 0,
+            run: UpdCRun::of(dialect),
+            last_push: None,
             stats: InjectStats::default(),
         }
     }
@@ -149,6 +157,7 @@ impl Injector {
         self.queued_bytes += b.capacity();
         self.queue.push_back(b);
         self.arrivals += 1;
+        self.last_push = Some(now);
         // The queue grew: spares give way.
         while self.queued_bytes + self.spare_bytes > self.max_bytes {
             let Some(s) = self.spare.pop() else { break };
@@ -225,6 +234,10 @@ impl Injector {
         self.buf = buf;
     }
 
+    /// The next packet to inject, into `out`. Packets of compressed updates only that wait
+    /// back to back are joined into one, up to the MTU, as pf itself packs its updates: a
+    /// relay that fell behind on small packets spends its time in the kernel's per-packet
+    /// send path, not on the updates. A lone packet goes out as it came.
     pub fn pop(&mut self, out: &mut [u8]) -> Option<usize> {
         let n = self.queue.front()?.len();
         if n > out.len() {
@@ -235,15 +248,166 @@ impl Injector {
         }
         out[..n].copy_from_slice(self.queue.front()?);
         self.drop_front();
+        let (mut n, mut joined_any) = (n, false);
+        let room = self.mtu.min(out.len());
+        while let Some(joined) = self
+            .queue
+            .front()
+            .and_then(|next| self.join(&mut out[..room], n, next))
+        {
+            n = joined;
+            self.drop_front();
+            self.stats.joined += 1;
+            joined_any = true;
+        }
+        if joined_any {
+            // A joined packet is new bytes: remember them for the echo filter too.
+            if let Some(t) = self.last_push {
+                self.echo.push_back((packet_hash(&out[..n]), t));
+            }
+        }
         self.stats.packets += 1;
         self.stats.bytes += n as u64;
         Some(n)
+    }
+
+    /// Append `next`'s updates to the run of updates in `out[..n]`; the new length, or
+    /// `None` if either is not a run of the same firewall's (version and checksum), exactly
+    /// framed, or the result would not fit.
+    fn join(&self, out: &mut [u8], n: usize, next: &[u8]) -> Option<usize> {
+        let run = self.run;
+        if n > out.len() {
+            return None;
+        }
+        let (msgs_at, count_of): (usize, fn(&[u8]) -> usize) = match run.framed {
+            None => (HEADER_LEN, |p| usize::from(p[3])),
+            Some(f) => (f.count_at + 2, |p| {
+                usize::from(u16::from_be_bytes([p[22], p[23]]))
+            }),
+        };
+        let msg_len = run.msg_len;
+        let (tail, max_count) = match run.framed {
+            None => (0, usize::from(u8::MAX)),
+            Some(f) => (f.fixed - msgs_at, usize::from(u16::MAX)),
+        };
+        let (a, b) = (&out[..n], next);
+        if !run.matches(a) || !run.matches(b) || a[4..HEADER_LEN] != b[4..HEADER_LEN] {
+            return None;
+        }
+        let (ca, cb) = (count_of(a), count_of(b));
+        if a.len() != msgs_at + ca * msg_len + tail || b.len() < msgs_at + cb * msg_len + tail {
+            return None;
+        }
+        let add = cb * msg_len;
+        if n + add > out.len() || ca + cb > max_count {
+            return None;
+        }
+        // Messages go before FreeBSD's EOF subheader, which moves to the end.
+        let end = msgs_at + ca * msg_len;
+        out.copy_within(end..n, end + add);
+        out[end..end + add].copy_from_slice(&b[msgs_at..msgs_at + add]);
+        let total = n + add;
+        match run.framed {
+            None => out[3] = (ca + cb) as u8,
+            Some(f) => {
+                out[f.count_at..f.count_at + 2].copy_from_slice(&((ca + cb) as u16).to_be_bytes());
+                out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            }
+        }
+        Some(total)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{Packet, StateId, UpdCRepr};
+
+    fn upd_c(n: u64) -> Message {
+        Message::UpdC(UpdCRepr {
+            id: StateId::new(n, 7),
+            src: Default::default(),
+            dst: Default::default(),
+            expire: 30,
+            timeout: 2,
+            flags: 0,
+        })
+    }
+
+    fn packet(d: Dialect, msgs: &[Message], cksum: u8) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let mut w = PacketWriter::new(d, &mut buf);
+        w.set_checksum([cksum; 16]);
+        for m in msgs {
+            assert!(w.push(m).unwrap());
+        }
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    /// Drain `inj`: the packets and, in order, every message they carry.
+    fn drain(inj: &mut Injector, d: Dialect) -> (Vec<Vec<u8>>, Vec<Message>) {
+        let (mut pkts, mut msgs) = (Vec::new(), Vec::new());
+        let mut out = [0u8; 1480];
+        while let Some(n) = inj.pop(&mut out) {
+            let p = Packet::new_checked(&out[..n], d).expect("joined packets parse");
+            msgs.extend(p.messages().filter(|m| *m != Message::Eof));
+            pkts.push(out[..n].to_vec());
+        }
+        (pkts, msgs)
+    }
+
+    #[test]
+    fn queued_runs_of_updates_are_joined_up_to_the_mtu_in_order() {
+        let now = Instant::now();
+        for d in Dialect::ALL {
+            let mut inj = Injector::new(d, 1480, 1000);
+            let mut sent = Vec::new();
+            for i in 0..40u64 {
+                let m = [upd_c(2 * i), upd_c(2 * i + 1)];
+                inj.push_raw(&packet(d, &m, 9), now);
+                sent.extend(m);
+            }
+            // Not joined: a DEL_C between runs, and a firewall with another checksum.
+            let del = [Message::DelC(StateId::new(99, 7))];
+            inj.push_raw(&packet(d, &del, 9), now);
+            sent.extend(del);
+            let other = [upd_c(500)];
+            inj.push_raw(&packet(d, &other, 9), now);
+            inj.push_raw(&packet(d, &[upd_c(501)], 8), now);
+            sent.extend([upd_c(500), upd_c(501)]);
+            let (pkts, msgs) = drain(&mut inj, d);
+            assert_eq!(msgs, sent, "{d:?}: every update, in order");
+            let per = (1480 - 28) / UpdCRun::of(d).msg_len;
+            assert_eq!(
+                pkts.len(),
+                80_usize.div_ceil(per) + 3,
+                "{d:?}: {per} per packet"
+            );
+            assert!(pkts.iter().all(|p| p.len() <= 1480));
+            assert!(
+                inj.is_echo(&pkts[0], now),
+                "{d:?}: a joined packet is our own"
+            );
+            assert_eq!(
+                inj.stats.joined,
+                80 / 2 - 80_usize.div_ceil(per) as u64,
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_packet_goes_out_as_it_came() {
+        let now = Instant::now();
+        for d in Dialect::ALL {
+            let mut inj = Injector::new(d, 1480, 1000);
+            let p = packet(d, &[upd_c(1), upd_c(2)], 3);
+            inj.push_raw(&p, now);
+            assert_eq!(drain(&mut inj, d).0, vec![p]);
+        }
+    }
 
     #[test]
     fn queue_and_spares_together_stay_within_the_byte_bound() {

@@ -88,18 +88,20 @@ pub struct UpdCRun {
     pub action_at: usize,
     /// The `UPD_C` action code.
     pub action: u8,
+    /// Size of one `UPD_C`.
+    pub msg_len: usize,
     /// v5/v6 framing: the run must end exactly at `header.len`.
     pub framed: Option<RunFraming>,
 }
 
-/// How a v5/v6 run of `UPD_C` fills its packet: `header.len` = `fixed + count · msg_len`.
+/// How a v5/v6 run of `UPD_C` fills its packet: `header.len` = `fixed + count · msg_len`
+/// (NetBSD's count is a header byte and bytes beyond its messages are ignored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunFraming {
     /// OpenBSD's subheader `len` (the message size in 32-bit words); FreeBSD's is padding.
     pub len_words: Option<u8>,
     /// Offset of the subheader's `count`.
     pub count_at: usize,
-    pub msg_len: usize,
     /// Header and subheader, plus FreeBSD's EOF subheader after the run.
     pub fixed: usize,
 }
@@ -114,7 +116,6 @@ impl UpdCRun {
             _ => Some(RunFraming {
                 len_words: (dialect == Dialect::OpenbsdV6).then_some((msg_len / 4) as u8),
                 count_at: first + header::subheader::COUNT,
-                msg_len,
                 fixed: first
                     + header::subheader::SIZE
                     + if dialect.is_freebsd() {
@@ -131,6 +132,7 @@ impl UpdCRun {
                 _ => first + header::subheader::ACTION,
             },
             action: code,
+            msg_len,
             framed,
         }
     }
@@ -158,7 +160,7 @@ impl UpdCRun {
             return false;
         }
         let count = usize::from(be16(pkt, f.count_at));
-        usize::from(be16(pkt, header::v56::LEN)) == f.fixed + count * f.msg_len
+        usize::from(be16(pkt, header::v56::LEN)) == f.fixed + count * self.msg_len
     }
 }
 
