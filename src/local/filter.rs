@@ -321,6 +321,10 @@ pub(crate) mod tests {
         };
         assert_eq!(arrived(u32::MAX), vec![other.clone(), other.clone()]);
         assert_eq!(arrived(0).len(), 5);
+        // The kernel's checker takes every dialect's program.
+        for d in Dialect::ALL {
+            attach(&rx, d, threshold(0.5)).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        }
     }
 
     proptest::proptest! {
