@@ -23,6 +23,12 @@ const BETA: f64 = 10.0;
 pub const MAX_SHARE: f64 = 0.99;
 /// Smallest change worth a new filter in the kernel.
 const STEP: f64 = 1.0 / 128.0;
+/// Below this share of sheddable packets in what was read, shedding cannot shorten the
+/// queue (a bulk answer, an insert storm): the share only decays.
+const MIN_ELIGIBLE: f64 = 0.25;
+/// Factor the share shrinks by in an interval whose queue stayed below half the target
+/// (PIE's decay), so a small target does not leave shedding on long after an overload.
+const DECAY: f64 = 0.9;
 
 #[derive(Debug, Clone)]
 pub struct ShedControl {
@@ -33,6 +39,7 @@ pub struct ShedControl {
     applied: f64,
     sum_wait: f64,
     waits: u32,
+    eligible: u32,
     /// When each recent share took effect (newest last): a packet read now was filtered
     /// by the share in force when it arrived, which may be several intervals old.
     history: VecDeque<(Instant, f64)>,
@@ -52,6 +59,7 @@ impl ShedControl {
             applied: 0.0,
             sum_wait: 0.0,
             waits: 0,
+            eligible: 0,
             history: VecDeque::new(),
             prev_delay: 0.0,
             next_update: now + INTERVAL,
@@ -65,6 +73,7 @@ impl ShedControl {
     pub fn on_captured(&mut self, now: Instant, wait: Duration, eligible: bool) {
         self.sum_wait += wait.as_secs_f64();
         self.waits += 1;
+        self.eligible += u32::from(eligible);
         if eligible && !self.history.is_empty() {
             // It was kept with probability 1 − s: it stands for s / (1 − s) shed ones.
             let arrived = now.checked_sub(wait).unwrap_or(now);
@@ -83,10 +92,7 @@ impl ShedControl {
         if now < self.next_update {
             return None;
         }
-        // Intervals in which nobody polled (the gateway slept: nothing was captured) had an
-        // empty queue: the share decays for each as if polled.
-        let idle = now.duration_since(self.next_update).as_secs_f64() / INTERVAL.as_secs_f64();
-        self.share = (self.share - idle.floor() * ALPHA * self.target).max(0.0);
+        let missed = now.duration_since(self.next_update).as_secs_f64() / INTERVAL.as_secs_f64();
         self.next_update = now + INTERVAL;
         // Nothing read in a whole interval: the queue is empty.
         let delay = if self.waits == 0 {
@@ -95,10 +101,21 @@ impl ShedControl {
             self.sum_wait / f64::from(self.waits)
         };
         let target = self.target;
-        self.share = (self.share + ALPHA * (delay - target) + BETA * (delay - self.prev_delay))
-            .clamp(0.0, MAX_SHARE);
+        // Intervals in which nobody polled while the queue stayed short (the gateway slept:
+        // nothing was captured) decay the share as if polled; a long busy round does not.
+        if delay < target / 2.0 {
+            self.share *= DECAY.powf(missed.floor());
+        }
+        let step = ALPHA * (delay - target) + BETA * (delay - self.prev_delay);
+        // Shedding helps only if enough of what queues could be shed.
+        let sheddable = f64::from(self.eligible) >= MIN_ELIGIBLE * f64::from(self.waits.max(1));
+        if delay < target / 2.0 {
+            self.share *= DECAY;
+        }
+        let step = if sheddable { step } else { step.min(0.0) };
+        self.share = (self.share + step).clamp(0.0, MAX_SHARE);
         self.prev_delay = delay;
-        (self.sum_wait, self.waits) = (0.0, 0);
+        (self.sum_wait, self.waits, self.eligible) = (0.0, 0, 0);
         let changed = (self.share - self.applied).abs() >= STEP
             || (self.share == 0.0) != (self.applied == 0.0);
         changed.then(|| {
@@ -201,6 +218,39 @@ mod tests {
             c.poll(now);
         }
         assert_eq!(c.applied_share(), 0.0, "an empty queue sheds nothing");
+    }
+
+    #[test]
+    fn a_queue_of_what_cannot_be_shed_does_not_raise_the_share() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        let mut now = t0;
+        for _ in 0..50 {
+            // A bulk answer: 90 % full updates, long waits.
+            for i in 0..100 {
+                c.on_captured(now, Duration::from_millis(80), i % 10 == 0);
+            }
+            now += INTERVAL;
+            c.poll(now);
+        }
+        assert_eq!(c.applied_share(), 0.0);
+    }
+
+    #[test]
+    fn a_small_target_lets_go_quickly_after_the_overload() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, Duration::from_millis(1));
+        (c.share, c.applied) = (0.99, 0.99);
+        let mut now = t0;
+        // Busy but no longer behind: every packet read at once, 20 intervals (200 ms).
+        for _ in 0..20 {
+            for _ in 0..100 {
+                c.on_captured(now, Duration::ZERO, true);
+            }
+            now += INTERVAL;
+            c.poll(now);
+        }
+        assert!(c.applied_share() < 0.15, "{}", c.applied_share());
     }
 
     #[test]

@@ -42,6 +42,9 @@ const UDP_BATCHES_PER_ROUND: usize = 2;
 /// burst. A round may inject more: as many as arrived for injection in the round before, so
 /// a sustained relay keeps pace instead of building a standing queue (and overflowing it).
 const INJECT_PER_ROUND: usize = 128;
+/// What a round may inject at most, however much arrived (a bulk answer queued at once, a
+/// peer's bundles of tiny packets): the sockets get their turn every 1,024 packets.
+const INJECT_MAX_PER_ROUND: usize = 8 * INJECT_PER_ROUND;
 /// A captured packet that waited longer than this in the kernel's buffer is behind. If it
 /// carries only compressed updates (`UPD_C`) it is dropped unapplied: newer updates of the
 /// same states are queued behind it (pf sends one per state every few packets while it
@@ -591,7 +594,7 @@ impl Node {
         let arrivals = self.replica.inject_arrivals();
         let arrived = (arrivals - self.inject_arrivals) as usize;
         self.inject_arrivals = arrivals;
-        self.inject_budget = INJECT_PER_ROUND.max(arrived);
+        self.inject_budget = arrived.clamp(INJECT_PER_ROUND, INJECT_MAX_PER_ROUND);
         let raw_more = self.drain_raw(now, RAW_BATCHES_PER_ROUND);
         self.steer_shedding(now);
         self.pump(now);
@@ -655,7 +658,6 @@ impl Node {
             run,
             ..
         } = &mut **raw;
-        let wall = std::time::SystemTime::now();
         for _ in 0..budget {
             match try_recv_batch(sock, rx) {
                 None => return false,
@@ -668,6 +670,8 @@ impl Node {
                 }
             }
             self.counters.shed_capture_overflow += rx.take_overflow();
+            // After the read: every packet of the batch arrived before it.
+            let wall = std::time::SystemTime::now();
             for i in 0..rx.len() {
                 let Some(data) = rx.data(i) else {
                     bump(&mut self.counters, "local_oversized");

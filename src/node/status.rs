@@ -141,11 +141,21 @@ impl Status {
             esc(&self.dialect),
             esc(&self.digest)
         );
+        // `…_now` entries are gauges (they go down): a family of their own, so Prometheus
+        // does not read a decrease as a counter reset.
         let _ = writeln!(s, "# TYPE pfsync_gw_local_total counter");
-        for (k, v) in &self.local {
+        for (k, v) in self.local.iter().filter(|(k, _)| !k.ends_with("_now")) {
             let _ = writeln!(
                 s,
                 "pfsync_gw_local_total{{node=\"{node}\",what=\"{}\"}} {v}",
+                esc(k)
+            );
+        }
+        let _ = writeln!(s, "# TYPE pfsync_gw_local gauge");
+        for (k, v) in self.local.iter().filter(|(k, _)| k.ends_with("_now")) {
+            let _ = writeln!(
+                s,
+                "pfsync_gw_local{{node=\"{node}\",what=\"{}\"}} {v}",
                 esc(k)
             );
         }

@@ -263,6 +263,9 @@ impl Injector {
         if joined_any {
             // A joined packet is new bytes: remember them for the echo filter too.
             if let Some(t) = self.last_push {
+                if self.echo.len() >= ECHO_MAX {
+                    self.echo.pop_front();
+                }
                 self.echo.push_back((packet_hash(&out[..n]), t));
             }
         }
