@@ -673,6 +673,23 @@ impl Node {
             // After the read: every packet of the batch arrived before it.
             let wall = std::time::SystemTime::now();
             for i in 0..rx.len() {
+                let age = rx
+                    .received_at(i)
+                    .and_then(|t| wall.duration_since(t).ok())
+                    .unwrap_or_default();
+                // Whatever queued counts for the shedding controller; only the firewall's
+                // `UPD_C` runs can be shed, so a queue of anything else (a rogue host's
+                // flood among it) does not raise the share.
+                if let Some(c) = shed {
+                    let eligible = rx.data(i).is_some_and(|d| {
+                        Ipv4Packet::new_checked(d).is_ok_and(|ip| {
+                            ip.ttl() == wire::PFSYNC_DFLTTL
+                                && sock.get_ref().check_source(ip.src()).is_none()
+                                && run.matches(ip.payload())
+                        })
+                    });
+                    c.on_captured(now, age, eligible);
+                }
                 let Some(data) = rx.data(i) else {
                     bump(&mut self.counters, "local_oversized");
                     continue;
@@ -703,13 +720,6 @@ impl Node {
                     continue;
                 }
                 self.counters.captured += 1;
-                let age = rx
-                    .received_at(i)
-                    .and_then(|t| wall.duration_since(t).ok())
-                    .unwrap_or_default();
-                if let Some(c) = shed {
-                    c.on_captured(now, age, run.matches(ip.payload()));
-                }
                 if age > CAPTURE_MAX_AGE && only_upd_c(ip.payload(), self.cfg.local.dialect) {
                     self.counters.shed_capture_late += 1;
                     continue;
