@@ -26,9 +26,11 @@ const STEP: f64 = 1.0 / 128.0;
 /// Below this share of sheddable packets in what was read, shedding cannot shorten the
 /// queue (a bulk answer, an insert storm): the share only decays.
 const MIN_ELIGIBLE: f64 = 0.25;
-/// Factor the share shrinks by in an interval whose queue stayed below half the target
-/// (PIE's decay), so a small target does not leave shedding on long after an overload.
+/// Factor the share shrinks by in an interval whose queue was empty (PIE's decay), so a
+/// small target does not leave shedding on long after an overload.
 const DECAY: f64 = 0.9;
+/// A mean wait below this (or half the target, if smaller) is an empty queue.
+const EMPTY: f64 = 0.001;
 
 #[derive(Debug, Clone)]
 pub struct ShedControl {
@@ -101,15 +103,16 @@ impl ShedControl {
             self.sum_wait / f64::from(self.waits)
         };
         let target = self.target;
-        // Intervals in which nobody polled while the queue stayed short (the gateway slept:
+        // Intervals in which nobody polled while the queue was empty (the gateway slept:
         // nothing was captured) decay the share as if polled; a long busy round does not.
-        if delay < target / 2.0 {
+        let empty = delay < (target / 2.0).min(EMPTY);
+        if empty {
             self.share *= DECAY.powf(missed.floor());
         }
         let step = ALPHA * (delay - target) + BETA * (delay - self.prev_delay);
         // Shedding helps only if enough of what queues could be shed.
         let sheddable = f64::from(self.eligible) >= MIN_ELIGIBLE * f64::from(self.waits.max(1));
-        if delay < target / 2.0 {
+        if empty {
             self.share *= DECAY;
         }
         let step = if sheddable { step } else { step.min(0.0) };
