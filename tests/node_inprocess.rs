@@ -264,8 +264,21 @@ async fn status_socket_and_metrics_expose_counters() {
         "epochs_opened",
         "sessions_kept",
         "relayed_verbatim",
+        "injected_joined",
+        "shed_capture_filtered",
+        "shed_share_percent_now",
     ] {
         assert!(st.local.contains_key(k), "{k} missing: {:?}", st.local);
+    }
+    // Gauges go down: exported as a gauge family, not among the counters.
+    for k in ["shed_share_percent_now", "tunnel_under_load_now"] {
+        assert!(
+            body.contains(&format!("pfsync_gw_local{{node=\"gw-0\",what=\"{k}\"}} 0")),
+            "{k} not a gauge on /metrics: {body}"
+        );
+        assert!(!body.contains(&format!(
+            "pfsync_gw_local_total{{node=\"gw-0\",what=\"{k}\"}}"
+        )));
     }
     for s in &sites {
         s.handle.shutdown();

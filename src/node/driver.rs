@@ -991,6 +991,7 @@ impl Node {
                 ("relayed_verbatim".to_string(), rs.data_verbatim),
                 ("relayed_corrected".to_string(), rs.data_corrected),
                 ("relayed_reencoded".to_string(), rs.data_reencoded),
+                ("injected_joined".to_string(), rs.inject.joined),
                 ("epochs_opened".to_string(), epochs[0]),
                 ("peer_epochs".to_string(), epochs[1]),
                 ("sessions_kept".to_string(), epochs[2]),
