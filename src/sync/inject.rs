@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::table::digest::mix64;
-use crate::wire::{translate, Dialect, Message, PacketWriter, UpdCRun, HEADER_LEN};
+use crate::wire::{translate, Dialect, Message, PacketWriter, UpdCRun};
 
 /// How long an injected packet is remembered to recognise its echo.
 const ECHO_MEMORY: Duration = Duration::from_secs(5);
@@ -145,15 +145,7 @@ impl Injector {
             self.drop_front();
             self.stats.dropped += 1;
         }
-        while self
-            .echo
-            .front()
-            .is_some_and(|&(_, t)| now.saturating_duration_since(t) > ECHO_MEMORY)
-            || self.echo.len() >= ECHO_MAX
-        {
-            self.echo.pop_front();
-        }
-        self.echo.push_back((packet_hash(&b), now));
+        self.remember(packet_hash(&b), now);
         self.queued_bytes += b.capacity();
         self.queue.push_back(b);
         self.arrivals += 1;
@@ -163,6 +155,20 @@ impl Injector {
             let Some(s) = self.spare.pop() else { break };
             self.spare_bytes -= s.capacity();
         }
+    }
+
+    /// Remember an injected packet's hash for the echo filter, forgetting the expired ones
+    /// and, beyond `ECHO_MAX`, the oldest.
+    fn remember(&mut self, hash: u64, now: Instant) {
+        while self
+            .echo
+            .front()
+            .is_some_and(|&(_, t)| now.saturating_duration_since(t) > ECHO_MEMORY)
+            || self.echo.len() >= ECHO_MAX
+        {
+            self.echo.pop_front();
+        }
+        self.echo.push_back((hash, now));
     }
 
     fn drop_front(&mut self) {
@@ -253,7 +259,7 @@ impl Injector {
         while let Some(joined) = self
             .queue
             .front()
-            .and_then(|next| self.join(&mut out[..room], n, next))
+            .and_then(|next| self.run.join(&mut out[..room], n, next))
         {
             n = joined;
             self.drop_front();
@@ -263,61 +269,12 @@ impl Injector {
         if joined_any {
             // A joined packet is new bytes: remember them for the echo filter too.
             if let Some(t) = self.last_push {
-                if self.echo.len() >= ECHO_MAX {
-                    self.echo.pop_front();
-                }
-                self.echo.push_back((packet_hash(&out[..n]), t));
+                self.remember(packet_hash(&out[..n]), t);
             }
         }
         self.stats.packets += 1;
         self.stats.bytes += n as u64;
         Some(n)
-    }
-
-    /// Append `next`'s updates to the run of updates in `out[..n]`; the new length, or
-    /// `None` if either is not a run of the same firewall's (version and checksum), exactly
-    /// framed, or the result would not fit.
-    fn join(&self, out: &mut [u8], n: usize, next: &[u8]) -> Option<usize> {
-        let run = self.run;
-        if n > out.len() {
-            return None;
-        }
-        let (msgs_at, count_of): (usize, fn(&[u8]) -> usize) = match run.framed {
-            None => (HEADER_LEN, |p| usize::from(p[3])),
-            Some(f) => (f.count_at + 2, |p| {
-                usize::from(u16::from_be_bytes([p[22], p[23]]))
-            }),
-        };
-        let msg_len = run.msg_len;
-        let (tail, max_count) = match run.framed {
-            None => (0, usize::from(u8::MAX)),
-            Some(f) => (f.fixed - msgs_at, usize::from(u16::MAX)),
-        };
-        let (a, b) = (&out[..n], next);
-        if !run.matches(a) || !run.matches(b) || a[4..HEADER_LEN] != b[4..HEADER_LEN] {
-            return None;
-        }
-        let (ca, cb) = (count_of(a), count_of(b));
-        if a.len() != msgs_at + ca * msg_len + tail || b.len() < msgs_at + cb * msg_len + tail {
-            return None;
-        }
-        let add = cb * msg_len;
-        if n + add > out.len() || ca + cb > max_count {
-            return None;
-        }
-        // Messages go before FreeBSD's EOF subheader, which moves to the end.
-        let end = msgs_at + ca * msg_len;
-        out.copy_within(end..n, end + add);
-        out[end..end + add].copy_from_slice(&b[msgs_at..msgs_at + add]);
-        let total = n + add;
-        match run.framed {
-            None => out[3] = (ca + cb) as u8,
-            Some(f) => {
-                out[f.count_at..f.count_at + 2].copy_from_slice(&((ca + cb) as u16).to_be_bytes());
-                out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            }
-        }
-        Some(total)
     }
 }
 

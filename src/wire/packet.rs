@@ -159,8 +159,57 @@ impl UpdCRun {
         if f.len_words.is_some_and(|w| pkt[self.action_at + 1] != w) {
             return false;
         }
-        let count = usize::from(be16(pkt, f.count_at));
-        usize::from(be16(pkt, header::v56::LEN)) == f.fixed + count * self.msg_len
+        usize::from(be16(pkt, header::v56::LEN)) == f.fixed + self.count(pkt) * self.msg_len
+    }
+
+    /// The run's message count (from a packet at least `min_len()` long).
+    fn count(&self, pkt: &[u8]) -> usize {
+        match self.framed {
+            None => usize::from(pkt[header::netbsd::COUNT]),
+            Some(f) => usize::from(be16(pkt, f.count_at)),
+        }
+    }
+
+    /// Append the messages of the run `next` to the run in `out[..n]`, as one packet: the
+    /// new length, or `None` if either is not exactly a run of this shape, their version or
+    /// checksum bytes differ (another ruleset), or the result would not fit `out` or the
+    /// count field. FreeBSD's EOF subheader moves to the end.
+    pub fn join(&self, out: &mut [u8], n: usize, next: &[u8]) -> Option<usize> {
+        if n > out.len() {
+            return None;
+        }
+        // The messages start where the tested fields end.
+        let msgs_at = self.min_len();
+        let (tail, max_count) = match self.framed {
+            None => (0, usize::from(u8::MAX)),
+            Some(f) => (f.fixed - msgs_at, usize::from(u16::MAX)),
+        };
+        let (a, b) = (&out[..n], next);
+        let cksum = header::v56::CKSUM..HEADER_LEN;
+        if !self.matches(a) || !self.matches(b) || a[cksum.clone()] != b[cksum] {
+            return None;
+        }
+        let (ca, cb) = (self.count(a), self.count(b));
+        let len = |c: usize| msgs_at + c * self.msg_len + tail;
+        if a.len() != len(ca) || b.len() < len(cb) {
+            return None;
+        }
+        let add = cb * self.msg_len;
+        if n + add > out.len() || ca + cb > max_count {
+            return None;
+        }
+        let end = msgs_at + ca * self.msg_len;
+        out.copy_within(end..n, end + add);
+        out[end..end + add].copy_from_slice(&b[msgs_at..msgs_at + add]);
+        let total = n + add;
+        match self.framed {
+            None => out[header::netbsd::COUNT] = (ca + cb) as u8,
+            Some(f) => {
+                put16(out, f.count_at, (ca + cb) as u16);
+                put16(out, header::v56::LEN, total as u16);
+            }
+        }
+        Some(total)
     }
 }
 
