@@ -133,7 +133,8 @@ pub fn attach(sock: &Socket, dialect: Dialect, threshold: u32) -> io::Result<()>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::wire::{Message, PacketWriter, StateId, UpdCRepr};
+    use crate::wire::packet::tests::{emit, upd_c};
+    use crate::wire::{Message, StateId};
 
     /// A classic BPF interpreter for the instructions [`program`] uses, with the kernel's
     /// semantics (a load past the end returns 0 = drop); `rand` stands for `SKF_AD_RANDOM`.
@@ -206,17 +207,6 @@ pub(crate) mod tests {
         }
     }
 
-    fn upd_c(n: u64) -> Message {
-        Message::UpdC(UpdCRepr {
-            id: StateId::new(n, 7),
-            src: Default::default(),
-            dst: Default::default(),
-            expire: 30,
-            timeout: 2,
-            flags: 0,
-        })
-    }
-
     /// An IPv4 header of `ihl` words (options included) in front of `pfsync`.
     pub(crate) fn ip(ihl: u8, pfsync: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; usize::from(ihl) * 4];
@@ -226,15 +216,8 @@ pub(crate) mod tests {
         p
     }
 
-    pub(crate) fn packet(d: Dialect, msgs: &[Message]) -> Vec<u8> {
-        let mut buf = vec![0u8; 65_535];
-        let mut w = PacketWriter::new(d, &mut buf);
-        for m in msgs {
-            assert!(w.push(m).unwrap(), "fits");
-        }
-        let n = w.finish();
-        buf.truncate(n);
-        buf
+    fn packet(d: Dialect, msgs: &[Message]) -> Vec<u8> {
+        emit(d, msgs, [0; 16])
     }
 
     #[test]

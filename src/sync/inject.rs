@@ -281,29 +281,11 @@ impl Injector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Packet, StateId, UpdCRepr};
-
-    fn upd_c(n: u64) -> Message {
-        Message::UpdC(UpdCRepr {
-            id: StateId::new(n, 7),
-            src: Default::default(),
-            dst: Default::default(),
-            expire: 30,
-            timeout: 2,
-            flags: 0,
-        })
-    }
+    use crate::wire::packet::tests::{emit, upd_c};
+    use crate::wire::{Packet, StateId};
 
     fn packet(d: Dialect, msgs: &[Message], cksum: u8) -> Vec<u8> {
-        let mut buf = vec![0u8; 1500];
-        let mut w = PacketWriter::new(d, &mut buf);
-        w.set_checksum([cksum; 16]);
-        for m in msgs {
-            assert!(w.push(m).unwrap());
-        }
-        let n = w.finish();
-        buf.truncate(n);
-        buf
+        emit(d, msgs, [cksum; 16])
     }
 
     /// Drain `inj`: the packets and, in order, every message they carry.

@@ -717,7 +717,7 @@ impl<'a> PacketWriter<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire::msg::tests::{upd_c_e, upd_c_e_bytes};
     use crate::wire::{BusStatus, StateId};
@@ -726,7 +726,8 @@ mod tests {
         Packet::new_checked(b, d).unwrap().messages().collect()
     }
 
-    fn emit(d: Dialect, msgs: &[Message], cksum: [u8; 16]) -> Vec<u8> {
+    /// `msgs` as one packet of dialect `d` with checksum bytes `cksum`.
+    pub(crate) fn emit(d: Dialect, msgs: &[Message], cksum: [u8; 16]) -> Vec<u8> {
         let mut buf = [0u8; 1480];
         let mut w = PacketWriter::new(d, &mut buf);
         w.set_checksum(cksum);
@@ -735,6 +736,18 @@ mod tests {
         }
         let n = w.finish();
         buf[..n].to_vec()
+    }
+
+    /// A compressed update of state `n` (creator 7).
+    pub(crate) fn upd_c(n: u64) -> Message {
+        Message::UpdC(crate::wire::UpdCRepr {
+            id: StateId::new(n, 7),
+            src: Default::default(),
+            dst: Default::default(),
+            expire: 30,
+            timeout: 2,
+            flags: 0,
+        })
     }
 
     /// §10 A: OpenBSD 7.4+ bulk request.
