@@ -103,18 +103,15 @@ impl ShedControl {
             self.sum_wait / f64::from(self.waits)
         };
         let target = self.target;
-        // Intervals in which nobody polled while the queue was empty (the gateway slept:
-        // nothing was captured) decay the share as if polled; a long busy round does not.
-        let empty = delay < (target / 2.0).min(EMPTY);
-        if empty {
-            self.share *= DECAY.powf(missed.floor());
+        // An empty queue decays the share, once for this interval and once for each one
+        // nobody polled in (the gateway slept: nothing was captured); a long busy round,
+        // whose queue was not empty, does not.
+        if delay < (target / 2.0).min(EMPTY) {
+            self.share *= DECAY.powf(missed.floor() + 1.0);
         }
         let step = ALPHA * (delay - target) + BETA * (delay - self.prev_delay);
         // Shedding helps only if enough of what queues could be shed.
         let sheddable = f64::from(self.eligible) >= MIN_ELIGIBLE * f64::from(self.waits.max(1));
-        if empty {
-            self.share *= DECAY;
-        }
         let step = if sheddable { step } else { step.min(0.0) };
         self.share = (self.share + step).clamp(0.0, MAX_SHARE);
         self.prev_delay = delay;
