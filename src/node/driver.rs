@@ -749,20 +749,18 @@ impl Node {
         let Some(c) = &mut raw.shed else {
             return;
         };
-        let Some(share) = c.poll(now) else {
+        let changed = c.poll(now);
+        self.counters.shed_capture_filtered = c.shed_estimate();
+        let Some(share) = changed else {
             return;
         };
-        let dialect = self.cfg.local.dialect;
-        match filter::attach(
-            raw.sock.get_ref().socket(),
-            dialect,
-            filter::threshold(share),
-        ) {
-            Ok(()) => {
-                self.counters.shed_share_percent_now = (share * 100.0).round() as u64;
-                self.counters.shed_capture_filtered = c.shed_estimate();
-            }
+        let sock = raw.sock.get_ref().socket();
+        match filter::attach(sock, self.cfg.local.dialect, filter::threshold(share)) {
+            Ok(()) => self.counters.shed_share_percent_now = (share * 100.0).round() as u64,
             Err(e) => {
+                // Never leave an older share shedding without its controller.
+                let _ = sock.detach_filter();
+                self.counters.shed_share_percent_now = 0;
                 tracing::warn!(
                     "capture filter not attached ({e}): overload is shed only after reading"
                 );
@@ -772,7 +770,7 @@ impl Node {
     }
 
     /// Move everything the state machines have to say to the sockets, until quiet; at most
-    /// `INJECT_PER_ROUND` packets towards the firewall per round.
+    /// `inject_budget` packets towards the firewall per round.
     fn pump(&mut self, now: Instant) {
         for _ in 0..MAX_PUMP_ROUNDS {
             let mut moved = 0usize;
