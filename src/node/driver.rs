@@ -677,64 +677,60 @@ impl Node {
                     .received_at(i)
                     .and_then(|t| wall.duration_since(t).ok())
                     .unwrap_or_default();
-                // Whatever queued counts for the shedding controller; only the firewall's
-                // `UPD_C` runs can be shed, so a queue of anything else (a rogue host's
-                // flood among it) does not raise the share.
-                if let Some(c) = shed {
-                    let eligible = rx.data(i).is_some_and(|d| {
-                        Ipv4Packet::new_checked(d).is_ok_and(|ip| {
-                            ip.ttl() == wire::PFSYNC_DFLTTL
-                                && sock.get_ref().check_source(ip.src()).is_none()
-                                && run.matches(ip.payload())
-                        })
-                    });
-                    c.on_captured(now, age, eligible);
-                }
-                let Some(data) = rx.data(i) else {
-                    bump(&mut self.counters, "local_oversized");
-                    continue;
-                };
-                let ip = match Ipv4Packet::new_checked(data) {
-                    Ok(ip) if ip.protocol() == wire::IPPROTO_PFSYNC => ip,
-                    _ => {
-                        bump(&mut self.counters, "local_bad_ip");
-                        continue;
+                // What the packet was: the firewall's `UPD_C` run (which the capture filter
+                // may shed) or not; every packet read counts for the controller.
+                let eligible = 'packet: {
+                    let Some(data) = rx.data(i) else {
+                        bump(&mut self.counters, "local_oversized");
+                        break 'packet false;
+                    };
+                    let ip = match Ipv4Packet::new_checked(data) {
+                        Ok(ip) if ip.protocol() == wire::IPPROTO_PFSYNC => ip,
+                        _ => {
+                            bump(&mut self.counters, "local_bad_ip");
+                            break 'packet false;
+                        }
+                    };
+                    // Our own injection looped back, or not the firewall: never relayed.
+                    if let Some(why) = sock.get_ref().check_source(ip.src()) {
+                        bump(&mut self.counters, why.counter());
+                        if let Some(n) = self.log_limit.allow(why.counter(), now) {
+                            if why == Untrusted::Foreign {
+                                tracing::warn!(src = %ip.src(), suppressed = n, "pfsync from a host that is not a configured firewall dropped");
+                            }
+                        }
+                        break 'packet false;
                     }
-                };
-                // Our own injection looped back, or not the firewall: never relayed.
-                if let Some(why) = sock.get_ref().check_source(ip.src()) {
-                    bump(&mut self.counters, why.counter());
-                    if let Some(n) = self.log_limit.allow(why.counter(), now) {
-                        if why == Untrusted::Foreign {
-                            tracing::warn!(src = %ip.src(), suppressed = n, "pfsync from a host that is not a configured firewall dropped");
+                    // pfsync_input()'s rule: anything that crossed a router is not from our firewall.
+                    if ip.ttl() != wire::PFSYNC_DFLTTL {
+                        bump(&mut self.counters, "local_bad_ttl");
+                        if let Some(n) = self.log_limit.allow("local_bad_ttl", now) {
+                            tracing::warn!(src = %ip.src(), ttl = ip.ttl(), suppressed = n, "pfsync with TTL != 255 dropped");
+                        }
+                        break 'packet false;
+                    }
+                    self.counters.captured += 1;
+                    let eligible = shed.is_some() && run.matches(ip.payload());
+                    if age > CAPTURE_MAX_AGE && only_upd_c(ip.payload(), self.cfg.local.dialect) {
+                        self.counters.shed_capture_late += 1;
+                        break 'packet eligible;
+                    }
+                    let res = if age > CAPTURE_MAX_AGE {
+                        self.counters.shed_coalesced += 1;
+                        self.replica.on_local_pfsync_coalesced(ip.payload(), now)
+                    } else {
+                        self.replica.on_local_pfsync(ip.payload(), now)
+                    };
+                    if let Err(e) = res {
+                        bump(&mut self.counters, "local_malformed");
+                        if let Some(n) = self.log_limit.allow("local_malformed", now) {
+                            tracing::warn!(src = %ip.src(), suppressed = n, "malformed pfsync from firewall dropped: {e}");
                         }
                     }
-                    continue;
-                }
-                // pfsync_input()'s rule: anything that crossed a router is not from our firewall.
-                if ip.ttl() != wire::PFSYNC_DFLTTL {
-                    bump(&mut self.counters, "local_bad_ttl");
-                    if let Some(n) = self.log_limit.allow("local_bad_ttl", now) {
-                        tracing::warn!(src = %ip.src(), ttl = ip.ttl(), suppressed = n, "pfsync with TTL != 255 dropped");
-                    }
-                    continue;
-                }
-                self.counters.captured += 1;
-                if age > CAPTURE_MAX_AGE && only_upd_c(ip.payload(), self.cfg.local.dialect) {
-                    self.counters.shed_capture_late += 1;
-                    continue;
-                }
-                let res = if age > CAPTURE_MAX_AGE {
-                    self.counters.shed_coalesced += 1;
-                    self.replica.on_local_pfsync_coalesced(ip.payload(), now)
-                } else {
-                    self.replica.on_local_pfsync(ip.payload(), now)
+                    eligible
                 };
-                if let Err(e) = res {
-                    bump(&mut self.counters, "local_malformed");
-                    if let Some(n) = self.log_limit.allow("local_malformed", now) {
-                        tracing::warn!(src = %ip.src(), suppressed = n, "malformed pfsync from firewall dropped: {e}");
-                    }
+                if let Some(c) = shed {
+                    c.on_captured(now, age, eligible);
                 }
             }
         }
