@@ -9,17 +9,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::emu::{emu_status, start_emu, EmuOpts};
-use common::gw::{Net, SYNC_IF};
+use common::gw::{local_count, Net, SYNC_IF};
 use common::netns::skip_unless_root;
 use common::poll::wait_for;
 use common::sync::wait_converged;
-use pfsync_gw::node::status::Status;
 
 const DOWN: Duration = Duration::from_secs(30);
-
-fn local(st: &Status, k: &str) -> u64 {
-    st.local.get(k).copied().unwrap_or(0)
-}
 
 fn emu_counter(net: &Net, name: &str, k: &str) -> u64 {
     emu_status(net, name).map_or(0, |s| s.counter(k))
@@ -73,12 +68,12 @@ fn deletions_while_a_gateway_is_down_reach_the_peers() {
         "converged {:.2}s after gw-a's restart: {states} states; gw-a sweeps {}, \
          unlisted {}, deleted {}",
         took.as_secs_f64(),
-        local(&a, "sweeps"),
-        local(&a, "sweep_unlisted"),
-        local(&a, "sweep_deleted"),
+        local_count(&a, "sweeps"),
+        local_count(&a, "sweep_unlisted"),
+        local_count(&a, "sweep_deleted"),
     ));
     assert!(
-        local(&a, "sweep_deleted") > 0,
+        local_count(&a, "sweep_deleted") > 0,
         "converged without the sweep deleting anything: was anything missed?"
     );
 
@@ -94,25 +89,25 @@ fn deletions_while_a_gateway_is_down_reach_the_peers() {
     );
     wait_for("two more sweeps of gw-a", Duration::from_secs(40), |last| {
         let s = net.status(0);
-        *last = format!("sweeps {}", local(&s, "sweeps"));
-        (local(&s, "sweeps") >= local(&before, "sweeps") + 2).then_some(())
+        *last = format!("sweeps {}", local_count(&s, "sweeps"));
+        (local_count(&s, "sweeps") >= local_count(&before, "sweeps") + 2).then_some(())
     });
     net.lab.nft_delete_table(ns, "inet", "pgwdump");
     let after = net.status(0);
     net.lab.log(&format!(
         "lossy dump: unlisted {} → {}, deleted {} → {}",
-        local(&before, "sweep_unlisted"),
-        local(&after, "sweep_unlisted"),
-        local(&before, "sweep_deleted"),
-        local(&after, "sweep_deleted"),
+        local_count(&before, "sweep_unlisted"),
+        local_count(&after, "sweep_unlisted"),
+        local_count(&before, "sweep_deleted"),
+        local_count(&after, "sweep_deleted"),
     ));
     assert!(
-        local(&after, "sweep_unlisted") > local(&before, "sweep_unlisted"),
+        local_count(&after, "sweep_unlisted") > local_count(&before, "sweep_unlisted"),
         "the dropped packet did not make a dump miss states: is the rule in place?"
     );
     assert_eq!(
-        local(&after, "sweep_deleted"),
-        local(&before, "sweep_deleted"),
+        local_count(&after, "sweep_deleted"),
+        local_count(&before, "sweep_deleted"),
         "a lossy dump deleted live states"
     );
     // And every table still agrees.

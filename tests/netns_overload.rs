@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::capture::{in_netns, RawPf, PFSYNC_GROUP};
-use common::gw::{Net, SYNC_IF};
+use common::gw::{local_count, Net, SYNC_IF};
 use common::netns::skip_unless_root;
 use common::pf::{packet, tcp_state, upd_c};
 use pfsync_gw::wire::{Message, Packet};
@@ -25,10 +25,6 @@ const FRESH: u64 = 1_000_000;
 const DOOMED: u64 = 500_000;
 const N_DOOMED: u64 = 400;
 const OVERLOAD: Duration = Duration::from_secs(3);
-
-fn local(st: &pfsync_gw::node::status::Status, k: &str) -> u64 {
-    st.local.get(k).copied().unwrap_or(0)
-}
 
 /// Drops of fw-b's receiving socket (its own backlog, not the gateways'), from
 /// /proc/net/raw in its namespace.
@@ -155,7 +151,7 @@ fn overload_sheds_only_updates_and_recovers() {
         (inserted, deleted, recv.join().unwrap(), flooded)
     });
     let after = net.status(0);
-    let shed = |k| local(&after, k) - local(&before, k);
+    let shed = |k| local_count(&after, k) - local_count(&before, k);
     let (filtered, late) = (shed("shed_capture_filtered"), shed("shed_capture_late"));
     let lost_at_receiver = receiver_drops(&fw_b_ns);
     let b = net.status(1);
@@ -202,5 +198,5 @@ fn overload_sheds_only_updates_and_recovers() {
     }
     let took = arrived.expect("a lone insert after the overload never arrived");
     assert!(took < Duration::from_millis(500), "took {took:?}");
-    assert_eq!(local(&net.status(0), "shed_share_percent_now"), 0);
+    assert_eq!(local_count(&net.status(0), "shed_share_percent_now"), 0);
 }

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::emu::{start_emu, wait_churn_stopped, EmuOpts};
-use common::gw::{drop_count, Net};
+use common::gw::{drop_count, local_count, Net};
 use common::netns::skip_unless_root;
 use common::poll::wait_for;
 use common::sync::wait_converged;
@@ -18,10 +18,6 @@ use pfsync_gw::node::status::Status;
 
 const REKEY_SECS: u64 = 2;
 const REKEYS: u64 = 20;
-
-fn local(st: &Status, k: &str) -> u64 {
-    st.local.get(k).copied().unwrap_or(0)
-}
 
 /// Write gateway `i`'s standard config with the rekey test aid in `[node]`.
 fn write_config(net: &Net, i: usize) {
@@ -42,18 +38,18 @@ fn line(st: &Status) -> String {
          epoch_mismatch {}, relayed verbatim {} / corrected {} / re-encoded {}, retransmits {}, \
          hello requests {}, peer restarts {}",
         st.node,
-        local(st, "sessions_established"),
-        local(st, "sessions_kept"),
-        local(st, "epochs_opened"),
-        local(st, "peer_epochs"),
+        local_count(st, "sessions_established"),
+        local_count(st, "sessions_kept"),
+        local_count(st, "epochs_opened"),
+        local_count(st, "peer_epochs"),
         p.resyncs,
         drop_count(st, "sync_epoch_mismatch"),
-        local(st, "relayed_verbatim"),
-        local(st, "relayed_corrected"),
-        local(st, "relayed_reencoded"),
+        local_count(st, "relayed_verbatim"),
+        local_count(st, "relayed_corrected"),
+        local_count(st, "relayed_reencoded"),
         p.retransmits,
-        local(st, "hello_requests"),
-        local(st, "peer_restarts"),
+        local_count(st, "hello_requests"),
+        local_count(st, "peer_restarts"),
     )
 }
 
@@ -98,7 +94,9 @@ fn rekeys_keep_the_sync_stream() {
             }
             st.iter()
                 .zip(&base)
-                .all(|(s, b)| local(s, "sessions_kept") >= local(b, "sessions_kept") + REKEYS)
+                .all(|(s, b)| {
+                    local_count(s, "sessions_kept") >= local_count(b, "sessions_kept") + REKEYS
+                })
                 .then_some(())
         },
     );
@@ -108,9 +106,14 @@ fn rekeys_keep_the_sync_stream() {
             .log(&format!("after {:.0}s: {}", took.as_secs_f64(), line(s)));
         let p = &s.peers[0];
         assert!(p.established, "{}: peer down after rekeys", s.node);
-        assert_eq!(local(s, "epochs_opened"), 1, "{}: new send epoch", s.node);
         assert_eq!(
-            local(s, "peer_epochs"),
+            local_count(s, "epochs_opened"),
+            1,
+            "{}: new send epoch",
+            s.node
+        );
+        assert_eq!(
+            local_count(s, "peer_epochs"),
             1,
             "{}: peer opened a new epoch",
             s.node
@@ -121,8 +124,8 @@ fn rekeys_keep_the_sync_stream() {
             s.node
         );
         assert_eq!(drop_count(s, "sync_epoch_mismatch"), 0, "{}", s.node);
-        assert_eq!(local(s, "hello_requests"), 0, "{}", s.node);
-        let verbatim = local(s, "relayed_verbatim");
+        assert_eq!(local_count(s, "hello_requests"), 0, "{}", s.node);
+        let verbatim = local_count(s, "relayed_verbatim");
         assert!(
             verbatim > 10_000,
             "{}: only {verbatim} packets relayed",
@@ -133,13 +136,13 @@ fn rekeys_keep_the_sync_stream() {
         // resolution, with or without rekeys) — never because of a lost stream, a resync
         // or an unknown state.
         assert_eq!(
-            local(s, "relayed_reencoded"),
+            local_count(s, "relayed_reencoded"),
             0,
             "{}: peer packets re-encoded instead of injected as they came",
             s.node
         );
         assert!(
-            local(s, "relayed_corrected") * 50 < verbatim,
+            local_count(s, "relayed_corrected") * 50 < verbatim,
             "{}: > 2 % of peer packets stale",
             s.node
         );
@@ -153,12 +156,12 @@ fn rekeys_keep_the_sync_stream() {
     let a = net.status(0);
     net.lab.log(&format!("after gw-b restart: {}", line(&a)));
     assert_eq!(
-        local(&a, "peer_restarts"),
+        local_count(&a, "peer_restarts"),
         1,
         "gw-a did not see gw-b restart"
     );
     assert_eq!(
-        local(&a, "epochs_opened"),
+        local_count(&a, "epochs_opened"),
         2,
         "gw-a: no new epoch for the restarted peer"
     );

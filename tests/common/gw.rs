@@ -246,3 +246,8 @@ pub fn status(sock: &std::path::Path) -> Result<Status, String> {
 pub fn drop_count(st: &Status, reason: &str) -> u64 {
     st.drops.get(reason).copied().unwrap_or(0)
 }
+
+/// One activity counter of `local` (0 when absent).
+pub fn local_count(st: &Status, k: &str) -> u64 {
+    st.local.get(k).copied().unwrap_or(0)
+}
