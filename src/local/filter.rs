@@ -20,9 +20,6 @@ use socket2::Socket;
 
 use crate::wire::{Dialect, UpdCRun};
 
-/// Offset of `pfsync_header.len` (u16, big-endian).
-const HEADER_LEN_AT: u32 = 2;
-
 /// One instruction before jump offsets are known: `Accept` jumps go to the final accept.
 enum Op {
     Stmt(u16, u32),
@@ -66,7 +63,7 @@ pub fn program(dialect: Dialect, threshold: u32) -> Vec<sock_filter> {
             Op::Stmt(code(BPF_ALU, BPF_MUL, BPF_K), run.msg_len as u32),
             Op::Stmt(code(BPF_ALU, BPF_ADD, BPF_K), f.fixed as u32),
             Op::Stmt(code(BPF_ST, 0, 0), 0),
-            Op::Stmt(code(BPF_LD, BPF_H, BPF_IND), HEADER_LEN_AT),
+            Op::Stmt(code(BPF_LD, BPF_H, BPF_IND), f.len_at as u32),
             Op::Stmt(code(BPF_LDX, BPF_W, BPF_MEM), 0),
             Op::OrAccept(code(BPF_JMP, BPF_JEQ, BPF_X), 0),
         ]);
@@ -329,7 +326,7 @@ pub(crate) mod tests {
                 let count = usize::from(fix >> 3);
                 body[f.count_at..f.count_at + 2].copy_from_slice(&(count as u16).to_be_bytes());
                 let len = (f.fixed + count * run.msg_len) as u16;
-                body[2..4].copy_from_slice(&len.to_be_bytes());
+                body[f.len_at..f.len_at + 2].copy_from_slice(&len.to_be_bytes());
             }
             let shed = exec(&program(d, u32::MAX), &ip(ihl, &body), 0) == 0;
             proptest::prop_assert_eq!(shed, run.matches(&body));

@@ -102,6 +102,8 @@ pub struct RunFraming {
     pub len_words: Option<u8>,
     /// Offset of the subheader's `count`.
     pub count_at: usize,
+    /// Offset of `header.len` (u16, big-endian).
+    pub len_at: usize,
     /// Header and subheader, plus FreeBSD's EOF subheader after the run.
     pub fixed: usize,
 }
@@ -116,6 +118,7 @@ impl UpdCRun {
             _ => Some(RunFraming {
                 len_words: (dialect == Dialect::OpenbsdV6).then_some((msg_len / 4) as u8),
                 count_at: first + header::subheader::COUNT,
+                len_at: header::v56::LEN,
                 fixed: first
                     + header::subheader::SIZE
                     + if dialect.is_freebsd() {
@@ -159,7 +162,7 @@ impl UpdCRun {
         if f.len_words.is_some_and(|w| pkt[self.action_at + 1] != w) {
             return false;
         }
-        usize::from(be16(pkt, header::v56::LEN)) == f.fixed + self.count(pkt) * self.msg_len
+        usize::from(be16(pkt, f.len_at)) == f.fixed + self.count(pkt) * self.msg_len
     }
 
     /// The run's message count (from a packet at least `min_len()` long).
@@ -206,7 +209,7 @@ impl UpdCRun {
             None => out[header::netbsd::COUNT] = (ca + cb) as u8,
             Some(f) => {
                 put16(out, f.count_at, (ca + cb) as u16);
-                put16(out, header::v56::LEN, total as u16);
+                put16(out, f.len_at, total as u16);
             }
         }
         Some(total)
