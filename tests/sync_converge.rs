@@ -186,11 +186,7 @@ fn small_difference_costs_little() {
         net.nodes[0].peer_stats(1),
         net.nodes[1].peer_stats(0)
     );
-    eprintln!(
-        "{} {}",
-        net.nodes[0].table().digest(),
-        net.nodes[1].table().digest()
-    );
+    eprintln!("{} {}", net.nodes[0].digest(), net.nodes[1].digest());
     assert!(ok);
     assert_table_equals(&fw, &net.nodes[1]);
     let st = net.nodes[0].peer_stats(1).unwrap();

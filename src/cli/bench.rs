@@ -629,7 +629,7 @@ fn bulk_sync(
             "no answer budget"
         },
         rb.table().len(),
-        if ra.table().digest() == rb.table().digest() {
+        if ra.digest() == rb.digest() {
             "equal"
         } else {
             "differ"

@@ -205,7 +205,7 @@ async fn run_async(args: &EmulateArgs) -> io::Result<()> {
             }
             _ = status_tick.tick() => {
                 if let Some(p) = status_path {
-                    write_status(p, &emu);
+                    write_status(p, &mut emu);
                 }
             }
             _ = sigterm.recv() => break,
@@ -225,7 +225,7 @@ async fn run_async(args: &EmulateArgs) -> io::Result<()> {
         std::thread::sleep(PACE_INTERVAL);
     }
     if let Some(p) = status_path {
-        write_status(p, &emu);
+        write_status(p, &mut emu);
     }
     Ok(())
 }
@@ -295,12 +295,12 @@ struct StatusJson<'a> {
     dialect: &'a str,
 }
 
-fn status_json(emu: &Emulator) -> String {
+fn status_json(emu: &mut Emulator) -> String {
     let s = emu.stats();
     let j = StatusJson {
         states: emu.table().len(),
         own_states: emu.own_states(),
-        digest: emu.table().digest().to_string(),
+        digest: emu.digest().to_string(),
         created: s.created,
         updated: s.updated,
         deleted: s.deleted,
@@ -322,7 +322,7 @@ fn status_json(emu: &Emulator) -> String {
 }
 
 /// Write tmp + rename, so readers never see a partial file.
-fn write_status(path: &Path, emu: &Emulator) {
+fn write_status(path: &Path, emu: &mut Emulator) {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -348,8 +348,8 @@ mod tests {
 
     #[test]
     fn status_is_json_with_the_documented_keys() {
-        let e = Emulator::new(EmulatorConfig::default(), Instant::now());
-        let v: serde_json::Value = serde_json::from_str(&status_json(&e)).unwrap();
+        let mut e = Emulator::new(EmulatorConfig::default(), Instant::now());
+        let v: serde_json::Value = serde_json::from_str(&status_json(&mut e)).unwrap();
         for k in [
             "states",
             "digest",

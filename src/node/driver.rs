@@ -1022,10 +1022,10 @@ impl Node {
                 }
             })
             .collect();
-        let firewall = match &self.local {
+        let firewall = match &mut self.local {
             Local::Emulated(e) => Some(FirewallView {
                 states: e.table().len(),
-                digest: e.table().digest().to_string(),
+                digest: e.digest().to_string(),
                 counters: e.stats().counters().into_iter().collect(),
             }),
             Local::Raw(_) => None,
@@ -1041,7 +1041,7 @@ impl Node {
             dialect: self.cfg.local.dialect.to_string(),
             uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
             states: self.replica.table().len(),
-            digest: self.replica.table().digest().to_string(),
+            digest: self.replica.digest().to_string(),
             local,
             drops,
             peers,

@@ -11,7 +11,7 @@ use super::*;
 /// Range digests are compared in groups of this many.
 pub(super) const FANOUT: usize = 64;
 
-pub(super) fn summary(table: &StateTable, clock: u64, want_reply: bool) -> SyncMsg<'static> {
+pub(super) fn summary(table: &mut StateTable, clock: u64, want_reply: bool) -> SyncMsg<'static> {
     SyncMsg::Summary {
         digest: table.digest(),
         count: table.len() as u32,
@@ -24,7 +24,7 @@ pub(super) fn summary(table: &StateTable, clock: u64, want_reply: bool) -> SyncM
 pub(super) fn send_ranges(
     cfg: &ReplicaConfig,
     p: &mut Peer,
-    table: &StateTable,
+    table: &mut StateTable,
     (first, span, n): (usize, usize, usize),
     now: Instant,
 ) {

@@ -185,9 +185,7 @@ impl Replica {
         };
         // Requests and bulk status are the same bytes whoever sends them (our bulk request
         // and the firewall's are identical): only packets carrying states can be echoes.
-        let carries_states = p
-            .messages()
-            .any(|m| !matches!(m, Message::UpdReq(_) | Message::Bus { .. } | Message::Eof));
+        let carries_states = p.messages().any(|m| m.carries_state());
         if carries_states && self.injector.is_echo(pkt, now) {
             self.stats.echoes_dropped += 1;
             return Ok(());

@@ -306,7 +306,6 @@ pub struct ReplicaStats {
     pub sweep_deleted: u64,
     pub states: usize,
     pub tombstones: usize,
-    pub digest: Digest,
     pub table: TableStats,
     pub inject: InjectStats,
 }
@@ -405,6 +404,11 @@ impl Replica {
         &self.table
     }
 
+    /// The mirror's digest (brings the digests up to date: see [`StateTable::digest`]).
+    pub fn digest(&mut self) -> Digest {
+        self.table.digest()
+    }
+
     /// Direct access to the mirror (seeding from a snapshot, tests). Changes made here are not
     /// relayed; anti-entropy reconciles them with peers.
     pub fn table_mut(&mut self) -> &mut StateTable {
@@ -420,7 +424,6 @@ impl Replica {
         ReplicaStats {
             states: self.table.len(),
             tombstones: self.table.tombstone_count(),
-            digest: self.table.digest(),
             table: self.table.stats(),
             inject: self.injector.stats,
             ..self.stats
@@ -537,14 +540,14 @@ impl Replica {
             if !p.resync && p.next_audit <= now {
                 p.next_audit = now + cfg.audit_interval;
                 if !p.busy() && p.tx.unacked() == 0 {
-                    let s = summary(&self.table, self.clock, false);
+                    let s = summary(&mut self.table, self.clock, false);
                     p.send(cfg, &s);
                 }
             }
             if p.resync && p.summary_due.is_some_and(|t| t <= now) {
                 if !p.busy() {
                     p.leaf_dumped.iter_mut().for_each(|w| *w = 0);
-                    let s = summary(&self.table, self.clock, true);
+                    let s = summary(&mut self.table, self.clock, true);
                     p.send(cfg, &s);
                 }
                 p.summary_due = Some(now + cfg.resync_interval);

@@ -289,7 +289,7 @@ impl Replica {
                         p.stats.resyncs_completed += 1;
                     }
                     if want_reply {
-                        let s = summary(&self.table, self.clock, false);
+                        let s = summary(&mut self.table, self.clock, false);
                         p.answer(&self.cfg, &s, now, 0);
                     }
                 } else if !want_reply && !p.quiet() {
@@ -310,7 +310,7 @@ impl Replica {
                     p.summary_due = Some(now + self.cfg.resync_interval);
                     p.leaf_dumped.iter_mut().for_each(|w| *w = 0);
                     let span = (leaves / FANOUT).max(1);
-                    send_ranges(&self.cfg, p, &self.table, (0, span, leaves / span), now);
+                    send_ranges(&self.cfg, p, &mut self.table, (0, span, leaves / span), now);
                 }
             }
             SyncMsg::Ranges {
@@ -335,7 +335,13 @@ impl Replica {
                         p.leaf_reqs.push_back(start as u32);
                     } else {
                         let child = (span / FANOUT).max(1);
-                        send_ranges(&self.cfg, p, &self.table, (start, child, span / child), now);
+                        send_ranges(
+                            &self.cfg,
+                            p,
+                            &mut self.table,
+                            (start, child, span / child),
+                            now,
+                        );
                     }
                 }
             }

@@ -9,7 +9,10 @@
 //!   back, whatever its version.
 //!
 //! The table keeps an order-independent [`Digest`] of its content and per-leaf digests
-//! (a fixed hash partition of the id space) maintained on every change, for anti-entropy.
+//! (a fixed hash partition of the id space) for anti-entropy. Inserts and removals adjust
+//! them at once; an update only marks its entry, and the marked entries are rehashed when a
+//! digest is next read: a state updated a thousand times between two anti-entropy rounds is
+//! hashed once, not a thousand times (the entry hash was ≈ 6 % of a relaying gateway).
 //! Deleted ids are remembered as tombstones (bounded by count and age) so deletions can be
 //! propagated and late updates refused.
 
@@ -194,7 +197,7 @@ impl Entry<'_> {
     }
     /// Hash of the synced fields (this entry's share of the digest).
     pub fn hash(&self) -> u128 {
-        self.h.hash()
+        entry_hash_from(&self.h.prefix, &self.h.src, &self.h.dst)
     }
     pub fn deadline(&self) -> Instant {
         self.t.instant(self.h.deadline)
@@ -317,6 +320,11 @@ pub struct StateTable {
     /// one, and a separate array keeps them in cache.
     leaf_digests: Vec<Digest>,
     digest: Digest,
+    /// Slab positions of entries whose `hash` (what the digests include) is out of date
+    /// (see the module docs); may name a position twice or one that moved: the bit in
+    /// `unhashed_bits` decides. A bit per entry, outside [`Hot`], which is full.
+    unhashed: Vec<u32>,
+    unhashed_bits: Vec<u64>,
     stats: TableStats,
     last_bus: Option<(u32, BusStatus)>,
     /// What the last apply did (see [`StateTable::last_change`]).
@@ -356,6 +364,8 @@ impl StateTable {
             leaves: vec![Leaf::default(); 1usize << cfg.leaves_log2],
             leaf_digests: vec![Digest::ZERO; 1usize << cfg.leaves_log2],
             digest: Digest::ZERO,
+            unhashed: Vec::new(),
+            unhashed_bits: Vec::new(),
             stats: TableStats::default(),
             last_bus: None,
             change: Change::default(),
@@ -495,8 +505,9 @@ impl StateTable {
         self.last_bus
     }
 
-    /// Digest of the whole table (O(1)).
-    pub fn digest(&self) -> Digest {
+    /// Digest of the whole table (O(1) plus the updates since the last read).
+    pub fn digest(&mut self) -> Digest {
+        self.settle();
         self.digest
     }
     pub fn leaf_count(&self) -> usize {
@@ -505,14 +516,16 @@ impl StateTable {
     pub fn leaf_of(&self, id: StateId) -> usize {
         leaf_of(id, self.cfg.leaves_log2)
     }
-    pub fn leaf_digest(&self, leaf: usize) -> Digest {
+    pub fn leaf_digest(&mut self, leaf: usize) -> Digest {
+        self.settle();
         self.leaf_digests[leaf]
     }
     pub fn leaf_len(&self, leaf: usize) -> usize {
         self.leaves[leaf].ids.len()
     }
     /// Digest of leaves `first .. first + span` (a range digest; O(span)).
-    pub fn range_digest(&self, first: usize, span: usize) -> Digest {
+    pub fn range_digest(&mut self, first: usize, span: usize) -> Digest {
+        self.settle();
         let mut d = Digest::ZERO;
         let n = self.leaf_digests.len();
         for l in &self.leaf_digests[first.min(n)..(first + span).min(n)] {
@@ -680,7 +693,7 @@ impl StateTable {
         self.change.held = true;
         let now_ns = self.clock(now);
         let e = &mut self.slab[i];
-        let (old_hash, old_timeout) = (e.hash(), e.timeout);
+        let (old_prefix, old_timeout) = (e.prefix, e.timeout);
         let (stale, changed, newer) = merge_into(e, &s.src, &s.dst, s.timeout, v);
         if let Some(v) = v {
             e.raise_version(v);
@@ -708,11 +721,11 @@ impl StateTable {
         } else if e.timeout != old_timeout {
             self.refresh_prefix(i);
         }
-        let e = &mut self.slab[i];
-        let leaf = e.leaf as usize;
-        let h = e.rehash();
-        self.rehash(leaf, old_hash, h);
-        self.change.changed = h != old_hash;
+        // The prefix holds every synced field but the peers (`timeout` included).
+        if changed || self.slab[i].prefix != old_prefix {
+            self.mark_unhashed(i);
+            self.change.changed = true;
+        }
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
             return Applied::Older(id);
@@ -733,7 +746,7 @@ impl StateTable {
         self.change.held = true;
         let now_ns = self.clock(now);
         let e = &mut self.slab[i];
-        let (old_hash, old_timeout) = (e.hash(), e.timeout);
+        let old_timeout = e.timeout;
         let (stale, changed, newer) = merge_into(e, &u.src, &u.dst, u.timeout, v);
         if stale < 2 && newer {
             let secs = if u.expire == 0 {
@@ -754,11 +767,8 @@ impl StateTable {
         }
         // Nothing synced changed (peers and timeout as they were): the hash is the same.
         if changed || timeout_changed {
-            let e = &mut self.slab[i];
-            let leaf = e.leaf as usize;
-            let h = e.rehash();
-            self.rehash(leaf, old_hash, h);
-            self.change.changed = h != old_hash;
+            self.mark_unhashed(i);
+            self.change.changed = true;
         }
         if !changed && !newer && stale == 0 {
             self.stats.older += 1;
@@ -783,13 +793,56 @@ impl StateTable {
         }
     }
 
-    /// An entry of `leaf` changed its hash from `old` to `new`.
+    /// The synced fields of `slab[i]` changed: its hash is recomputed at the next digest
+    /// read ([`settle`](Self::settle)), however often it changes until then.
     #[inline]
-    fn rehash(&mut self, leaf: usize, old: u128, new: u128) {
-        // Sums modulo 2^128: adding the difference is subtracting `old` and adding `new`.
-        let d = new.wrapping_sub(old);
-        self.digest.add(d);
-        self.leaf_digests[leaf].add(d);
+    fn mark_unhashed(&mut self, i: usize) {
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        if self.unhashed_bits.len() <= w {
+            self.unhashed_bits.resize(w + 1, 0);
+        }
+        if self.unhashed_bits[w] & bit == 0 {
+            self.unhashed_bits[w] |= bit;
+            self.unhashed.push(i as u32);
+            // Moved entries leave stale positions behind; never more than the table itself.
+            if self.unhashed.len() > 2 * self.slab.len() + 1024 {
+                self.settle();
+            }
+        }
+    }
+
+    /// Clear the mark of slab position `i`, saying whether it was set.
+    fn take_unhashed_bit(&mut self, i: usize) -> bool {
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        match self.unhashed_bits.get_mut(w) {
+            Some(b) if *b & bit != 0 => {
+                *b &= !bit;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Bring `hash` and the digests up to date for every marked entry.
+    fn settle(&mut self) {
+        let mut list = std::mem::take(&mut self.unhashed);
+        for &p in &list {
+            let (w, bit) = (p as usize / 64, 1u64 << (p % 64));
+            // Beyond the slab, bits are clear (removal clears them).
+            if self.unhashed_bits.get(w).is_none_or(|b| b & bit == 0) {
+                continue;
+            }
+            self.unhashed_bits[w] &= !bit;
+            let e = &mut self.slab[p as usize];
+            let (old, leaf) = (e.hash(), e.leaf as usize);
+            let new = e.rehash();
+            // Sums modulo 2^128: adding the difference is subtracting `old` and adding `new`.
+            let d = new.wrapping_sub(old);
+            self.digest.add(d);
+            self.leaf_digests[leaf].add(d);
+        }
+        list.clear();
+        self.unhashed = list;
     }
 
     fn insert_new(&mut self, s: &StateRepr, now: Instant, version: Version) {
@@ -847,6 +900,13 @@ impl StateTable {
                 .relocate(m.sid(), self.slab.len() as u32, i as u32);
             self.leaves[m.leaf as usize].ids[self.leaf_slot[i] as usize] = i as u32;
         }
+        // The removed entry's mark goes; the moved one's moves with it.
+        let last = self.slab.len();
+        let moved = self.take_unhashed_bit(last);
+        self.take_unhashed_bit(i);
+        if moved && i < last {
+            self.mark_unhashed(i);
+        }
         if let std::collections::hash_map::Entry::Occupied(mut c) =
             self.per_creator.entry(id.creator)
         {
@@ -855,6 +915,7 @@ impl StateTable {
                 c.remove();
             }
         }
+        // What the digests include, up to date or not.
         self.leaf_digests[leaf].sub(e.hash());
         self.digest.sub(e.hash());
         let rec = &self.arena[e.cold as usize..];

@@ -374,6 +374,15 @@ impl Message {
         }
     }
 
+    /// Does it carry a state's content? Requests, bulk status and EOF are the same bytes
+    /// whoever sends them (our bulk request and the firewall's are identical).
+    pub fn carries_state(&self) -> bool {
+        !matches!(
+            self,
+            Message::UpdReq(_) | Message::Bus { .. } | Message::Eof
+        )
+    }
+
     /// The state this message is about, if any.
     pub fn state_id(&self) -> Option<StateId> {
         match self {

@@ -359,10 +359,10 @@ impl Net {
         None
     }
 
-    pub fn converged(&self) -> bool {
-        let d = self.nodes[0].table().digest();
+    pub fn converged(&mut self) -> bool {
+        let d = self.nodes[0].digest();
         let n = self.nodes.len();
-        self.nodes.iter().all(|r| r.table().digest() == d)
+        self.nodes.iter_mut().all(|r| r.digest() == d)
             && (0..n).all(|i| {
                 (0..n).all(|j| {
                     i == j

@@ -319,6 +319,10 @@ impl Emulator {
     pub fn table(&self) -> &StateTable {
         &self.table
     }
+    /// The emulated table's digest (see [`StateTable::digest`]).
+    pub fn digest(&mut self) -> crate::table::Digest {
+        self.table.digest()
+    }
     pub fn stats(&self) -> EmulatorStats {
         self.stats
     }
