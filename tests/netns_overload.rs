@@ -200,3 +200,102 @@ fn overload_sheds_only_updates_and_recovers() {
     assert!(took < Duration::from_millis(500), "took {took:?}");
     assert_eq!(local_count(&net.status(0), "shed_share_percent_now"), 0);
 }
+
+/// A receiving gateway that falls behind (here: stopped for 50 ms of every 100) cannot shed
+/// what the reliable stream brings it; its ACKs report how long our datagrams waited, and
+/// gw-a — itself far from overloaded — sheds compressed updates for it. Inserts still all
+/// arrive, and once gw-b keeps up again the share returns to 0.
+#[test]
+fn a_slow_receiving_gateway_makes_the_sender_shed() {
+    if skip_unless_root("a_slow_receiving_gateway_makes_the_sender_shed") {
+        return;
+    }
+    let net = Net::new("slow", 2, false);
+    net.start_gw(1);
+    net.start_gw(0);
+    net.wait_established(&[0, 1], Duration::from_secs(15));
+    let (fw_a_ns, fw_b_ns) = (net.site(0).fw_ns.clone(), net.site(1).fw_ns.clone());
+    let fw_a = RawPf::open(&fw_a_ns, SYNC_IF, true);
+    let fw_b = RawPf::open(&fw_b_ns, SYNC_IF, true);
+    let pool: Vec<_> = (1..=POOL).map(|i| tcp_state(i, CREATOR)).collect();
+    for c in pool.chunks(5) {
+        let ins: Vec<Message> = c.iter().map(|s| Message::Ins(*s)).collect();
+        fw_a.send(&packet(&ins), PFSYNC_GROUP);
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let updates: Vec<Vec<u8>> = (0..POOL as usize / 17)
+        .map(|k| {
+            let m: Vec<Message> = pool[k * 17..k * 17 + 17]
+                .iter()
+                .map(|s| Message::UpdC(upd_c(s, 1 + k as u32)))
+                .collect();
+            packet(&m)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = net.status(0);
+    let stop = AtomicBool::new(false);
+    let (inserted, got) = std::thread::scope(|s| {
+        let recv = s.spawn(|| {
+            let _ = pfsync_gw::node::privdrop::set_nice(-10);
+            let mut got = HashSet::new();
+            let end = Instant::now() + Duration::from_secs(3 + 4);
+            while let Some(left) = end.checked_duration_since(Instant::now()) {
+                let Some(p) = fw_b.recv(left) else { break };
+                got.extend(
+                    common::pf::state_ids(&p.payload, CREATOR)
+                        .into_iter()
+                        .filter(|&i| i >= FRESH),
+                );
+            }
+            got
+        });
+        // A load gw-a relays with ease: 5,000 packets of 17 updates a second.
+        let sender = s.spawn(|| {
+            let tx = RawPf::open(&fw_a_ns, SYNC_IF, false);
+            let (start, mut n) = (Instant::now(), 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                tx.send(&updates[n as usize % updates.len()], PFSYNC_GROUP);
+                n += 1;
+                if let Some(d) = (Duration::from_micros(200) * n).checked_sub(start.elapsed()) {
+                    std::thread::sleep(d);
+                }
+            }
+        });
+        let t = Instant::now();
+        let mut inserted = Vec::new();
+        while t.elapsed() < Duration::from_secs(3) {
+            net.signal_gw(1, libc::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(50));
+            net.signal_gw(1, libc::SIGCONT);
+            let id = FRESH + inserted.len() as u64;
+            fw_a.send(
+                &packet(&[Message::Ins(tcp_state(id, CREATOR))]),
+                PFSYNC_GROUP,
+            );
+            inserted.push(id);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap();
+        (inserted, recv.join().unwrap())
+    });
+    let after = net.status(0);
+    let d = |k| local_count(&after, k) - local_count(&before, k);
+    let (for_peer, filtered) = (d("shed_for_peer_intervals"), d("shed_capture_filtered"));
+    net.lab.log(&format!(
+        "slow receiver: gw-a shed {filtered} (estimated) in {for_peer} intervals steered by \
+         gw-b's delay; late {}",
+        d("shed_capture_late")
+    ));
+    assert!(for_peer > 0, "gw-a never saw gw-b's delay above the target");
+    assert!(filtered > 0, "gw-a did not shed for gw-b");
+    // Every insert reaches fw-b (unless fw-b's own socket dropped it), and the share
+    // returns to 0.
+    let missing: Vec<_> = inserted.iter().filter(|i| !got.contains(i)).collect();
+    if receiver_drops(&fw_b_ns) == 0 {
+        assert!(missing.is_empty(), "inserts {missing:?} never reached fw-b");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(local_count(&net.status(0), "shed_share_percent_now"), 0);
+}

@@ -668,3 +668,45 @@ fn a_burst_of_packets_shares_datagrams() {
         assert_eq!(net.rollbacks, 0);
     }
 }
+
+/// The receiver's queueing delay travels in its ACKs: the sender sees it while it is fresh
+/// (250 ms), and an ACK reporting an empty queue replaces it.
+#[test]
+fn the_receivers_delay_reaches_the_sender_in_its_acks() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 12);
+    net.all_up();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.nodes[0].peer_delay(net.now), Duration::ZERO);
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(5);
+    net.nodes[1].set_receive_delay(Duration::from_micros(37_450));
+    for _ in 0..40 {
+        let mut pkts = Vec::new();
+        fw.churn(&mut rng, 5, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(5));
+    }
+    // Units of 100 µs, rounded down.
+    assert_eq!(
+        net.nodes[0].peer_delay(net.now),
+        Duration::from_micros(37_400)
+    );
+    let stats = net.nodes[0].peer_stats(1).unwrap();
+    assert_eq!(stats.peer_delay_us, 37_400);
+    // Stale after 250 ms without an ACK.
+    let later = net.now + Duration::from_millis(300);
+    assert_eq!(net.nodes[0].peer_delay(later), Duration::ZERO);
+    // The queue emptied: the next ACKs say so.
+    net.nodes[1].set_receive_delay(Duration::ZERO);
+    for _ in 0..10 {
+        let mut pkts = Vec::new();
+        fw.churn(&mut rng, 5, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(5));
+    }
+    assert_eq!(net.nodes[0].peer_delay(net.now), Duration::ZERO);
+}

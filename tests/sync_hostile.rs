@@ -538,6 +538,7 @@ fn attack(ask: Ask, tweak: impl FnOnce(&mut ReplicaConfig)) -> Pull {
                 lab.send(&SyncMsg::Ack {
                     epoch: e,
                     cum: 1,
+                    delay: Default::default(),
                     nacks: &nacks,
                 });
             }
@@ -623,6 +624,7 @@ fn attack(ask: Ask, tweak: impl FnOnce(&mut ReplicaConfig)) -> Pull {
             lab.send(&SyncMsg::Ack {
                 epoch: e,
                 cum: top_seq + 1,
+                delay: Default::default(),
                 nacks: &[],
             });
         }
@@ -810,6 +812,7 @@ fn a_summary_during_unacked_repairs_is_deferred_then_answered() {
     lab.send(&SyncMsg::Ack {
         epoch,
         cum,
+        delay: Default::default(),
         nacks: &[],
     });
     let mut answered = false;

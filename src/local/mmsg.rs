@@ -13,9 +13,9 @@ use std::os::fd::RawFd;
 /// Datagrams per syscall.
 pub const BATCH: usize = 64;
 
-/// Room for the control messages we ask for: `SCM_TIMESTAMPNS` (a timespec) and
-/// `SO_RXQ_OVFL` (a u32), each behind a cmsghdr.
-const CTRL_LEN: usize = 64;
+/// Room for the control messages we ask for: `SCM_TIMESTAMPNS` (a timespec), `SO_RXQ_OVFL`
+/// (a u32) and `UDP_GRO` (an int), each behind a cmsghdr (32 + 24 + 24 bytes).
+const CTRL_LEN: usize = 96;
 
 /// Preallocated receive slots.
 pub struct RecvBatch {

@@ -3,6 +3,10 @@
 //! the kernel's receive timestamp) and applies the share it returns to the capture filter
 //! ([`super::filter`]).
 //!
+//! The delay steered is the capture queue's plus the one a peer reports in its ACKs (how
+//! long our datagrams wait in its socket): a relayed packet waits in both, and a receiving
+//! gateway cannot shed what the reliable stream brings it, so the sender sheds for it.
+//!
 //! Why a controller and not a fixed age bound: a bound of T keeps a standing queue of T under
 //! sustained overload (every delivered packet is then T late), while shedding at random
 //! before the queue keeps the queue short and spreads the loss evenly over the states, each
@@ -46,6 +50,10 @@ pub struct ShedControl {
     /// by the share in force when it arrived, which may be several intervals old.
     history: VecDeque<(Instant, f64)>,
     prev_delay: f64,
+    /// The largest delay a peer reported in this interval, in seconds.
+    peer_delay: f64,
+    /// Intervals in which a peer's delay alone exceeded the target (ours did not).
+    peer_intervals: u64,
     next_update: Instant,
     /// Matching packets the kernel dropped, estimated from the share in force and the
     /// matching packets it let through (each was kept with probability 1 − share).
@@ -64,6 +72,8 @@ impl ShedControl {
             eligible: 0,
             history: VecDeque::new(),
             prev_delay: 0.0,
+            peer_delay: 0.0,
+            peer_intervals: 0,
             next_update: now + INTERVAL,
             shed_estimate: 0.0,
         }
@@ -89,6 +99,12 @@ impl ShedControl {
         }
     }
 
+    /// A peer's queueing delay for what we relay (see the module docs); the largest one
+    /// given in an interval counts.
+    pub fn on_peer_delay(&mut self, d: Duration) {
+        self.peer_delay = self.peer_delay.max(d.as_secs_f64());
+    }
+
     /// Once per [`INTERVAL`]: the new share for the kernel filter, when it changed enough.
     pub fn poll(&mut self, now: Instant) -> Option<f64> {
         if now < self.next_update {
@@ -97,12 +113,18 @@ impl ShedControl {
         let missed = now.duration_since(self.next_update).as_secs_f64() / INTERVAL.as_secs_f64();
         self.next_update = now + INTERVAL;
         // Nothing read in a whole interval: the queue is empty.
-        let delay = if self.waits == 0 {
+        let local = if self.waits == 0 {
             0.0
         } else {
             self.sum_wait / f64::from(self.waits)
         };
+        // A relayed packet waits in both queues: the sum is what it is late by.
+        let peer = std::mem::take(&mut self.peer_delay);
+        let delay = local + peer;
         let target = self.target;
+        if peer > target && local <= target {
+            self.peer_intervals += 1;
+        }
         // An empty queue decays the share, once for this interval and once for each one
         // nobody polled in (the gateway slept: nothing was captured); a long busy round,
         // whose queue was not empty, does not.
@@ -132,6 +154,11 @@ impl ShedControl {
     /// The share the kernel filter drops now.
     pub fn applied_share(&self) -> f64 {
         self.applied
+    }
+
+    /// Intervals so far in which a peer's reported delay alone exceeded the target.
+    pub fn peer_intervals(&self) -> u64 {
+        self.peer_intervals
     }
 
     /// Matching packets shed by the kernel so far (an estimate; see the field).
@@ -188,6 +215,69 @@ mod tests {
                 "{factor}×: share {share}, needs {need}"
             );
         }
+    }
+
+    /// The receiving gateway is the bottleneck: our capture queue stays empty (we read every
+    /// packet at once), the peer's queue fills, and it reports its delay in its ACKs (one per
+    /// 32 messages: every 0.3 ms at this rate; modelled as every 5 ms, 1 ms in flight).
+    #[test]
+    fn a_slow_peer_is_shed_for_although_our_capture_queue_is_empty() {
+        for factor in [1.5, 3.0, 10.0] {
+            let (offered, peer_capacity) = (100_000.0 * factor, 100_000.0);
+            let t0 = Instant::now();
+            let mut c = ShedControl::new(t0, TARGET);
+            let (mut queue, mut reported, mut worst) = (0.0f64, 0.0f64, 0.0f64);
+            let dt = 0.001;
+            for i in 0..3000usize {
+                let now = t0 + Duration::from_secs_f64(i as f64 * dt);
+                let relayed = offered * (1.0 - c.applied_share());
+                queue = (queue + (relayed - peer_capacity) * dt).max(0.0);
+                for _ in 0..(relayed * dt) as usize {
+                    c.on_captured(now, Duration::ZERO, true);
+                }
+                if i % 5 == 1 {
+                    reported = queue / peer_capacity;
+                }
+                c.on_peer_delay(Duration::from_secs_f64(reported));
+                c.poll(now);
+                if i > 1500 {
+                    worst = worst.max(queue / peer_capacity);
+                }
+            }
+            let need = 1.0 - 1.0 / factor;
+            assert!(
+                worst < 2.0 * TARGET.as_secs_f64(),
+                "{factor}×: worst {worst}"
+            );
+            let share = c.applied_share();
+            assert!(
+                (share - need).abs() < 0.1,
+                "{factor}×: share {share}, needs {need}"
+            );
+            assert!(c.peer_intervals() > 0, "counted as shed for the peer");
+        }
+    }
+
+    #[test]
+    fn a_peer_delay_raises_nothing_when_nothing_sheddable_is_captured() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        let mut now = t0;
+        for _ in 0..50 {
+            // Inserts only (or nothing at all): shedding would not shorten the peer's queue.
+            for _ in 0..10 {
+                c.on_captured(now, Duration::ZERO, false);
+            }
+            c.on_peer_delay(Duration::from_millis(200));
+            now += INTERVAL;
+            c.poll(now);
+        }
+        assert_eq!(c.applied_share(), 0.0);
+        // And a report counts for the interval it came in only.
+        c.on_peer_delay(Duration::from_millis(200));
+        now += INTERVAL;
+        c.poll(now);
+        assert_eq!(c.peer_delay, 0.0);
     }
 
     #[test]

@@ -204,6 +204,19 @@ struct Counters {
     shed_capture_filtered: u64,
     /// The share of `UPD_C` runs the capture filter drops now, in percent (a gauge).
     shed_share_percent_now: u64,
+    /// Datagrams the kernel dropped from the full tunnel socket buffer (`SO_RXQ_OVFL`).
+    tunnel_rx_overflow: u64,
+    /// Mean wait of the datagrams read from the tunnel socket in the last round, in µs:
+    /// what our ACKs report to the peers (a gauge).
+    receive_delay_us_now: u64,
+    /// The largest queueing delay a peer reports for what we relay, in µs (a gauge; the
+    /// shedding controller steers by it as by the capture queue's).
+    peer_delay_us_now: u64,
+    /// Mean wait of the packets read from the capture socket in the last round, in µs.
+    capture_delay_us_now: u64,
+    /// Shedding intervals (10 ms) in which a peer's reported delay alone was above the
+    /// target: we shed because a peer fell behind, not because we did.
+    shed_for_peer_intervals: u64,
     tunnel_send_failed: u64,
     inject_failed: u64,
     other: BTreeMap<&'static str, u64>,
@@ -219,6 +232,11 @@ impl Counters {
             ("shed_capture_late", self.shed_capture_late),
             ("shed_capture_filtered", self.shed_capture_filtered),
             ("shed_share_percent_now", self.shed_share_percent_now),
+            ("tunnel_rx_overflow", self.tunnel_rx_overflow),
+            ("receive_delay_us_now", self.receive_delay_us_now),
+            ("peer_delay_us_now", self.peer_delay_us_now),
+            ("capture_delay_us_now", self.capture_delay_us_now),
+            ("shed_for_peer_intervals", self.shed_for_peer_intervals),
             ("tunnel_send_failed", self.tunnel_send_failed),
             ("inject_failed", self.inject_failed),
         ]
@@ -347,6 +365,8 @@ impl Node {
         } else {
             (false, false)
         };
+        // How long peers' datagrams wait for us: our ACKs tell them, and they shed for it.
+        node.udp_rx.enable_timestamps(fd);
         tracing::debug!(
             gso,
             gro,
@@ -604,7 +624,28 @@ impl Node {
     }
 
     /// Receive up to `budget` batches from the tunnel socket; true if it may hold more.
+    /// The mean wait of what was read becomes the delay our ACKs report (an empty socket:
+    /// none).
     fn drain_udp(&mut self, now: Instant, budget: usize) -> bool {
+        let (mut waited, mut read) = (Duration::ZERO, 0u32);
+        let more = self.drain_udp_batches(now, budget, &mut waited, &mut read);
+        let delay = if read == 0 {
+            Duration::ZERO
+        } else {
+            waited / read
+        };
+        self.replica.set_receive_delay(delay);
+        self.counters.receive_delay_us_now = delay.as_micros() as u64;
+        more
+    }
+
+    fn drain_udp_batches(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        waited: &mut Duration,
+        read: &mut u32,
+    ) -> bool {
         for _ in 0..budget {
             match try_recv_batch(&self.udp, &mut self.udp_rx) {
                 None => return false,
@@ -613,6 +654,19 @@ impl Node {
                     // ICMP errors for earlier sends surface here; they're not fatal.
                     tracing::debug!("udp recv: {e}");
                     continue;
+                }
+            }
+            self.counters.tunnel_rx_overflow += self.udp_rx.take_overflow();
+            // After the read: every datagram of the batch arrived before it.
+            let wall = std::time::SystemTime::now();
+            for i in 0..self.udp_rx.len() {
+                if let Some(w) = self
+                    .udp_rx
+                    .received_at(i)
+                    .and_then(|t| wall.duration_since(t).ok())
+                {
+                    *waited += w;
+                    *read += 1;
                 }
             }
             // Each datagram is opened where it was received (no copy of it first).
@@ -648,6 +702,24 @@ impl Node {
     /// Receive up to `budget` batches from the firewall's capture socket; true if it may
     /// hold more.
     fn drain_raw(&mut self, now: Instant, budget: usize) -> bool {
+        let (mut waited, mut read) = (Duration::ZERO, 0u32);
+        let more = self.drain_raw_batches(now, budget, &mut waited, &mut read);
+        let delay = if read == 0 {
+            Duration::ZERO
+        } else {
+            waited / read
+        };
+        self.counters.capture_delay_us_now = delay.as_micros() as u64;
+        more
+    }
+
+    fn drain_raw_batches(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        waited: &mut Duration,
+        read: &mut u32,
+    ) -> bool {
         let Local::Raw(raw) = &mut self.local else {
             return false;
         };
@@ -729,6 +801,7 @@ impl Node {
                     }
                     eligible
                 };
+                (*waited, *read) = (*waited + age, *read + 1);
                 if let Some(c) = shed {
                     c.on_captured(now, age, eligible);
                 }
@@ -745,8 +818,12 @@ impl Node {
         let Some(c) = &mut raw.shed else {
             return;
         };
+        let peer_delay = self.replica.peer_delay(now);
+        self.counters.peer_delay_us_now = peer_delay.as_micros() as u64;
+        c.on_peer_delay(peer_delay);
         let changed = c.poll(now);
         self.counters.shed_capture_filtered = c.shed_estimate();
+        self.counters.shed_for_peer_intervals = c.peer_intervals();
         let Some(share) = changed else {
             return;
         };

@@ -35,7 +35,9 @@ use crate::table::{Applied, Digest, IdMap, StateTable, TableConfig, TableStats, 
 use crate::wire::{BusStatus, Dialect, Message, Packet, StateId, WireError};
 use inject::{InjectStats, Injector};
 use link::{PacketRing, Pushed, RxVerdict, RxWindow, StateRef, TxQueue};
-use proto::{encode_record, msg_type, Records, RECORDS_HDR, RECORD_VERSION, SYNC_VERSION};
+use proto::{
+    encode_record, msg_type, QueueDelay, Records, RECORDS_HDR, RECORD_VERSION, SYNC_VERSION,
+};
 pub use proto::{Record, SyncError, SyncMsg};
 
 use antientropy::summary;
@@ -47,6 +49,9 @@ pub type PeerId = usize;
 
 /// Answer budget a peer starts with (docs/SYNC.md, *Requester pays*): a SUMMARY/RANGES
 /// exchange and the first ≈ 240 records before its padding arrives.
+/// A peer's reported queueing delay counts this long after its ACK (ACKs come every 32
+/// messages, or 20 ms after the first unacknowledged one, while a stream flows).
+pub const PEER_DELAY_FRESH: Duration = Duration::from_millis(250);
 pub const ANSWER_INITIAL: u64 = 64 << 10;
 /// Most answer budget a peer can save: enough for a full `records_window` in flight.
 pub const ANSWER_CAP: u64 = 1 << 20;
@@ -217,6 +222,9 @@ pub struct PeerSyncStats {
     pub answer_bytes: u64,
     /// Bytes of sync datagrams received from the peer (what its answers are paid from).
     pub rx_bytes: u64,
+    /// The queueing delay the peer reported in its last ACK (µs): how long our datagrams
+    /// waited in its socket before it read them.
+    pub peer_delay_us: u64,
     /// Bytes of PAD sent to / received from the peer (requester pays).
     pub pad_tx_bytes: u64,
     pub pad_rx_bytes: u64,
@@ -357,6 +365,8 @@ pub struct Replica {
     /// Repairs inserted states of our own firewall that the mirror did not hold (since the
     /// last BUS START): a dump should tell whether the firewall still has them.
     sweep_wanted: bool,
+    /// How long peers' datagrams wait before we read them (set by the driver; in ACKs).
+    rx_delay: QueueDelay,
 }
 
 impl Replica {
@@ -382,8 +392,27 @@ impl Replica {
             absent: None,
             claimed: IdMap::default(),
             sweep_wanted: false,
+            rx_delay: QueueDelay::default(),
             cfg,
         }
+    }
+
+    /// How long peers' datagrams waited in our socket lately (the driver measures it from
+    /// the kernel's receive timestamps); every ACK tells the peer, whose shedding steers by it.
+    pub fn set_receive_delay(&mut self, d: Duration) {
+        self.rx_delay = QueueDelay::from_duration(d);
+    }
+
+    /// The largest queueing delay a peer reported within [`PEER_DELAY_FRESH`] (zero if
+    /// none): our relay is what fills that queue, so our shedding counts it as our own.
+    pub fn peer_delay(&self, now: Instant) -> Duration {
+        self.peers
+            .values()
+            .filter_map(|p| p.peer_delay)
+            .filter(|&(_, at)| now.saturating_duration_since(at) <= PEER_DELAY_FRESH)
+            .map(|(d, _)| d.to_duration())
+            .max()
+            .unwrap_or_default()
     }
 
     /// Packets are waiting to be injected towards the local firewall.

@@ -110,6 +110,8 @@ pub(super) struct Peer {
     /// PAD bytes we owe the peer for its answers, and the most we may still pad.
     pub(super) pad_owed: u64,
     pub(super) pad_allow: u64,
+    /// The queueing delay the peer reported in its last ACK, and when it arrived.
+    pub(super) peer_delay: Option<(QueueDelay, Instant)>,
     pub(super) stats: PeerSyncStats,
 }
 
@@ -164,6 +166,7 @@ impl Peer {
             pay_req_at: now,
             pad_owed: 0,
             pad_allow: 0,
+            peer_delay: None,
             stats: PeerSyncStats::default(),
         }
     }
@@ -496,6 +499,7 @@ impl Replica {
         out: &mut [u8],
     ) -> Option<usize> {
         let cfg = &self.cfg;
+        let delay = self.rx_delay;
         let limit = out.len().min(cfg.max_datagram);
         let p = self.peers.get_mut(&peer)?;
         if let Some(n) = p.out.front_len() {
@@ -526,6 +530,7 @@ impl Replica {
                     let m = SyncMsg::Ack {
                         epoch,
                         cum: p.rx.cum,
+                        delay,
                         nacks: &nacks[..gaps.len() * 8],
                     };
                     let n = m.encode(&mut out[..limit]).ok()?;

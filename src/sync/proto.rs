@@ -11,8 +11,24 @@ use crate::wire::{
 
 /// Version byte of every sync message. 2: HELLO and HELLO_ACK carry the sender's
 /// incarnation, HELLO_REQ added. 3: BUNDLE added, DATA fragments carry a byte offset (so a
-/// packet may start in the room left in a datagram) instead of an index.
-pub const SYNC_VERSION: u8 = 3;
+/// packet may start in the room left in a datagram) instead of an index. 4: ACK carries the
+/// receiver's queueing delay (`delay`), which the sender's shedding steers by.
+pub const SYNC_VERSION: u8 = 4;
+/// A queueing delay on the wire: units of 100 µs, saturating at 65,535 (6.5 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct QueueDelay(pub u16);
+
+impl QueueDelay {
+    pub const UNIT: std::time::Duration = std::time::Duration::from_micros(100);
+
+    pub fn from_duration(d: std::time::Duration) -> QueueDelay {
+        QueueDelay((d.as_micros() / 100).min(u16::MAX as u128) as u16)
+    }
+    pub fn to_duration(self) -> std::time::Duration {
+        Self::UNIT * u32::from(self.0)
+    }
+}
+
 /// Version byte of the state record format carried in RECORDS.
 pub const RECORD_VERSION: u8 = 1;
 
@@ -45,7 +61,7 @@ pub const DATA_HDR: usize = 2 + 4 + 4 + 8 + 1 + 2 + 2;
 pub const BUNDLE_HDR: usize = 2;
 pub const BUNDLE_LEN_PREFIX: usize = 2;
 pub const RECORDS_HDR: usize = 2 + 4 + 4 + 1 + 2;
-pub const ACK_HDR: usize = 2 + 4 + 4 + 1;
+pub const ACK_HDR: usize = 2 + 4 + 4 + 2 + 1;
 pub const RANGES_HDR: usize = 2 + 4 + 4 + 1;
 pub const PAD_HDR: usize = 2 + 4;
 /// Encoded size of a tombstone record.
@@ -244,10 +260,12 @@ pub enum SyncMsg<'a> {
         count: u16,
         body: &'a [u8],
     },
-    /// Cumulative ack (`cum` = next expected seq) plus missing ranges.
+    /// Cumulative ack (`cum` = next expected seq) plus missing ranges, and how long the
+    /// acknowledging gateway's received datagrams wait before it reads them.
     Ack {
         epoch: u32,
         cum: u32,
+        delay: QueueDelay,
         nacks: &'a [u8],
     },
     /// "Seqs first..=last are void: their content was or will be sent anew."
@@ -367,9 +385,15 @@ impl<'a> SyncMsg<'a> {
             ACK => {
                 let epoch = r.u32()?;
                 let cum = r.u32()?;
+                let delay = QueueDelay(r.u16()?);
                 let n = r.u8()? as usize;
                 let nacks = r.bytes(n * 8)?;
-                SyncMsg::Ack { epoch, cum, nacks }
+                SyncMsg::Ack {
+                    epoch,
+                    cum,
+                    delay,
+                    nacks,
+                }
             }
             SKIP => {
                 let epoch = r.u32()?;
@@ -540,11 +564,17 @@ impl<'a> SyncMsg<'a> {
                 w.u16(count)?;
                 w.bytes(body)?;
             }
-            SyncMsg::Ack { epoch, cum, nacks } => {
+            SyncMsg::Ack {
+                epoch,
+                cum,
+                delay,
+                nacks,
+            } => {
                 w.u8(ACK)?;
                 w.u8(SYNC_VERSION)?;
                 w.u32(epoch)?;
                 w.u32(cum)?;
+                w.u16(delay.0)?;
                 w.u8((nacks.len() / 8) as u8)?;
                 w.bytes(nacks)?;
             }
@@ -1048,6 +1078,28 @@ fn decode_state(r: &mut Rd) -> Result<StateRepr> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn queue_delay_is_in_units_of_100_us_and_saturates() {
+        use std::time::Duration;
+        assert_eq!(QueueDelay::from_duration(Duration::from_micros(199)).0, 1);
+        assert_eq!(QueueDelay(3).to_duration(), Duration::from_micros(300));
+        assert_eq!(
+            QueueDelay::from_duration(Duration::from_secs(10)).0,
+            u16::MAX
+        );
+        // ACK: the delay sits between `cum` and the range count.
+        let m = SyncMsg::Ack {
+            epoch: 1,
+            cum: 2,
+            delay: QueueDelay(0x0102),
+            nacks: &[],
+        };
+        let mut b = [0u8; 64];
+        let n = m.encode(&mut b).unwrap();
+        assert_eq!(&b[..n], &[5, SYNC_VERSION, 0, 0, 0, 1, 0, 0, 0, 2, 1, 2, 0]);
+        assert_eq!(n, ACK_HDR);
+    }
+
     fn sample_state() -> StateRepr {
         let mut s = StateRepr {
             id: StateId::new(0x0102_0304_0506_0708, 0xdead_beef),
@@ -1121,6 +1173,7 @@ mod tests {
             SyncMsg::Ack {
                 epoch: 1,
                 cum: 5,
+                delay: QueueDelay(300),
                 nacks: &[0, 0, 0, 7, 0, 0, 0, 9],
             },
             SyncMsg::Skip {

@@ -207,12 +207,19 @@ impl Replica {
                 p.stats.rx_records += count as u64;
                 self.apply_records(peer, body, count, now);
             }
-            SyncMsg::Ack { epoch, cum, nacks } => {
+            SyncMsg::Ack {
+                epoch,
+                cum,
+                delay,
+                nacks,
+            } => {
                 let p = self.peers.get_mut(&peer).unwrap();
                 if epoch != p.epoch || !p.established {
                     p.stats.epoch_mismatch += 1;
                     return Ok(());
                 }
+                p.peer_delay = Some((delay, now));
+                p.stats.peer_delay_us = delay.to_duration().as_micros() as u64;
                 p.tx.ack(cum, now);
                 p.stats.last_ack = cum;
                 let mut refs = Vec::new();

@@ -203,6 +203,11 @@ impl Net {
         self.lab.kill(&self.sites[i].gw(), sig);
     }
 
+    /// Signal gateway `i` without stopping it for good (SIGSTOP, SIGCONT).
+    pub fn signal_gw(&self, i: usize, sig: i32) {
+        self.lab.signal(&self.sites[i].gw(), sig);
+    }
+
     pub fn status(&self, i: usize) -> Status {
         status(&self.control_socket(i)).unwrap_or_else(|e| panic!("{e}"))
     }

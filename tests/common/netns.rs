@@ -330,6 +330,16 @@ impl Lab {
         self.note(&p.log, &format!("stopped with signal {sig}"));
     }
 
+    /// Send `sig` to process `name` and leave it registered (SIGSTOP, SIGCONT).
+    pub fn signal(&self, name: &str, sig: i32) {
+        let procs = self.procs.lock().unwrap();
+        let p = procs
+            .get(name)
+            .unwrap_or_else(|| panic!("no process `{name}`"));
+        // SAFETY: kill(2) on our own child's pid; it is not reaped while registered.
+        unsafe { libc::kill(p.child.id() as i32, sig) };
+    }
+
     /// True while process `name` runs; if it exited, says how (and keeps it registered
     /// so its log is still dumped).
     pub fn check_running(&self, name: &str) -> Result<(), String> {
