@@ -14,7 +14,7 @@ use common::capture::{in_netns, RawPf, PFSYNC_GROUP};
 use common::gw::{local_count, Net, SYNC_IF};
 use common::netns::skip_unless_root;
 use common::pf::{packet, tcp_state, upd_c};
-use pfsync_gw::wire::{Message, Packet};
+use pfsync_gw::wire::{Message, Packet, StateRepr};
 
 /// States the compressed updates cycle over.
 const POOL: u64 = 1_700;
@@ -38,18 +38,37 @@ fn receiver_drops(ns: &str) -> u64 {
     })
 }
 
-#[test]
-fn overload_sheds_only_updates_and_recovers() {
-    if skip_unless_root("overload_sheds_only_updates_and_recovers") {
-        return;
-    }
-    let net = Net::new("ovl", 2, false);
+/// Two sites with both gateways up: fw-a's and fw-b's namespaces and raw sockets.
+fn two_sites(tag: &str) -> (Net, String, String, RawPf, RawPf) {
+    let net = Net::new(tag, 2, false);
     net.start_gw(1);
     net.start_gw(0);
     net.wait_established(&[0, 1], Duration::from_secs(15));
     let (fw_a_ns, fw_b_ns) = (net.site(0).fw_ns.clone(), net.site(1).fw_ns.clone());
     let fw_a = RawPf::open(&fw_a_ns, SYNC_IF, true);
     let fw_b = RawPf::open(&fw_b_ns, SYNC_IF, true);
+    (net, fw_a_ns, fw_b_ns, fw_a, fw_b)
+}
+
+/// Packets of 17 compressed updates, round-robin over `pool`.
+fn update_packets(pool: &[StateRepr]) -> Vec<Vec<u8>> {
+    (0..pool.len() / 17)
+        .map(|k| {
+            let m: Vec<Message> = pool[k * 17..k * 17 + 17]
+                .iter()
+                .map(|s| Message::UpdC(upd_c(s, 1 + k as u32)))
+                .collect();
+            packet(&m)
+        })
+        .collect()
+}
+
+#[test]
+fn overload_sheds_only_updates_and_recovers() {
+    if skip_unless_root("overload_sheds_only_updates_and_recovers") {
+        return;
+    }
+    let (net, fw_a_ns, fw_b_ns, fw_a, fw_b) = two_sites("ovl");
 
     // The pool and the states to delete, inserted and seen at fw-b first.
     let pool: Vec<_> = (1..=POOL).map(|i| tcp_state(i, CREATOR)).collect();
@@ -71,16 +90,7 @@ fn overload_sheds_only_updates_and_recovers() {
     }
     assert_eq!(seen.len(), all, "the pool reached fw-b");
 
-    // Packets of 17 compressed updates, round-robin over the pool.
-    let updates: Vec<Vec<u8>> = (0..POOL as usize / 17)
-        .map(|k| {
-            let m: Vec<Message> = pool[k * 17..k * 17 + 17]
-                .iter()
-                .map(|s| Message::UpdC(upd_c(s, 1 + k as u32)))
-                .collect();
-            packet(&m)
-        })
-        .collect();
+    let updates = update_packets(&pool);
     let stop = AtomicBool::new(false);
     let before = net.status(0);
     let (inserted, deleted, got, flooded) = std::thread::scope(|s| {
@@ -210,28 +220,14 @@ fn a_slow_receiving_gateway_makes_the_sender_shed() {
     if skip_unless_root("a_slow_receiving_gateway_makes_the_sender_shed") {
         return;
     }
-    let net = Net::new("slow", 2, false);
-    net.start_gw(1);
-    net.start_gw(0);
-    net.wait_established(&[0, 1], Duration::from_secs(15));
-    let (fw_a_ns, fw_b_ns) = (net.site(0).fw_ns.clone(), net.site(1).fw_ns.clone());
-    let fw_a = RawPf::open(&fw_a_ns, SYNC_IF, true);
-    let fw_b = RawPf::open(&fw_b_ns, SYNC_IF, true);
+    let (net, fw_a_ns, fw_b_ns, fw_a, fw_b) = two_sites("slow");
     let pool: Vec<_> = (1..=POOL).map(|i| tcp_state(i, CREATOR)).collect();
     for c in pool.chunks(5) {
         let ins: Vec<Message> = c.iter().map(|s| Message::Ins(*s)).collect();
         fw_a.send(&packet(&ins), PFSYNC_GROUP);
         std::thread::sleep(Duration::from_micros(300));
     }
-    let updates: Vec<Vec<u8>> = (0..POOL as usize / 17)
-        .map(|k| {
-            let m: Vec<Message> = pool[k * 17..k * 17 + 17]
-                .iter()
-                .map(|s| Message::UpdC(upd_c(s, 1 + k as u32)))
-                .collect();
-            packet(&m)
-        })
-        .collect();
+    let updates = update_packets(&pool);
     std::thread::sleep(Duration::from_millis(500));
     let before = net.status(0);
     let stop = AtomicBool::new(false);

@@ -245,6 +245,23 @@ impl Counters {
     }
 }
 
+/// The mean time the packets read from a socket in one round had waited in it.
+#[derive(Default)]
+struct MeanWait {
+    sum: Duration,
+    n: u32,
+}
+
+impl MeanWait {
+    fn add(&mut self, d: Duration) {
+        (self.sum, self.n) = (self.sum + d, self.n + 1);
+    }
+    /// Zero when nothing was read: the socket was empty.
+    fn mean(&self) -> Duration {
+        self.sum.checked_div(self.n).unwrap_or_default()
+    }
+}
+
 /// Count a rare event (errors, drops) by name.
 fn bump(c: &mut Counters, k: &'static str) {
     *c.other.entry(k).or_insert(0) += 1;
@@ -627,25 +644,15 @@ impl Node {
     /// The mean wait of what was read becomes the delay our ACKs report (an empty socket:
     /// none).
     fn drain_udp(&mut self, now: Instant, budget: usize) -> bool {
-        let (mut waited, mut read) = (Duration::ZERO, 0u32);
-        let more = self.drain_udp_batches(now, budget, &mut waited, &mut read);
-        let delay = if read == 0 {
-            Duration::ZERO
-        } else {
-            waited / read
-        };
+        let mut wait = MeanWait::default();
+        let more = self.drain_udp_batches(now, budget, &mut wait);
+        let delay = wait.mean();
         self.replica.set_receive_delay(delay);
         self.counters.receive_delay_us_now = delay.as_micros() as u64;
         more
     }
 
-    fn drain_udp_batches(
-        &mut self,
-        now: Instant,
-        budget: usize,
-        waited: &mut Duration,
-        read: &mut u32,
-    ) -> bool {
+    fn drain_udp_batches(&mut self, now: Instant, budget: usize, wait: &mut MeanWait) -> bool {
         for _ in 0..budget {
             match try_recv_batch(&self.udp, &mut self.udp_rx) {
                 None => return false,
@@ -665,8 +672,7 @@ impl Node {
                     .received_at(i)
                     .and_then(|t| wall.duration_since(t).ok())
                 {
-                    *waited += w;
-                    *read += 1;
+                    wait.add(w);
                 }
             }
             // Each datagram is opened where it was received (no copy of it first).
@@ -702,24 +708,13 @@ impl Node {
     /// Receive up to `budget` batches from the firewall's capture socket; true if it may
     /// hold more.
     fn drain_raw(&mut self, now: Instant, budget: usize) -> bool {
-        let (mut waited, mut read) = (Duration::ZERO, 0u32);
-        let more = self.drain_raw_batches(now, budget, &mut waited, &mut read);
-        let delay = if read == 0 {
-            Duration::ZERO
-        } else {
-            waited / read
-        };
-        self.counters.capture_delay_us_now = delay.as_micros() as u64;
+        let mut wait = MeanWait::default();
+        let more = self.drain_raw_batches(now, budget, &mut wait);
+        self.counters.capture_delay_us_now = wait.mean().as_micros() as u64;
         more
     }
 
-    fn drain_raw_batches(
-        &mut self,
-        now: Instant,
-        budget: usize,
-        waited: &mut Duration,
-        read: &mut u32,
-    ) -> bool {
+    fn drain_raw_batches(&mut self, now: Instant, budget: usize, wait: &mut MeanWait) -> bool {
         let Local::Raw(raw) = &mut self.local else {
             return false;
         };
@@ -801,7 +796,7 @@ impl Node {
                     }
                     eligible
                 };
-                (*waited, *read) = (*waited + age, *read + 1);
+                wait.add(age);
                 if let Some(c) = shed {
                     c.on_captured(now, age, eligible);
                 }
