@@ -252,9 +252,13 @@ struct MeanWait {
     n: u32,
 }
 
+/// A wait counts at most this much: a forward step of the wall clock (the kernel's
+/// timestamps are on it) must not read as a long queue for more than a moment.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
 impl MeanWait {
     fn add(&mut self, d: Duration) {
-        (self.sum, self.n) = (self.sum + d, self.n + 1);
+        (self.sum, self.n) = (self.sum + d.min(MAX_WAIT), self.n + 1);
     }
     /// Zero when nothing was read: the socket was empty.
     fn mean(&self) -> Duration {
@@ -807,14 +811,14 @@ impl Node {
 
     /// Apply the shedding controller's share to the capture socket's kernel filter.
     fn steer_shedding(&mut self, now: Instant) {
+        let peer_delay = self.replica.peer_delay(now);
+        self.counters.peer_delay_us_now = peer_delay.as_micros() as u64;
         let Local::Raw(raw) = &mut self.local else {
             return;
         };
         let Some(c) = &mut raw.shed else {
             return;
         };
-        let peer_delay = self.replica.peer_delay(now);
-        self.counters.peer_delay_us_now = peer_delay.as_micros() as u64;
         c.on_peer_delay(peer_delay);
         let changed = c.poll(now);
         self.counters.shed_capture_filtered = c.shed_estimate();
@@ -1091,6 +1095,7 @@ impl Node {
                     retransmits: s.as_ref().map_or(0, |s| s.retransmits),
                     resyncs: s.as_ref().map_or(0, |s| s.resyncs),
                     resync_in_progress: s.as_ref().is_some_and(|s| s.resync_in_progress),
+                    delay_us: s.as_ref().map_or(0, |s| s.peer_delay_us),
                 }
             })
             .collect();

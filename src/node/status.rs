@@ -42,6 +42,10 @@ pub struct PeerView {
     pub retransmits: u64,
     pub resyncs: u64,
     pub resync_in_progress: bool,
+    /// The queueing delay the peer reported in its last ACK, µs: how long what we relay
+    /// waits in its socket (a peer behind; our shedding counts it).
+    #[serde(default)]
+    pub delay_us: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -110,14 +114,15 @@ impl Status {
             );
             let _ = writeln!(
                 s,
-                "  sync: {} retransmits, {} resyncs{}",
+                "  sync: {} retransmits, {} resyncs{}, its queue {:.1} ms",
                 p.retransmits,
                 p.resyncs,
                 if p.resync_in_progress {
                     ", resync in progress"
                 } else {
                     ""
-                }
+                },
+                p.delay_us as f64 / 1000.0
             );
         }
         s
@@ -172,7 +177,7 @@ impl Status {
             );
         }
         type Series = (&'static str, &'static str, fn(&PeerView) -> f64);
-        let per_peer: [Series; 8] = [
+        let per_peer: [Series; 9] = [
             ("pfsync_gw_peer_up", "gauge", |p| p.established as u8 as f64),
             ("pfsync_gw_peer_received_packets_total", "counter", |p| {
                 p.rx_packets as f64
@@ -194,6 +199,9 @@ impl Status {
             }),
             ("pfsync_gw_peer_last_handshake_seconds", "gauge", |p| {
                 p.last_handshake_secs.unwrap_or(-1.0)
+            }),
+            ("pfsync_gw_peer_queue_delay_seconds", "gauge", |p| {
+                p.delay_us as f64 / 1e6
             }),
         ];
         for (name, ty, f) in per_peer {
@@ -240,9 +248,14 @@ mod tests {
             name: "gw-b".into(),
             established: true,
             rx_packets: 5,
+            delay_us: 2500,
             ..Default::default()
         });
         let m = st.to_prometheus();
+        assert!(
+            m.contains("pfsync_gw_peer_queue_delay_seconds{node=\"gw-a\",peer=\"gw-b\"} 0.0025"),
+            "{m}"
+        );
         assert!(m.contains("pfsync_gw_states{node=\"gw-a\"} 3"), "{m}");
         assert!(m.contains("pfsync_gw_drops_total{node=\"gw-a\",reason=\"bad_mac1\"} 7"));
         assert!(m.contains("pfsync_gw_peer_up{node=\"gw-a\",peer=\"gw-b\"} 1"));

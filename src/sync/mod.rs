@@ -47,11 +47,11 @@ use peer::{send_hello, Peer};
 
 pub type PeerId = usize;
 
-/// Answer budget a peer starts with (docs/SYNC.md, *Requester pays*): a SUMMARY/RANGES
-/// exchange and the first ≈ 240 records before its padding arrives.
 /// A peer's reported queueing delay counts this long after its ACK (ACKs come every 32
 /// messages, or 20 ms after the first unacknowledged one, while a stream flows).
 pub const PEER_DELAY_FRESH: Duration = Duration::from_millis(250);
+/// Answer budget a peer starts with (docs/SYNC.md, *Requester pays*): a SUMMARY/RANGES
+/// exchange and the first ≈ 240 records before its padding arrives.
 pub const ANSWER_INITIAL: u64 = 64 << 10;
 /// Most answer budget a peer can save: enough for a full `records_window` in flight.
 pub const ANSWER_CAP: u64 = 1 << 20;

@@ -110,6 +110,14 @@ fn peer_words(h: &mut Hasher128, p: &PeerRepr) {
     );
 }
 
+/// Do two peers agree on every field the entry hash covers (`peer_words`)? Scrub state and
+/// `seqdiff` are not synced and may differ.
+#[inline]
+pub fn peers_synced_eq(a: &PeerRepr, b: &PeerRepr) -> bool {
+    (a.seqlo, a.seqhi, a.max_win, a.mss, a.state, a.wscale)
+        == (b.seqlo, b.seqhi, b.max_win, b.mss, b.state, b.wscale)
+}
+
 /// Words [`entry_prefix`] absorbs (id, creator/af/proto/direction, timeout, 2 × 5 per key).
 const PREFIX_WORDS: u64 = 13;
 

@@ -26,7 +26,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 pub use digest::{entry_hash, leaf_of, Digest};
-use digest::{entry_hash_from, entry_prefix, HashPrefix};
+use digest::{entry_hash_from, entry_prefix, peers_synced_eq, HashPrefix};
 use index::Index;
 use store::{Pool, Profile, MAX_RECORD};
 
@@ -693,7 +693,7 @@ impl StateTable {
         self.change.held = true;
         let now_ns = self.clock(now);
         let e = &mut self.slab[i];
-        let (old_prefix, old_timeout) = (e.prefix, e.timeout);
+        let (old_prefix, old_timeout, old_peers) = (e.prefix, e.timeout, (e.src, e.dst));
         let (stale, changed, newer) = merge_into(e, &s.src, &s.dst, s.timeout, v);
         if let Some(v) = v {
             e.raise_version(v);
@@ -722,7 +722,8 @@ impl StateTable {
             self.refresh_prefix(i);
         }
         // The prefix holds every synced field but the peers (`timeout` included).
-        if changed || self.slab[i].prefix != old_prefix {
+        let e = &self.slab[i];
+        if !synced_eq(old_peers, (e.src, e.dst)) || e.prefix != old_prefix {
             self.mark_unhashed(i);
             self.change.changed = true;
         }
@@ -746,7 +747,7 @@ impl StateTable {
         self.change.held = true;
         let now_ns = self.clock(now);
         let e = &mut self.slab[i];
-        let old_timeout = e.timeout;
+        let (old_timeout, old_peers) = (e.timeout, (e.src, e.dst));
         let (stale, changed, newer) = merge_into(e, &u.src, &u.dst, u.timeout, v);
         if stale < 2 && newer {
             let secs = if u.expire == 0 {
@@ -766,7 +767,8 @@ impl StateTable {
             self.refresh_prefix(i);
         }
         // Nothing synced changed (peers and timeout as they were): the hash is the same.
-        if changed || timeout_changed {
+        let e = &self.slab[i];
+        if timeout_changed || !synced_eq(old_peers, (e.src, e.dst)) {
             self.mark_unhashed(i);
             self.change.changed = true;
         }
@@ -1013,6 +1015,12 @@ impl StateTable {
             // tomb_order may still hold `id`; it is skipped when popped (not in `tombs`).
         }
     }
+}
+
+/// Do both peers agree on the fields the entry hash covers?
+#[inline]
+fn synced_eq(a: (PeerRepr, PeerRepr), b: (PeerRepr, PeerRepr)) -> bool {
+    peers_synced_eq(&a.0, &b.0) && peers_synced_eq(&a.1, &b.1)
 }
 
 /// Merge incoming peers and timeout into `e`. Kernel mode (`v == None`): take every
