@@ -39,10 +39,14 @@ const DECAY: f64 = 0.9;
 /// A mean wait below this (or half the target, if smaller) is an empty queue.
 const EMPTY: f64 = 0.001;
 /// Gains of the peer's share: steady within a few percent for round trips up to 50 ms,
-/// within ±0.1 at 100 ms (the fluid model in the tests); the capture's gains swing between
+/// within ±0.15 at 100 ms (the fluid model in the tests); the capture's gains swing between
 /// 0 and 99 % from 50 ms on.
 const PEER_ALPHA: f64 = ALPHA / 10.0;
 const PEER_BETA: f64 = BETA / 4.0;
+/// The peer's share shrinks by this factor per interval while its queue is empty: from
+/// its cap to nothing within about a second after an overload, together with the
+/// proportional step.
+const PEER_DECAY: f64 = 0.99;
 /// The most a peer's reported delay alone makes us shed.
 pub const PEER_MAX_SHARE: f64 = 0.75;
 
@@ -154,8 +158,10 @@ impl ShedControl {
         );
         let (share, prev) = (self.peer_share, self.prev_peer_delay);
         let gains = (PEER_ALPHA, PEER_BETA);
-        // No multiplicative decay: on a round trip's lag it would empty the share while
-        // the peer's queue still drains, and refill it a round trip later (a limit cycle).
+        // A gentle decay only: at the capture's, on a round trip's lag, it would empty the
+        // share while the peer's queue still drains and refill it a round trip later (a
+        // limit cycle). Intervals slept through count (nothing was relayed meanwhile).
+        let intervals = missed.floor() + 1.0;
         self.peer_share = pie(
             share,
             peer,
@@ -163,9 +169,14 @@ impl ShedControl {
             target,
             gains,
             sheddable,
-            1.0,
+            PEER_DECAY.powf(intervals),
             PEER_MAX_SHARE,
         );
+        if peer < target && intervals > 1.0 {
+            // The proportional step, once per interval slept through as well.
+            let more = PEER_ALPHA * (target - peer) * (intervals - 1.0);
+            self.peer_share = (self.peer_share - more).max(0.0);
+        }
         (self.prev_delay, self.prev_peer_delay) = (local, peer);
         (self.sum_wait, self.waits, self.eligible) = (0.0, 0, 0);
         let total = (self.share + self.peer_share).min(MAX_SHARE);
@@ -324,7 +335,7 @@ mod tests {
                 (0.001, 0.001, 0.05, 2.0 * t),
                 (0.02, 0.001, 0.05, 2.0 * t),
                 (0.05, 0.005, 0.05, 2.0 * t),
-                (0.1, 0.02, 0.2, 3.0 * t),
+                (0.1, 0.02, 0.15, 4.0 * t),
             ] {
                 let (lo, hi, worst, _) = simulate_peer(factor, rtt, ack, 10.0);
                 let at = format!("{factor}×, rtt {rtt}: share {lo:.2}..{hi:.2}, needs {need:.2}");
@@ -428,6 +439,8 @@ mod tests {
         let mut c = ShedControl::new(t0, TARGET);
         c.share = 0.6;
         c.applied = 0.6;
+        // The peer's share too (the overload was the peer's).
+        c.peer_share = 0.75;
         // One packet after a second of silence: the share is gone.
         c.on_captured(t0 + Duration::from_secs(1), Duration::ZERO, true);
         assert_eq!(c.poll(t0 + Duration::from_secs(1)), Some(0.0));
