@@ -93,6 +93,12 @@ impl RecvBatch {
         (ns != 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
     }
 
+    /// How long datagram `i` waited in the socket until `read` (a wall-clock time taken
+    /// after the read: every datagram of the batch arrived before it).
+    pub fn waited(&self, i: usize, read: std::time::SystemTime) -> Option<std::time::Duration> {
+        read.duration_since(self.received_at(i)?).ok()
+    }
+
     /// Datagrams the kernel dropped (socket buffer full) since the last call.
     pub fn take_overflow(&mut self) -> u64 {
         std::mem::take(&mut self.ovfl_new)

@@ -668,14 +668,9 @@ impl Node {
                 }
             }
             self.counters.tunnel_rx_overflow += self.udp_rx.take_overflow();
-            // After the read: every datagram of the batch arrived before it.
-            let wall = std::time::SystemTime::now();
+            let read = std::time::SystemTime::now();
             for i in 0..self.udp_rx.len() {
-                if let Some(w) = self
-                    .udp_rx
-                    .received_at(i)
-                    .and_then(|t| wall.duration_since(t).ok())
-                {
+                if let Some(w) = self.udp_rx.waited(i, read) {
                     wait.add(w);
                 }
             }
@@ -741,13 +736,9 @@ impl Node {
                 }
             }
             self.counters.shed_capture_overflow += rx.take_overflow();
-            // After the read: every packet of the batch arrived before it.
-            let wall = std::time::SystemTime::now();
+            let read = std::time::SystemTime::now();
             for i in 0..rx.len() {
-                let age = rx
-                    .received_at(i)
-                    .and_then(|t| wall.duration_since(t).ok())
-                    .unwrap_or_default();
+                let age = rx.waited(i, read).unwrap_or_default();
                 // What the packet was: the firewall's `UPD_C` run (which the capture filter
                 // may shed) or not; every packet read counts for the controller.
                 let eligible = 'packet: {

@@ -466,6 +466,9 @@ impl Replica {
             established: p.established && p.rx_epoch.is_some(),
             resync_in_progress: p.resync,
             unacked: p.tx.unacked(),
+            peer_delay_us: p
+                .peer_delay
+                .map_or(0, |(d, _)| d.to_duration().as_micros() as u64),
             ..p.stats
         })
     }

@@ -22,7 +22,7 @@ impl QueueDelay {
     pub const UNIT: std::time::Duration = std::time::Duration::from_micros(100);
 
     pub fn from_duration(d: std::time::Duration) -> QueueDelay {
-        QueueDelay((d.as_micros() / 100).min(u16::MAX as u128) as u16)
+        QueueDelay((d.as_micros() / Self::UNIT.as_micros()).min(u16::MAX as u128) as u16)
     }
     pub fn to_duration(self) -> std::time::Duration {
         Self::UNIT * u32::from(self.0)

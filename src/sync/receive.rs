@@ -219,7 +219,6 @@ impl Replica {
                     return Ok(());
                 }
                 p.peer_delay = Some((delay, now));
-                p.stats.peer_delay_us = delay.to_duration().as_micros() as u64;
                 p.tx.ack(cum, now);
                 p.stats.last_ack = cum;
                 let mut refs = Vec::new();

@@ -829,12 +829,10 @@ impl StateTable {
     fn settle(&mut self) {
         let mut list = std::mem::take(&mut self.unhashed);
         for &p in &list {
-            let (w, bit) = (p as usize / 64, 1u64 << (p % 64));
             // Beyond the slab, bits are clear (removal clears them).
-            if self.unhashed_bits.get(w).is_none_or(|b| b & bit == 0) {
+            if !self.take_unhashed_bit(p as usize) {
                 continue;
             }
-            self.unhashed_bits[w] &= !bit;
             let e = &mut self.slab[p as usize];
             let (old, leaf) = (e.hash(), e.leaf as usize);
             let new = e.rehash();
