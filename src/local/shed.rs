@@ -38,23 +38,67 @@ const MIN_ELIGIBLE: f64 = 0.25;
 const DECAY: f64 = 0.9;
 /// A mean wait below this (or half the target, if smaller) is an empty queue.
 const EMPTY: f64 = 0.001;
-/// Gains of the peer's share: steady within a few percent for round trips up to 50 ms,
-/// within ±0.15 at 100 ms (the fluid model in the tests); the capture's gains swing between
-/// 0 and 99 % from 50 ms on.
-const PEER_ALPHA: f64 = ALPHA / 10.0;
-const PEER_BETA: f64 = BETA / 4.0;
-/// The peer's share shrinks by this factor per interval while its queue is empty: from
-/// its cap to nothing within about a second after an overload, together with the
-/// proportional step.
-const PEER_DECAY: f64 = 0.99;
 /// The most a peer's reported delay alone makes us shed.
 pub const PEER_MAX_SHARE: f64 = 0.75;
+
+/// One PIE loop's gains, the factor its share shrinks by per interval whose queue was
+/// empty, and the most it sheds.
+#[derive(Debug, Clone, Copy)]
+struct Gains {
+    alpha: f64,
+    beta: f64,
+    decay: f64,
+    max: f64,
+}
+
+const CAPTURE: Gains = Gains {
+    alpha: ALPHA,
+    beta: BETA,
+    decay: DECAY,
+    max: MAX_SHARE,
+};
+/// The peer's loop: steady within a few percent for round trips up to 50 ms, within ±0.15
+/// at 100 ms (the fluid model in the tests), where the capture's gains swing between 0 and
+/// 99 % from 50 ms on. Its gentle decay takes it from its cap to nothing within about a
+/// second after an overload, together with the proportional step; at the capture's, on a
+/// round trip's lag, it would empty the share while the peer's queue still drains and
+/// refill it a round trip later (a limit cycle).
+const PEER: Gains = Gains {
+    alpha: ALPHA / 10.0,
+    beta: BETA / 4.0,
+    decay: 0.99,
+    max: PEER_MAX_SHARE,
+};
+
+/// A PIE loop's state: its share, and the delay it saw in the interval before.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pie {
+    share: f64,
+    prev: f64,
+}
+
+impl Pie {
+    /// One step after `intervals` intervals (more than one: nobody polled in the others,
+    /// the gateway slept) whose queue waited `delay`. An empty queue decays the share, once
+    /// per interval; a long busy round, whose queue was not empty, does not. Without
+    /// `sheddable` the share only falls.
+    fn step(&mut self, g: Gains, delay: f64, target: f64, sheddable: bool, intervals: f64) {
+        if delay < (target / 2.0).min(EMPTY) {
+            self.share *= g.decay.powf(intervals);
+        }
+        let step = g.alpha * (delay - target) + g.beta * (delay - self.prev);
+        let step = if sheddable { step } else { step.min(0.0) };
+        self.share = (self.share + step).clamp(0.0, g.max);
+        self.prev = delay;
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ShedControl {
     /// The queueing delay steered to, in seconds.
     target: f64,
-    share: f64,
+    /// The share steered by the capture queue's delay.
+    capture: Pie,
     /// The share the kernel filter applies now (changes smaller than `STEP` wait).
     applied: f64,
     sum_wait: f64,
@@ -63,12 +107,10 @@ pub struct ShedControl {
     /// When each recent share took effect (newest last): a packet read now was filtered
     /// by the share in force when it arrived, which may be several intervals old.
     history: VecDeque<(Instant, f64)>,
-    prev_delay: f64,
     /// The largest delay a peer reported in this interval, in seconds.
     peer_delay: f64,
-    prev_peer_delay: f64,
     /// The share steered by the peers' delay (added to `share`).
-    peer_share: f64,
+    peer: Pie,
     /// Intervals in which a peer's delay alone exceeded the target (ours did not).
     peer_intervals: u64,
     next_update: Instant,
@@ -82,16 +124,14 @@ impl ShedControl {
     pub fn new(now: Instant, target: Duration) -> ShedControl {
         ShedControl {
             target: target.as_secs_f64(),
-            share: 0.0,
+            capture: Pie::default(),
             applied: 0.0,
             sum_wait: 0.0,
             waits: 0,
             eligible: 0,
             history: VecDeque::new(),
-            prev_delay: 0.0,
             peer_delay: 0.0,
-            prev_peer_delay: 0.0,
-            peer_share: 0.0,
+            peer: Pie::default(),
             peer_intervals: 0,
             next_update: now + INTERVAL,
             shed_estimate: 0.0,
@@ -144,42 +184,18 @@ impl ShedControl {
         }
         // Shedding helps only if enough of what queues could be shed.
         let sheddable = f64::from(self.eligible) >= MIN_ELIGIBLE * f64::from(self.waits.max(1));
-        let decay = DECAY.powf(missed.floor() + 1.0);
-        let (share, prev) = (self.share, self.prev_delay);
-        self.share = pie(
-            share,
-            local,
-            prev,
-            target,
-            (ALPHA, BETA),
-            sheddable,
-            decay,
-            MAX_SHARE,
-        );
-        let (share, prev) = (self.peer_share, self.prev_peer_delay);
-        let gains = (PEER_ALPHA, PEER_BETA);
-        // A gentle decay only: at the capture's, on a round trip's lag, it would empty the
-        // share while the peer's queue still drains and refill it a round trip later (a
-        // limit cycle). Intervals slept through count (nothing was relayed meanwhile).
         let intervals = missed.floor() + 1.0;
-        self.peer_share = pie(
-            share,
-            peer,
-            prev,
-            target,
-            gains,
-            sheddable,
-            PEER_DECAY.powf(intervals),
-            PEER_MAX_SHARE,
-        );
+        self.capture
+            .step(CAPTURE, local, target, sheddable, intervals);
+        self.peer.step(PEER, peer, target, sheddable, intervals);
         if peer < target && intervals > 1.0 {
-            // The proportional step, once per interval slept through as well.
-            let more = PEER_ALPHA * (target - peer) * (intervals - 1.0);
-            self.peer_share = (self.peer_share - more).max(0.0);
+            // The peer's proportional step, once per interval slept through as well
+            // (nothing was relayed meanwhile).
+            let more = PEER.alpha * (target - peer) * (intervals - 1.0);
+            self.peer.share = (self.peer.share - more).max(0.0);
         }
-        (self.prev_delay, self.prev_peer_delay) = (local, peer);
         (self.sum_wait, self.waits, self.eligible) = (0.0, 0, 0);
-        let total = (self.share + self.peer_share).min(MAX_SHARE);
+        let total = (self.capture.share + self.peer.share).min(MAX_SHARE);
         let changed =
             (total - self.applied).abs() >= STEP || (total == 0.0) != (self.applied == 0.0);
         changed.then(|| {
@@ -207,30 +223,6 @@ impl ShedControl {
     pub fn shed_estimate(&self) -> u64 {
         self.shed_estimate as u64
     }
-}
-
-/// One PIE step: the share after an interval whose queue waited `delay` (`prev` the one
-/// before). An empty queue decays the share by `decay` (one factor per interval, slept
-/// through ones included); a long busy round, whose queue was not empty, does not.
-#[allow(clippy::too_many_arguments)]
-fn pie(
-    share: f64,
-    delay: f64,
-    prev: f64,
-    target: f64,
-    (alpha, beta): (f64, f64),
-    sheddable: bool,
-    decay: f64,
-    max: f64,
-) -> f64 {
-    let share = if delay < (target / 2.0).min(EMPTY) {
-        share * decay
-    } else {
-        share
-    };
-    let step = alpha * (delay - target) + beta * (delay - prev);
-    let step = if sheddable { step } else { step.min(0.0) };
-    (share + step).clamp(0.0, max)
 }
 
 #[cfg(test)]
@@ -420,7 +412,7 @@ mod tests {
     fn a_small_target_lets_go_quickly_after_the_overload() {
         let t0 = Instant::now();
         let mut c = ShedControl::new(t0, Duration::from_millis(1));
-        (c.share, c.applied) = (0.99, 0.99);
+        (c.capture.share, c.applied) = (0.99, 0.99);
         let mut now = t0;
         // Busy but no longer behind: every packet read at once, 20 intervals (200 ms).
         for _ in 0..20 {
@@ -437,10 +429,10 @@ mod tests {
     fn a_gateway_that_slept_through_the_end_of_an_overload_does_not_keep_shedding() {
         let t0 = Instant::now();
         let mut c = ShedControl::new(t0, TARGET);
-        c.share = 0.6;
+        c.capture.share = 0.6;
         c.applied = 0.6;
         // The peer's share too (the overload was the peer's).
-        c.peer_share = 0.75;
+        c.peer.share = 0.75;
         // One packet after a second of silence: the share is gone.
         c.on_captured(t0 + Duration::from_secs(1), Duration::ZERO, true);
         assert_eq!(c.poll(t0 + Duration::from_secs(1)), Some(0.0));
@@ -456,7 +448,10 @@ mod tests {
         assert_eq!(c.shed_estimate(), 0, "nothing shed before the first share");
         // The share goes to 0.75 at t1 = t0 + 10 ms.
         // A delay at the target, not growing: the share stays where it is.
-        (c.share, c.prev_delay) = (0.75, TARGET.as_secs_f64());
+        c.capture = Pie {
+            share: 0.75,
+            prev: TARGET.as_secs_f64(),
+        };
         let t1 = t0 + INTERVAL;
         c.on_captured(t1, TARGET, true);
         assert_eq!(c.poll(t1), Some(0.75));
