@@ -488,6 +488,16 @@ impl Config {
             }
             firewalls.push(ip);
         }
+        if firewalls.len() > crate::local::filter::MAX_FIREWALLS {
+            return Err(err(
+                "local.firewalls",
+                format!(
+                    "{} addresses; at most {} (one kernel filter test each)",
+                    firewalls.len(),
+                    crate::local::filter::MAX_FIREWALLS
+                ),
+            ));
+        }
         if raw.local.mode == LocalMode::Raw && firewalls.is_empty() {
             return Err(err(
                 "local.firewalls",

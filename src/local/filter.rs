@@ -10,8 +10,15 @@
 //! shedding is spread evenly over the states instead of losing whole runs of packets.
 //! Inserts, deletes, full updates, requests and bulk answers always pass. The share is set
 //! by [`super::shed::ShedControl`] from the queueing delay the gateway observes.
+//!
+//! The same filter drops pfsync from any source that is not a configured firewall before
+//! anything else: a rogue host's flood is never queued next to the firewall's packets, so
+//! it can neither fill the capture socket's buffer nor add to the queueing delay that
+//! steers shedding. [`watch_program`] is its complement, for a second socket that counts
+//! what this one drops (see [`super::raw::ForeignWatch`]).
 
 use std::io;
+use std::net::Ipv4Addr;
 
 use libc::{sock_filter, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGE, BPF_JMP};
 use libc::{BPF_ADD, BPF_MISC, BPF_MUL, BPF_TXA, SKF_AD_OFF, SKF_AD_RANDOM};
@@ -27,11 +34,81 @@ enum Op {
     OrAccept(u16, u32),
 }
 
-/// The filter for `dialect`'s capture socket, dropping a matching packet when the kernel's
-/// random u32 is below `threshold` (0: never; `u32::MAX`: all but one in 2³²).
-pub fn program(dialect: Dialect, threshold: u32) -> Vec<sock_filter> {
+/// Most firewall addresses a filter tests (one instruction each; jump offsets are a byte).
+pub const MAX_FIREWALLS: usize = 64;
+
+/// Bytes a watch socket keeps of a packet: the longest IPv4 header, which holds the source.
+pub const WATCH_SNAP: u32 = 60;
+
+fn code(a: u32, b: u32, c: u32) -> u16 {
+    (a | b | c) as u16
+}
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// Branch on the IPv4 source: `listed` runs for a source in `firewalls`, `unlisted` (one
+/// instruction, a return) for any other. At most [`MAX_FIREWALLS`] addresses.
+fn by_source(
+    firewalls: &[Ipv4Addr],
+    unlisted: sock_filter,
+    listed: Vec<sock_filter>,
+) -> Vec<sock_filter> {
+    assert!(
+        firewalls.len() <= MAX_FIREWALLS,
+        "config caps local.firewalls"
+    );
+    let n = firewalls.len();
+    // 0: A = source; 1..=n: one test each, a match jumps over `unlisted` (at n + 1).
+    let mut prog = vec![stmt(code(BPF_LD, BPF_W, BPF_ABS), 12)];
+    prog.extend(firewalls.iter().enumerate().map(|(i, a)| sock_filter {
+        code: code(BPF_JMP, BPF_JEQ, BPF_K),
+        jt: (n - i) as u8,
+        jf: 0,
+        k: u32::from(*a),
+    }));
+    prog.push(unlisted);
+    prog.extend(listed);
+    prog
+}
+
+/// The filter for `dialect`'s capture socket: pfsync from a source not in `firewalls` is
+/// dropped (empty `firewalls`: no source test), and of the rest a `UPD_C` run is dropped
+/// when the kernel's random u32 is below `threshold` (0: never; `u32::MAX`: all but one in
+/// 2³²).
+pub fn program(dialect: Dialect, firewalls: &[Ipv4Addr], threshold: u32) -> Vec<sock_filter> {
+    let keep = stmt(code(BPF_RET, BPF_K, 0), u32::MAX);
+    let shed = if threshold == 0 {
+        vec![keep]
+    } else {
+        shed_program(dialect, threshold)
+    };
+    if firewalls.is_empty() {
+        return shed;
+    }
+    by_source(firewalls, stmt(code(BPF_RET, BPF_K, 0), 0), shed)
+}
+
+/// The complement of [`program`]'s source test, for the watch socket: keeps the first
+/// [`WATCH_SNAP`] bytes of pfsync from any source not in `firewalls`, drops the rest.
+pub fn watch_program(firewalls: &[Ipv4Addr]) -> Vec<sock_filter> {
+    let drop = stmt(code(BPF_RET, BPF_K, 0), 0);
+    by_source(
+        firewalls,
+        stmt(code(BPF_RET, BPF_K, 0), WATCH_SNAP),
+        vec![drop],
+    )
+}
+
+/// Shedding alone: drops a `UPD_C` run of `dialect` when the random u32 is below `threshold`.
+fn shed_program(dialect: Dialect, threshold: u32) -> Vec<sock_filter> {
     let run = UpdCRun::of(dialect);
-    let code = |a: u32, b: u32, c: u32| (a | b | c) as u16;
     let mut ops = vec![
         // Short packets pass before any load could run past their end (which would drop):
         // the length must reach the IPv4 header length (X) plus the fields tested.
@@ -123,8 +200,13 @@ pub fn threshold(share: f64) -> u32 {
 }
 
 /// Attach (or replace) the filter on the capture socket.
-pub fn attach(sock: &Socket, dialect: Dialect, threshold: u32) -> io::Result<()> {
-    sock.attach_filter(&program(dialect, threshold))
+pub fn attach(
+    sock: &Socket,
+    dialect: Dialect,
+    firewalls: &[Ipv4Addr],
+    threshold: u32,
+) -> io::Result<()> {
+    sock.attach_filter(&program(dialect, firewalls, threshold))
 }
 
 #[cfg(test)]
@@ -206,11 +288,63 @@ pub(crate) mod tests {
 
     /// An IPv4 header of `ihl` words (options included) in front of `pfsync`.
     pub(crate) fn ip(ihl: u8, pfsync: &[u8]) -> Vec<u8> {
+        ip_from(Ipv4Addr::UNSPECIFIED, ihl, pfsync)
+    }
+
+    fn ip_from(src: Ipv4Addr, ihl: u8, pfsync: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; usize::from(ihl) * 4];
         p[0] = 0x40 | ihl;
         p[9] = 240;
+        p[12..16].copy_from_slice(&src.octets());
         p.extend_from_slice(pfsync);
         p
+    }
+
+    #[test]
+    fn only_the_firewalls_pass_and_the_watch_sees_the_rest() {
+        let fws = [Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 2)];
+        let d = Dialect::OpenbsdV6;
+        let run = packet(d, &[upd_c(1), upd_c(2)]);
+        let ins = packet(d, &[Message::DelC(StateId::new(9, 7))]);
+        let (capture, watch) = (program(d, &fws, 1000), watch_program(&fws));
+        for src in [
+            fws[0],
+            fws[1],
+            Ipv4Addr::new(10, 1, 0, 3),
+            Ipv4Addr::new(1, 0, 0, 10),
+        ] {
+            let listed = fws.contains(&src);
+            for (p, is_run) in [(&run, true), (&ins, false)] {
+                let pkt = ip_from(src, 5, p);
+                let want = if listed { u32::MAX } else { 0 };
+                assert_eq!(exec(&capture, &pkt, 1000), want, "{src} kept");
+                // Shedding applies to the firewalls' UPD_C runs only.
+                let shed = if listed && !is_run { u32::MAX } else { 0 };
+                assert_eq!(exec(&capture, &pkt, 999), shed, "{src} below threshold");
+                let seen = if listed { 0 } else { WATCH_SNAP };
+                assert_eq!(exec(&watch, &pkt, 0), seen, "{src} watched");
+            }
+        }
+        // No share: the firewalls' packets pass without the shape tests.
+        assert_eq!(program(d, &fws, 0).len(), fws.len() + 3);
+        // The most addresses the config allows still jump within a byte.
+        let many: Vec<Ipv4Addr> = (0..MAX_FIREWALLS as u32)
+            .map(|i| Ipv4Addr::from(0x0a00_0001 + i))
+            .collect();
+        let last = *many.last().unwrap();
+        assert_eq!(
+            exec(&program(d, &many, 0), &ip_from(last, 5, &run), 0),
+            u32::MAX
+        );
+        assert_eq!(exec(&watch_program(&many), &ip_from(last, 5, &run), 0), 0);
+        assert_eq!(
+            exec(
+                &watch_program(&many),
+                &ip_from(Ipv4Addr::new(9, 9, 9, 9), 5, &run),
+                0
+            ),
+            WATCH_SNAP
+        );
     }
 
     fn packet(d: Dialect, msgs: &[Message]) -> Vec<u8> {
@@ -231,7 +365,7 @@ pub(crate) mod tests {
             assert!(!UpdCRun::of(d).matches(&mixed), "{d:?}");
             for ihl in [5, 6] {
                 let (run, mixed) = (ip(ihl, &run), ip(ihl, &mixed));
-                let prog = program(d, 1000);
+                let prog = program(d, &[], 1000);
                 assert_eq!(
                     exec(&prog, &run, 999),
                     0,
@@ -239,7 +373,11 @@ pub(crate) mod tests {
                 );
                 assert_eq!(exec(&prog, &run, 1000), u32::MAX, "{d:?}: at it: kept");
                 assert_eq!(exec(&prog, &mixed, 0), u32::MAX, "{d:?}: a DEL_C: kept");
-                assert_eq!(exec(&program(d, 0), &run, 0), u32::MAX, "{d:?}: share 0");
+                assert_eq!(
+                    exec(&program(d, &[], 0), &run, 0),
+                    u32::MAX,
+                    "{d:?}: share 0"
+                );
             }
         }
     }
@@ -248,7 +386,7 @@ pub(crate) mod tests {
     fn a_packet_shorter_than_the_tested_fields_passes() {
         for d in Dialect::ALL {
             let full = ip(5, &packet(d, &[upd_c(1)]));
-            let prog = program(d, u32::MAX);
+            let prog = program(d, &[], u32::MAX);
             for n in 1..full.len() {
                 // Any prefix: kept, unless it still has the whole shape (a truncated v5/v6
                 // run no longer matches its header.len; NetBSD's is told by its action).
@@ -282,7 +420,7 @@ pub(crate) mod tests {
         let run = packet(d, &[upd_c(1), upd_c(2)]);
         let other = packet(d, &[upd_c(1), Message::DelC(StateId::new(9, 7))]);
         let arrived = |threshold: u32| {
-            attach(&rx, d, threshold).unwrap();
+            attach(&rx, d, &[], threshold).unwrap();
             for p in [&run, &other, &run, &other, &run] {
                 tx.send_to(p, &to).unwrap();
             }
@@ -303,8 +441,59 @@ pub(crate) mod tests {
         assert_eq!(arrived(0).len(), 5);
         // The kernel's checker takes every dialect's program.
         for d in Dialect::ALL {
-            attach(&rx, d, threshold(0.5)).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+            attach(&rx, d, &[me, Ipv4Addr::new(10, 0, 0, 1)], threshold(0.5))
+                .unwrap_or_else(|e| panic!("{d:?}: {e}"));
         }
+    }
+
+    /// The real kernel runs the source test: on loopback, the capture socket gets only the
+    /// firewall's packets, the watch socket only the other host's, cut to its header.
+    #[test]
+    fn the_kernel_keeps_the_firewall_and_watches_the_rest() {
+        use socket2::{Domain, Protocol, SockAddr, Type};
+        use std::net::SocketAddrV4;
+        let raw = || Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(240)));
+        let (Ok(capture), Ok(watch), Ok(fw), Ok(rogue)) = (raw(), raw(), raw(), raw()) else {
+            eprintln!("no raw sockets (not root): skipped");
+            return;
+        };
+        let addr = |last: u8| Ipv4Addr::new(127, 0, 240, last);
+        let sa = |a: Ipv4Addr| SockAddr::from(SocketAddrV4::new(a, 0));
+        let (me, fw_addr, rogue_addr) = (addr(80), addr(81), addr(82));
+        for (s, a) in [
+            (&capture, me),
+            (&watch, me),
+            (&fw, fw_addr),
+            (&rogue, rogue_addr),
+        ] {
+            s.bind(&sa(a)).unwrap();
+            s.set_nonblocking(true).unwrap();
+        }
+        let d = Dialect::OpenbsdV6;
+        attach(&capture, d, &[fw_addr], 0).unwrap();
+        watch.attach_filter(&watch_program(&[fw_addr])).unwrap();
+        let pkt = packet(d, &[upd_c(1), upd_c(2), upd_c(3)]);
+        for _ in 0..3 {
+            fw.send_to(&pkt, &sa(me)).unwrap();
+            rogue.send_to(&pkt, &sa(me)).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let read = |s: &Socket| {
+            let mut got = Vec::new();
+            let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
+            while let Ok(n) = s.recv(&mut buf) {
+                // SAFETY: recv initialised the first n bytes.
+                let b: Vec<u8> = buf[..n]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                got.push((Ipv4Addr::new(b[12], b[13], b[14], b[15]), n));
+            }
+            got
+        };
+        let full = 20 + pkt.len();
+        assert_eq!(read(&capture), vec![(fw_addr, full); 3]);
+        assert_eq!(read(&watch), vec![(rogue_addr, WATCH_SNAP as usize); 3]);
     }
 
     proptest::proptest! {
@@ -328,7 +517,7 @@ pub(crate) mod tests {
                 let len = (f.fixed + count * run.msg_len) as u16;
                 body[f.len_at..f.len_at + 2].copy_from_slice(&len.to_be_bytes());
             }
-            let shed = exec(&program(d, u32::MAX), &ip(ihl, &body), 0) == 0;
+            let shed = exec(&program(d, &[], u32::MAX), &ip(ihl, &body), 0) == 0;
             proptest::prop_assert_eq!(shed, run.matches(&body));
         }
 

@@ -495,6 +495,32 @@ pub(crate) fn set_int_option(
     Ok(())
 }
 
+/// Packets the kernel has dropped at this socket so far because its receive buffer was
+/// full (`SO_MEMINFO`'s drop count: current at the call, where `SO_RXQ_OVFL` reports the
+/// count only with the next packet queued).
+pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
+    let mut info = [0u32; 16];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info` and updates `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let at = libc::SK_MEMINFO_DROPS as usize;
+    if (len as usize) < (at + 1) * 4 {
+        return Err(io::Error::other("SO_MEMINFO without a drop count"));
+    }
+    Ok(info[at])
+}
+
 /// Socket buffers for bursts (a bulk update is thousands of packets back to back): try the
 /// privileged `SO_*BUFFORCE` first, which may exceed `net.core.rmem_max`, then the plain
 /// options (clamped by the kernel). Best effort: a small buffer still works, just drops more

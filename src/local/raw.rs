@@ -118,6 +118,86 @@ impl RawSyncSocket {
     pub fn socket(&self) -> &Socket {
         &self.sock
     }
+
+    pub fn firewalls(&self) -> &[Ipv4Addr] {
+        &self.firewalls
+    }
+}
+
+/// What the capture socket's filter drops, counted: a second raw socket on the interface
+/// whose filter keeps only pfsync from hosts that are not the firewalls, cut to the IP
+/// header, in a small buffer.
+///
+/// A rogue host's flood then costs the gateway a fixed amount however fast it comes: the
+/// kernel queues at most a buffer's worth, [`ForeignWatch::drain`] reads that (a few
+/// dozen headers) and the kernel's overflow count gives the rest, so the count is exact
+/// and a sample of the sources is there to log, while nothing of it is read, queued or
+/// timed on the capture socket.
+pub struct ForeignWatch {
+    sock: Socket,
+    rx: super::mmsg::RecvBatch,
+    /// The kernel's drop count at the last [`ForeignWatch::drain`].
+    drops_seen: u32,
+}
+
+/// The watch socket's buffer: a few dozen packets (each costs its full size against it).
+const WATCH_BUFFER: usize = 64 << 10;
+
+impl ForeignWatch {
+    /// Open on `ifname` (joining 224.0.0.240 if `join_group`, as the capture socket does).
+    pub fn open(
+        ifname: &str,
+        join_group: bool,
+        firewalls: &[Ipv4Addr],
+    ) -> io::Result<ForeignWatch> {
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(IPPROTO_PFSYNC as i32)),
+        )?;
+        sock.bind_device(Some(ifname.as_bytes()))?;
+        sock.set_nonblocking(true)?;
+        if join_group {
+            let ifindex = if_index(ifname)?;
+            sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
+        }
+        sock.set_recv_buffer_size(WATCH_BUFFER)?;
+        // The drop count is what makes the count exact: refuse a kernel without it.
+        super::mmsg::socket_drops(sock.as_raw_fd())?;
+        let mut w = ForeignWatch {
+            sock,
+            rx: super::mmsg::RecvBatch::new(super::filter::WATCH_SNAP as usize),
+            drops_seen: 0,
+        };
+        w.set_firewalls(firewalls)?;
+        Ok(w)
+    }
+
+    /// Watch for everything but these addresses.
+    pub fn set_firewalls(&mut self, firewalls: &[Ipv4Addr]) -> io::Result<()> {
+        self.sock
+            .attach_filter(&super::filter::watch_program(firewalls))
+    }
+
+    /// Read what is queued, at most `max_batches` batches, calling `f` with each packet's
+    /// source; returns how many more the kernel dropped since the last call because the
+    /// buffer was full (their sources unknown).
+    pub fn drain(&mut self, max_batches: usize, mut f: impl FnMut(Ipv4Addr)) -> u64 {
+        for _ in 0..max_batches {
+            if self.rx.recv(self.sock.as_raw_fd()).is_err() {
+                break;
+            }
+            for i in 0..self.rx.len() {
+                if let Some(h) = self.rx.data(i).filter(|h| h.len() >= 20) {
+                    f(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
+                }
+            }
+        }
+        let drops = super::mmsg::socket_drops(self.sock.as_raw_fd()).unwrap_or(self.drops_seen);
+        let new = drops.wrapping_sub(self.drops_seen);
+        self.drops_seen = drops;
+        u64::from(new)
+    }
 }
 
 impl AsRawFd for RawSyncSocket {

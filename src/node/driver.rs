@@ -17,7 +17,7 @@ use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
 use crate::local::filter;
 use crate::local::mmsg::{RecvBatch, SendBatch};
-use crate::local::raw::{RawSyncSocket, Untrusted};
+use crate::local::raw::{ForeignWatch, RawSyncSocket, Untrusted};
 use crate::local::shed::ShedControl;
 use crate::sync::{Replica, ReplicaConfig};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
@@ -54,6 +54,9 @@ const INJECT_MAX_PER_ROUND: usize = 8 * INJECT_PER_ROUND;
 /// coalesced: each marked dirty once and sent in its current version (newest wins, like
 /// pf's `maxupd`) instead of relayed packet by packet. Requests are always relayed.
 const CAPTURE_MAX_AGE: Duration = Duration::from_millis(50);
+
+/// Most batches read from the watch socket per status refresh: more than its buffer holds.
+const WATCH_BATCHES: usize = 4;
 
 /// Controls a running node from outside its task (signals, demo, tests).
 #[derive(Clone)]
@@ -100,6 +103,37 @@ struct RawSide {
     shed: Option<ShedControl>,
     /// The shape the kernel filter may shed, tested again here to estimate what it shed.
     run: wire::UpdCRun,
+    /// The share of `UPD_C` runs the capture filter now drops.
+    share: f64,
+    /// Counts the pfsync the capture filter drops by its source; `None` when the filter is
+    /// not attached (the read path then drops and counts it).
+    watch: Option<ForeignWatch>,
+}
+
+impl RawSide {
+    /// (Re)attach the capture filter: the configured firewalls' pfsync only, and `share` of
+    /// their `UPD_C` runs shed. On failure the filter is detached entirely (never an older
+    /// share without its controller) and the read path's own checks take over.
+    fn attach_filter(&mut self, dialect: wire::Dialect, share: f64) -> std::io::Result<()> {
+        let sock = self.sock.get_ref();
+        // Without the watch, the read path must see other hosts' pfsync to count it.
+        let firewalls = if self.watch.is_some() {
+            sock.firewalls()
+        } else {
+            &[]
+        };
+        let r = filter::attach(sock.socket(), dialect, firewalls, filter::threshold(share));
+        match r {
+            Ok(()) => self.share = share,
+            Err(_) => {
+                let _ = sock.socket().detach_filter();
+                self.share = 0.0;
+                self.shed = None;
+                self.watch = None;
+            }
+        }
+        r
+    }
 }
 
 struct PeerSlot {
@@ -174,10 +208,11 @@ fn tunnel_dos_counters(d: &tunnel::DosStats) -> [(String, u64); 6] {
 
 /// The node's rarer counters (`bump`ed into `Counters::other`); listed so that they show
 /// from the start (the per-packet ones are fields and always do).
-const NODE_COUNTERS: [&str; 10] = [
+const NODE_COUNTERS: [&str; 11] = [
     "inject_rejected",
     "local_bad_ip",
     "local_bad_ttl",
+    "local_foreign_source",
     "local_malformed",
     "local_oversized",
     "local_own_ignored",
@@ -294,13 +329,30 @@ impl Node {
                 let mut rx = RecvBatch::new(65_536);
                 rx.enable_timestamps(sock.as_raw_fd());
                 sock.set_firewalls(&cfg.local.firewalls);
-                Local::Raw(Box::new(RawSide {
+                let watch = match ForeignWatch::open(
+                    &ifname,
+                    cfg.local.capture_multicast,
+                    &cfg.local.firewalls,
+                ) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!("no watch socket ({e}): pfsync from other hosts is dropped after reading");
+                        None
+                    }
+                };
+                let mut raw = RawSide {
                     sock: register(sock)?,
                     rx,
                     tx: SendBatch::new(LOCAL_PFSYNC_MTU),
                     shed: cfg.local.shed_target.map(|t| ShedControl::new(now, t)),
                     run: wire::UpdCRun::of(cfg.local.dialect),
-                }))
+                    share: 0.0,
+                    watch,
+                };
+                if let Err(e) = raw.attach_filter(cfg.local.dialect, 0.0) {
+                    tracing::warn!("capture filter not attached ({e}): pfsync from other hosts is dropped after reading, overload is shed only after reading");
+                }
+                Local::Raw(Box::new(raw))
             }
             LocalMode::Emulator => {
                 let e = &cfg.emulator;
@@ -448,9 +500,7 @@ impl Node {
             tracing::warn!("reload: listen address and firewall side changes need a restart; applying key and peer changes only");
         }
         self.reload_private_key(&new);
-        if let Local::Raw(raw) = &mut self.local {
-            raw.sock.get_mut().set_firewalls(&new.local.firewalls);
-        }
+        self.apply_local_reload(&new, now);
         // Removed peers go; a peer whose keys changed entirely is a new peer.
         let mut kept = Vec::new();
         for slot in std::mem::take(&mut self.peers) {
@@ -495,6 +545,37 @@ impl Node {
             }
         }
         self.cfg.peers = new.peers;
+    }
+
+    /// `[local] firewalls` and `shed_target_ms` take effect at once: both filters are
+    /// rebuilt, and a new target starts its controller afresh.
+    fn apply_local_reload(&mut self, new: &Config, now: Instant) {
+        let Local::Raw(raw) = &mut self.local else {
+            return;
+        };
+        let (old, fresh) = (&self.cfg.local, &new.local);
+        if fresh.firewalls == old.firewalls && fresh.shed_target == old.shed_target {
+            return;
+        }
+        raw.sock.get_mut().set_firewalls(&fresh.firewalls);
+        if let Some(w) = &mut raw.watch {
+            if let Err(e) = w.set_firewalls(&fresh.firewalls) {
+                tracing::warn!("watch socket filter not updated ({e}): other hosts' pfsync is counted after reading");
+                raw.watch = None;
+            }
+        }
+        let mut share = raw.share;
+        if fresh.shed_target != old.shed_target {
+            raw.shed = fresh.shed_target.map(|t| ShedControl::new(now, t));
+            share = 0.0;
+            self.counters.shed_share_percent_now = 0;
+        }
+        if let Err(e) = raw.attach_filter(old.dialect, share) {
+            tracing::warn!("capture filter not attached ({e}): pfsync from other hosts is dropped after reading, overload is shed only after reading");
+        }
+        tracing::info!(firewalls = ?fresh.firewalls, shed_target = ?fresh.shed_target, "reload: firewall side updated");
+        self.cfg.local.firewalls = fresh.firewalls.clone();
+        self.cfg.local.shed_target = fresh.shed_target;
     }
 
     /// SIGHUP key rotation: a new private key replaces ours in the tunnel; sessions keep
@@ -616,6 +697,7 @@ impl Node {
             }
             busy = self.round(now);
             if now >= next_status {
+                self.count_foreign(now);
                 self.refresh_status(now);
                 next_status = now + STATUS_REFRESH;
             }
@@ -800,6 +882,38 @@ impl Node {
         true
     }
 
+    /// Count (and log a sample of) the pfsync from other hosts that the capture filter
+    /// dropped since the last call. Bounded: a watch buffer's worth is read, the kernel
+    /// counts the rest.
+    fn count_foreign(&mut self, now: Instant) {
+        let Local::Raw(raw) = &mut self.local else {
+            return;
+        };
+        let RawSide { sock, watch, .. } = &mut **raw;
+        let Some(w) = watch else {
+            return;
+        };
+        let (counters, log_limit) = (&mut self.counters, &mut self.log_limit);
+        let unseen = w.drain(WATCH_BATCHES, |src| {
+            // A firewall's packet here was in flight while the list changed: not counted.
+            let Some(why) = sock.get_ref().check_source(src) else {
+                return;
+            };
+            bump(counters, why.counter());
+            if why == Untrusted::Foreign {
+                if let Some(n) = log_limit.allow(why.counter(), now) {
+                    tracing::warn!(%src, suppressed = n, "pfsync from a host that is not a configured firewall dropped");
+                }
+            }
+        });
+        if unseen > 0 {
+            *counters
+                .other
+                .entry(Untrusted::Foreign.counter())
+                .or_default() += unseen;
+        }
+    }
+
     /// Apply the shedding controller's share to the capture socket's kernel filter.
     fn steer_shedding(&mut self, now: Instant) {
         let peer_delay = self.replica.peer_delay(now);
@@ -817,17 +931,13 @@ impl Node {
         let Some(share) = changed else {
             return;
         };
-        let sock = raw.sock.get_ref().socket();
-        match filter::attach(sock, self.cfg.local.dialect, filter::threshold(share)) {
+        match raw.attach_filter(self.cfg.local.dialect, share) {
             Ok(()) => self.counters.shed_share_percent_now = (share * 100.0).round() as u64,
             Err(e) => {
-                // Never leave an older share shedding without its controller.
-                let _ = sock.detach_filter();
                 self.counters.shed_share_percent_now = 0;
                 tracing::warn!(
                     "capture filter not attached ({e}): overload is shed only after reading"
                 );
-                raw.shed = None;
             }
         }
     }
