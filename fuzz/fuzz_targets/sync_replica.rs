@@ -132,6 +132,9 @@ fuzz_target!(|data: &[u8]| {
                 d.extend_from_slice(&count.to_be_bytes());
                 debug_assert_eq!(d.len(), RECORDS_HDR);
                 d.extend_from_slice(body);
+                // The check pass accepts exactly what the decoder can decode.
+                let decoded = pfsync_gw::sync::proto::Records::new(body, count).all(|x| x.is_ok());
+                assert_eq!(pfsync_gw::sync::proto::check_records(body, count).is_ok(), decoded);
                 let _ = r.on_peer_datagram(PEER, &d, now);
             }
             6 => {

@@ -25,7 +25,8 @@ impl Replica {
         }
         // The whole datagram is checked (bundle framing and every message in it) before
         // any of it acts: a bad datagram is refused entirely. Each message is decoded again
-        // when it acts (decoding is a few field reads; keeping the views would need storage).
+        // when it acts, without checking its records twice (decoding the headers is a few
+        // field reads; keeping the views would need storage).
         let checked = proto::datagram_parts(data).and_then(|parts| {
             parts
                 .clone()
@@ -51,7 +52,7 @@ impl Replica {
         }
         let mut res = Ok(());
         for part in parts {
-            let r = self.on_peer_msg(peer, SyncMsg::decode(part)?, part.len(), now);
+            let r = self.on_peer_msg(peer, SyncMsg::decode_checked(part)?, part.len(), now);
             res = res.and(r);
         }
         res
