@@ -109,6 +109,7 @@ impl<'a> Rd<'a> {
     pub fn new(buf: &'a [u8], what: &'static str) -> Rd<'a> {
         Rd { buf, pos: 0, what }
     }
+    #[inline(always)]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
         let have = self.buf.len() - self.pos;
         if have < n {
@@ -122,18 +123,23 @@ impl<'a> Rd<'a> {
         self.pos += n;
         Ok(s)
     }
+    #[inline(always)]
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         Ok(self.bytes(N)?.try_into().unwrap())
     }
+    #[inline(always)]
     pub fn u8(&mut self) -> Result<u8> {
         Ok(self.bytes(1)?[0])
     }
+    #[inline(always)]
     pub fn u16(&mut self) -> Result<u16> {
         Ok(u16::from_be_bytes(self.array()?))
     }
+    #[inline(always)]
     pub fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(self.array()?))
     }
+    #[inline(always)]
     pub fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_be_bytes(self.array()?))
     }
@@ -166,6 +172,7 @@ impl<'a> Wr<'a> {
     pub fn pos(&self) -> usize {
         self.pos
     }
+    #[inline(always)]
     pub fn bytes(&mut self, b: &[u8]) -> Result<()> {
         if self.buf.len() - self.pos < b.len() {
             return Err(SyncError::BufferTooSmall);
@@ -174,15 +181,19 @@ impl<'a> Wr<'a> {
         self.pos += b.len();
         Ok(())
     }
+    #[inline(always)]
     pub fn u8(&mut self, v: u8) -> Result<()> {
         self.bytes(&[v])
     }
+    #[inline(always)]
     pub fn u16(&mut self, v: u16) -> Result<()> {
         self.bytes(&v.to_be_bytes())
     }
+    #[inline(always)]
     pub fn u32(&mut self, v: u32) -> Result<()> {
         self.bytes(&v.to_be_bytes())
     }
+    #[inline(always)]
     pub fn u64(&mut self, v: u64) -> Result<()> {
         self.bytes(&v.to_be_bytes())
     }
@@ -917,6 +928,7 @@ pub fn encode_record(rec: &Record, out: &mut [u8]) -> Result<usize> {
     Ok(w.pos())
 }
 
+#[inline(always)]
 fn put_af(w: &mut Wr, af: AddrFamily) -> Result<()> {
     match af {
         AddrFamily::Unspec => w.bytes(&[0, 0]),
@@ -925,6 +937,7 @@ fn put_af(w: &mut Wr, af: AddrFamily) -> Result<()> {
         AddrFamily::Other(v) => w.bytes(&[3, v]),
     }
 }
+#[inline(always)]
 fn get_af(r: &mut Rd) -> Result<AddrFamily> {
     let [t, v] = r.array()?;
     Ok(match (t, v) {
@@ -974,6 +987,7 @@ fn check_name<'a, const N: usize>(r: &mut Rd<'a>) -> Result<&'a [u8]> {
     Ok(b)
 }
 
+#[inline(always)]
 fn put_peer(w: &mut Wr, p: &PeerRepr) -> Result<()> {
     w.u16(p.scrub.flags)?;
     w.u8(p.scrub.ttl)?;
@@ -987,6 +1001,7 @@ fn put_peer(w: &mut Wr, p: &PeerRepr) -> Result<()> {
     w.u8(p.state)?;
     w.u8(p.wscale)
 }
+#[inline(always)]
 fn get_peer(r: &mut Rd) -> Result<PeerRepr> {
     Ok(PeerRepr {
         scrub: ScrubRepr {
@@ -1006,6 +1021,12 @@ fn get_peer(r: &mut Rd) -> Result<PeerRepr> {
 }
 
 fn encode_state(w: &mut Wr, s: &StateRepr) -> Result<()> {
+    // The fixed-size head goes through a stack block (its writes compile to stores), then
+    // out in one copy.
+    let outer = w;
+    let mut head = [0u8; STATE_HEAD_LEN];
+    let mut h = Wr::new(&mut head);
+    let w = &mut h;
     w.u64(s.id.id)?;
     w.u32(s.id.creator)?;
     put_af(w, s.af)?;
@@ -1052,6 +1073,9 @@ fn encode_state(w: &mut Wr, s: &StateRepr) -> Result<()> {
     }
     w.u8(s.proto_1500[0])?;
     w.u8(s.proto_1500[1])?;
+    debug_assert_eq!(w.pos(), STATE_HEAD_LEN);
+    let w = outer;
+    w.bytes(&head)?;
     put_name(w, &s.ifname)?;
     put_name(w, &s.rt_ifname)?;
     put_name(w, &s.tagname)?;
@@ -1065,7 +1089,12 @@ const PEER_LEN: usize = 26;
 const STATE_FIXED_LEN: usize = 12 + 6 * 2 + 5 * 4 + 2 * 4 + 2 * 8 + 2 * 8 + 16;
 /// Bytes of a state key before its address family: two addresses, two ports, rdomain.
 const KEY_LEN: usize = 2 * 16 + 2 * 2 + 2;
+/// Bytes of a state before its names: id, creator, af, the fixed fields, the keys, the
+/// peers, the FreeBSD 1500 families and protocols.
+const STATE_HEAD_LEN: usize =
+    8 + 4 + 2 + STATE_FIXED_LEN + 2 * (KEY_LEN + 2) + 2 * PEER_LEN + 3 * 2 + 2;
 
+#[inline(always)]
 fn get_creator(r: &mut Rd) -> Result<u32> {
     match r.u32()? {
         0 => Err(SyncError::BadValue {
@@ -1078,19 +1107,21 @@ fn get_creator(r: &mut Rd) -> Result<u32> {
 
 /// What [`decode_state`] checks, in its order, reading the same bytes.
 fn check_state(r: &mut Rd) -> Result<()> {
-    r.u64()?;
-    get_creator(r)?;
-    get_af(r)?;
-    r.bytes(STATE_FIXED_LEN)?;
+    let mut h = Rd::new(r.bytes(STATE_HEAD_LEN)?, "state");
+    h.u64()?;
+    get_creator(&mut h)?;
+    get_af(&mut h)?;
+    h.bytes(STATE_FIXED_LEN)?;
     for _ in 0..2 {
-        r.bytes(KEY_LEN)?;
-        get_af(r)?;
+        h.bytes(KEY_LEN)?;
+        get_af(&mut h)?;
     }
-    r.bytes(2 * PEER_LEN)?;
+    h.bytes(2 * PEER_LEN)?;
     for _ in 0..3 {
-        get_af(r)?;
+        get_af(&mut h)?;
     }
-    r.bytes(2)?;
+    h.bytes(2)?;
+    h.end()?;
     check_name::<16>(r)?;
     check_name::<16>(r)?;
     check_name::<64>(r)?;
@@ -1098,6 +1129,11 @@ fn check_state(r: &mut Rd) -> Result<()> {
 }
 
 fn decode_state(r: &mut Rd) -> Result<StateRepr> {
+    // The fixed-size head, checked for length once: the reads below then compile to loads
+    // (a bulk sync decodes every state).
+    let outer = r;
+    let mut h = Rd::new(outer.bytes(STATE_HEAD_LEN)?, "state");
+    let r = &mut h;
     let id = r.u64()?;
     let mut s = StateRepr {
         id: StateId::new(id, get_creator(r)?),
@@ -1148,6 +1184,7 @@ fn decode_state(r: &mut Rd) -> Result<StateRepr> {
         *af = get_af(r)?;
     }
     s.proto_1500 = [r.u8()?, r.u8()?];
+    let r = outer;
     s.ifname = get_name(r)?;
     s.rt_ifname = get_name(r)?;
     s.tagname = get_name(r)?;
