@@ -455,7 +455,27 @@ fn a_rogue_flood_never_reaches_the_gateway() {
             (n == 1).then_some(())
         },
     );
+    // shed_target_ms too: the setting in force shows in the status.
+    let target =
+        |st: &pfsync_gw::node::status::Status| common::gw::local_count(st, "shed_target_ms_now");
+    assert_eq!(target(&net.status(0)), 20, "the default");
+    std::fs::write(
+        &cfg,
+        text.replace(&listed, &format!("{listed}\nshed_target_ms = 7")),
+    )
+    .unwrap();
+    net.signal_gw(0, libc::SIGHUP);
+    wait_for(
+        "shed_target_ms 7 in force",
+        Duration::from_secs(3),
+        |last| {
+            let t = target(&net.status(0));
+            *last = format!("{t}");
+            (t == 7).then_some(())
+        },
+    );
     reload(&format!("\"{}\"", a.fw_addr));
+    assert_eq!(target(&net.status(0)), 20, "back to the default");
     let relisted = packet(&[Message::Ins(tcp_state(0x901, FW_A))]);
     fw_a.send(&relisted, PFSYNC_GROUP);
     expect_relayed(&fw_b, &relisted, "listed again after a reload");

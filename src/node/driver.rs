@@ -239,6 +239,9 @@ struct Counters {
     shed_capture_filtered: u64,
     /// The share of `UPD_C` runs the capture filter drops now, in percent (a gauge).
     shed_share_percent_now: u64,
+    /// The capture delay shedding keeps under overload, in ms (a gauge: the setting in
+    /// force, 0 = no kernel shedding).
+    shed_target_ms_now: u64,
     /// Datagrams the kernel dropped from the full tunnel socket buffer (`SO_RXQ_OVFL`).
     tunnel_rx_overflow: u64,
     /// Mean wait of the datagrams read from the tunnel socket in the last round, in µs:
@@ -267,6 +270,7 @@ impl Counters {
             ("shed_capture_late", self.shed_capture_late),
             ("shed_capture_filtered", self.shed_capture_filtered),
             ("shed_share_percent_now", self.shed_share_percent_now),
+            ("shed_target_ms_now", self.shed_target_ms_now),
             ("tunnel_rx_overflow", self.tunnel_rx_overflow),
             ("receive_delay_us_now", self.receive_delay_us_now),
             ("peer_delay_us_now", self.peer_delay_us_now),
@@ -1100,6 +1104,14 @@ impl Node {
     }
 
     fn refresh_status(&mut self, now: Instant) {
+        self.counters.shed_target_ms_now = match &self.local {
+            Local::Raw(r) if r.shed.is_some() => self
+                .cfg
+                .local
+                .shed_target
+                .map_or(0, |t| t.as_millis() as u64),
+            _ => 0,
+        };
         let tdrops = self.endpoint.drops();
         let mut drops: BTreeMap<String, u64> = tunnel::DropReason::ALL
             .iter()
