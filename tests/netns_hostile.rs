@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::capture::{Dir, LinkCapture, RawPf, PFSYNC_GROUP};
-use common::gw::{bin, drop_count, Net, SYNC_IF};
+use common::gw::{bin, drop_count, Net, Site, SYNC_IF};
 use common::netns::{ip, skip_unless_root};
 use common::pf::{packet, tcp_state};
 use common::poll::wait_for;
@@ -27,6 +27,54 @@ const FW_A: u32 = 0xa;
 const FW_B: u32 = 0xb;
 /// The rogue host's address on site A's sync LAN (10.1.0.0/24).
 const ROGUE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 66);
+
+/// Two sites with their gateways up, both firewalls' sockets, and a rogue host sharing site
+/// A's sync LAN (another address on the same link).
+struct Lan {
+    net: Net,
+    a: Site,
+    b: Site,
+    fw_a: RawPf,
+    fw_b: RawPf,
+    rogue: RawPf,
+}
+
+impl Lan {
+    fn new(tag: &str) -> Lan {
+        let net = Net::new(tag, 2, false);
+        let (a, b) = (net.site(0).clone(), net.site(1).clone());
+        net.start_gw(0);
+        net.start_gw(1);
+        net.wait_established(&[0, 1], Duration::from_secs(15));
+        let fw_a = RawPf::open(&a.fw_ns, SYNC_IF, true);
+        let fw_b = RawPf::open(&b.fw_ns, SYNC_IF, true);
+        ip(&[
+            "-n",
+            &a.fw_ns,
+            "addr",
+            "add",
+            &format!("{ROGUE}/24"),
+            "dev",
+            SYNC_IF,
+        ]);
+        let rogue = rogue_socket(&a);
+        Lan {
+            net,
+            a,
+            b,
+            fw_a,
+            fw_b,
+            rogue,
+        }
+    }
+}
+
+/// A socket sending from the rogue host's address.
+fn rogue_socket(a: &Site) -> RawPf {
+    let rogue = RawPf::open(&a.fw_ns, SYNC_IF, false);
+    rogue.bind_source(ROGUE);
+    rogue
+}
 
 fn messages(payload: &[u8]) -> Vec<Message> {
     Packet::new_checked(payload, Dialect::OpenbsdV6)
@@ -52,26 +100,14 @@ fn a_rogue_sync_lan_host_injects_clears_and_pulls_nothing() {
     if skip_unless_root("a_rogue_sync_lan_host_injects_clears_and_pulls_nothing") {
         return;
     }
-    let net = Net::new("hst", 2, false);
-    let (a, b) = (net.site(0).clone(), net.site(1).clone());
-    net.start_gw(0);
-    net.start_gw(1);
-    net.wait_established(&[0, 1], Duration::from_secs(15));
-
-    let fw_a = RawPf::open(&a.fw_ns, SYNC_IF, true);
-    let fw_b = RawPf::open(&b.fw_ns, SYNC_IF, true);
-    // The rogue host shares site A's sync LAN (another address on the same link).
-    ip(&[
-        "-n",
-        &a.fw_ns,
-        "addr",
-        "add",
-        &format!("{ROGUE}/24"),
-        "dev",
-        SYNC_IF,
-    ]);
-    let rogue = RawPf::open(&a.fw_ns, SYNC_IF, false);
-    rogue.bind_source(ROGUE);
+    let Lan {
+        net,
+        a,
+        b,
+        fw_a,
+        fw_b,
+        rogue,
+    } = Lan::new("hst");
 
     // fw-b's own states reach gw-a's mirror (and fw-a): 20 of them.
     for k in 0..4u64 {
@@ -306,24 +342,14 @@ fn a_rogue_flood_never_reaches_the_gateway() {
     if skip_unless_root("a_rogue_flood_never_reaches_the_gateway") {
         return;
     }
-    let net = Net::new("fld", 2, false);
-    let (a, b) = (net.site(0).clone(), net.site(1).clone());
-    net.start_gw(0);
-    net.start_gw(1);
-    net.wait_established(&[0, 1], Duration::from_secs(15));
-    let fw_a = RawPf::open(&a.fw_ns, SYNC_IF, true);
-    let fw_b = RawPf::open(&b.fw_ns, SYNC_IF, true);
-    ip(&[
-        "-n",
-        &a.fw_ns,
-        "addr",
-        "add",
-        &format!("{ROGUE}/24"),
-        "dev",
-        SYNC_IF,
-    ]);
-    let rogue = RawPf::open(&a.fw_ns, SYNC_IF, false);
-    rogue.bind_source(ROGUE);
+    let Lan {
+        net,
+        a,
+        fw_a,
+        fw_b,
+        rogue,
+        ..
+    } = Lan::new("fld");
     let probe = packet(&[Message::Ins(tcp_state(1, FW_A))]);
     fw_a.send(&probe, PFSYNC_GROUP);
     expect_relayed(&fw_b, &probe, "before the flood");
@@ -369,8 +395,7 @@ fn a_rogue_flood_never_reaches_the_gateway() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood.join().expect("flood thread");
-    let rogue2 = RawPf::open(&a.fw_ns, SYNC_IF, false);
-    rogue2.bind_source(ROGUE);
+    let rogue2 = rogue_socket(&a);
     let (wall, cpu) = (t0.elapsed(), cpu_time(gw_a) - cpu0);
     for p in fw_b.collect(Duration::from_secs(2)) {
         got.extend(

@@ -50,13 +50,7 @@ impl RawSyncSocket {
     /// Open the socket on `ifname`; join 224.0.0.240 there if `join_group`.
     pub fn open(ifname: &str, join_group: bool, inject_to: Ipv4Addr) -> io::Result<RawSyncSocket> {
         let ifindex = if_index(ifname)?;
-        let sock = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(IPPROTO_PFSYNC as i32)),
-        )?;
-        sock.bind_device(Some(ifname.as_bytes()))?;
-        sock.set_nonblocking(true)?;
+        let sock = pfsync_socket(ifname)?;
         sock.set_ttl(PFSYNC_DFLTTL as u32)?;
         sock.set_multicast_ttl_v4(PFSYNC_DFLTTL as u32)?;
         // Our own multicast must not come back to us as if the firewall had sent it.
@@ -150,13 +144,7 @@ impl ForeignWatch {
         join_group: bool,
         firewalls: &[Ipv4Addr],
     ) -> io::Result<ForeignWatch> {
-        let sock = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(IPPROTO_PFSYNC as i32)),
-        )?;
-        sock.bind_device(Some(ifname.as_bytes()))?;
-        sock.set_nonblocking(true)?;
+        let sock = pfsync_socket(ifname)?;
         if join_group {
             let ifindex = if_index(ifname)?;
             sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
@@ -204,6 +192,18 @@ impl AsRawFd for RawSyncSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
+}
+
+/// A non-blocking raw proto-240 socket bound to `ifname`.
+fn pfsync_socket(ifname: &str) -> io::Result<Socket> {
+    let sock = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(IPPROTO_PFSYNC as i32)),
+    )?;
+    sock.bind_device(Some(ifname.as_bytes()))?;
+    sock.set_nonblocking(true)?;
+    Ok(sock)
 }
 
 fn if_index(ifname: &str) -> io::Result<u32> {

@@ -1249,17 +1249,13 @@ mod tests {
                 version: Version::new(3, 4),
             },
         ];
-        let mut body = vec![0u8; 2000];
-        let mut n = 0;
-        for r in &recs {
-            n += encode_record(r, &mut body[n..]).unwrap();
-        }
-        assert!(n <= STATE_RECORD_MAX + TOMBSTONE_LEN + 40);
-        let got: Vec<Record> = Records::new(&body[..n], 3).map(|r| r.unwrap()).collect();
+        let body = encode_all(&recs);
+        assert!(body.len() <= STATE_RECORD_MAX + TOMBSTONE_LEN + 40);
+        let got: Vec<Record> = Records::new(&body, 3).map(|r| r.unwrap()).collect();
         assert_eq!(got, recs);
         // One record too many declared: error, not panic.
-        assert!(Records::new(&body[..n], 4).any(|r| r.is_err()));
-        assert!(Records::new(&body[..n], 2).any(|r| r.is_err()));
+        assert!(Records::new(&body, 4).any(|r| r.is_err()));
+        assert!(Records::new(&body, 2).any(|r| r.is_err()));
     }
 
     #[test]
@@ -1479,13 +1475,18 @@ mod tests {
                 version: Version::new(3, 4),
             },
         ];
+        (encode_all(&recs), recs.len() as u16)
+    }
+
+    /// A RECORDS body of `recs`.
+    fn encode_all(recs: &[Record]) -> Vec<u8> {
         let mut body = vec![0u8; 2000];
         let mut n = 0;
-        for r in &recs {
+        for r in recs {
             n += encode_record(r, &mut body[n..]).unwrap();
         }
         body.truncate(n);
-        (body, recs.len() as u16)
+        body
     }
 
     fn agree(body: &[u8], count: u16) -> bool {
