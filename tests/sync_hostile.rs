@@ -143,24 +143,29 @@ impl Lab {
     }
 
     fn records(&mut self, seq: u32, recs: &[Record]) {
-        let mut b = vec![0u8; 1400];
-        let mut pos = RECORDS_HDR;
-        for r in recs {
-            pos += encode_record(r, &mut b[pos..]).expect("fits");
-        }
-        b[0] = msg_type::RECORDS;
-        b[1] = SYNC_VERSION;
-        b[2..6].copy_from_slice(&EVIL_EPOCH.to_be_bytes());
-        b[6..10].copy_from_slice(&seq.to_be_bytes());
-        b[10] = pfsync_gw::sync::proto::RECORD_VERSION;
-        b[11..13].copy_from_slice(&(recs.len() as u16).to_be_bytes());
-        b.truncate(pos);
-        self.send_raw(&b);
+        self.send_raw(&records_msg(seq, recs));
     }
 
     fn clock(&self) -> u64 {
         self.r.clock()
     }
+}
+
+/// A RECORDS message of the attacker's epoch, encoded by hand (`recs` may not decode).
+fn records_msg(seq: u32, recs: &[Record]) -> Vec<u8> {
+    let mut b = vec![0u8; 1400];
+    let mut pos = RECORDS_HDR;
+    for r in recs {
+        pos += encode_record(r, &mut b[pos..]).expect("fits");
+    }
+    b[0] = msg_type::RECORDS;
+    b[1] = SYNC_VERSION;
+    b[2..6].copy_from_slice(&EVIL_EPOCH.to_be_bytes());
+    b[6..10].copy_from_slice(&seq.to_be_bytes());
+    b[10] = pfsync_gw::sync::proto::RECORD_VERSION;
+    b[11..13].copy_from_slice(&(recs.len() as u16).to_be_bytes());
+    b.truncate(pos);
+    b
 }
 
 fn has(r: &Replica, id: u64, creator: u32) -> bool {
@@ -832,4 +837,51 @@ fn a_summary_during_unacked_repairs_is_deferred_then_answered() {
         }
     }
     assert!(answered, "the deferred SUMMARY was never answered");
+}
+
+/// A datagram is checked whole before any of it acts: one bad record refuses the records
+/// before it, and a bad RECORDS message in a BUNDLE refuses the DATA bundled with it.
+#[test]
+fn a_datagram_with_one_bad_record_acts_in_no_part() {
+    let mut lab = Lab::new(|_| {});
+    let clock = lab.clock() + 1;
+    let v = Version::new(clock, EVIL_NODE);
+    // Creator id 0 does not decode.
+    let good = Record::State(v, tcp_state(7, EVIL_FW));
+    let bad = Record::State(v, tcp_state(8, 0));
+    let seq = lab.next_seq;
+    lab.next_seq += 1;
+    lab.records(seq, &[good, bad]);
+    assert!(
+        !has(&lab.r, 7, EVIL_FW),
+        "the record before the bad one acted"
+    );
+    assert_eq!(lab.r.peer_stats(EVIL).unwrap().bad_datagrams, 1);
+
+    // The same bad RECORDS bundled after a good DATA.
+    let pkt = packet(&[Message::Ins(tcp_state(9, EVIL_FW))]);
+    let data = enc(&SyncMsg::Data {
+        epoch: EVIL_EPOCH,
+        seq: lab.next_seq,
+        clock,
+        dialect: OB,
+        offset: 0,
+        total_len: pkt.len() as u16,
+        chunk: &pkt,
+    });
+    let records = records_msg(lab.next_seq + 1, &[good, bad]);
+    let mut bundle = vec![msg_type::BUNDLE, SYNC_VERSION];
+    for m in [&data, &records] {
+        bundle.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        bundle.extend_from_slice(m);
+    }
+    lab.send_raw(&bundle);
+    assert!(
+        !has(&lab.r, 9, EVIL_FW),
+        "the DATA bundled with a bad RECORDS acted"
+    );
+    assert_eq!(lab.r.peer_stats(EVIL).unwrap().bad_datagrams, 2);
+    // And on its own the DATA acts (the test can fail).
+    lab.send_raw(&data);
+    assert!(has(&lab.r, 9, EVIL_FW));
 }

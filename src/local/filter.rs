@@ -314,8 +314,14 @@ pub(crate) mod tests {
             Ipv4Addr::new(1, 0, 0, 10),
         ] {
             let listed = fws.contains(&src);
-            for (p, is_run) in [(&run, true), (&ins, false)] {
-                let pkt = ip_from(src, 5, p);
+            let cases = [
+                (&run, true, 5),
+                (&ins, false, 5),
+                (&run, true, 7),
+                (&ins, false, 6),
+            ];
+            for (p, is_run, ihl) in cases {
+                let pkt = ip_from(src, ihl, p);
                 let want = if listed { u32::MAX } else { 0 };
                 assert_eq!(exec(&capture, &pkt, 1000), want, "{src} kept");
                 // Shedding applies to the firewalls' UPD_C runs only.

@@ -50,7 +50,7 @@ impl RawSyncSocket {
     /// Open the socket on `ifname`; join 224.0.0.240 there if `join_group`.
     pub fn open(ifname: &str, join_group: bool, inject_to: Ipv4Addr) -> io::Result<RawSyncSocket> {
         let ifindex = if_index(ifname)?;
-        let sock = pfsync_socket(ifname)?;
+        let sock = pfsync_socket(ifname, None)?;
         sock.set_ttl(PFSYNC_DFLTTL as u32)?;
         sock.set_multicast_ttl_v4(PFSYNC_DFLTTL as u32)?;
         // Our own multicast must not come back to us as if the firewall had sent it.
@@ -144,25 +144,38 @@ impl ForeignWatch {
         join_group: bool,
         firewalls: &[Ipv4Addr],
     ) -> io::Result<ForeignWatch> {
-        let sock = pfsync_socket(ifname)?;
+        if firewalls.is_empty() {
+            // Its filter would keep everything: nothing to tell the firewalls from.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no firewall addresses to watch around",
+            ));
+        }
+        // The filter goes on before the socket is bound and joined, so the firewall's own
+        // packets are never queued or counted here.
+        let sock = pfsync_socket(ifname, Some(&super::filter::watch_program(firewalls)))?;
         if join_group {
             let ifindex = if_index(ifname)?;
             sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
         }
         sock.set_recv_buffer_size(WATCH_BUFFER)?;
         // The drop count is what makes the count exact: refuse a kernel without it.
-        super::mmsg::socket_drops(sock.as_raw_fd())?;
-        let mut w = ForeignWatch {
+        let drops_seen = super::mmsg::socket_drops(sock.as_raw_fd())?;
+        Ok(ForeignWatch {
             sock,
             rx: super::mmsg::RecvBatch::new(super::filter::WATCH_SNAP as usize),
-            drops_seen: 0,
-        };
-        w.set_firewalls(firewalls)?;
-        Ok(w)
+            drops_seen,
+        })
     }
 
-    /// Watch for everything but these addresses.
+    /// Watch for everything but these addresses (at least one).
     pub fn set_firewalls(&mut self, firewalls: &[Ipv4Addr]) -> io::Result<()> {
+        if firewalls.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no firewall addresses to watch around",
+            ));
+        }
         self.sock
             .attach_filter(&super::filter::watch_program(firewalls))
     }
@@ -194,13 +207,16 @@ impl AsRawFd for RawSyncSocket {
     }
 }
 
-/// A non-blocking raw proto-240 socket bound to `ifname`.
-fn pfsync_socket(ifname: &str) -> io::Result<Socket> {
+/// A non-blocking raw proto-240 socket bound to `ifname`, with `filter` attached first.
+fn pfsync_socket(ifname: &str, filter: Option<&[libc::sock_filter]>) -> io::Result<Socket> {
     let sock = Socket::new(
         Domain::IPV4,
         Type::RAW,
         Some(Protocol::from(IPPROTO_PFSYNC as i32)),
     )?;
+    if let Some(f) = filter {
+        sock.attach_filter(f)?;
+    }
     sock.bind_device(Some(ifname.as_bytes()))?;
     sock.set_nonblocking(true)?;
     Ok(sock)

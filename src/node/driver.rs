@@ -340,7 +340,7 @@ impl Node {
                 ) {
                     Ok(w) => Some(w),
                     Err(e) => {
-                        tracing::warn!("no watch socket ({e}): pfsync from other hosts is dropped after reading");
+                        tracing::warn!("no watch socket ({e}): until a restart, pfsync from other hosts is dropped after reading");
                         None
                     }
                 };
@@ -354,7 +354,7 @@ impl Node {
                     watch,
                 };
                 if let Err(e) = raw.attach_filter(cfg.local.dialect, 0.0) {
-                    tracing::warn!("capture filter not attached ({e}): pfsync from other hosts is dropped after reading, overload is shed only after reading");
+                    tracing::warn!("capture filter not attached ({e}): until a restart, pfsync from other hosts is dropped after reading and overload is shed only after reading");
                 }
                 Local::Raw(Box::new(raw))
             }
@@ -562,21 +562,25 @@ impl Node {
             return;
         }
         raw.sock.get_mut().set_firewalls(&fresh.firewalls);
-        if let Some(w) = &mut raw.watch {
-            if let Err(e) = w.set_firewalls(&fresh.firewalls) {
-                tracing::warn!("watch socket filter not updated ({e}): other hosts' pfsync is counted after reading");
-                raw.watch = None;
-            }
-        }
         let mut share = raw.share;
         if fresh.shed_target != old.shed_target {
             raw.shed = fresh.shed_target.map(|t| ShedControl::new(now, t));
             share = 0.0;
-            self.counters.shed_share_percent_now = 0;
         }
+        // The capture filter first: a newly listed firewall passes it before the watch
+        // stops counting it.
         if let Err(e) = raw.attach_filter(old.dialect, share) {
-            tracing::warn!("capture filter not attached ({e}): pfsync from other hosts is dropped after reading, overload is shed only after reading");
+            tracing::warn!("capture filter not attached ({e}): until a restart, pfsync from other hosts is dropped after reading and overload is shed only after reading");
         }
+        if let Some(w) = &mut raw.watch {
+            if let Err(e) = w.set_firewalls(&fresh.firewalls) {
+                // Without the watch the capture socket must see everything, to count it.
+                tracing::warn!("watch socket filter not updated ({e}): until a restart, other hosts' pfsync is dropped after reading");
+                raw.watch = None;
+                let _ = raw.attach_filter(old.dialect, share);
+            }
+        }
+        self.counters.shed_share_percent_now = (raw.share * 100.0).round() as u64;
         tracing::info!(firewalls = ?fresh.firewalls, shed_target = ?fresh.shed_target, "reload: firewall side updated");
         self.cfg.local.firewalls = fresh.firewalls.clone();
         self.cfg.local.shed_target = fresh.shed_target;

@@ -326,7 +326,7 @@ impl<'a> SyncMsg<'a> {
     /// Decode a message that [`SyncMsg::decode`] already accepted, without checking its
     /// records again (a datagram is checked whole before any of it acts, then decoded a
     /// second time to act).
-    pub fn decode_checked(buf: &'a [u8]) -> Result<SyncMsg<'a>> {
+    pub(super) fn decode_checked(buf: &'a [u8]) -> Result<SyncMsg<'a>> {
         Self::decode_inner(buf, false)
     }
 
@@ -1492,6 +1492,38 @@ mod tests {
     fn agree(body: &[u8], count: u16) -> bool {
         let decoded = Records::new(body, count).all(|r| r.is_ok());
         check_records(body, count).is_ok() == decoded
+    }
+
+    /// `decode` refuses a message whose records do not all decode (the check pass is what
+    /// keeps a bad datagram from acting in part); `decode_checked` is for what it accepted.
+    #[test]
+    fn decode_checks_every_record_and_decode_checked_does_not() {
+        let body = encode_all(&[Record::Tombstone(StateId::new(7, 9), Version::new(2, 2))]);
+        let msg = |count| SyncMsg::Records {
+            epoch: 1,
+            seq: 2,
+            count,
+            body: &body,
+        };
+        let mut buf = [0u8; 256];
+        for (count, ok) in [(1, true), (2, false), (0, false)] {
+            let n = msg(count).encode(&mut buf).unwrap();
+            assert_eq!(SyncMsg::decode(&buf[..n]).is_ok(), ok, "count {count}");
+            assert!(SyncMsg::decode_checked(&buf[..n]).is_ok(), "count {count}");
+        }
+    }
+
+    /// The fixed-size head is what the encoder writes before the names.
+    #[test]
+    fn a_state_record_is_its_head_and_its_names() {
+        let s = sample_state();
+        let body = encode_all(&[Record::State(Version::new(1, 2), s)]);
+        let names: usize = [&s.ifname[..], &s.rt_ifname, &s.tagname, &s.orig_ifname]
+            .iter()
+            .map(|n| 1 + n.iter().position(|&b| b == 0).unwrap_or(n.len()))
+            .sum();
+        // kind, len, version (12), head, names
+        assert_eq!(body.len(), 1 + 2 + 12 + STATE_HEAD_LEN + names);
     }
 
     /// The check pass and the decoder agree on every single-byte change (to the values the
