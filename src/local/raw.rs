@@ -144,16 +144,9 @@ impl ForeignWatch {
         join_group: bool,
         firewalls: &[Ipv4Addr],
     ) -> io::Result<ForeignWatch> {
-        if firewalls.is_empty() {
-            // Its filter would keep everything: nothing to tell the firewalls from.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no firewall addresses to watch around",
-            ));
-        }
         // The filter goes on before the socket is bound and joined, so the firewall's own
         // packets are never queued or counted here.
-        let sock = pfsync_socket(ifname, Some(&super::filter::watch_program(firewalls)))?;
+        let sock = pfsync_socket(ifname, Some(&watch_filter(firewalls)?))?;
         if join_group {
             let ifindex = if_index(ifname)?;
             sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
@@ -170,14 +163,7 @@ impl ForeignWatch {
 
     /// Watch for everything but these addresses (at least one).
     pub fn set_firewalls(&mut self, firewalls: &[Ipv4Addr]) -> io::Result<()> {
-        if firewalls.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no firewall addresses to watch around",
-            ));
-        }
-        self.sock
-            .attach_filter(&super::filter::watch_program(firewalls))
+        self.sock.attach_filter(&watch_filter(firewalls)?)
     }
 
     /// Read what is queued, at most `max_batches` batches, calling `f` with each packet's
@@ -205,6 +191,18 @@ impl AsRawFd for RawSyncSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
+}
+
+/// The watch socket's filter around `firewalls`; none to watch around is an error (the
+/// filter would keep everything).
+fn watch_filter(firewalls: &[Ipv4Addr]) -> io::Result<Vec<libc::sock_filter>> {
+    if firewalls.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no firewall addresses to watch around",
+        ));
+    }
+    Ok(super::filter::watch_program(firewalls))
 }
 
 /// A non-blocking raw proto-240 socket bound to `ifname`, with `filter` attached first.

@@ -113,8 +113,9 @@ struct RawSide {
 impl RawSide {
     /// (Re)attach the capture filter: the configured firewalls' pfsync only, and `share` of
     /// their `UPD_C` runs shed. On failure the filter is detached entirely (never an older
-    /// share without its controller) and the read path's own checks take over.
-    fn attach_filter(&mut self, dialect: wire::Dialect, share: f64) -> std::io::Result<()> {
+    /// share without its controller), the read path's own checks take over until a
+    /// restart, and a warning says so.
+    fn attach_filter(&mut self, dialect: wire::Dialect, share: f64) {
         let sock = self.sock.get_ref();
         // Without the watch, the read path must see other hosts' pfsync to count it.
         let firewalls = if self.watch.is_some() {
@@ -122,17 +123,16 @@ impl RawSide {
         } else {
             &[]
         };
-        let r = filter::attach(sock.socket(), dialect, firewalls, filter::threshold(share));
-        match r {
+        match filter::attach(sock.socket(), dialect, firewalls, filter::threshold(share)) {
             Ok(()) => self.share = share,
-            Err(_) => {
+            Err(e) => {
                 let _ = sock.socket().detach_filter();
                 self.share = 0.0;
                 self.shed = None;
                 self.watch = None;
+                tracing::warn!("capture filter not attached ({e}): until a restart, pfsync from other hosts is dropped after reading and overload is shed only after reading");
             }
         }
-        r
     }
 }
 
@@ -307,7 +307,28 @@ impl MeanWait {
 
 /// Count a rare event (errors, drops) by name.
 fn bump(c: &mut Counters, k: &'static str) {
-    *c.other.entry(k).or_insert(0) += 1;
+    bump_by(c, k, 1);
+}
+
+fn bump_by(c: &mut Counters, k: &'static str, n: u64) {
+    *c.other.entry(k).or_insert(0) += n;
+}
+
+/// Count pfsync from a source that is not the firewall; a foreign one is also logged
+/// (rate-limited), our own looped-back injection only counted.
+fn count_untrusted(
+    counters: &mut Counters,
+    log_limit: &mut LogLimiter,
+    why: Untrusted,
+    src: std::net::Ipv4Addr,
+    now: Instant,
+) {
+    bump(counters, why.counter());
+    if why == Untrusted::Foreign {
+        if let Some(n) = log_limit.allow(why.counter(), now) {
+            tracing::warn!(%src, suppressed = n, "pfsync from a host that is not a configured firewall dropped");
+        }
+    }
 }
 
 impl Node {
@@ -353,9 +374,7 @@ impl Node {
                     share: 0.0,
                     watch,
                 };
-                if let Err(e) = raw.attach_filter(cfg.local.dialect, 0.0) {
-                    tracing::warn!("capture filter not attached ({e}): until a restart, pfsync from other hosts is dropped after reading and overload is shed only after reading");
-                }
+                raw.attach_filter(cfg.local.dialect, 0.0);
                 Local::Raw(Box::new(raw))
             }
             LocalMode::Emulator => {
@@ -569,18 +588,15 @@ impl Node {
         }
         // The capture filter first: a newly listed firewall passes it before the watch
         // stops counting it.
-        if let Err(e) = raw.attach_filter(old.dialect, share) {
-            tracing::warn!("capture filter not attached ({e}): until a restart, pfsync from other hosts is dropped after reading and overload is shed only after reading");
-        }
+        raw.attach_filter(old.dialect, share);
         if let Some(w) = &mut raw.watch {
             if let Err(e) = w.set_firewalls(&fresh.firewalls) {
                 // Without the watch the capture socket must see everything, to count it.
                 tracing::warn!("watch socket filter not updated ({e}): until a restart, other hosts' pfsync is dropped after reading");
                 raw.watch = None;
-                let _ = raw.attach_filter(old.dialect, share);
+                raw.attach_filter(old.dialect, share);
             }
         }
-        self.counters.shed_share_percent_now = (raw.share * 100.0).round() as u64;
         tracing::info!(firewalls = ?fresh.firewalls, shed_target = ?fresh.shed_target, "reload: firewall side updated");
         self.cfg.local.firewalls = fresh.firewalls.clone();
         self.cfg.local.shed_target = fresh.shed_target;
@@ -845,12 +861,13 @@ impl Node {
                     };
                     // Our own injection looped back, or not the firewall: never relayed.
                     if let Some(why) = sock.get_ref().check_source(ip.src()) {
-                        bump(&mut self.counters, why.counter());
-                        if let Some(n) = self.log_limit.allow(why.counter(), now) {
-                            if why == Untrusted::Foreign {
-                                tracing::warn!(src = %ip.src(), suppressed = n, "pfsync from a host that is not a configured firewall dropped");
-                            }
-                        }
+                        count_untrusted(
+                            &mut self.counters,
+                            &mut self.log_limit,
+                            why,
+                            ip.src(),
+                            now,
+                        );
                         break 'packet false;
                     }
                     // pfsync_input()'s rule: anything that crossed a router is not from our firewall.
@@ -904,22 +921,11 @@ impl Node {
         let (counters, log_limit) = (&mut self.counters, &mut self.log_limit);
         let unseen = w.drain(WATCH_BATCHES, |src| {
             // A firewall's packet here was in flight while the list changed: not counted.
-            let Some(why) = sock.get_ref().check_source(src) else {
-                return;
-            };
-            bump(counters, why.counter());
-            if why == Untrusted::Foreign {
-                if let Some(n) = log_limit.allow(why.counter(), now) {
-                    tracing::warn!(%src, suppressed = n, "pfsync from a host that is not a configured firewall dropped");
-                }
+            if let Some(why) = sock.get_ref().check_source(src) {
+                count_untrusted(counters, log_limit, why, src, now);
             }
         });
-        if unseen > 0 {
-            *counters
-                .other
-                .entry(Untrusted::Foreign.counter())
-                .or_default() += unseen;
-        }
+        bump_by(counters, Untrusted::Foreign.counter(), unseen);
     }
 
     /// Apply the shedding controller's share to the capture socket's kernel filter.
@@ -939,15 +945,7 @@ impl Node {
         let Some(share) = changed else {
             return;
         };
-        match raw.attach_filter(self.cfg.local.dialect, share) {
-            Ok(()) => self.counters.shed_share_percent_now = (share * 100.0).round() as u64,
-            Err(e) => {
-                self.counters.shed_share_percent_now = 0;
-                tracing::warn!(
-                    "capture filter not attached ({e}): overload is shed only after reading"
-                );
-            }
-        }
+        raw.attach_filter(self.cfg.local.dialect, share);
     }
 
     /// Move everything the state machines have to say to the sockets, until quiet; at most
@@ -1108,13 +1106,19 @@ impl Node {
     }
 
     fn refresh_status(&mut self, now: Instant) {
-        self.counters.shed_target_ms_now = match &self.local {
-            Local::Raw(r) if r.shed.is_some() => self
-                .cfg
-                .local
-                .shed_target
-                .map_or(0, |t| t.as_millis() as u64),
-            _ => 0,
+        // The shedding in force, derived from the capture side.
+        (
+            self.counters.shed_share_percent_now,
+            self.counters.shed_target_ms_now,
+        ) = match &self.local {
+            Local::Raw(r) if r.shed.is_some() => (
+                (r.share * 100.0).round() as u64,
+                self.cfg
+                    .local
+                    .shed_target
+                    .map_or(0, |t| t.as_millis() as u64),
+            ),
+            _ => (0, 0),
         };
         let tdrops = self.endpoint.drops();
         let mut drops: BTreeMap<String, u64> = tunnel::DropReason::ALL
