@@ -11,7 +11,8 @@
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`),
 #        PERF_STATUS=<prefix> (both gateways' status --json after each mode),
-#        PERF_SHED_TARGET=<ms> ([local] shed_target_ms; 0 = kernel shedding off)
+#        PERF_SHED_TARGET=<ms> ([local] shed_target_ms; 0 = kernel shedding off),
+#        PERF_RX_COALESCE=<µs> ([node] rx_coalesce_us; 0 = off; builds before it lack it)
 #
 # Mode `boringtun` (in the default --modes) runs userspace WireGuard between the gateways when
 # `boringtun-cli` and `wg` are installed (cargo install boringtun-cli; apt install
@@ -108,6 +109,7 @@ control_socket = "$DIR/gw-$s.sock"
 # Largest UDP payload on a 1500-byte path: a large pfsync packet still needs two datagrams.
 mtu = ${PERF_MTU:-1472}
 ${PERF_NO_OFFLOAD:+udp_offload = false}
+${PERF_RX_COALESCE:+rx_coalesce_us = $PERF_RX_COALESCE}
 
 [local]
 mode = "raw"

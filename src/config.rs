@@ -106,6 +106,9 @@ struct RawNode {
     /// Scheduling priority of the daemon (default `DEFAULT_NICE`).
     #[serde(default)]
     nice: Option<i64>,
+    /// Pause under load before reading again, in µs (0 = off).
+    #[serde(default)]
+    rx_coalesce_us: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +200,9 @@ pub struct Config {
     pub udp_offload: bool,
     /// `[node] nice`: the daemon's scheduling priority.
     pub nice: Nice,
+    /// `[node] rx_coalesce_us`: the pause the event loop takes while reading fast, instead
+    /// of a wakeup per datagram (`None`: off). See `node::coalesce`.
+    pub rx_coalesce: Option<Duration>,
     /// Test aid (`[node] rekey_after_secs`): rekey tunnel sessions this often instead of
     /// WireGuard's 120 s. `None` in production.
     pub rekey_after: Option<Duration>,
@@ -271,6 +277,10 @@ pub struct LocalConfig {
     pub shed_target: Option<Duration>,
 }
 
+/// `[node] rx_coalesce_us` when not set: long enough for a batch to gather at the rates
+/// where coalescing engages, short against the queueing those rates bring anyway.
+pub const DEFAULT_RX_COALESCE: Duration = Duration::from_micros(100);
+
 /// Capture queueing delay kept under overload when `[local] shed_target_ms` is not set:
 /// low enough that a state change reaches the peer's firewall well within a failover's
 /// budget, high enough that scheduling hiccups of a busy host are not shed as overload
@@ -324,6 +334,7 @@ impl Config {
             mtu: 1500,
             udp_offload: true,
             nice: Nice::default(),
+            rx_coalesce: Some(DEFAULT_RX_COALESCE),
             local: LocalConfig {
                 mode: LocalMode::Emulator,
                 interface: Some(interface),
@@ -445,6 +456,18 @@ impl Config {
                 value: n as i32,
                 explicit: true,
             },
+        };
+
+        let rx_coalesce = match raw.node.rx_coalesce_us {
+            None => Some(DEFAULT_RX_COALESCE),
+            Some(0) => None,
+            Some(us) if !(0..=1000).contains(&us) => {
+                return Err(err(
+                    "node.rx_coalesce_us",
+                    format!("{us} is outside 0..=1000 (0 turns receive coalescing off)"),
+                ))
+            }
+            Some(us) => Some(Duration::from_micros(us as u64)),
         };
 
         let shed_target = match raw.local.shed_target_ms {
@@ -645,6 +668,7 @@ impl Config {
             mtu,
             udp_offload: raw.node.udp_offload.unwrap_or(true),
             nice,
+            rx_coalesce,
             rekey_after,
             local: LocalConfig {
                 mode: raw.local.mode,
@@ -720,6 +744,14 @@ impl Config {
                 ""
             } else {
                 " (default, if permitted)"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  rx coalescing     {}",
+            match self.rx_coalesce {
+                Some(d) => format!("{} µs pause while reading fast", d.as_micros()),
+                None => "off".into(),
             }
         );
         match self.local.mode {

@@ -376,6 +376,31 @@ fn a_nice_value_outside_the_kernels_range_is_refused() {
 }
 
 #[test]
+fn rx_coalescing_beyond_a_millisecond_is_refused_and_zero_turns_it_off() {
+    let d = Dir::new("cfg-coalesce");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let with = |v: &str| {
+        config(&a, &b_pub, "").replace("[node]\n", &format!("[node]\nrx_coalesce_us = {v}\n"))
+    };
+    assert_exit2(
+        &check(&d, &with("1001")),
+        &["node.rx_coalesce_us", "1001", "0..=1000"],
+    );
+    assert_exit2(&check(&d, &with("-5")), &["node.rx_coalesce_us", "-5"]);
+    for (text, says) in [
+        (with("0"), "rx coalescing     off"),
+        (with("250"), "rx coalescing     250 µs"),
+        (config(&a, &b_pub, ""), "rx coalescing     100 µs"),
+    ] {
+        let o = check(&d, &text);
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(says), "{says}: {out}");
+    }
+}
+
+#[test]
 fn a_shed_target_beyond_a_second_is_refused_and_zero_turns_kernel_shedding_off() {
     let d = Dir::new("cfg-shed");
     let (a, _) = keygen(&d, "a.key");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
+use super::coalesce::{self, RxCoalesce};
 use super::control::{self, SharedStatus};
 use super::ratelimit::LogLimiter;
 use super::status::{FirewallView, PeerView, Status};
@@ -154,6 +155,9 @@ pub struct Node {
     scratch: Vec<u8>,
     counters: Counters,
     injected_this_round: usize,
+    /// Datagrams read from both sockets this round (for `coalesce`).
+    read_this_round: u64,
+    coalesce: RxCoalesce,
     /// Packets the pump may inject this round: `INJECT_PER_ROUND`, or as many as arrived
     /// for injection during the last round when that was more.
     inject_budget: usize,
@@ -255,6 +259,9 @@ struct Counters {
     /// Shedding intervals (10 ms) in which a peer's reported delay alone was above the
     /// target: we shed because a peer fell behind, not because we did.
     shed_for_peer_intervals: u64,
+    /// Rounds after which the loop paused for a batch to gather instead of sleeping until
+    /// the next datagram (see `coalesce.rs`).
+    rx_coalesce_pauses: u64,
     tunnel_send_failed: u64,
     inject_failed: u64,
     other: BTreeMap<&'static str, u64>,
@@ -276,6 +283,7 @@ impl Counters {
             ("peer_delay_us_now", self.peer_delay_us_now),
             ("capture_delay_us_now", self.capture_delay_us_now),
             ("shed_for_peer_intervals", self.shed_for_peer_intervals),
+            ("rx_coalesce_pauses", self.rx_coalesce_pauses),
             ("tunnel_send_failed", self.tunnel_send_failed),
             ("inject_failed", self.inject_failed),
         ]
@@ -431,6 +439,7 @@ impl Node {
         let (churn_tx, churn_rx) = watch::channel(true);
         let (rl_tx, rl_rx) = mpsc::unbounded_channel();
         let mtu = cfg.mtu;
+        let cfg_rx_coalesce = cfg.rx_coalesce;
         let mut node = Node {
             cfg,
             endpoint,
@@ -444,6 +453,8 @@ impl Node {
             scratch: vec![0; 65_536],
             counters: Counters::default(),
             injected_this_round: 0,
+            read_this_round: 0,
+            coalesce: RxCoalesce::new(now, cfg_rx_coalesce),
             inject_budget: INJECT_PER_ROUND,
             inject_arrivals: 0,
             bulk: LocalBulk::new(now),
@@ -524,6 +535,11 @@ impl Node {
         }
         self.reload_private_key(&new);
         self.apply_local_reload(&new, now);
+        if new.rx_coalesce != self.cfg.rx_coalesce {
+            tracing::info!(rx_coalesce = ?new.rx_coalesce, "reload: receive coalescing updated");
+            self.coalesce.set_wait(new.rx_coalesce);
+            self.cfg.rx_coalesce = new.rx_coalesce;
+        }
         // Removed peers go; a peer whose keys changed entirely is a new peer.
         let mut kept = Vec::new();
         for slot in std::mem::take(&mut self.peers) {
@@ -624,15 +640,24 @@ impl Node {
     /// still has data after its share, the loop goes round again without sleeping (after
     /// letting the runtime poll its other tasks); when all are drained it waits for
     /// readiness or the next timer. Nothing waits on a timer while there is work: a lone
-    /// packet is relayed in the wakeup that received it.
+    /// packet is relayed in the wakeup that received it. Only while datagrams arrive fast
+    /// does a drained loop pause briefly instead of sleeping, so that the next read returns
+    /// a batch ([`RxCoalesce`]).
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut next_status = Instant::now() + STATUS_REFRESH;
         let mut next_summary = Instant::now() + SUMMARY_LOG;
         let mut churn_stop = self.cfg.emulator.churn_for.map(|d| self.started + d);
         let mut busy = false;
+        coalesce::precise_timers();
         loop {
             let now = Instant::now();
-            let wake = if busy {
+            // Drained while reading fast: let a batch gather (see coalesce.rs). The runtime
+            // thread blocks for the pause; its other tasks are the control socket's.
+            let pause = if busy { None } else { self.coalesce.pause() };
+            if let Some(d) = pause {
+                std::thread::sleep(d);
+            }
+            let wake = if busy || pause.is_some() {
                 // Sources left with work: don't sleep, but let the runtime poll the reactor
                 // and the control/metrics tasks, and look at the control channels.
                 tokio::task::yield_now().await;
@@ -738,6 +763,7 @@ impl Node {
     /// One fair round over the sources; true if any was left with work.
     fn round(&mut self, now: Instant) -> bool {
         self.injected_this_round = 0;
+        self.read_this_round = 0;
         let arrivals = self.replica.inject_arrivals();
         let arrived = (arrivals - self.inject_arrivals) as usize;
         self.inject_arrivals = arrivals;
@@ -747,6 +773,7 @@ impl Node {
         self.pump(now);
         let udp_more = self.drain_udp(now, UDP_BATCHES_PER_ROUND);
         self.pump(now);
+        self.coalesce.on_round(now, self.read_this_round);
         raw_more || udp_more || self.replica.inject_pending()
     }
 
@@ -774,6 +801,7 @@ impl Node {
                 }
             }
             self.counters.tunnel_rx_overflow += self.udp_rx.take_overflow();
+            self.read_this_round += self.udp_rx.len() as u64;
             let read = std::time::SystemTime::now();
             for i in 0..self.udp_rx.len() {
                 if let Some(w) = self.udp_rx.waited(i, read) {
@@ -842,6 +870,7 @@ impl Node {
                 }
             }
             self.counters.shed_capture_overflow += rx.take_overflow();
+            self.read_this_round += rx.len() as u64;
             let read = std::time::SystemTime::now();
             for i in 0..rx.len() {
                 let age = rx.waited(i, read).unwrap_or_default();
@@ -1106,6 +1135,7 @@ impl Node {
     }
 
     fn refresh_status(&mut self, now: Instant) {
+        self.counters.rx_coalesce_pauses = self.coalesce.pauses();
         // The shedding in force, derived from the capture side.
         (
             self.counters.shed_share_percent_now,

@@ -5,6 +5,7 @@
 //! sockets and state machines, in batches (recvmmsg/sendmmsg, many packets per wakeup),
 //! and feeds them time.
 
+pub mod coalesce;
 pub mod control;
 pub mod driver;
 pub mod privdrop;
