@@ -177,6 +177,11 @@ fn overload_sheds_only_updates_and_recovers() {
         filtered + late > 0,
         "no shedding: the senders did not overload gw-a ({flooded} packets)"
     );
+    // Reading that fast, gw-a let batches gather instead of waking per packet.
+    assert!(
+        shed("rx_coalesce_pauses") > 0,
+        "gw-a never paused for a batch"
+    );
     // What fw-b's own socket dropped was lost by the test's receiver, not by a gateway.
     if lost_at_receiver == 0 {
         let missing_ins: Vec<_> = inserted.iter().filter(|i| !got.0.contains(i)).collect();
@@ -285,6 +290,8 @@ fn a_slow_receiving_gateway_makes_the_sender_shed() {
         d("shed_capture_late")
     ));
     assert!(for_peer > 0, "gw-a never saw gw-b's delay above the target");
+    // 5,000 packets/s is below where coalescing engages: gw-a relayed each as it came.
+    assert_eq!(d("rx_coalesce_pauses"), 0, "gw-a paused at 5k packets/s");
     assert!(filtered > 0, "gw-a did not shed for gw-b");
     // Every insert reaches fw-b (unless fw-b's own socket dropped it), and the share
     // returns to 0.

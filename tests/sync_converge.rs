@@ -709,4 +709,25 @@ fn the_receivers_delay_reaches_the_sender_in_its_acks() {
         net.run_for(Duration::from_millis(5));
     }
     assert_eq!(net.nodes[0].peer_delay(net.now), Duration::ZERO);
+
+    // The receiver's firewall falls behind: what waits in its injection queue counts too.
+    net.nodes[1].set_receive_delay(Duration::from_millis(2));
+    net.hold_inject[1] = true;
+    for _ in 0..10 {
+        let mut pkts = Vec::new();
+        fw.churn(&mut rng, 5, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(5));
+    }
+    let reported = net.nodes[0].peer_delay(net.now);
+    assert!(
+        (Duration::from_millis(20)..=Duration::from_millis(55)).contains(&reported),
+        "reported {reported:?}: 2 ms in the socket + up to 50 ms in the injection queue, \
+         as of the last ACK (at most `ack_delay`, 20 ms, old)"
+    );
+    net.hold_inject[1] = false;
+    net.run_for(Duration::from_millis(50));
+    assert!(net.nodes[0].peer_delay(net.now) < Duration::from_millis(5));
 }

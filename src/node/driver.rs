@@ -40,8 +40,9 @@ const RAW_BATCHES_PER_ROUND: usize = 2;
 const UDP_BATCHES_PER_ROUND: usize = 2;
 /// pfsync packets injected towards the firewall per round at least; the rest goes in the
 /// next round (after the sockets had their turn), so big repairs reach pf in slices, not one
-/// burst. A round may inject more: as many as arrived for injection in the round before, so
-/// a sustained relay keeps pace instead of building a standing queue (and overflowing it).
+/// burst. A round may inject more: what waits plus what arrived for injection in the round
+/// before, so a sustained relay keeps pace and a backlog drains instead of standing (and
+/// overflowing the queue).
 const INJECT_PER_ROUND: usize = 128;
 /// What a round may inject at most, however much arrived (a bulk answer queued at once, a
 /// peer's bundles of tiny packets): the sockets get their turn every 1,024 packets.
@@ -767,7 +768,10 @@ impl Node {
         let arrivals = self.replica.inject_arrivals();
         let arrived = (arrivals - self.inject_arrivals) as usize;
         self.inject_arrivals = arrivals;
-        self.inject_budget = arrived.clamp(INJECT_PER_ROUND, INJECT_MAX_PER_ROUND);
+        // What waits now and what will likely arrive meanwhile: a backlog drains within a
+        // few rounds instead of standing (a budget of the arrivals alone keeps it as it is).
+        let queued = self.replica.prepare_inject(now);
+        self.inject_budget = (queued + arrived).clamp(INJECT_PER_ROUND, INJECT_MAX_PER_ROUND);
         let raw_more = self.drain_raw(now, RAW_BATCHES_PER_ROUND);
         self.steer_shedding(now);
         self.pump(now);
@@ -1213,6 +1217,7 @@ impl Node {
                 ("relayed_corrected".to_string(), rs.data_corrected),
                 ("relayed_reencoded".to_string(), rs.data_reencoded),
                 ("injected_joined".to_string(), rs.inject.joined),
+                ("shed_inject_late".to_string(), rs.inject.late),
                 ("epochs_opened".to_string(), epochs[0]),
                 ("peer_epochs".to_string(), epochs[1]),
                 ("sessions_kept".to_string(), epochs[2]),

@@ -10,6 +10,12 @@ use crate::wire::{translate, Dialect, Message, PacketWriter, UpdCRun};
 /// How long an injected packet is remembered to recognise its echo.
 const ECHO_MEMORY: Duration = Duration::from_secs(5);
 const ECHO_MAX: usize = 1024;
+/// A queued packet of only compressed updates that waited longer than this is dropped
+/// instead of injected (`shed_inject_late`), as the capture side drops one that waited as
+/// long in its socket: the mirror has applied it, the firewall gets a newer update of the
+/// same states a few packets later, and a state that stops changing is repaired by the
+/// next reconciliation. A standing queue of updates no failover can use is no backlog.
+pub const INJECT_MAX_AGE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InjectStats {
@@ -19,6 +25,8 @@ pub struct InjectStats {
     pub encode_errors: u64,
     /// Queued packets of updates joined to the one before them (see `Injector::pop`).
     pub joined: u64,
+    /// Packets of only `UPD_C` dropped after waiting longer than [`INJECT_MAX_AGE`].
+    pub late: u64,
 }
 
 pub struct Injector {
@@ -27,6 +35,8 @@ pub struct Injector {
     /// Packets in order, each in a buffer of its own: a reassembled packet's buffer is
     /// queued as it is (no copy); buffers go back to `spare` once injected.
     queue: VecDeque<Vec<u8>>,
+    /// When each queued packet was queued (parallel to `queue`).
+    queued_at: VecDeque<Instant>,
     /// Memory the queued buffers hold (their capacity, not their length), and the spares'.
     queued_bytes: usize,
     spare_bytes: usize,
@@ -90,6 +100,7 @@ impl Injector {
             dialect,
             mtu,
             queue: VecDeque::new(),
+            queued_at: VecDeque::new(),
             queued_bytes: 0,
             spare_bytes: 0,
             max_items: max.max(1),
@@ -179,6 +190,7 @@ impl Injector {
         }
         self.queued_bytes += b.capacity();
         self.queue.push_back(b);
+        self.queued_at.push_back(now);
         self.arrivals += 1;
         self.last_push = Some(now);
         // The queue grew: spares give way.
@@ -204,8 +216,40 @@ impl Injector {
 
     fn drop_front(&mut self) {
         if let Some(b) = self.queue.pop_front() {
+            self.queued_at.pop_front();
             self.queued_bytes -= b.capacity();
             self.give_buf(b);
+        }
+    }
+
+    /// How long the oldest queued packet has waited (zero for an empty queue).
+    pub fn head_wait(&self, now: Instant) -> Duration {
+        self.queued_at
+            .front()
+            .map_or(Duration::ZERO, |&t| now.saturating_duration_since(t))
+    }
+
+    /// Drop the queued packets of only `UPD_C` that have waited longer than
+    /// [`INJECT_MAX_AGE`]; every other packet (inserts, deletes, bulk answers, requests)
+    /// stays, in order. Only the late prefix of the queue is looked at.
+    pub fn shed_late(&mut self, now: Instant) {
+        let Some(deadline) = now.checked_sub(INJECT_MAX_AGE) else {
+            return;
+        };
+        let late = self.queued_at.partition_point(|&t| t < deadline);
+        // Keepers move to the back of the late prefix, in order; the dropped ones end up in
+        // front of them and leave from the front (no allocation).
+        let mut back = late;
+        for i in (0..late).rev() {
+            if !self.run.matches(&self.queue[i]) {
+                back -= 1;
+                self.queue.swap(back, i);
+                self.queued_at.swap(back, i);
+            }
+        }
+        for _ in 0..back {
+            self.drop_front();
+            self.stats.late += 1;
         }
     }
 
@@ -334,6 +378,45 @@ mod tests {
             pkts.push(out[..n].to_vec());
         }
         (pkts, msgs)
+    }
+
+    #[test]
+    fn late_updates_leave_the_queue_and_everything_else_stays_in_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let del = |i| [Message::DelC(StateId::new(i, 7))];
+        let (d97, d98, d99) = (del(97), del(98), del(99));
+        for d in Dialect::ALL {
+            let mut inj = Injector::new(d, 1480, 1000);
+            let queue = [
+                (&[upd_c(1)][..], ms(0)),
+                (&d97[..], ms(0)),
+                (&[upd_c(2), upd_c(3)][..], ms(0)),
+                (&d98[..], ms(10)),
+                (&[upd_c(4)][..], ms(10)),
+                (&d99[..], ms(60)),
+                (&[upd_c(5)][..], ms(60)),
+            ];
+            for (i, (m, at)) in queue.into_iter().enumerate() {
+                // A distinct checksum each: nothing is joined when drained.
+                inj.push_raw(&packet(d, m, i as u8), t0 + at);
+            }
+            // At t0 + 50 ms nothing is late yet (strictly longer than the bound).
+            inj.shed_late(t0 + INJECT_MAX_AGE);
+            assert_eq!((inj.len(), inj.stats.late), (7, 0), "{d:?}");
+            assert_eq!(inj.head_wait(t0 + ms(50)), ms(50));
+            // At t0 + 70 ms the first five are late: their updates go, the deletes stay.
+            inj.shed_late(t0 + ms(70));
+            assert_eq!((inj.len(), inj.stats.late), (4, 3), "{d:?}");
+            assert_eq!(
+                inj.head_wait(t0 + ms(70)),
+                ms(70),
+                "{d:?}: a delete is first"
+            );
+            let (_, msgs) = drain(&mut inj, d);
+            assert_eq!(msgs, [d97[0], d98[0], d99[0], upd_c(5)], "{d:?}");
+            assert_eq!(inj.head_wait(t0 + ms(70)), Duration::ZERO);
+        }
     }
 
     #[test]

@@ -365,8 +365,9 @@ pub struct Replica {
     /// Repairs inserted states of our own firewall that the mirror did not hold (since the
     /// last BUS START): a dump should tell whether the firewall still has them.
     sweep_wanted: bool,
-    /// How long peers' datagrams wait before we read them (set by the driver; in ACKs).
-    rx_delay: QueueDelay,
+    /// How long peers' datagrams wait in our socket before we read them (set by the
+    /// driver); our ACKs report it plus the injection queue's wait.
+    rx_delay: Duration,
 }
 
 impl Replica {
@@ -392,7 +393,7 @@ impl Replica {
             absent: None,
             claimed: IdMap::default(),
             sweep_wanted: false,
-            rx_delay: QueueDelay::default(),
+            rx_delay: Duration::ZERO,
             cfg,
         }
     }
@@ -400,7 +401,7 @@ impl Replica {
     /// How long peers' datagrams waited in our socket lately (the driver measures it from
     /// the kernel's receive timestamps); every ACK tells the peer, whose shedding steers by it.
     pub fn set_receive_delay(&mut self, d: Duration) {
-        self.rx_delay = QueueDelay::from_duration(d);
+        self.rx_delay = d;
     }
 
     /// The largest queueing delay a peer reported within [`PEER_DELAY_FRESH`] (zero if
@@ -418,6 +419,14 @@ impl Replica {
     /// Packets are waiting to be injected towards the local firewall.
     pub fn inject_pending(&self) -> bool {
         !self.injector.is_empty()
+    }
+
+    /// Before a round of injection: drop the queued packets of only compressed updates
+    /// that waited longer than [`inject::INJECT_MAX_AGE`]; returns how many packets are
+    /// queued then.
+    pub fn prepare_inject(&mut self, now: Instant) -> usize {
+        self.injector.shed_late(now);
+        self.injector.len()
     }
 
     /// Packets ever queued for injection towards the local firewall.

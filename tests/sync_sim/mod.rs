@@ -170,6 +170,8 @@ pub struct Net {
     seen: Vec<HashMap<StateId, (u32, u32)>>,
     pub rollbacks: usize,
     pub datagrams: u64,
+    /// Nodes whose firewall takes nothing for now: their injection queue fills.
+    pub hold_inject: Vec<bool>,
 }
 
 pub fn config(node: u32, dialect: Dialect) -> ReplicaConfig {
@@ -208,6 +210,7 @@ impl Net {
             seen: vec![HashMap::new(); n],
             rollbacks: 0,
             datagrams: 0,
+            hold_inject: vec![false; n],
         }
     }
 
@@ -275,7 +278,13 @@ impl Net {
                     });
                 }
             }
-            while let Some(len) = self.nodes[i].poll_local_inject(&mut buf) {
+            while let Some(len) = self
+                .hold_inject
+                .get(i)
+                .is_none_or(|h| !h)
+                .then(|| self.nodes[i].poll_local_inject(&mut buf))
+                .flatten()
+            {
                 let pkt = buf[..len].to_vec();
                 self.check_monotonic(i, &pkt);
                 self.injected[i].push(pkt);
