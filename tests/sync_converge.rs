@@ -273,6 +273,18 @@ fn byte_identical_relay_when_dialects_match() {
     assert_eq!(net.rollbacks, 0);
 }
 
+/// `rounds` times: five changes at node 0's firewall, then `step` of simulated time.
+fn churn_rounds(net: &mut Net, fw: &mut Firewall, rng: &mut Rng, rounds: usize, step: Duration) {
+    for _ in 0..rounds {
+        let mut pkts = Vec::new();
+        fw.churn(rng, 5, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(step);
+    }
+}
+
 #[test]
 fn cross_dialect_relay_reencodes() {
     let fb = Dialect::Freebsd1400;
@@ -281,14 +293,7 @@ fn cross_dialect_relay_reencodes() {
     net.run_for(Duration::from_secs(1));
     let mut fw = Firewall::new(0xa, OB);
     let mut rng = Rng::new(6);
-    for _ in 0..50 {
-        let mut pkts = Vec::new();
-        fw.churn(&mut rng, 5, &mut pkts);
-        for p in &pkts {
-            net.local(0, p);
-        }
-        net.run_for(Duration::from_millis(10));
-    }
+    churn_rounds(&mut net, &mut fw, &mut rng, 50, Duration::from_millis(10));
     assert!(net.converge(Duration::from_secs(10)).is_some());
     assert_table_equals(&fw, &net.nodes[1]);
     assert!(!net.injected[1].is_empty());
@@ -680,14 +685,7 @@ fn the_receivers_delay_reaches_the_sender_in_its_acks() {
     let mut fw = Firewall::new(0xa, OB);
     let mut rng = Rng::new(5);
     net.nodes[1].set_receive_delay(Duration::from_micros(37_450));
-    for _ in 0..40 {
-        let mut pkts = Vec::new();
-        fw.churn(&mut rng, 5, &mut pkts);
-        for p in &pkts {
-            net.local(0, p);
-        }
-        net.run_for(Duration::from_millis(5));
-    }
+    churn_rounds(&mut net, &mut fw, &mut rng, 40, Duration::from_millis(5));
     // Units of 100 µs, rounded down.
     assert_eq!(
         net.nodes[0].peer_delay(net.now),
@@ -700,27 +698,13 @@ fn the_receivers_delay_reaches_the_sender_in_its_acks() {
     assert_eq!(net.nodes[0].peer_delay(later), Duration::ZERO);
     // The queue emptied: the next ACKs say so.
     net.nodes[1].set_receive_delay(Duration::ZERO);
-    for _ in 0..10 {
-        let mut pkts = Vec::new();
-        fw.churn(&mut rng, 5, &mut pkts);
-        for p in &pkts {
-            net.local(0, p);
-        }
-        net.run_for(Duration::from_millis(5));
-    }
+    churn_rounds(&mut net, &mut fw, &mut rng, 10, Duration::from_millis(5));
     assert_eq!(net.nodes[0].peer_delay(net.now), Duration::ZERO);
 
     // The receiver's firewall falls behind: what waits in its injection queue counts too.
     net.nodes[1].set_receive_delay(Duration::from_millis(2));
     net.hold_inject[1] = true;
-    for _ in 0..10 {
-        let mut pkts = Vec::new();
-        fw.churn(&mut rng, 5, &mut pkts);
-        for p in &pkts {
-            net.local(0, p);
-        }
-        net.run_for(Duration::from_millis(5));
-    }
+    churn_rounds(&mut net, &mut fw, &mut rng, 10, Duration::from_millis(5));
     let reported = net.nodes[0].peer_delay(net.now);
     assert!(
         (Duration::from_millis(20)..=Duration::from_millis(55)).contains(&reported),
