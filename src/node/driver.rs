@@ -159,8 +159,8 @@ pub struct Node {
     /// Datagrams read from both sockets this round (for `coalesce`).
     read_this_round: u64,
     coalesce: RxCoalesce,
-    /// Packets the pump may inject this round: `INJECT_PER_ROUND`, or as many as arrived
-    /// for injection during the last round when that was more.
+    /// Packets the pump may inject this round: what waits for injection plus what arrived
+    /// during the last round, within `INJECT_PER_ROUND..=INJECT_MAX_PER_ROUND`.
     inject_budget: usize,
     /// `Replica::inject_arrivals` at the start of this round.
     inject_arrivals: u64,
