@@ -267,8 +267,25 @@ async fn status_socket_and_metrics_expose_counters() {
         "injected_joined",
         "shed_capture_filtered",
         "shed_share_percent_now",
+        "shed_inject_late",
+        "rx_coalesce_pauses",
+        "sync_answer_bytes",
+        "sync_pad_tx_bytes",
+        "sync_pay_requests",
     ] {
         assert!(st.local.contains_key(k), "{k} missing: {:?}", st.local);
+    }
+    // Bytes the answer budget charged are accounting, not dropped packets.
+    for k in [
+        "sync_answer_bytes",
+        "sync_pad_rx_bytes",
+        "sync_pay_requests",
+    ] {
+        assert!(!st.drops.contains_key(k), "{k} among the drops");
+        assert!(
+            !body.contains(&format!("reason=\"{k}\"")),
+            "{k} on /metrics as a drop"
+        );
     }
     // Gauges go down: exported as a gauge family, not among the counters.
     for k in ["shed_share_percent_now", "tunnel_under_load_now"] {

@@ -1225,6 +1225,11 @@ impl Node {
                 ("hello_requests".to_string(), epochs[4]),
             ])
             .chain(tunnel_dos_counters(&self.endpoint.dos_stats()))
+            .chain(
+                self.replica
+                    .answer_accounting()
+                    .map(|(k, v)| (k.to_string(), v)),
+            )
             .collect();
         let peers = self
             .peers

@@ -123,17 +123,13 @@ impl Peer {
 impl Replica {
     /// Drop counters of the hostile-peer bounds, summed over peers (for status/metrics).
     pub fn security_counters(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let mut c = [0u64; 9];
+        let mut c = [0u64; 5];
         for p in self.peers.values() {
             c[0] += p.stats.clock_refused;
             c[1] += p.stats.foreign_refused;
             c[2] += p.stats.creator_conflicts;
             c[3] += p.stats.states_refused;
             c[4] += p.stats.answers_deferred;
-            c[5] += p.stats.answer_bytes;
-            c[6] += p.stats.pad_tx_bytes;
-            c[7] += p.stats.pad_rx_bytes;
-            c[8] += p.stats.pay_requests;
         }
         [
             ("sync_clock_refused", c[0]),
@@ -141,12 +137,27 @@ impl Replica {
             ("sync_creator_conflict", c[2]),
             ("sync_states_refused", c[3]),
             ("sync_answer_budget", c[4]),
-            ("sync_answer_bytes", c[5]),
-            ("sync_pad_tx_bytes", c[6]),
-            ("sync_pad_rx_bytes", c[7]),
-            ("sync_pay_requests", c[8]),
             ("local_bulk_refused", self.stats.bulk_refused),
             ("sync_mirror_full", self.table.stats().refused_full),
+        ]
+        .into_iter()
+    }
+
+    /// What the answer budget charged and was paid, summed over peers: accounting, not
+    /// drops (status `local`, not `drops`; a bytes counter is no dropped packet).
+    pub fn answer_accounting(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let mut c = [0u64; 4];
+        for p in self.peers.values() {
+            c[0] += p.stats.answer_bytes;
+            c[1] += p.stats.pad_tx_bytes;
+            c[2] += p.stats.pad_rx_bytes;
+            c[3] += p.stats.pay_requests;
+        }
+        [
+            ("sync_answer_bytes", c[0]),
+            ("sync_pad_tx_bytes", c[1]),
+            ("sync_pad_rx_bytes", c[2]),
+            ("sync_pay_requests", c[3]),
         ]
         .into_iter()
     }
