@@ -260,9 +260,6 @@ struct Counters {
     /// Shedding intervals (10 ms) in which a peer's reported delay alone was above the
     /// target: we shed because a peer fell behind, not because we did.
     shed_for_peer_intervals: u64,
-    /// Rounds after which the loop paused for a batch to gather instead of sleeping until
-    /// the next datagram (see `coalesce.rs`).
-    rx_coalesce_pauses: u64,
     tunnel_send_failed: u64,
     inject_failed: u64,
     other: BTreeMap<&'static str, u64>,
@@ -284,7 +281,6 @@ impl Counters {
             ("peer_delay_us_now", self.peer_delay_us_now),
             ("capture_delay_us_now", self.capture_delay_us_now),
             ("shed_for_peer_intervals", self.shed_for_peer_intervals),
-            ("rx_coalesce_pauses", self.rx_coalesce_pauses),
             ("tunnel_send_failed", self.tunnel_send_failed),
             ("inject_failed", self.inject_failed),
         ]
@@ -1139,7 +1135,6 @@ impl Node {
     }
 
     fn refresh_status(&mut self, now: Instant) {
-        self.counters.rx_coalesce_pauses = self.coalesce.pauses();
         // The shedding in force, derived from the capture side.
         (
             self.counters.shed_share_percent_now,
@@ -1218,6 +1213,7 @@ impl Node {
                 ("relayed_reencoded".to_string(), rs.data_reencoded),
                 ("injected_joined".to_string(), rs.inject.joined),
                 ("shed_inject_late".to_string(), rs.inject.late),
+                ("rx_coalesce_pauses".to_string(), self.coalesce.pauses()),
                 ("epochs_opened".to_string(), epochs[0]),
                 ("peer_epochs".to_string(), epochs[1]),
                 ("sessions_kept".to_string(), epochs[2]),

@@ -120,45 +120,40 @@ impl Peer {
     }
 }
 
+/// A status counter's name and how to read it from one peer's stats.
+type NamedStat = (&'static str, fn(&PeerSyncStats) -> u64);
+
 impl Replica {
+    /// Each named per-peer counter, summed over the peers.
+    fn peer_sums<const N: usize>(&self, fields: [NamedStat; N]) -> [(&'static str, u64); N] {
+        fields.map(|(name, get)| (name, self.peers.values().map(|p| get(&p.stats)).sum()))
+    }
+
     /// Drop counters of the hostile-peer bounds, summed over peers (for status/metrics).
     pub fn security_counters(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let mut c = [0u64; 5];
-        for p in self.peers.values() {
-            c[0] += p.stats.clock_refused;
-            c[1] += p.stats.foreign_refused;
-            c[2] += p.stats.creator_conflicts;
-            c[3] += p.stats.states_refused;
-            c[4] += p.stats.answers_deferred;
-        }
-        [
-            ("sync_clock_refused", c[0]),
-            ("sync_foreign_creator", c[1]),
-            ("sync_creator_conflict", c[2]),
-            ("sync_states_refused", c[3]),
-            ("sync_answer_budget", c[4]),
+        self.peer_sums([
+            ("sync_clock_refused", |s| s.clock_refused),
+            ("sync_foreign_creator", |s| s.foreign_refused),
+            ("sync_creator_conflict", |s| s.creator_conflicts),
+            ("sync_states_refused", |s| s.states_refused),
+            ("sync_answer_budget", |s| s.answers_deferred),
+        ])
+        .into_iter()
+        .chain([
             ("local_bulk_refused", self.stats.bulk_refused),
             ("sync_mirror_full", self.table.stats().refused_full),
-        ]
-        .into_iter()
+        ])
     }
 
     /// What the answer budget charged and was paid, summed over peers: accounting, not
     /// drops (status `local`, not `drops`; a bytes counter is no dropped packet).
     pub fn answer_accounting(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let mut c = [0u64; 4];
-        for p in self.peers.values() {
-            c[0] += p.stats.answer_bytes;
-            c[1] += p.stats.pad_tx_bytes;
-            c[2] += p.stats.pad_rx_bytes;
-            c[3] += p.stats.pay_requests;
-        }
-        [
-            ("sync_answer_bytes", c[0]),
-            ("sync_pad_tx_bytes", c[1]),
-            ("sync_pad_rx_bytes", c[2]),
-            ("sync_pay_requests", c[3]),
-        ]
+        self.peer_sums([
+            ("sync_answer_bytes", |s| s.answer_bytes),
+            ("sync_pad_tx_bytes", |s| s.pad_tx_bytes),
+            ("sync_pad_rx_bytes", |s| s.pad_rx_bytes),
+            ("sync_pay_requests", |s| s.pay_requests),
+        ])
         .into_iter()
     }
 

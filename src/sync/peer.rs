@@ -499,9 +499,6 @@ impl Replica {
         out: &mut [u8],
     ) -> Option<usize> {
         let cfg = &self.cfg;
-        // What we relay waits in our socket, then in the injection queue: both are
-        // queues the peer's shedding can shorten (docs/SYNC.md, *Overload*).
-        let delay = QueueDelay::from_duration(self.rx_delay + self.injector.head_wait(now));
         let limit = out.len().min(cfg.max_datagram);
         let p = self.peers.get_mut(&peer)?;
         if let Some(n) = p.out.front_len() {
@@ -532,7 +529,12 @@ impl Replica {
                     let m = SyncMsg::Ack {
                         epoch,
                         cum: p.rx.cum,
-                        delay,
+                        // What we relay waits in our socket, then in the injection queue:
+                        // both are queues the peer's shedding can shorten (docs/SYNC.md,
+                        // *Overload*).
+                        delay: QueueDelay::from_duration(
+                            self.rx_delay + self.injector.head_wait(now),
+                        ),
                         nacks: &nacks[..gaps.len() * 8],
                     };
                     let n = m.encode(&mut out[..limit]).ok()?;
