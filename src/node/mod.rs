@@ -83,10 +83,17 @@ pub fn run_daemon(cfg: Config) -> i32 {
                 }
             }
         });
-        match node.run().await {
-            Ok(()) => 0,
-            Err(e) => {
+        // A task, not the `block_on` future itself: the reactor wakes a task by queueing it
+        // on this thread, while waking the `block_on` future writes the runtime's eventfd
+        // and costs another `epoll_wait` (two syscalls per wakeup on the relay path).
+        match tokio::spawn(node.run()).await {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
                 tracing::error!("{e}");
+                1
+            }
+            Err(e) => {
+                tracing::error!("event loop: {e}");
                 1
             }
         }
