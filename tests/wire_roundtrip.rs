@@ -1,5 +1,6 @@
 //! Property tests: valid messages of every dialect survive emit → parse unchanged, and
-//! parse → emit reproduces the packet bytes exactly.
+//! parse → emit reproduces the packet bytes exactly (and the `UPD_C` id pass agrees with
+//! the full parse).
 
 mod common;
 
@@ -16,6 +17,15 @@ fn check_roundtrip(d: Dialect, msgs: &[Message], mtu: usize, cksum: [u8; 16]) {
         assert_eq!(p.len(), pkt.len());
         assert_eq!(p.checksum(), cksum);
         let body = parse_body(d, pkt).unwrap();
+        // The prefetch pass sees the ids of exactly the packet's UPD_C messages, in order.
+        let upd_c: Vec<StateId> = body
+            .iter()
+            .filter_map(|m| match m {
+                Message::UpdC(u) => Some(u.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(p.messages().upd_c_ids().collect::<Vec<_>>(), upd_c, "{d}");
         // parse ∘ emit of these bytes is byte-identical.
         let again = emit_all(d, &body, mtu, cksum);
         assert_eq!(again.len(), 1, "{d}: re-emit split");

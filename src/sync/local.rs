@@ -201,6 +201,7 @@ impl Replica {
         // Each message is used where the iterator put it (a `Message` is large: moving it
         // out, as `for` does, costs a copy of its largest variant).
         let mut msgs = p.messages();
+        self.table.prefetch(msgs.upd_c_ids());
         #[allow(clippy::while_let_on_iterator)]
         while let Some(ref msg) = msgs.next() {
             let own = match *msg {

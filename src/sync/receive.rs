@@ -417,6 +417,7 @@ impl Replica {
         // Each message is used where the iterator put it (a `Message` is large: moving it
         // out, as `for` does, costs a copy of its largest variant).
         let mut msgs = pkt.messages();
+        self.table.prefetch(msgs.upd_c_ids());
         #[allow(clippy::while_let_on_iterator)]
         while let Some(ref msg) = msgs.next() {
             // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.

@@ -130,6 +130,12 @@ pub(crate) fn read_upd_c(d: Dialect, b: &[u8]) -> UpdCRepr {
     }
 }
 
+/// The state id of a `UPD_C` body (`b` holds at least [`UPD_C_MIN`] bytes).
+#[inline]
+pub(crate) fn upd_c_id(b: &[u8]) -> StateId {
+    id_at(b, upd_c::ID, upd_c::CREATORID)
+}
+
 /// Bytes of every dialect's `UPD_C` body (v5/v6 84, NetBSD 88).
 pub(crate) const UPD_C_MIN: usize = upd_c::LEN_V5V6;
 

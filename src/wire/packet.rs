@@ -19,7 +19,7 @@ use super::action::{self, Kind};
 use super::field::*;
 use super::header::{self, Subheader, FREEBSD_EOF};
 use super::msg::UPD_C_MIN;
-use super::{msg, Dialect, Message, Result, WireError, HEADER_LEN};
+use super::{msg, Dialect, Message, Result, StateId, WireError, HEADER_LEN};
 
 fn truncated(offset: usize, needed: usize, have: usize) -> WireError {
     WireError::Truncated {
@@ -537,6 +537,20 @@ impl Iterator for Messages<'_> {
 }
 
 impl Messages<'_> {
+    /// The state ids of the `UPD_C` messages still ahead, read from their bodies without
+    /// decoding the rest (what a state table prefetches before it applies the packet).
+    pub fn upd_c_ids(&self) -> impl Iterator<Item = StateId> + Clone + '_ {
+        let mut it = self.clone();
+        core::iter::from_fn(move || loop {
+            let (kind, body) = it.next_body()?;
+            if kind == Kind::UpdC {
+                if let Some(b) = body.get(..UPD_C_MIN) {
+                    return Some(msg::upd_c_id(b));
+                }
+            }
+        })
+    }
+
     /// Every message but a well-formed `UPD_C`: written straight into the caller's slot.
     #[inline(never)]
     fn next_other(&mut self, kind: Kind, body: &[u8]) -> Option<Message> {
