@@ -66,22 +66,7 @@ impl Index {
     /// confirming the id (a prefetch target: usually the entry a lookup will read).
     #[inline]
     pub(crate) fn likely_pos(&self, id: StateId) -> Option<u32> {
-        if self.len == 0 {
-            return None;
-        }
-        let h = id_hash(id);
-        let (tag, pm, mask) = (self.tag_of(h), self.pos_mask(), self.mask());
-        let mut i = h as usize & mask;
-        loop {
-            let s = self.slots[i];
-            if s == 0 {
-                return None;
-            }
-            if s & !pm == tag {
-                return Some((s & pm) - 1);
-            }
-            i = (i + 1) & mask;
-        }
+        self.probe(id, |_| true).map(|(_, p)| p)
     }
 
     /// Position of `id`; `id_at(pos)` gives the id stored at a slab position.
@@ -92,6 +77,13 @@ impl Index {
 
     #[inline]
     fn find_slot(&self, id: StateId, id_at: impl Fn(u32) -> StateId) -> Option<(usize, u32)> {
+        self.probe(id, |p| id_at(p) == id)
+    }
+
+    /// Walk `id`'s probe sequence to the first slot whose tag matches and whose position
+    /// `accept`s; `None` at an empty slot.
+    #[inline(always)]
+    fn probe(&self, id: StateId, accept: impl Fn(u32) -> bool) -> Option<(usize, u32)> {
         if self.len == 0 {
             return None;
         }
@@ -105,7 +97,7 @@ impl Index {
             }
             if s & !pm == tag {
                 let p = (s & pm) - 1;
-                if id_at(p) == id {
+                if accept(p) {
                     return Some((i, p));
                 }
             }
