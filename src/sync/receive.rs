@@ -491,8 +491,16 @@ impl Replica {
 
     pub(super) fn apply_records(&mut self, peer: PeerId, body: &[u8], count: u16, now: Instant) {
         let mut out: Vec<Message> = Vec::new();
-        for rec in Records::new(body, count) {
+        let mut recs = Records::new(body, count).peekable();
+        while let Some(rec) = recs.next() {
             let Ok(rec) = rec else { break }; // validated at decode
+                                              // Applying a record takes far longer than a cache miss: one ahead is enough for
+                                              // the next one's index slot to be loaded when it is looked up.
+            match recs.peek() {
+                Some(Ok(Record::State(_, s))) => self.table.prefetch_slot(s.id),
+                Some(Ok(Record::Tombstone(id, _))) => self.table.prefetch_slot(*id),
+                _ => {}
+            }
             let clock = match &rec {
                 Record::State(v, _) | Record::Tombstone(_, v) => v.clock,
                 Record::Clear { version, .. } => version.clock,

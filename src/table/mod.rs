@@ -32,6 +32,9 @@ use store::{Pool, Profile, MAX_RECORD};
 
 use crate::wire::{BusStatus, Message, PeerRepr, StateId, StateRepr, UpdCRepr};
 
+/// How far ahead of the entry read `leaf_states` prefetches.
+const LEAF_PREFETCH_AHEAD: usize = 8;
+
 /// Orders changes of one state across nodes: a Lamport clock stamped by the gateway that
 /// observed the change from its own firewall; ties broken by node id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -535,10 +538,14 @@ impl StateTable {
     }
     /// Ids of the states in a leaf.
     pub fn leaf_states(&self, leaf: usize) -> impl ExactSizeIterator<Item = StateId> + '_ {
-        self.leaves[leaf]
-            .ids
-            .iter()
-            .map(|&p| self.slab[p as usize].sid())
+        let ps = &self.leaves[leaf].ids;
+        // A leaf's entries lie scattered over the slab: load a few ahead of the one read.
+        ps.iter().enumerate().map(move |(i, &p)| {
+            if let Some(&q) = ps.get(i + LEAF_PREFETCH_AHEAD) {
+                index::prefetch(&self.slab[q as usize]);
+            }
+            self.slab[p as usize].sid()
+        })
     }
     /// Ids of the tombstones in a leaf.
     pub fn leaf_tombstones(&self, leaf: usize) -> &[StateId] {
@@ -564,16 +571,26 @@ impl StateTable {
     /// a whole packet overlap. A hint only: nothing changes.
     pub fn prefetch<I: Iterator<Item = StateId> + Clone>(&self, ids: I) {
         for id in ids.clone() {
-            self.index.prefetch(id);
+            self.prefetch_slot(id);
         }
         for id in ids {
-            if let Some(e) = self
-                .index
-                .likely_pos(id)
-                .and_then(|p| self.slab.get(p as usize))
-            {
-                index::prefetch(e);
-            }
+            self.prefetch_entry(id);
+        }
+    }
+
+    /// First stage of a prefetch: the index slot where a lookup of `id` starts.
+    #[inline]
+    pub fn prefetch_slot(&self, id: StateId) {
+        self.index.prefetch(id);
+    }
+
+    /// Second stage: the entry `id`'s slot points at (reads the slot: issue the first stage
+    /// a while before).
+    #[inline]
+    pub fn prefetch_entry(&self, id: StateId) {
+        let pos = self.index.likely_pos(id);
+        if let Some(e) = pos.and_then(|p| self.slab.get(p as usize)) {
+            index::prefetch(e);
         }
     }
 
