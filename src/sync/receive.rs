@@ -493,14 +493,14 @@ impl Replica {
         let mut out: Vec<Message> = Vec::new();
         let mut recs = Records::new(body, count).peekable();
         while let Some(rec) = recs.next() {
-            let Ok(rec) = rec else { break }; // validated at decode
-                                              // Applying a record takes far longer than a cache miss: one ahead is enough for
-                                              // the next one's index slot to be loaded when it is looked up.
+            // Applying a record takes far longer than a cache miss: one ahead is enough for
+            // the next one's index slot to be loaded when it is looked up.
             match recs.peek() {
                 Some(Ok(Record::State(_, s))) => self.table.prefetch_slot(s.id),
                 Some(Ok(Record::Tombstone(id, _))) => self.table.prefetch_slot(*id),
                 _ => {}
             }
+            let Ok(rec) = rec else { break }; // validated at decode
             let clock = match &rec {
                 Record::State(v, _) | Record::Tombstone(_, v) => v.clock,
                 Record::Clear { version, .. } => version.clock,

@@ -56,7 +56,7 @@ impl Index {
 
     /// Start loading the slot where a probe for `id` begins (a hint: no effect on results).
     #[inline]
-    pub(crate) fn prefetch(&self, id: StateId) {
+    pub(crate) fn prefetch_slot(&self, id: StateId) {
         if let Some(s) = self.slots.get(id_hash(id) as usize & self.mask) {
             prefetch(s);
         }

@@ -581,7 +581,7 @@ impl StateTable {
     /// First stage of a prefetch: the index slot where a lookup of `id` starts.
     #[inline]
     pub fn prefetch_slot(&self, id: StateId) {
-        self.index.prefetch(id);
+        self.index.prefetch_slot(id);
     }
 
     /// Second stage: the entry `id`'s slot points at (reads the slot: issue the first stage
