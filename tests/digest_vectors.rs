@@ -169,3 +169,33 @@ fn document_matches_the_crate_on_many_states() {
         }
     }
 }
+
+/// The constants as docs/SYNC.md prints them are the ones above (an implementer copies the
+/// hex, not the ASCII in parentheses): a typo there once made every vector fail.
+#[test]
+fn document_prints_these_constants() {
+    let doc = include_str!("../docs/SYNC.md");
+    let section = &doc[doc.find("### Digest: entry hash").expect("digest section")..];
+    for (k, ascii) in [(K0, "pfsync-g"), (K1, "w-digest")] {
+        assert_eq!(k.to_be_bytes(), ascii.as_bytes(), "{ascii}");
+        let hex = format!("0x{k:016x}");
+        assert!(section.contains(&hex), "docs/SYNC.md lacks {hex} ({ascii})");
+    }
+    // No other 64-bit hex constant than these and mix's multipliers.
+    let allowed = [
+        format!("0x{K0:016x}"),
+        format!("0x{K1:016x}"),
+        "0xbf58476d1ce4e5b9".into(),
+        "0x94d049bb133111eb".into(),
+        "0x9e3779b97f4a7c15".into(),
+    ];
+    for (i, _) in section.match_indices("0x") {
+        let hex: String = section[i..].chars().take(18).collect();
+        if hex[2..].chars().all(|c| c.is_ascii_hexdigit()) {
+            assert!(
+                allowed.contains(&hex),
+                "unexpected constant {hex} in docs/SYNC.md"
+            );
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pf::{packet, tcp_state};
 use pfsync_gw::sync::proto::{encode_record, msg_type, Record, RECORDS_HDR, SYNC_VERSION};
-use pfsync_gw::sync::{PeerId, Replica, ReplicaConfig, SyncMsg};
+use pfsync_gw::sync::{PeerId, Replica, ReplicaConfig, SyncMsg, SyncNote};
 use pfsync_gw::table::Version;
 use pfsync_gw::wire::{Dialect, Message, StateId};
 
@@ -227,6 +227,15 @@ fn a_clock_at_the_end_of_its_range_is_refused_and_never_wraps() {
     assert!(!has(&lab.r, 7, EVIL_FW) && !has(&lab.r, 8, EVIL_FW));
     let st = lab.r.peer_stats(EVIL).unwrap();
     assert_eq!(st.clock_refused, 4, "{st:?}");
+    // The first refusal is noted for the log (one note: the 10th would be next).
+    let notes: Vec<_> = std::iter::from_fn(|| lab.r.poll_note())
+        .filter(|(_, n)| matches!(n, SyncNote::ClockRefused { .. }))
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        matches!(notes[0].1, SyncNote::ClockRefused { ahead, count: 1 } if ahead == u64::MAX - before),
+        "{notes:?}"
+    );
     // A clock within reach still merges (the link keeps working).
     lab.data(&pkt, before + 1000);
     assert!(has(&lab.r, 7, EVIL_FW));
@@ -856,7 +865,9 @@ fn a_datagram_with_one_bad_record_acts_in_no_part() {
         !has(&lab.r, 7, EVIL_FW),
         "the record before the bad one acted"
     );
-    assert_eq!(lab.r.peer_stats(EVIL).unwrap().bad_datagrams, 1);
+    // Counted once, as malformed (not also as a bad value).
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!((st.malformed, st.bad_datagrams), (1, 0));
 
     // The same bad RECORDS bundled after a good DATA.
     let pkt = packet(&[Message::Ins(tcp_state(9, EVIL_FW))]);
@@ -880,7 +891,8 @@ fn a_datagram_with_one_bad_record_acts_in_no_part() {
         !has(&lab.r, 9, EVIL_FW),
         "the DATA bundled with a bad RECORDS acted"
     );
-    assert_eq!(lab.r.peer_stats(EVIL).unwrap().bad_datagrams, 2);
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!((st.malformed, st.bad_datagrams), (2, 0));
     // And on its own the DATA acts (the test can fail).
     lab.send_raw(&data);
     assert!(has(&lab.r, 9, EVIL_FW));

@@ -213,7 +213,7 @@ fn tunnel_dos_counters(d: &tunnel::DosStats) -> [(String, u64); 6] {
 
 /// The node's rarer counters (`bump`ed into `Counters::other`); listed so that they show
 /// from the start (the per-packet ones are fields and always do).
-const NODE_COUNTERS: [&str; 11] = [
+const NODE_COUNTERS: [&str; 10] = [
     "inject_rejected",
     "local_bad_ip",
     "local_bad_ttl",
@@ -222,7 +222,6 @@ const NODE_COUNTERS: [&str; 11] = [
     "local_oversized",
     "local_own_ignored",
     "sessions_established",
-    "sync_malformed",
     "tunnel_oversized",
     "tunnel_send_dropped",
 ];
@@ -819,8 +818,8 @@ impl Node {
                 match endpoint.handle_datagram_in_place(src, data, now) {
                     Recv::Data { peer, len } => {
                         let plain = &data[tunnel::TRANSPORT_HEADER_LEN..][..len];
+                        // Counted per peer by the replica (`sync_malformed`).
                         if let Err(e) = replica.on_peer_datagram(peer, plain, now) {
-                            bump(counters, "sync_malformed");
                             if let Some(n) = log_limit.allow("sync_malformed", now) {
                                 tracing::warn!(%src, suppressed = n, "malformed sync message: {e}");
                             }
@@ -1166,7 +1165,7 @@ impl Node {
         let rs = self.replica.stats();
         // Sync stream starts (issue #11/#10.1): a rekey must not add to any of these.
         let mut epochs = [0u64; 5];
-        let mut sync_drops = [0u64; 3];
+        let mut sync_drops = [0u64; 4];
         for slot in &self.peers {
             if let Some(p) = self.replica.peer_stats(slot.id) {
                 epochs[0] += p.tx_epochs;
@@ -1177,11 +1176,17 @@ impl Node {
                 sync_drops[0] += p.bad_datagrams;
                 sync_drops[1] += p.duplicates;
                 sync_drops[2] += p.epoch_mismatch;
+                sync_drops[3] += p.malformed;
             }
         }
-        for (k, v) in ["sync_bad_datagram", "sync_duplicate", "sync_epoch_mismatch"]
-            .into_iter()
-            .zip(sync_drops)
+        for (k, v) in [
+            "sync_bad_datagram",
+            "sync_duplicate",
+            "sync_epoch_mismatch",
+            "sync_malformed",
+        ]
+        .into_iter()
+        .zip(sync_drops)
         {
             drops.insert(k.to_string(), v);
         }

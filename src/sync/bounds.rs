@@ -177,13 +177,24 @@ impl Replica {
         })
     }
 
-    /// Is a clock `peer` sent within reach of ours? Counted when not.
+    /// Is a clock `peer` sent within reach of ours? Counted when not, and noted for the
+    /// log at the 1st, 10th, 100th … refusal: a peer whose clock runs in another unit
+    /// never comes up, and the counter alone does not say why.
     pub(super) fn clock_ok(&mut self, peer: PeerId, clock: u64) -> bool {
         if clock <= self.clock.saturating_add(self.cfg.max_clock_ahead) {
             return true;
         }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.stats.clock_refused += 1;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        p.stats.clock_refused += 1;
+        let count = p.stats.clock_refused;
+        if count
+            .checked_ilog10()
+            .is_some_and(|e| 10u64.pow(e) == count)
+        {
+            let ahead = clock - self.clock;
+            self.note(peer, SyncNote::ClockRefused { ahead, count });
         }
         false
     }

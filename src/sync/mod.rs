@@ -197,6 +197,12 @@ pub struct PeerSyncStats {
     pub nacks_tx: u64,
     pub skips_tx: u64,
     pub duplicates: u64,
+    /// Datagrams refused whole, or with a message that failed (`sync_malformed`; once per
+    /// datagram).
+    pub malformed: u64,
+    /// Values out of range in well-formed messages, whose other parts were served: a range
+    /// or leaf beyond the table, a DATA piece that does not fit its packet
+    /// (`sync_bad_datagram`).
     pub bad_datagrams: u64,
     pub epoch_mismatch: u64,
     pub overflows: u64,
@@ -265,6 +271,9 @@ pub enum SyncNote {
     HelloRequested,
     /// Nothing received for `keepalive × dead_after`: new send epoch, HELLO until answered.
     PeerSilent,
+    /// The peer's clock was `ahead` of ours by more than `max_clock_ahead`; `count`
+    /// refusals so far (noted at the 1st, 10th, 100th …).
+    ClockRefused { ahead: u64, count: u64 },
 }
 
 impl core::fmt::Display for SyncNote {
@@ -283,6 +292,11 @@ impl core::fmt::Display for SyncNote {
             SyncNote::PeerSilent => {
                 f.write_str("peer's sync layer silent: new sync epoch, HELLO until answered")
             }
+            SyncNote::ClockRefused { ahead, count } => write!(
+                f,
+                "peer's sync clock {ahead} ahead of ours, beyond max_clock_ahead: message \
+                 refused ({count} so far; sync clocks count milliseconds since the Unix epoch)"
+            ),
         }
     }
 }

@@ -13,7 +13,8 @@ use super::*;
 use crate::table::Change;
 
 impl Replica {
-    /// Plaintext from the tunnel.
+    /// Plaintext from the tunnel. An error refused the datagram, or one of its messages
+    /// failed (the others acted); either way it counts once in the peer's `malformed`.
     pub fn on_peer_datagram(
         &mut self,
         peer: PeerId,
@@ -23,6 +24,16 @@ impl Replica {
         if !self.peers.contains_key(&peer) {
             return Err(SyncError::UnknownPeer(peer));
         }
+        let res = self.peer_datagram(peer, data, now);
+        if res.is_err() {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.stats.malformed += 1;
+            }
+        }
+        res
+    }
+
+    fn peer_datagram(&mut self, peer: PeerId, data: &[u8], now: Instant) -> Result<(), SyncError> {
         // The whole datagram is checked (bundle framing and every message in it) before
         // any of it acts: a bad datagram is refused entirely. Each message is decoded again
         // when it acts, without checking its records twice (decoding the headers is a few
@@ -33,13 +44,7 @@ impl Replica {
                 .try_for_each(|m| SyncMsg::decode(m).map(drop))
                 .map(|()| parts)
         });
-        let parts = match checked {
-            Ok(parts) => parts,
-            Err(e) => {
-                self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
-                return Err(e);
-            }
-        };
+        let parts = checked?;
         {
             let p = self.peers.get_mut(&peer).unwrap();
             p.stats.rx_datagrams += 1;
@@ -283,7 +288,6 @@ impl Replica {
                 let leaves = self.table.leaf_count();
                 let p = self.peers.get_mut(&peer).unwrap();
                 if leaves_log2 != self.cfg.table.leaves_log2 {
-                    p.stats.bad_datagrams += 1;
                     return Err(SyncError::BadValue {
                         what: "leaves_log2",
                         value: leaves_log2 as u64,
@@ -402,13 +406,7 @@ impl Replica {
         clock: u64,
         now: Instant,
     ) -> Result<bool, SyncError> {
-        let pkt = match Packet::new_checked(bytes, dialect) {
-            Ok(p) => p,
-            Err(e) => {
-                self.peers.get_mut(&peer).unwrap().stats.bad_datagrams += 1;
-                return Err(e.into());
-            }
-        };
+        let pkt = Packet::new_checked(bytes, dialect)?;
         self.clock = self.clock.max(clock);
         let v = Version::new(clock, self.peers[&peer].node);
         let mut clean = true;
