@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use pf::{packet, tcp_state};
 use pfsync_gw::sync::proto::{encode_record, msg_type, Record, RECORDS_HDR, SYNC_VERSION};
-use pfsync_gw::sync::{PeerId, Replica, ReplicaConfig, SyncMsg, SyncNote};
+use pfsync_gw::sync::{
+    PeerId, Replica, ReplicaConfig, SyncMsg, SyncNote, CLEAR_WALKS_BURST, CLEAR_WALKS_PER_SEC,
+};
 use pfsync_gw::table::Version;
 use pfsync_gw::wire::{Dialect, Message, StateId};
 
@@ -896,4 +898,62 @@ fn a_datagram_with_one_bad_record_acts_in_no_part() {
     // And on its own the DATA acts (the test can fail).
     lab.send_raw(&data);
     assert!(has(&lab.r, 9, EVIL_FW));
+}
+
+/// Every CLR naming a creator that holds states walks the whole mirror: a peer flooding
+/// CLRs of its own creator id (naming an interface none of its states uses, so nothing is
+/// ever removed) gets a bounded number of walks a second; its real CLRs still work.
+#[test]
+fn a_flood_of_clears_walks_the_table_a_bounded_number_of_times() {
+    let mut lab = Lab::new(|_| {});
+    let clock = lab.clock() + 1;
+    let states: Vec<Message> = (100..400)
+        .map(|i| Message::Ins(tcp_state(i, EVIL_FW)))
+        .collect();
+    for chunk in states.chunks(4) {
+        lab.data(&packet(chunk), clock);
+    }
+    assert!(has(&lab.r, 399, EVIL_FW));
+    let walks_before = lab.r.table().stats().clears;
+    let mut ifname = [0u8; 16];
+    ifname[..5].copy_from_slice(b"nope0");
+    let clr = Message::Clr {
+        ifname,
+        creator: EVIL_FW,
+    };
+    // 100 packets of 60 CLRs each, all at one instant.
+    for _ in 0..100 {
+        lab.data(&packet(&[clr; 60]), clock + 1);
+    }
+    let walks = lab.r.table().stats().clears - walks_before;
+    assert_eq!(walks, CLEAR_WALKS_BURST as u64, "walks of the mirror");
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(st.clears_refused, 6000 - walks, "{st:?}");
+    assert!(
+        has(&lab.r, 399, EVIL_FW),
+        "a CLR of another interface removed a state"
+    );
+    // CLRs of a creator holding nothing cost no walk and are not refused.
+    let refused = st.clears_refused;
+    lab.data(
+        &packet(&[Message::Clr {
+            ifname: [0; 16],
+            creator: EVIL_FW + 0x100,
+        }]),
+        clock + 2,
+    );
+    assert_eq!(lab.r.peer_stats(EVIL).unwrap().clears_refused, refused);
+    // The budget refills: a real CLR a second later removes the peer's states.
+    lab.now += std::time::Duration::from_secs_f64(1.0 / CLEAR_WALKS_PER_SEC);
+    lab.data(
+        &packet(&[Message::Clr {
+            ifname: [0; 16],
+            creator: EVIL_FW,
+        }]),
+        clock + 3,
+    );
+    assert!(
+        !has(&lab.r, 399, EVIL_FW),
+        "the peer's own CLR after the refill"
+    );
 }

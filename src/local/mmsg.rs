@@ -81,6 +81,10 @@ impl RecvBatch {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+    /// Did the last batch use every slot? If not, it emptied the socket.
+    pub fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
 
     /// Bytes of datagram `i` of the last batch; `None` = truncated (too big for the slot).
     pub fn data(&self, i: usize) -> Option<&[u8]> {

@@ -17,7 +17,7 @@ use super::status::{FirewallView, PeerView, Status};
 use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
 use crate::local::filter;
-use crate::local::mmsg::{RecvBatch, SendBatch, BATCH};
+use crate::local::mmsg::{RecvBatch, SendBatch};
 use crate::local::raw::{ForeignWatch, RawSyncSocket, Untrusted};
 use crate::local::shed::ShedControl;
 use crate::sync::{Replica, ReplicaConfig};
@@ -1426,7 +1426,7 @@ fn try_recv_batch<T: AsRawFd>(sock: &AsyncFd<T>, rx: &mut RecvBatch) -> Option<i
         return None;
     };
     let r = g.try_io(|s| rx.recv(s.get_ref().as_raw_fd())).ok()?;
-    if matches!(r, Ok(n) if n < BATCH) {
+    if r.is_ok() && !rx.is_full() {
         g.clear_ready();
     }
     Some(r)

@@ -137,6 +137,7 @@ impl Replica {
             ("sync_creator_conflict", |s| s.creator_conflicts),
             ("sync_states_refused", |s| s.states_refused),
             ("sync_answer_budget", |s| s.answers_deferred),
+            ("sync_clear_budget", |s| s.clears_refused),
         ])
         .into_iter()
         .chain([
@@ -219,9 +220,26 @@ impl Replica {
     }
 
     /// May `peer` apply `msg`? Inserts (a state the mirror lacks) and clears must fall in the
-    /// peer's creator-id space, and inserts within its state cap. `learn`: the message is
-    /// first-hand, so an unclaimed creator id may be pinned to the peer.
+    /// peer's creator-id space, inserts within its state cap, and clears that walk the table
+    /// within its walk budget. `learn`: the message is first-hand, so an unclaimed creator
+    /// id may be pinned to the peer.
     pub(super) fn admit(&mut self, peer: PeerId, msg: &Message, learn: bool, now: Instant) -> bool {
+        let ok = self.admit_space(peer, msg, learn, now);
+        match msg {
+            // A CLR of a creator holding nothing costs no walk.
+            Message::Clr { creator, .. } if ok && self.table.creator_len(*creator) > 0 => {
+                let p = self.peers.get_mut(&peer).unwrap();
+                if !p.clear_walk(now) {
+                    p.stats.clears_refused += 1;
+                    return false;
+                }
+                true
+            }
+            _ => ok,
+        }
+    }
+
+    fn admit_space(&mut self, peer: PeerId, msg: &Message, learn: bool, now: Instant) -> bool {
         let (creator, insert) = match msg {
             Message::Ins(s) | Message::Upd(s) if s.id.creator != 0 => {
                 // Held, or deleted (the table refuses it and the tombstone goes back).

@@ -44,6 +44,7 @@ use antientropy::summary;
 pub use bounds::MAX_LEARNED_CREATORS;
 use local::Sweep;
 use peer::{send_hello, Peer};
+pub use peer::{CLEAR_WALKS_BURST, CLEAR_WALKS_PER_SEC};
 
 pub type PeerId = usize;
 
@@ -224,6 +225,8 @@ pub struct PeerSyncStats {
     pub states_refused: u64,
     /// Answers held back or dropped because the peer's answer budget was spent.
     pub answers_deferred: u64,
+    /// CLRs refused beyond the peer's budget of table walks (`sync_clear_budget`).
+    pub clears_refused: u64,
     /// Bytes of answers (see `ReplicaConfig::answer_factor`) sent to the peer.
     pub answer_bytes: u64,
     /// Bytes of sync datagrams received from the peer (what its answers are paid from).

@@ -110,6 +110,8 @@ pub(super) struct Peer {
     /// PAD bytes we owe the peer for its answers, and the most we may still pad.
     pub(super) pad_owed: u64,
     pub(super) pad_allow: u64,
+    /// The CLR walk budget: tokens and when they were last counted (see `clear_walk`).
+    pub(super) clear_walks: (f64, Instant),
     /// The queueing delay the peer reported in its last ACK, and when it arrived.
     pub(super) peer_delay: Option<(QueueDelay, Instant)>,
     pub(super) stats: PeerSyncStats,
@@ -127,7 +129,24 @@ pub(super) fn set_bit(v: &mut [u64], i: usize, on: bool) {
     }
 }
 
+/// A CLR walks the whole mirror (pf's does the same in its own table): a peer gets this
+/// many walks a second, and a burst of this many, for CLRs that name a creator holding
+/// states. pf sends one CLR per `pfctl -F states` / `-k`; a peer sending thousands per
+/// packet would otherwise make each of its bytes cost a table walk.
+pub const CLEAR_WALKS_PER_SEC: f64 = 8.0;
+pub const CLEAR_WALKS_BURST: f64 = 32.0;
+
 impl Peer {
+    /// Take one CLR walk from the budget; false when it is spent.
+    pub(super) fn clear_walk(&mut self, now: Instant) -> bool {
+        let (tokens, at) = self.clear_walks;
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        let tokens = (tokens + elapsed * CLEAR_WALKS_PER_SEC).min(CLEAR_WALKS_BURST);
+        let ok = tokens >= 1.0;
+        self.clear_walks = (if ok { tokens - 1.0 } else { tokens }, now);
+        ok
+    }
+
     pub(super) fn new(cfg: &ReplicaConfig, leaves: usize, now: Instant) -> Peer {
         let words = leaves.div_ceil(64);
         Peer {
@@ -166,6 +185,7 @@ impl Peer {
             pay_req_at: now,
             pad_owed: 0,
             pad_allow: 0,
+            clear_walks: (CLEAR_WALKS_BURST, now),
             peer_delay: None,
             stats: PeerSyncStats::default(),
         }
@@ -463,7 +483,7 @@ impl Replica {
         );
         // The budget and padding belong to the peer, not to one epoch.
         let (credit, credit_at) = (p.credit, p.credit_at);
-        let (pad_owed, pad_allow) = (p.pad_owed, p.pad_allow);
+        let (pad_owed, pad_allow, clear_walks) = (p.pad_owed, p.pad_allow, p.clear_walks);
         let (incarnation, req_after) = (p.peer_incarnation, p.hello_req_after);
         let (ack_due, rx_unacked) = (p.ack_due, p.rx_unacked);
         *p = Peer::new(&self.cfg, leaves, now);
@@ -473,6 +493,7 @@ impl Replica {
         p.credit_at = credit_at;
         p.pad_owed = pad_owed;
         p.pad_allow = pad_allow;
+        p.clear_walks = clear_walks;
         p.stats = stats;
         p.rx_epoch = rx_epoch;
         p.rx = rx;

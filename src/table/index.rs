@@ -7,19 +7,30 @@
 //! touching that id's entry. The ids themselves are not stored: the entry in the slab holds
 //! its id, and a hit is confirmed there (the caller reads that entry next anyway). 4 bytes
 //! per slot instead of the 24 of a `HashMap<StateId, u32>` bucket.
+//!
+//! The hash is keyed with a random secret per table: a compromised peer chooses the ids it
+//! inserts, and with a known hash it could place thousands in one probe run (every lookup
+//! in the run then costs a read per member, every insert into it a walk of the run).
 
 use super::digest::mix64;
 use crate::wire::StateId;
 
-const KEY: u64 = 0x6964_782d_7066_7379;
-
 /// One finaliser round (the multiply spreads the creator over all 64 bits).
 #[inline]
-pub(crate) fn id_hash(id: StateId) -> u64 {
-    mix64(id.id ^ (id.creator as u64 ^ KEY).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+fn id_hash(key: u64, id: StateId) -> u64 {
+    mix64(id.id ^ (id.creator as u64 ^ key).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// A secret 64-bit key: std's `RandomState` is seeded from the OS once per thread and
+/// differs per call, and SipHash of a constant under it is unpredictable.
+pub(crate) fn random_key() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x6964_782d_7066_7379u64)
 }
 
 pub(crate) struct Index {
+    /// The hash key (see the module docs).
+    key: u64,
     slots: Vec<u32>,
     len: usize,
     /// `slots.len() - 1`.
@@ -30,12 +41,22 @@ pub(crate) struct Index {
 
 impl Index {
     pub(crate) fn new() -> Index {
+        Index::with_key(random_key())
+    }
+
+    fn with_key(key: u64) -> Index {
         Index {
+            key,
             slots: Vec::new(),
             len: 0,
             mask: 0,
             pos_bits: 0,
         }
+    }
+
+    #[inline]
+    fn hash(&self, id: StateId) -> u64 {
+        id_hash(self.key, id)
     }
 
     #[inline]
@@ -57,7 +78,7 @@ impl Index {
     /// Start loading the slot where a probe for `id` begins (a hint: no effect on results).
     #[inline]
     pub(crate) fn prefetch_slot(&self, id: StateId) {
-        if let Some(s) = self.slots.get(id_hash(id) as usize & self.mask) {
+        if let Some(s) = self.slots.get(self.hash(id) as usize & self.mask) {
             prefetch(s);
         }
     }
@@ -87,7 +108,7 @@ impl Index {
         if self.len == 0 {
             return None;
         }
-        let h = id_hash(id);
+        let h = self.hash(id);
         let (tag, pm, mask) = (self.tag_of(h), self.pos_mask(), self.mask());
         let mut i = h as usize & mask;
         loop {
@@ -119,10 +140,10 @@ impl Index {
             self.mask = cap - 1;
             // Rehash in position order: the ids are read sequentially, not at random.
             for p in 0..self.len as u32 {
-                self.place(id_hash(id_at(p)), p);
+                self.place(self.hash(id_at(p)), p);
             }
         }
-        self.place(id_hash(id), pos);
+        self.place(self.hash(id), pos);
         self.len += 1;
     }
 
@@ -148,7 +169,7 @@ impl Index {
             if s == 0 {
                 break;
             }
-            let home = id_hash(id_at((s & pm) - 1)) as usize & mask;
+            let home = self.hash(id_at((s & pm) - 1)) as usize & mask;
             // `home` is cyclically outside (hole, j]: the member may move back to the hole.
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
                 self.slots[hole] = s;
@@ -162,7 +183,7 @@ impl Index {
 
     /// `id`, now at position `from`, moves to `to`.
     pub(crate) fn relocate(&mut self, id: StateId, from: u32, to: u32) {
-        let h = id_hash(id);
+        let h = self.hash(id);
         let (tag, mask) = (self.tag_of(h), self.mask());
         let mut i = h as usize & mask;
         loop {
@@ -234,5 +255,63 @@ mod tests {
             }
         }
         assert_eq!(ix.find(StateId::new(9999, 9), |q| ids[q as usize]), None);
+    }
+
+    /// The inverse of `mix64` (each step of the finaliser is invertible).
+    fn unmix64(mut z: u64) -> u64 {
+        let inv = |m: u64| {
+            (0..6).fold(m, |x, _| {
+                x.wrapping_mul(2u64.wrapping_sub(m.wrapping_mul(x)))
+            })
+        };
+        z ^= (z >> 31) ^ (z >> 62);
+        z = z.wrapping_mul(inv(0x94d0_49bb_1331_11eb));
+        z ^= (z >> 27) ^ (z >> 54);
+        z = z.wrapping_mul(inv(0xbf58_476d_1ce4_e5b9));
+        z ^ (z >> 30) ^ (z >> 60)
+    }
+
+    /// The longest probe (slots from home to where the id sits) over `ids`.
+    fn longest_probe(ix: &Index, ids: &[StateId]) -> usize {
+        ids.iter()
+            .map(|&id| {
+                let (slot, _) = ix.find_slot(id, |q| ids[q as usize]).expect("held");
+                slot.wrapping_sub(ix.hash(id) as usize) & ix.mask
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Ids a peer crafts to share one home slot under a key it knows (all hashes equal in
+    /// their low 32 bits): in a table with that key they form one probe run; in a table with
+    /// its own random key they spread like any others.
+    #[test]
+    fn crafted_ids_do_not_collide_under_a_secret_key() {
+        let guessed = 0x6964_782d_7066_7379u64;
+        let creator = 7u32;
+        let salt = (creator as u64 ^ guessed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let ids: Vec<StateId> = (1..=4000u64)
+            .map(|i| StateId::new(unmix64((i << 32) | 0x1234_5678) ^ salt, creator))
+            .collect();
+        assert!(ids
+            .iter()
+            .all(|&id| id_hash(guessed, id) as u32 == 0x1234_5678));
+        let fill = |ix: &mut Index| {
+            for (p, &id) in ids.iter().enumerate() {
+                ix.insert(id, p as u32, |q| ids[q as usize]);
+            }
+        };
+        // The test can fail: under the guessed key the crafted ids are one run.
+        let mut known = Index::with_key(guessed);
+        fill(&mut known);
+        assert!(longest_probe(&known, &ids) >= 3999);
+        let mut secret = Index::new();
+        fill(&mut secret);
+        assert!(
+            longest_probe(&secret, &ids) < 64,
+            "{}",
+            longest_probe(&secret, &ids)
+        );
+        assert_ne!(Index::new().key, Index::new().key, "keys differ per table");
     }
 }

@@ -22,7 +22,7 @@ pub mod stale;
 mod store;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::time::{Duration, Instant};
 
 pub use digest::{entry_hash, leaf_of, Digest};
@@ -256,9 +256,25 @@ struct Leaf {
     tombs: Vec<StateId>,
 }
 
-/// Fast hasher for `StateId` keys (ids are not attacker-chosen: peers are authenticated).
-#[derive(Default)]
+/// Fast hasher for `StateId` keys, keyed per map with a random secret: a compromised peer
+/// chooses the ids it sends (tombstones, requests), and with a known hash it could pile
+/// them into one bucket chain.
 pub struct IdHasher(u64);
+
+/// Builds [`IdHasher`]s that start from the map's secret key.
+#[derive(Clone, Copy)]
+pub struct IdBuild(u64);
+impl Default for IdBuild {
+    fn default() -> IdBuild {
+        IdBuild(index::random_key())
+    }
+}
+impl std::hash::BuildHasher for IdBuild {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
         digest::mix64(self.0)
@@ -275,7 +291,7 @@ impl Hasher for IdHasher {
         self.0 = self.0.rotate_left(32) ^ v as u64;
     }
 }
-pub type IdMap<V> = HashMap<StateId, V, BuildHasherDefault<IdHasher>>;
+pub type IdMap<V> = HashMap<StateId, V, IdBuild>;
 
 /// Counters of what the table has seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -333,7 +349,7 @@ pub struct StateTable {
     /// What the last apply did (see [`StateTable::last_change`]).
     change: Change,
     /// States held per creator id (per-site caps are checked against it).
-    per_creator: HashMap<u32, u32, BuildHasherDefault<IdHasher>>,
+    per_creator: HashMap<u32, u32, IdBuild>,
 }
 
 /// Default `PFTM_*` timeouts (seconds) for refreshing a state when an update carries no
@@ -992,6 +1008,11 @@ impl StateTable {
         now: Instant,
         v: Option<Version>,
     ) -> usize {
+        self.stats.clears += 1;
+        // Nothing of this creator: no walk (a peer's CLR flood costs O(1) each).
+        if self.creator_len(creator) == 0 {
+            return 0;
+        }
         let all_if = ifname[0] == 0;
         let ids: Vec<StateId> = self
             .slab
@@ -1007,7 +1028,6 @@ impl StateTable {
             let e = self.remove_entry(id).expect("present");
             self.put_tomb(id, v.unwrap_or(e.version()).max(e.version()), now);
         }
-        self.stats.clears += 1;
         self.stats.deletes += ids.len() as u64;
         ids.len()
     }

@@ -14,7 +14,7 @@
 //! The encoding is exact: [`decode`] of [`encode`] gives back every field it covers.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
 use crate::wire::{AddrFamily, StateKeyRepr, StateRepr};
 
@@ -122,10 +122,23 @@ impl Profile {
     }
 }
 
-/// Word-at-a-time hasher for profiles (their content comes from authenticated peers and the
-/// local firewall; a pool is small).
-#[derive(Default)]
+/// Word-at-a-time hasher for profiles, seeded per pool with a random secret (a compromised
+/// peer chooses the profiles of the states it inserts).
 pub(crate) struct WordHasher(u64);
+
+#[derive(Clone, Copy)]
+pub(crate) struct WordBuild(u64);
+impl Default for WordBuild {
+    fn default() -> WordBuild {
+        WordBuild(super::index::random_key())
+    }
+}
+impl std::hash::BuildHasher for WordBuild {
+    type Hasher = WordHasher;
+    fn build_hasher(&self) -> WordHasher {
+        WordHasher(self.0)
+    }
+}
 impl Hasher for WordHasher {
     fn finish(&self) -> u64 {
         super::digest::mix64(self.0)
@@ -146,7 +159,7 @@ impl Hasher for WordHasher {
 #[derive(Default)]
 pub(crate) struct Pool {
     items: Vec<(Profile, u32)>,
-    map: HashMap<Profile, u32, BuildHasherDefault<WordHasher>>,
+    map: HashMap<Profile, u32, WordBuild>,
     free: Vec<u32>,
     /// The number last interned: consecutive states (a bulk) mostly share a profile.
     last: u32,
