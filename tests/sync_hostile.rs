@@ -957,3 +957,87 @@ fn a_flood_of_clears_walks_the_table_a_bounded_number_of_times() {
         "the peer's own CLR after the refill"
     );
 }
+
+/// Requests a peer makes up cannot grow our queues: STATE_REQs for ids we lack queue
+/// nothing, `UPD_C`s for unknown states queue at most MAX_STATE_REQS requests (the rest is
+/// left to a resync), also while the peer never acknowledges our HELLO (nothing drains).
+#[test]
+fn made_up_requests_and_unknown_updates_queue_a_bounded_amount() {
+    let mut lab = Lab::new(|_| {});
+    let clock = lab.clock() + 1;
+    let mut ids = Vec::new();
+    for i in 0..116u64 {
+        ids.extend_from_slice(&(0xdead_0000 + i).to_be_bytes());
+        ids.extend_from_slice(&EVIL_FW.to_be_bytes());
+    }
+    for round in 0..200u64 {
+        for (k, chunk) in ids.chunks_mut(12).enumerate() {
+            chunk[..8].copy_from_slice(&(round << 20 | k as u64).to_be_bytes());
+        }
+        lab.send(&SyncMsg::StateReq { ids: &ids });
+    }
+    // Our firewall's one state can be asked for; 23,200 made-up ids cannot.
+    let mut held = Vec::new();
+    held.extend_from_slice(&1u64.to_be_bytes());
+    held.extend_from_slice(&LOCAL_FW.to_be_bytes());
+    lab.send(&SyncMsg::StateReq { ids: &held });
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert!(st.dirty <= 1, "{st:?}");
+    // 17 × 2,000 UPD_Cs of states nobody has.
+    for p in 0..2_000u64 {
+        let msgs: Vec<Message> = (0..17)
+            .map(|i| {
+                let s = tcp_state(1 << 40 | p << 8 | i, EVIL_FW);
+                Message::UpdC(pf::upd_c(&s, 5))
+            })
+            .collect();
+        lab.data(&packet(&msgs), clock);
+    }
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert!(st.requests <= 16_384, "{st:?}");
+    assert!(
+        st.requests >= 16_000,
+        "the cap, not something else, stopped it: {st:?}"
+    );
+    assert!(
+        st.resync_in_progress,
+        "the overflow left to a resync: {st:?}"
+    );
+}
+
+/// A peer's UPD_REQ for a state the mirror holds is answered from the mirror (a RECORDS,
+/// paid from its budget), not injected: our firewall would answer each 12-byte request
+/// with a full UPD that we relay to every peer. One the mirror lacks is still forwarded.
+#[test]
+fn a_peers_state_requests_are_answered_from_the_mirror_not_by_our_firewall() {
+    let mut lab = Lab::new(|_| {});
+    let mut buf = vec![0u8; 2000];
+    let local: Vec<Message> = (2..22)
+        .map(|i| Message::Ins(tcp_state(i, LOCAL_FW)))
+        .collect();
+    for chunk in local.chunks(5) {
+        lab.r.on_local_pfsync(&packet(chunk), lab.now).unwrap();
+    }
+    while lab.r.poll_local_inject(&mut buf).is_some() {}
+    let reqs: Vec<Message> = (1..22)
+        .map(|i| Message::UpdReq(StateId::new(i, LOCAL_FW)))
+        .chain([Message::UpdReq(StateId::new(999, LOCAL_FW))])
+        .collect();
+    let clock = lab.clock() + 1;
+    lab.data(&packet(&reqs), clock);
+    let mut injected = Vec::new();
+    while let Some(n) = lab.r.poll_local_inject(&mut buf) {
+        let p = pfsync_gw::wire::Packet::new_checked(&buf[..n], OB).unwrap();
+        injected.extend(p.messages());
+    }
+    assert_eq!(
+        injected,
+        vec![Message::UpdReq(StateId::new(999, LOCAL_FW))],
+        "only the request the mirror cannot answer reaches our firewall"
+    );
+    assert_eq!(
+        lab.r.peer_stats(EVIL).unwrap().dirty,
+        21,
+        "answered as RECORDS"
+    );
+}

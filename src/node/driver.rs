@@ -1022,8 +1022,12 @@ impl Node {
                     _ => {}
                 }
             }
+            // Rate-limited per kind: a peer can make the replica note things (new
+            // incarnations, refused clocks) as often as it sends datagrams.
             while let Some((p, note)) = self.replica.poll_note() {
-                tracing::info!(peer = %self.peer_name(p), "{note}");
+                if let Some(n) = self.log_limit.allow(note.kind(), now) {
+                    tracing::info!(peer = %self.peer_name(p), suppressed = n, "{note}");
+                }
             }
 
             // Replica → tunnel: each datagram is written into the send slot where its

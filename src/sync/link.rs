@@ -32,6 +32,10 @@ struct TxEntry {
     first_ref: u64,
     nrefs: u32,
     repaired: bool,
+    /// For a repaired entry: how many entries ahead the next one that may not be repaired
+    /// is (≥ 1; shortened as NACKs walk past, so repeated NACKs of repaired ranges cost
+    /// O(1) each, not a walk of the queue). Relative, so popping the front keeps it valid.
+    jump: u32,
     records: bool,
 }
 
@@ -98,6 +102,7 @@ impl TxQueue {
             first_ref,
             nrefs: refs.len() as u32,
             repaired: false,
+            jump: 1,
             records,
         });
         if records {
@@ -158,21 +163,47 @@ impl TxQueue {
             // Nothing queued but the peer misses something we sent: purged.
             complete = false;
         }
-        let base = self.refs_base;
-        for e in self.entries.iter_mut() {
-            if seq_lt(e.seq, first) {
-                continue;
-            }
+        let Some(front) = self.entries.front() else {
+            return complete;
+        };
+        // Seqs are consecutive from the front (pushed in order, popped from the front).
+        let mut i = if seq_lt(first, front.seq) {
+            0
+        } else {
+            first.wrapping_sub(front.seq) as usize
+        };
+        loop {
+            i = self.next_unrepaired(i);
+            let Some(e) = self.entries.get_mut(i) else {
+                break;
+            };
             if seq_lt(last, e.seq) {
                 break;
             }
-            if !e.repaired {
-                e.repaired = true;
-                let start = (e.first_ref - base) as usize;
-                out.extend(self.refs.range(start..start + e.nrefs as usize).copied());
-            }
+            e.repaired = true;
+            let start = (e.first_ref - self.refs_base) as usize;
+            out.extend(self.refs.range(start..start + e.nrefs as usize).copied());
+            i += 1;
         }
         complete
+    }
+
+    /// The first entry at or after index `i` that is not repaired (may be past the end),
+    /// shortening the jumps walked over.
+    fn next_unrepaired(&mut self, i: usize) -> usize {
+        let n = self.entries.len();
+        let mut j = i;
+        while j < n && self.entries[j].repaired {
+            j += self.entries[j].jump as usize;
+        }
+        let mut k = i;
+        while k < j.min(n) {
+            let e = &mut self.entries[k];
+            let next = k + e.jump as usize;
+            e.jump = (j - k) as u32;
+            k = next;
+        }
+        j
     }
 }
 
@@ -568,6 +599,85 @@ mod tests {
         assert_eq!(r.pop_into(&mut out[..4]), Some(1));
         assert_eq!(r.pop_into(&mut out[..4]), None, "too small: stays queued");
         assert_eq!(r.front_len(), Some(8));
+    }
+
+    /// NACKs against a model (every entry's refs, repaired at most once) through pushes,
+    /// acks and overflow; repeated NACKs of repaired ranges walk no entries.
+    #[test]
+    fn tx_queue_nack_matches_a_model_and_repeats_cost_nothing() {
+        let now = Instant::now();
+        let mut q = TxQueue::new(u32::MAX - 500, 300, 100_000);
+        let mut model: VecDeque<(u32, bool)> = VecDeque::new();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for round in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 8 {
+                0..=4 => {
+                    let (seq, _) = q.push(
+                        &[StateRef::State(StateId::new(round as u64, 1))],
+                        false,
+                        now,
+                    );
+                    if model.len() == 300 {
+                        model.pop_front();
+                    }
+                    model.push_back((seq, false));
+                }
+                5 => {
+                    let cum = model
+                        .get((x >> 8) as usize % (model.len() + 1))
+                        .map_or(q.next_seq, |e| e.0);
+                    q.ack(cum, now);
+                    while model.front().is_some_and(|e| seq_lt(e.0, cum)) {
+                        model.pop_front();
+                    }
+                }
+                _ => {
+                    let base = model.front().map_or(q.next_seq, |e| e.0);
+                    let first = base.wrapping_add((x >> 8) as u32 % 320).wrapping_sub(10);
+                    let last = first.wrapping_add((x >> 24) as u32 % 40);
+                    let mut out = Vec::new();
+                    q.nack(first, last, &mut out);
+                    let mut want = Vec::new();
+                    for e in model.iter_mut() {
+                        if !seq_lt(e.0, first) && !seq_lt(last, e.0) && !e.1 {
+                            e.1 = true;
+                            want.push(e.0);
+                        }
+                    }
+                    let got: Vec<u32> = out
+                        .iter()
+                        .map(|r| match r {
+                            StateRef::State(id) => q
+                                .entries
+                                .iter()
+                                .find(|e| {
+                                    q.refs[(e.first_ref - q.refs_base) as usize]
+                                        == StateRef::State(*id)
+                                })
+                                .map_or(0, |e| e.seq),
+                            _ => 0,
+                        })
+                        .collect();
+                    assert_eq!(got, want, "round {round}");
+                }
+            }
+            assert_eq!(q.entries.len(), model.len());
+        }
+        // All repaired: a NACK of the whole queue, then the same again, walks past them in
+        // one jump.
+        let (a, b) = (q.entries[0].seq, q.next_seq.wrapping_sub(1));
+        q.nack(a, b, &mut Vec::new());
+        let mut out = Vec::new();
+        q.nack(a, b, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            q.entries[0].jump as usize,
+            q.entries.len(),
+            "compressed to one jump"
+        );
     }
 
     #[test]

@@ -213,6 +213,10 @@ pub struct PeerSyncStats {
     /// Last cumulative ack received (next seq the peer expects).
     pub last_ack: u32,
     pub unacked: usize,
+    /// States (and clears) waiting to be sent to the peer as RECORDS.
+    pub dirty: usize,
+    /// Leaves and states waiting to be asked of the peer (LEAF_REQ, STATE_REQ).
+    pub requests: usize,
     pub dead_detections: u64,
     pub stale_returned: u64,
     /// Messages refused for a clock too far ahead of ours.
@@ -277,6 +281,19 @@ pub enum SyncNote {
     /// The peer's clock was `ahead` of ours by more than `max_clock_ahead`; `count`
     /// refusals so far (noted at the 1st, 10th, 100th …).
     ClockRefused { ahead: u64, count: u64 },
+}
+
+impl SyncNote {
+    /// A name per kind (the node rate-limits its log lines by it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncNote::HelloUnanswered(_) => "sync_note_hello_unanswered",
+            SyncNote::PeerRestarted => "sync_note_peer_restarted",
+            SyncNote::HelloRequested => "sync_note_hello_requested",
+            SyncNote::PeerSilent => "sync_note_peer_silent",
+            SyncNote::ClockRefused { .. } => "sync_note_clock_refused",
+        }
+    }
 }
 
 impl core::fmt::Display for SyncNote {
@@ -492,6 +509,8 @@ impl Replica {
             established: p.established && p.rx_epoch.is_some(),
             resync_in_progress: p.resync,
             unacked: p.tx.unacked(),
+            dirty: p.dirty.len(),
+            requests: p.leaf_reqs.len() + p.state_reqs.len(),
             peer_delay_us: p
                 .peer_delay
                 .map_or(0, |(d, _)| d.to_duration().as_micros() as u64),

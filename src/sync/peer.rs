@@ -12,7 +12,11 @@ use super::bounds::ANSWER_RESERVE;
 use super::*;
 
 /// Most NACK ranges per ACK.
-pub(super) const MAX_NACKS: usize = 32;
+pub(super) const MAX_NACKS: usize = proto::MAX_ACK_RANGES;
+
+/// Most state ids waiting to be asked of a peer (`STATE_REQ`): 12 bytes each. Unknown
+/// states beyond it are left to the next resync.
+pub(super) const MAX_STATE_REQS: usize = 16_384;
 
 /// Most partially reassembled DATA packets per peer.
 pub(super) const MAX_PARTIALS: usize = 16;

@@ -61,6 +61,8 @@ pub const DATA_HDR: usize = 2 + 4 + 4 + 8 + 1 + 2 + 2;
 pub const BUNDLE_HDR: usize = 2;
 pub const BUNDLE_LEN_PREFIX: usize = 2;
 pub const RECORDS_HDR: usize = 2 + 4 + 4 + 1 + 2;
+/// Most NACK ranges an ACK may carry (more is a decode error).
+pub const MAX_ACK_RANGES: usize = 32;
 pub const ACK_HDR: usize = 2 + 4 + 4 + 2 + 1;
 pub const RANGES_HDR: usize = 2 + 4 + 4 + 1;
 pub const PAD_HDR: usize = 2 + 4;
@@ -408,6 +410,12 @@ impl<'a> SyncMsg<'a> {
                 let cum = r.u32()?;
                 let delay = QueueDelay(r.u16()?);
                 let n = r.u8()? as usize;
+                if n > MAX_ACK_RANGES {
+                    return Err(SyncError::BadValue {
+                        what: "ack ranges",
+                        value: n as u64,
+                    });
+                }
                 let nacks = r.bytes(n * 8)?;
                 SyncMsg::Ack {
                     epoch,
@@ -1216,6 +1224,13 @@ mod tests {
         let n = m.encode(&mut b).unwrap();
         assert_eq!(&b[..n], &[5, SYNC_VERSION, 0, 0, 0, 1, 0, 0, 0, 2, 1, 2, 0]);
         assert_eq!(n, ACK_HDR);
+        // At most 32 ranges: 33 is a decode error, 32 decodes.
+        let mut big = vec![5, SYNC_VERSION, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 33];
+        big.extend(std::iter::repeat_n(0u8, 33 * 8));
+        assert!(SyncMsg::decode(&big).is_err());
+        big[12] = 32;
+        big.truncate(ACK_HDR + 32 * 8);
+        assert!(SyncMsg::decode(&big).is_ok());
     }
 
     fn sample_state() -> StateRepr {

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use super::antientropy::{send_ranges, FANOUT};
-use super::peer::{reassemble, unknown_epoch, Complete};
+use super::peer::{reassemble, unknown_epoch, Complete, MAX_STATE_REQS};
 use super::*;
 use crate::table::Change;
 
@@ -343,7 +343,10 @@ impl Replica {
                     }
                     if span == 1 {
                         p.queue_leaf(start);
-                        p.leaf_reqs.push_back(start as u32);
+                        // Bounded by the leaf count (a peer's RANGES may repeat a leaf).
+                        if p.leaf_reqs.len() < leaves {
+                            p.leaf_reqs.push_back(start as u32);
+                        }
                     } else {
                         let child = (span / FANOUT).max(1);
                         send_ranges(
@@ -368,9 +371,13 @@ impl Replica {
                 }
             }
             SyncMsg::StateReq { ids } => {
+                // Only what we can answer is queued (a held state or a tombstone): the
+                // dirty set stays bounded by the table, whatever ids a peer makes up.
                 let p = self.peers.get_mut(&peer).unwrap();
                 for id in proto::state_ids(ids) {
-                    p.mark_dirty(StateRef::State(id));
+                    if self.table.get(id).is_some() || self.table.tombstone(id).is_some() {
+                        p.mark_dirty(StateRef::State(id));
+                    }
                 }
             }
         }
@@ -443,19 +450,44 @@ impl Replica {
                     // will be requested (a late INS could otherwise follow a newer UPD_C).
                     clean = false;
                     incomplete = true;
-                    self.peers.get_mut(&peer).unwrap().state_reqs.push_back(id);
+                    let p = self.peers.get_mut(&peer).unwrap();
+                    if p.state_reqs.len() < MAX_STATE_REQS {
+                        p.state_reqs.push_back(id);
+                    } else {
+                        // Made-up ids, or a peer that never lets us ask: the digest
+                        // exchange finds whatever is really missing.
+                        if !p.resync {
+                            p.start_resync(now);
+                        }
+                    }
                 }
                 Applied::Full(_) => {
                     clean = false;
                     self.peers.get_mut(&peer).unwrap().stats.states_refused += 1;
                     self.note_full(now);
                 }
+                Applied::Reply(_) => {
+                    // The peer's firewall asks for a state the mirror holds: answered from the
+                    // mirror as a RECORDS (paid from the peer's answer budget), not injected.
+                    // Our firewall would answer a 12-byte request with a full UPD that we
+                    // then relay to every peer: an amplifier for a compromised peer.
+                    clean = false;
+                    if let Some(id) = msg.state_id() {
+                        self.peers
+                            .get_mut(&peer)
+                            .unwrap()
+                            .mark_dirty(StateRef::State(id));
+                    }
+                }
                 _ => {}
             }
             self.scratch_fates.push(match a {
                 Applied::Stale(id) | Applied::Older(id) => Fate::Current(id),
                 // Full: refused (mirror or the peer's space full, or outside its creator ids).
-                Applied::BulkRequested | Applied::NeedUpdate(_) | Applied::Full(_) => Fate::Skip,
+                Applied::BulkRequested
+                | Applied::NeedUpdate(_)
+                | Applied::Full(_)
+                | Applied::Reply(_) => Fate::Skip,
                 _ if matches!(msg, Message::Eof) => Fate::Skip,
                 _ => Fate::Keep,
             });
