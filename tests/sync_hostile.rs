@@ -929,6 +929,13 @@ fn a_flood_of_clears_walks_the_table_a_bounded_number_of_times() {
     assert_eq!(walks, CLEAR_WALKS_BURST as u64, "walks of the mirror");
     let st = lab.r.peer_stats(EVIL).unwrap();
     assert_eq!(st.clears_refused, 6000 - walks, "{st:?}");
+    let noted: Vec<u64> = std::iter::from_fn(|| lab.r.poll_note())
+        .filter_map(|(_, n)| match n {
+            SyncNote::ClearsRefused(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(noted, [1, 10, 100, 1000], "logged at powers of ten");
     assert!(
         has(&lab.r, 399, EVIL_FW),
         "a CLR of another interface removed a state"

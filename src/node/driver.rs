@@ -20,7 +20,7 @@ use crate::local::filter;
 use crate::local::mmsg::{RecvBatch, SendBatch};
 use crate::local::raw::{ForeignWatch, RawSyncSocket, Untrusted};
 use crate::local::shed::ShedControl;
-use crate::sync::{Replica, ReplicaConfig};
+use crate::sync::{Replica, ReplicaConfig, SyncNote};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
 use crate::wire::{self, ipv4::Ipv4Packet};
 
@@ -1024,8 +1024,18 @@ impl Node {
             }
             // Rate-limited per kind: a peer can make the replica note things (new
             // incarnations, refused clocks) as often as it sends datagrams.
+            // Creator conflicts are few (once per peer and creator) and an alarm: all logged.
             while let Some((p, note)) = self.replica.poll_note() {
-                if let Some(n) = self.log_limit.allow(note.kind(), now) {
+                if let SyncNote::CreatorConflict { creator, owner } = note {
+                    let owner = owner.map_or("our own firewall".into(), |o| {
+                        format!("peer {}", self.peer_name(o))
+                    });
+                    tracing::error!(
+                        peer = %self.peer_name(p),
+                        creator = format_args!("{creator:08x}"),
+                        "creator id conflict: the peer sent states of creator {creator:08x}, which belongs to {owner}; refused (compromised or misconfigured peer?)"
+                    );
+                } else if let Some(n) = self.log_limit.allow(note.kind(), now) {
                     tracing::info!(peer = %self.peer_name(p), suppressed = n, "{note}");
                 }
             }

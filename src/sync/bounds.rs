@@ -120,6 +120,11 @@ impl Peer {
     }
 }
 
+/// 1, 10, 100, …: when a counter of refusals is worth a log line.
+fn is_power_of_ten(n: u64) -> bool {
+    n.checked_ilog10().is_some_and(|e| 10u64.pow(e) == n)
+}
+
 /// A status counter's name and how to read it from one peer's stats.
 type NamedStat = (&'static str, fn(&PeerSyncStats) -> u64);
 
@@ -190,10 +195,7 @@ impl Replica {
         };
         p.stats.clock_refused += 1;
         let count = p.stats.clock_refused;
-        if count
-            .checked_ilog10()
-            .is_some_and(|e| 10u64.pow(e) == count)
-        {
+        if is_power_of_ten(count) {
             let ahead = clock - self.clock;
             self.note(peer, SyncNote::ClockRefused { ahead, count });
         }
@@ -231,6 +233,10 @@ impl Replica {
                 let p = self.peers.get_mut(&peer).unwrap();
                 if !p.clear_walk(now) {
                     p.stats.clears_refused += 1;
+                    let count = p.stats.clears_refused;
+                    if is_power_of_ten(count) {
+                        self.note(peer, SyncNote::ClearsRefused(count));
+                    }
                     return false;
                 }
                 true
@@ -311,19 +317,16 @@ impl Replica {
         }
         self.alarms.push((peer, creator));
         let owner = if self.local_creators.contains(&creator) {
-            "our own firewall".to_string()
+            None
         } else {
-            let o = self
-                .peers
+            self.peers
                 .iter()
-                .find(|(_, q)| q.creators.contains(&creator) || q.learned.contains(&creator));
-            o.map_or("another peer".into(), |(id, _)| format!("peer #{id}"))
+                .find(|(_, q)| q.creators.contains(&creator) || q.learned.contains(&creator))
+                .map(|(&id, _)| id)
         };
-        tracing::error!(
-            peer,
-            creator = format_args!("{creator:08x}"),
-            "creator id conflict: peer #{peer} sent states of creator {creator:08x}, which belongs to {owner}; refused (compromised or misconfigured peer?)"
-        );
+        // The node logs it at error level, with the peers' names.
+        self.notes
+            .push_back((peer, SyncNote::CreatorConflict { creator, owner }));
     }
 
     /// A state cap was hit: warn at most every 10 s.

@@ -281,6 +281,12 @@ pub enum SyncNote {
     /// The peer's clock was `ahead` of ours by more than `max_clock_ahead`; `count`
     /// refusals so far (noted at the 1st, 10th, 100th …).
     ClockRefused { ahead: u64, count: u64 },
+    /// CLRs refused beyond the peer's budget of table walks, so far (noted at the 1st,
+    /// 10th, 100th …).
+    ClearsRefused(u64),
+    /// The peer claimed `creator`, which belongs to our own firewall (`owner` None) or to
+    /// another peer: refused. Noted once per (peer, creator), at most `MAX_ALARMS`.
+    CreatorConflict { creator: u32, owner: Option<PeerId> },
 }
 
 impl SyncNote {
@@ -292,6 +298,8 @@ impl SyncNote {
             SyncNote::HelloRequested => "sync_note_hello_requested",
             SyncNote::PeerSilent => "sync_note_peer_silent",
             SyncNote::ClockRefused { .. } => "sync_note_clock_refused",
+            SyncNote::ClearsRefused(_) => "sync_note_clears_refused",
+            SyncNote::CreatorConflict { .. } => "sync_note_creator_conflict",
         }
     }
 }
@@ -316,6 +324,20 @@ impl core::fmt::Display for SyncNote {
                 f,
                 "peer's sync clock {ahead} ahead of ours, beyond max_clock_ahead: message \
                  refused ({count} so far; sync clocks count milliseconds since the Unix epoch)"
+            ),
+            SyncNote::CreatorConflict { creator, owner } => write!(
+                f,
+                "creator id conflict: the peer sent states of creator {creator:08x}, which \
+                 belongs to {}; refused (compromised or misconfigured peer?)",
+                match owner {
+                    None => "our own firewall".to_string(),
+                    Some(id) => format!("peer #{id}"),
+                }
+            ),
+            SyncNote::ClearsRefused(n) => write!(
+                f,
+                "peer's CLRs beyond its budget of table walks refused ({n} so far; \
+                 sync_clear_budget)"
             ),
         }
     }
