@@ -1022,19 +1022,14 @@ impl Node {
                     _ => {}
                 }
             }
-            // Rate-limited per kind: a peer can make the replica note things (new
-            // incarnations, refused clocks) as often as it sends datagrams.
-            // Creator conflicts are few (once per peer and creator) and an alarm: all logged.
+            // Notes are rate-limited per kind (a peer can make the replica note new
+            // incarnations or refused clocks as often as it sends datagrams), except creator
+            // conflicts: an alarm, noted at most once per peer and creator.
             while let Some((p, note)) = self.replica.poll_note() {
-                if let SyncNote::CreatorConflict { creator, owner } = note {
-                    let owner = owner.map_or("our own firewall".into(), |o| {
-                        format!("peer {}", self.peer_name(o))
-                    });
-                    tracing::error!(
-                        peer = %self.peer_name(p),
-                        creator = format_args!("{creator:08x}"),
-                        "creator id conflict: the peer sent states of creator {creator:08x}, which belongs to {owner}; refused (compromised or misconfigured peer?)"
-                    );
+                if let SyncNote::CreatorConflict { owner, .. } = note {
+                    let owner =
+                        owner.map_or_else(|| "our own firewall".into(), |o| self.peer_name(o));
+                    tracing::error!(peer = %self.peer_name(p), %owner, "{note}");
                 } else if let Some(n) = self.log_limit.allow(note.kind(), now) {
                     tracing::info!(peer = %self.peer_name(p), suppressed = n, "{note}");
                 }

@@ -329,9 +329,10 @@ impl core::fmt::Display for SyncNote {
                 f,
                 "creator id conflict: the peer sent states of creator {creator:08x}, which \
                  belongs to {}; refused (compromised or misconfigured peer?)",
-                match owner {
-                    None => "our own firewall".to_string(),
-                    Some(id) => format!("peer #{id}"),
+                if owner.is_some() {
+                    "another peer (owner)"
+                } else {
+                    "our own firewall"
                 }
             ),
             SyncNote::ClearsRefused(n) => write!(
