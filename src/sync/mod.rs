@@ -309,7 +309,8 @@ impl core::fmt::Display for SyncNote {
         match self {
             SyncNote::HelloUnanswered(n) => write!(
                 f,
-                "sync epoch not acknowledged after {n} HELLOs (peer's sync layer not answering yet); retrying"
+                "sync epoch not acknowledged after {n} HELLOs (the peer's sync layer is not answering \
+                 yet, or we refuse what it sends: see sync_clock_refused, sync_malformed); retrying"
             ),
             SyncNote::PeerRestarted => {
                 f.write_str("peer restarted (new incarnation): new sync epoch, resync")
