@@ -10,7 +10,10 @@
 //! - [`local`]: the firewall side: raw proto-240 sockets and the pf emulator.
 //! - [`node`]: the tokio driver wiring local ↔ table ↔ sync ↔ tunnel, control socket, metrics.
 //! - [`config`], [`cli`]: configuration and the command line.
+//!
+//! `bucket` (a token bucket, pure) is shared by `tunnel` and `sync`.
 
+mod bucket;
 pub mod cli;
 pub mod config;
 pub mod local;

@@ -926,7 +926,7 @@ fn a_flood_of_clears_walks_the_table_a_bounded_number_of_times() {
         lab.data(&packet(&[clr; 60]), clock + 1);
     }
     let walks = lab.r.table().stats().clears - walks_before;
-    assert_eq!(walks, CLEAR_WALKS_BURST as u64, "walks of the mirror");
+    assert_eq!(walks, u64::from(CLEAR_WALKS_BURST), "walks of the mirror");
     let st = lab.r.peer_stats(EVIL).unwrap();
     assert_eq!(st.clears_refused, 6000 - walks, "{st:?}");
     let noted: Vec<u64> = std::iter::from_fn(|| lab.r.poll_note())
@@ -951,7 +951,7 @@ fn a_flood_of_clears_walks_the_table_a_bounded_number_of_times() {
     );
     assert_eq!(lab.r.peer_stats(EVIL).unwrap().clears_refused, refused);
     // The budget refills: a real CLR a second later removes the peer's states.
-    lab.now += std::time::Duration::from_secs_f64(1.0 / CLEAR_WALKS_PER_SEC);
+    lab.now += std::time::Duration::from_secs_f64(1.0 / f64::from(CLEAR_WALKS_PER_SEC));
     lab.data(
         &packet(&[Message::Clr {
             ifname: [0; 16],

@@ -10,6 +10,7 @@
 use super::antientropy::build_records;
 use super::bounds::ANSWER_RESERVE;
 use super::*;
+use crate::bucket::Bucket;
 
 /// Most NACK ranges per ACK.
 pub(super) const MAX_NACKS: usize = proto::MAX_ACK_RANGES;
@@ -114,8 +115,8 @@ pub(super) struct Peer {
     /// PAD bytes we owe the peer for its answers, and the most we may still pad.
     pub(super) pad_owed: u64,
     pub(super) pad_allow: u64,
-    /// The CLR walk budget: tokens and when they were last counted (see `clear_walk`).
-    pub(super) clear_walks: (f64, Instant),
+    /// The CLR walk budget (see `CLEAR_WALKS_PER_SEC`).
+    pub(super) clear_walks: Bucket,
     /// The queueing delay the peer reported in its last ACK, and when it arrived.
     pub(super) peer_delay: Option<(QueueDelay, Instant)>,
     pub(super) stats: PeerSyncStats,
@@ -137,18 +138,14 @@ pub(super) fn set_bit(v: &mut [u64], i: usize, on: bool) {
 /// many walks a second, and a burst of this many, for CLRs that name a creator holding
 /// states. pf sends one CLR per `pfctl -F states` / `-k`; a peer sending thousands per
 /// packet would otherwise make each of its bytes cost a table walk.
-pub const CLEAR_WALKS_PER_SEC: f64 = 8.0;
-pub const CLEAR_WALKS_BURST: f64 = 32.0;
+pub const CLEAR_WALKS_PER_SEC: u32 = 8;
+pub const CLEAR_WALKS_BURST: u32 = 32;
 
 impl Peer {
     /// Take one CLR walk from the budget; false when it is spent.
     pub(super) fn clear_walk(&mut self, now: Instant) -> bool {
-        let (tokens, at) = self.clear_walks;
-        let elapsed = now.saturating_duration_since(at).as_secs_f64();
-        let tokens = (tokens + elapsed * CLEAR_WALKS_PER_SEC).min(CLEAR_WALKS_BURST);
-        let ok = tokens >= 1.0;
-        self.clear_walks = (if ok { tokens - 1.0 } else { tokens }, now);
-        ok
+        self.clear_walks
+            .take(now, CLEAR_WALKS_PER_SEC, CLEAR_WALKS_BURST)
     }
 
     pub(super) fn new(cfg: &ReplicaConfig, leaves: usize, now: Instant) -> Peer {
@@ -189,7 +186,7 @@ impl Peer {
             pay_req_at: now,
             pad_owed: 0,
             pad_allow: 0,
-            clear_walks: (CLEAR_WALKS_BURST, now),
+            clear_walks: Bucket::EMPTY,
             peer_delay: None,
             stats: PeerSyncStats::default(),
         }

@@ -30,6 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::mac::MAC_LEN;
+use crate::bucket::Bucket;
 
 /// Length of the window over which handshake messages are counted.
 pub const LOAD_WINDOW: Duration = Duration::from_millis(125);
@@ -59,43 +60,6 @@ pub const COOKIE_RATE: u32 = 2_000;
 pub const COOKIE_BURST: u32 = 200;
 /// Pending cookie replies (fixed ring).
 pub const COOKIE_QUEUE: usize = 256;
-
-/// Token bucket in fixed point (1 token = 1e6 micro-tokens), refilled lazily.
-#[derive(Clone, Copy)]
-struct Bucket {
-    micro: u64,
-    last: Option<Instant>,
-}
-
-impl Bucket {
-    const EMPTY: Bucket = Bucket {
-        micro: 0,
-        last: None,
-    };
-
-    fn take(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
-        let cap = u64::from(burst) * 1_000_000;
-        self.micro = match self.last {
-            None => cap,
-            Some(t) => {
-                let us = now
-                    .saturating_duration_since(t)
-                    .as_micros()
-                    .min(u128::from(u64::MAX)) as u64;
-                self.micro
-                    .saturating_add(us.saturating_mul(u64::from(rate)))
-                    .min(cap)
-            }
-        };
-        self.last = Some(now);
-        if self.micro >= 1_000_000 {
-            self.micro -= 1_000_000;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// A cookie reply waiting to be sealed and sent.
 #[derive(Clone, Copy)]
