@@ -455,7 +455,8 @@ impl Replica {
                         p.state_reqs.push_back(id);
                     } else {
                         // Made-up ids, or a peer that never lets us ask: the digest
-                        // exchange finds whatever is really missing.
+                        // exchange finds whatever is really missing. Once: starting it
+                        // again would move its SUMMARY to now on every such packet.
                         if !p.resync {
                             p.start_resync(now);
                         }
