@@ -5,14 +5,16 @@
 #
 #   scripts/perf-netns.sh                 full sweep (10 s per point, ~5 minutes)
 #   scripts/perf-netns.sh --smoke         one tiny point per mode (CI, a few seconds)
-#   options: --secs S  --rates LIST  --sizes LIST  --states N  --modes plain,gw,boringtun  --runs N
+#   options: --secs S  --rates LIST  --sizes LIST  --states N  --runs N
+#            --modes plain,gw,boringtun (plain-link: the plain relay injecting as the gateway does)
 #            --nice N (every relay's priority, default -10 = the gateway's default [node] nice)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`),
 #        PERF_STATUS=<prefix> (both gateways' status --json after each mode),
 #        PERF_SHED_TARGET=<ms> ([local] shed_target_ms; 0 = kernel shedding off),
-#        PERF_RX_COALESCE=<µs> ([node] rx_coalesce_us; 0 = off; builds before it lack it)
+#        PERF_RX_COALESCE=<µs> ([node] rx_coalesce_us; 0 = off; builds before it lack it),
+#        PERF_INJECT=ip|link ([local] inject_path; builds before it lack it)
 #
 # Mode `boringtun` (in the default --modes) runs userspace WireGuard between the gateways when
 # `boringtun-cli` and `wg` are installed (cargo install boringtun-cli; apt install
@@ -80,10 +82,10 @@ ip -n $GWB addr add 10.99.0.2/24 dev tr0
 echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# relays at nice $NICE; $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
 
-start_plain() {
-    ip netns exec $GWA "$BIN" perf-relay --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
+start_plain() {  # $1: how it injects (ip or link)
+    ip netns exec $GWA "$BIN" perf-relay --inject "$1" --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
     PIDS+=($!); PA=$!
-    ip netns exec $GWB "$BIN" perf-relay --listen 10.99.0.2:51900 --peer 10.99.0.1:51900 >"$DIR/plain-b.log" 2>&1 &
+    ip netns exec $GWB "$BIN" perf-relay --inject "$1" --listen 10.99.0.2:51900 --peer 10.99.0.1:51900 >"$DIR/plain-b.log" 2>&1 &
     PIDS+=($!); PB=$!
     sleep 0.3
 }
@@ -117,6 +119,7 @@ interface = "sync0"
 dialect = "openbsd-v6"
 $fwline
 ${PERF_SHED_TARGET:+shed_target_ms = $PERF_SHED_TARGET}
+${PERF_INJECT:+inject_path = \"$PERF_INJECT\"}
 
 [[peer]]
 name = "gw-$other"
@@ -184,7 +187,8 @@ stop_relays() {
 for run in $(seq "$RUNS"); do
     for mode in ${MODES//,/ }; do
         case $mode in
-            plain) start_plain ;;
+            plain) start_plain ip ;;
+            plain-link) start_plain link ;;
             gw) start_gw ;;
             boringtun)
                 if [ -z "$BTUN" ] || ! command -v wg >/dev/null; then

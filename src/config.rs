@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::local::raw::InjectPath;
 use crate::wire::Dialect;
 
 pub mod account;
@@ -129,6 +130,9 @@ struct RawLocal {
     /// Capture queueing delay kept under overload by shedding in the kernel (0: off).
     #[serde(default)]
     shed_target_ms: Option<i64>,
+    /// How multicast injection leaves the interface: "link" (default) or "ip".
+    #[serde(default)]
+    inject_path: Option<String>,
 }
 
 fn default_mode() -> LocalMode {
@@ -275,6 +279,8 @@ pub struct LocalConfig {
     /// `[local] shed_target_ms`: the capture queueing delay the kernel filter keeps under
     /// overload (`None`: no kernel shedding, only the 50 ms bound after reading).
     pub shed_target: Option<Duration>,
+    /// `[local] inject_path`: link-layer frames (multicast on Ethernet) or the raw socket.
+    pub inject_path: InjectPath,
 }
 
 /// `[node] rx_coalesce_us` when not set: long enough for a batch to gather at the rates
@@ -343,6 +349,7 @@ impl Config {
                 inject_to: crate::wire::PFSYNC_GROUP,
                 firewalls: Vec::new(),
                 shed_target: Some(DEFAULT_SHED_TARGET),
+                inject_path: InjectPath::default(),
             },
             emulator,
             peers: Vec::new(),
@@ -480,6 +487,17 @@ impl Config {
                 ))
             }
             Some(ms) => Some(Duration::from_millis(ms as u64)),
+        };
+
+        let inject_path = match raw.local.inject_path.as_deref() {
+            None | Some("link") => InjectPath::Link,
+            Some("ip") => InjectPath::Ip,
+            Some(other) => {
+                return Err(err(
+                    "local.inject_path",
+                    format!("unknown path `{other}` (expected \"link\" or \"ip\")"),
+                ))
+            }
         };
 
         let dialect = Dialect::from_name(&raw.local.dialect).ok_or_else(|| {
@@ -678,6 +696,7 @@ impl Config {
                 inject_to,
                 firewalls,
                 shed_target,
+                inject_path,
             },
             emulator: EmulatorConfig {
                 hostid: emu.hostid,
@@ -758,7 +777,7 @@ impl Config {
             LocalMode::Raw => {
                 let _ = writeln!(
                     s,
-                    "  firewall side     raw proto 240 on {} ({}), capture {}, inject to {} ttl 255",
+                    "  firewall side     raw proto 240 on {} ({}), capture {}, inject to {} ttl 255 {}",
                     self.local.interface.as_deref().unwrap_or("?"),
                     self.local.dialect,
                     if self.local.capture_multicast {
@@ -766,7 +785,13 @@ impl Config {
                     } else {
                         "unicast only"
                     },
-                    self.local.inject_to
+                    self.local.inject_to,
+                    match self.local.inject_path {
+                        InjectPath::Link if self.local.inject_to.is_multicast() => {
+                            "as link-layer frames (Ethernet)"
+                        }
+                        _ => "by the raw socket",
+                    }
                 );
                 let fws: Vec<String> = self.local.firewalls.iter().map(|a| a.to_string()).collect();
                 let _ = writeln!(

@@ -97,6 +97,9 @@ fn check_relay_as(net: &Net, from: usize, to: &[usize], pkts: &[Vec<u8>], strict
                     assert_eq!(got.proto, 240);
                     assert_eq!(got.src, net.site(i).gw_sync_addr, "injected from the gateway");
                     assert_eq!(got.dst, PFSYNC_GROUP);
+                    // What pf(4)'s own pfsync sends: lowdelay, DF, a valid header.
+                    assert_eq!(got.tos, 0x10, "TOS");
+                    assert!(got.df_only && got.checksum_ok, "{got:?}");
                     net.lab.log(&format!(
                         "packet {k} ({} B) fw-{} -> fw-{}: {:.1} ms{}",
                         p.len(),
@@ -125,15 +128,35 @@ fn relay_both_ways_byte_identical_with_ttl_255() {
     if skip_unless_root("relay_both_ways_byte_identical_with_ttl_255") {
         return;
     }
-    let net = Net::new("rel", 2, false);
-    net.start_gw(0);
-    net.start_gw(1);
+    relay_both_ways("rel", "", "link-layer frames");
+}
+
+/// The same through the raw socket's injection (`inject_path = "ip"`): both paths put the
+/// same packets on the wire.
+#[test]
+fn relay_both_ways_injecting_by_the_raw_socket() {
+    if skip_unless_root("relay_both_ways_injecting_by_the_raw_socket") {
+        return;
+    }
+    relay_both_ways("rip", "inject_path = \"ip\"", "raw IPv4 socket");
+}
+
+fn relay_both_ways(name: &str, extra_local: &str, path: &str) {
+    let net = Net::new(name, 2, false);
+    for i in 0..2 {
+        net.write_gw_config(i, extra_local);
+        net.start_gw(i);
+    }
     let took = net.wait_established(&[0, 1], Duration::from_secs(15));
     net.lab
         .log(&format!("tunnel up after {:.2}s", took.as_secs_f64()));
 
     check_relay(&net, 0, &[1], &test_packets(0xa, 0x1000));
     check_relay(&net, 1, &[0], &test_packets(0xb, 0x2000));
+    for i in 0..2 {
+        let log = net.lab.log_tail(&net.site(i).gw(), 200);
+        assert!(log.contains(&format!("path=\"{path}\"")), "{log}");
+    }
 
     let (a, b) = (net.status(0), net.status(1));
     assert!(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::local::mmsg::{RecvBatch, SendBatch, BATCH};
-use crate::local::raw::RawSyncSocket;
+use crate::local::raw::{InjectPath, RawSyncSocket};
 use crate::wire::{
     self, ipv4::Ipv4Packet, AddrFamily, Dialect, Message, Packet, PacketWriter, PeerRepr, StateId,
     StateRepr, UpdCRepr,
@@ -77,6 +77,16 @@ pub struct RelayArgs {
     /// The other relay's UDP address.
     #[arg(long)]
     pub peer: SocketAddr,
+    /// How it injects: `ip`, the raw socket (the baseline), or `link`, the gateway's
+    /// link-layer path (to show what that path alone is worth).
+    #[arg(long, value_enum, default_value_t = Inject::Ip)]
+    pub inject: Inject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Inject {
+    Ip,
+    Link,
 }
 
 /// Enter network namespace `name` (this thread only).
@@ -484,7 +494,11 @@ pub fn run_relay(args: &RelayArgs) -> i32 {
 /// Plain relay: whatever the firewall sends goes to the peer in one UDP datagram, whatever
 /// the peer sends is injected; batched both ways, no crypto, no state.
 fn relay(args: &RelayArgs) -> io::Result<()> {
-    let raw = RawSyncSocket::open(&args.iface, true, wire::PFSYNC_GROUP)?;
+    let path = match args.inject {
+        Inject::Ip => InjectPath::Ip,
+        Inject::Link => InjectPath::Link,
+    };
+    let raw = RawSyncSocket::open_with(&args.iface, true, wire::PFSYNC_GROUP, path)?;
     let udp = UdpSocket::bind(args.listen)?;
     udp.set_nonblocking(true)?;
     crate::local::mmsg::set_socket_buffers(udp.as_raw_fd(), 32 << 20);
@@ -493,7 +507,8 @@ fn relay(args: &RelayArgs) -> io::Result<()> {
     let mut urx = RecvBatch::new(2048);
     let mut utx = SendBatch::new(2048);
     let mut rtx = SendBatch::new(2048);
-    let inject = raw.inject_to();
+    let head = raw.inject_headroom();
+    let (inject_fd, inject, inject_len) = raw.inject_target();
     loop {
         let mut pfds = [
             libc::pollfd {
@@ -527,10 +542,12 @@ fn relay(args: &RelayArgs) -> io::Result<()> {
         if urx.recv(ufd).is_ok() {
             for i in 0..urx.len() {
                 let Some(d) = urx.data(i) else { continue };
-                rtx.slot()[..d.len()].copy_from_slice(d);
-                rtx.commit(d.len(), inject);
+                let slot = rtx.slot();
+                slot[head..head + d.len()].copy_from_slice(d);
+                let len = raw.finish_inject(slot, d.len());
+                rtx.commit_to(len, inject, inject_len);
             }
-            rtx.flush(rfd);
+            rtx.flush(inject_fd);
         }
     }
 }

@@ -349,6 +349,16 @@ impl SendBatch {
         self.count += 1;
     }
 
+    /// As [`SendBatch::commit`], to an address already in the socket's own family (a
+    /// link-layer `sockaddr_ll`, say).
+    pub fn commit_to(&mut self, len: usize, to: &libc::sockaddr_storage, to_len: libc::socklen_t) {
+        let i = self.count;
+        self.lens[i] = len;
+        self.addrs[i] = *to;
+        self.addr_lens[i] = to_len;
+        self.count += 1;
+    }
+
     /// Send everything queued. Datagrams the kernel refuses (buffer full after retries,
     /// unreachable) are dropped and counted in the return value's second field; UDP and
     /// pfsync are both lossy, the reliability layer above repairs it.
@@ -451,7 +461,7 @@ pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn std_to_sockaddr(a: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
+pub(crate) fn std_to_sockaddr(a: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
     match a {
         SocketAddr::V4(v4) => {
             // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
+use crate::wire::ipv4::{emit_ipv4_header, IPV4_HEADER_LEN};
 use crate::wire::{IPPROTO_PFSYNC, PFSYNC_DFLTTL, PFSYNC_GROUP};
 
 /// A raw proto-240 socket on one interface.
@@ -24,8 +25,31 @@ pub struct RawSyncSocket {
     /// looped back, never captured (loop prevention).
     own_addrs: Vec<Ipv4Addr>,
     inject_to: SocketAddr,
+    /// `inject_to` as the injection socket's destination: a `sockaddr_in` for the raw
+    /// socket, a `sockaddr_ll` for the link path.
+    inject_addr: libc::sockaddr_storage,
+    inject_addr_len: libc::socklen_t,
+    /// The link-layer injection path, when in use (see [`InjectPath`]).
+    link: Option<Socket>,
     /// The firewall(s) on the sync link (`[local] firewalls`): the only trusted sources.
     firewalls: Vec<Ipv4Addr>,
+}
+
+/// How injected pfsync leaves the sync interface (`[local] inject_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InjectPath {
+    /// Multicast injection goes out as link-layer frames (an `AF_PACKET` socket) that
+    /// carry an IPv4 header we build; unicast and non-Ethernet interfaces use the raw
+    /// socket. The raw socket's multicast send costs a route lookup and a route entry
+    /// allocated and freed per packet (the kernel does not cache the output route to a
+    /// group the host itself joined, and the gateway joins 224.0.0.240 to capture), then
+    /// the IP output path and its netfilter hooks: most of the receiving gateway's CPU
+    /// under load (docs/PERFORMANCE.md). The frames on the wire are the same.
+    #[default]
+    Link,
+    /// Always the raw IPv4 socket: injected pfsync passes the host's netfilter `output`
+    /// and `postrouting` hooks and is routed by the kernel.
+    Ip,
 }
 
 /// Why a captured packet's source is not taken as the firewall's (a drop-counter name).
@@ -47,8 +71,19 @@ impl Untrusted {
 }
 
 impl RawSyncSocket {
-    /// Open the socket on `ifname`; join 224.0.0.240 there if `join_group`.
+    /// Open the socket on `ifname`; join 224.0.0.240 there if `join_group`; inject by
+    /// the raw socket.
     pub fn open(ifname: &str, join_group: bool, inject_to: Ipv4Addr) -> io::Result<RawSyncSocket> {
+        Self::open_with(ifname, join_group, inject_to, InjectPath::Ip)
+    }
+
+    /// As [`RawSyncSocket::open`], injecting by `path` where the interface allows it.
+    pub fn open_with(
+        ifname: &str,
+        join_group: bool,
+        inject_to: Ipv4Addr,
+        path: InjectPath,
+    ) -> io::Result<RawSyncSocket> {
         let ifindex = if_index(ifname)?;
         let sock = pfsync_socket(ifname, None)?;
         sock.set_ttl(PFSYNC_DFLTTL as u32)?;
@@ -63,14 +98,88 @@ impl RawSyncSocket {
         }
         // Bursts (bulk updates) must not overflow the default ~200 KB buffer.
         super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
+        let own_addrs = interface_ipv4_addrs(ifname);
+        let inject_to = SocketAddrV4::new(inject_to, 0);
+        let link = match path {
+            InjectPath::Link
+                if inject_to.ip().is_multicast()
+                    && !own_addrs.is_empty()
+                    && is_ethernet(&sock, ifname) =>
+            {
+                Some(link_socket(ifindex)?)
+            }
+            _ => None,
+        };
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut inject_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let inject_addr_len = if link.is_some() {
+            multicast_sockaddr_ll(ifindex, *inject_to.ip(), &mut inject_addr)
+        } else {
+            super::mmsg::std_to_sockaddr(SocketAddr::V4(inject_to), &mut inject_addr)
+        };
         Ok(RawSyncSocket {
             sock,
             ifname: ifname.to_string(),
             ifindex,
-            own_addrs: interface_ipv4_addrs(ifname),
-            inject_to: SocketAddr::V4(SocketAddrV4::new(inject_to, 0)),
+            own_addrs,
+            inject_to: SocketAddr::V4(inject_to),
+            inject_addr,
+            inject_addr_len,
+            link,
             firewalls: Vec::new(),
         })
+    }
+
+    /// The path injection takes (the link path only where it could be opened).
+    pub fn inject_path(&self) -> InjectPath {
+        if self.link.is_some() {
+            InjectPath::Link
+        } else {
+            InjectPath::Ip
+        }
+    }
+
+    /// Bytes an injected packet's buffer holds before the pfsync packet: room for the IPv4
+    /// header on the link path, none on the raw socket (the kernel adds it).
+    pub fn inject_headroom(&self) -> usize {
+        if self.link.is_some() {
+            IPV4_HEADER_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Finish an injected packet whose pfsync bytes (`pfsync_len` of them) follow
+    /// [`RawSyncSocket::inject_headroom`] bytes of `buf`; returns the bytes to send. On the
+    /// link path this writes the IPv4 header pfsync(4) expects: TTL 255, TOS lowdelay, DF,
+    /// protocol 240, from our address on the interface.
+    pub fn finish_inject(&self, buf: &mut [u8], pfsync_len: usize) -> usize {
+        if self.link.is_none() {
+            return pfsync_len;
+        }
+        let src = self
+            .own_addrs
+            .first()
+            .copied()
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let dst = *self.inject_to_v4().ip();
+        // The buffer has the headroom and the packet fits an IP packet: cannot fail.
+        let _ = emit_ipv4_header(buf, src, dst, pfsync_len, PFSYNC_DFLTTL);
+        IPV4_HEADER_LEN + pfsync_len
+    }
+
+    /// The socket injected packets are sent on, and their destination address in its
+    /// family (for `sendmmsg`).
+    pub fn inject_target(&self) -> (RawFd, &libc::sockaddr_storage, libc::socklen_t) {
+        let fd = self.link.as_ref().unwrap_or(&self.sock).as_raw_fd();
+        (fd, &self.inject_addr, self.inject_addr_len)
+    }
+
+    fn inject_to_v4(&self) -> SocketAddrV4 {
+        match self.inject_to {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("inject_to is built from an Ipv4Addr"),
+        }
     }
 
     /// Accept pfsync only from these addresses (empty: from anyone, for tests only).
@@ -220,6 +329,59 @@ fn pfsync_socket(ifname: &str, filter: Option<&[libc::sock_filter]>) -> io::Resu
     Ok(sock)
 }
 
+/// An `AF_PACKET` datagram socket on `ifindex` that only sends: bound with protocol 0, so
+/// the kernel hands it no received frames to queue.
+fn link_socket(ifindex: u32) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::PACKET, Type::DGRAM, None)?;
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_ll.
+    let sll = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_ll) };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: ss holds a sockaddr_ll of `len` bytes.
+    let addr = unsafe { socket2::SockAddr::new(ss, len) };
+    sock.bind(&addr)?;
+    sock.set_nonblocking(true)?;
+    super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
+    Ok(sock)
+}
+
+/// The link-layer destination of an IPv4 multicast group on `ifindex` (RFC 1112: 01:00:5e
+/// and the group's low 23 bits), for an `AF_PACKET` datagram socket; returns its length.
+fn multicast_sockaddr_ll(
+    ifindex: u32,
+    group: Ipv4Addr,
+    ss: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_ll.
+    let sll = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_ll) };
+    let g = group.octets();
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&[0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3]]);
+    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t
+}
+
+/// Does `ifname` carry Ethernet frames (the only link header the link path builds)?
+fn is_ethernet(sock: &Socket, ifname: &str) -> bool {
+    // struct ifreq: the name, then a sockaddr whose family is the hardware type.
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        hwaddr: libc::sockaddr,
+        _pad: [u8; 8],
+    }
+    let mut req: IfReq = unsafe { std::mem::zeroed() };
+    let n = ifname.len().min(libc::IFNAMSIZ - 1);
+    req.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
+    // SAFETY: SIOCGIFHWADDR reads the name and writes the sockaddr of a full ifreq.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req) };
+    r == 0 && req.hwaddr.sa_family == libc::ARPHRD_ETHER
+}
+
 fn if_index(ifname: &str) -> io::Result<u32> {
     let c = CString::new(ifname).map_err(|_| io::Error::other("interface name contains NUL"))?;
     // SAFETY: c is a valid NUL-terminated string.
@@ -308,6 +470,38 @@ mod tests {
             .err()
             .expect("must fail");
         assert!(e.to_string().contains("nosuchif0"), "{e}");
+    }
+
+    #[test]
+    fn group_maps_to_its_multicast_mac() {
+        let mac = |g: Ipv4Addr| {
+            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let len = multicast_sockaddr_ll(7, g, &mut ss);
+            assert_eq!(len as usize, std::mem::size_of::<libc::sockaddr_ll>());
+            // SAFETY: filled as a sockaddr_ll above.
+            let sll = unsafe { &*(&ss as *const _ as *const libc::sockaddr_ll) };
+            assert_eq!(sll.sll_ifindex, 7);
+            assert_eq!(u16::from_be(sll.sll_protocol), libc::ETH_P_IP as u16);
+            sll.sll_addr[..usize::from(sll.sll_halen)].to_vec()
+        };
+        assert_eq!(mac(PFSYNC_GROUP), [0x01, 0x00, 0x5e, 0x00, 0x00, 0xf0]);
+        // Only the low 23 bits of the group reach the MAC.
+        assert_eq!(
+            mac(Ipv4Addr::new(239, 129, 2, 3)),
+            [0x01, 0x00, 0x5e, 0x01, 0x02, 0x03]
+        );
+    }
+
+    #[test]
+    fn loopback_is_not_ethernet_so_injection_stays_on_the_raw_socket() {
+        // Needs CAP_NET_RAW; the netns suites cover Ethernet (veth) interfaces.
+        let Ok(s) = RawSyncSocket::open_with("lo", false, PFSYNC_GROUP, InjectPath::Link) else {
+            return;
+        };
+        assert_eq!(s.inject_path(), InjectPath::Ip);
+        assert_eq!(s.inject_headroom(), 0);
+        let mut buf = [0u8; 8];
+        assert_eq!(s.finish_inject(&mut buf, 8), 8);
     }
 
     #[test]

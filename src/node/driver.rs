@@ -18,7 +18,7 @@ use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
 use crate::local::filter;
 use crate::local::mmsg::{RecvBatch, SendBatch};
-use crate::local::raw::{ForeignWatch, RawSyncSocket, Untrusted};
+use crate::local::raw::{ForeignWatch, InjectPath, RawSyncSocket, Untrusted};
 use crate::local::shed::ShedControl;
 use crate::sync::{Replica, ReplicaConfig, SyncNote};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
@@ -349,12 +349,16 @@ impl Node {
         let local = match cfg.local.mode {
             LocalMode::Raw => {
                 let ifname = cfg.local.interface.clone().unwrap_or_default();
-                let mut sock =
-                    RawSyncSocket::open(&ifname, cfg.local.capture_multicast, cfg.local.inject_to)
-                        .map_err(|err| NodeError::Raw {
-                            ifname: ifname.clone(),
-                            err,
-                        })?;
+                let mut sock = RawSyncSocket::open_with(
+                    &ifname,
+                    cfg.local.capture_multicast,
+                    cfg.local.inject_to,
+                    cfg.local.inject_path,
+                )
+                .map_err(|err| NodeError::Raw {
+                    ifname: ifname.clone(),
+                    err,
+                })?;
                 let mut rx = RecvBatch::new(65_536);
                 rx.enable_timestamps(sock.as_raw_fd());
                 sock.set_firewalls(&cfg.local.firewalls);
@@ -372,13 +376,23 @@ impl Node {
                 let mut raw = RawSide {
                     sock: register(sock)?,
                     rx,
-                    tx: SendBatch::new(LOCAL_PFSYNC_MTU),
+                    tx: SendBatch::new(wire::ipv4::IPV4_HEADER_LEN + LOCAL_PFSYNC_MTU),
                     shed: cfg.local.shed_target.map(|t| ShedControl::new(now, t)),
                     run: wire::UpdCRun::of(cfg.local.dialect),
                     share: 0.0,
                     watch,
                 };
                 raw.attach_filter(cfg.local.dialect, 0.0);
+                let sock = raw.sock.get_ref();
+                tracing::info!(
+                    interface = %ifname,
+                    to = %cfg.local.inject_to,
+                    path = match sock.inject_path() {
+                        InjectPath::Link => "link-layer frames",
+                        InjectPath::Ip => "raw IPv4 socket",
+                    },
+                    "injecting pfsync"
+                );
                 Local::Raw(Box::new(raw))
             }
             LocalMode::Emulator => {
@@ -1074,11 +1088,18 @@ impl Node {
                 match &mut self.local {
                     Local::Raw(raw) => {
                         // Straight into the send batch's slot: no copy per packet.
-                        let Some(n) = self.replica.poll_local_inject(raw.tx.slot()) else {
+                        let sock = raw.sock.get_ref();
+                        let head = sock.inject_headroom();
+                        let slot = raw.tx.slot();
+                        let Some(n) = self
+                            .replica
+                            .poll_local_inject(&mut slot[head..head + LOCAL_PFSYNC_MTU])
+                        else {
                             break;
                         };
-                        let to = raw.sock.get_ref().inject_to();
-                        raw.tx.commit(n, to);
+                        let len = sock.finish_inject(slot, n);
+                        let (_, to, to_len) = sock.inject_target();
+                        raw.tx.commit_to(len, to, to_len);
                         if raw.tx.is_full() {
                             flush_raw(raw, &mut self.counters);
                         }
@@ -1411,7 +1432,7 @@ enum Wake {
 /// Send what the raw side's batch holds, counting datagrams the kernel refused.
 fn flush_raw(raw: &mut RawSide, counters: &mut Counters) {
     if !raw.tx.is_empty() {
-        let (_, failed) = raw.tx.flush(raw.sock.get_ref().as_raw_fd());
+        let (_, failed) = raw.tx.flush(raw.sock.get_ref().inject_target().0);
         counters.inject_failed += failed as u64;
     }
 }

@@ -51,6 +51,18 @@ pub fn if_index(ifname: &str) -> u32 {
     i
 }
 
+/// The folded ones'-complement sum (0xffff over a header whose checksum is right).
+fn ones_complement(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// The fields of an IPv4 packet the tests check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpPkt {
@@ -58,6 +70,11 @@ pub struct IpPkt {
     pub dst: Ipv4Addr,
     pub ttl: u8,
     pub proto: u8,
+    pub tos: u8,
+    /// Don't-fragment set, and neither more-fragments nor an offset.
+    pub df_only: bool,
+    /// The header checksum verifies.
+    pub checksum_ok: bool,
     /// Bytes after the IP header (up to the IP total length).
     pub payload: Vec<u8>,
 }
@@ -77,6 +94,9 @@ impl IpPkt {
             dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
             ttl: b[8],
             proto: b[9],
+            tos: b[1],
+            df_only: u16::from_be_bytes([b[6], b[7]]) == 0x4000,
+            checksum_ok: ones_complement(&b[..ihl]) == 0xffff,
             payload: b[ihl..total].to_vec(),
         })
     }
