@@ -428,3 +428,34 @@ fn a_shed_target_beyond_a_second_is_refused_and_zero_turns_kernel_shedding_off()
         assert!(out.contains(says), "{v}: {out}");
     }
 }
+
+#[test]
+fn an_unknown_inject_path_is_refused_and_check_names_the_path() {
+    let d = Dir::new("cfg-inject");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let raw = config(&a, &b_pub, "").replace(
+        "mode = \"emulator\"",
+        "mode = \"raw\"\ninterface = \"lo\"\nfirewalls = [\"127.0.0.2\"]",
+    );
+    let with = |v: &str| raw.replace("[local]\n", &format!("[local]\ninject_path = {v}\n"));
+    assert_exit2(
+        &check(&d, &with("\"bpf\"")),
+        &["local.inject_path", "bpf", "\"link\" or \"ip\""],
+    );
+    for (text, says) in [
+        (raw.clone(), "inject to 224.0.0.240 ttl 255 as link-layer frames"),
+        (with("\"link\""), "as link-layer frames"),
+        (with("\"ip\""), "ttl 255 by the raw socket"),
+        // A unicast destination always goes by the raw socket.
+        (
+            raw.replace("[local]\n", "[local]\ninject_to = \"127.0.0.2\"\n"),
+            "inject to 127.0.0.2 ttl 255 by the raw socket",
+        ),
+    ] {
+        let o = check(&d, &text);
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(says), "{says}: {out}");
+    }
+}
