@@ -444,7 +444,10 @@ fn an_unknown_inject_path_is_refused_and_check_names_the_path() {
         &["local.inject_path", "bpf", "\"link\" or \"ip\""],
     );
     for (text, says) in [
-        (raw.clone(), "inject to 224.0.0.240 ttl 255 as link-layer frames"),
+        (
+            raw.clone(),
+            "inject to 224.0.0.240 ttl 255 as link-layer frames",
+        ),
         (with("\"link\""), "as link-layer frames"),
         (with("\"ip\""), "ttl 255 by the raw socket"),
         // A unicast destination always goes by the raw socket.

@@ -5,6 +5,8 @@
 //! when the firewall's `syncpeer` points at the gateway, and the 224.0.0.240 group when
 //! joined). Inject: TTL 255, TOS 0x10 (lowdelay), DF, to the group or to the firewall's
 //! unicast address, out of the sync interface only — exactly what pfsync_input() accepts.
+//! To the group on an Ethernet interface the packets leave as link-layer frames with a
+//! header written here, which spares the kernel's IP output path ([`InjectPath`]).
 
 use std::ffi::CString;
 use std::io;
@@ -24,15 +26,22 @@ pub struct RawSyncSocket {
     /// Our own addresses on the interface: packets from them are our own injections
     /// looped back, never captured (loop prevention).
     own_addrs: Vec<Ipv4Addr>,
-    inject_to: SocketAddr,
+    inject_to: SocketAddrV4,
     /// `inject_to` as the injection socket's destination: a `sockaddr_in` for the raw
     /// socket, a `sockaddr_ll` for the link path.
     inject_addr: libc::sockaddr_storage,
     inject_addr_len: libc::socklen_t,
     /// The link-layer injection path, when in use (see [`InjectPath`]).
-    link: Option<Socket>,
+    link: Option<LinkInject>,
     /// The firewall(s) on the sync link (`[local] firewalls`): the only trusted sources.
     firewalls: Vec<Ipv4Addr>,
+}
+
+/// The link path's socket and the source address its IPv4 headers carry (the interface's
+/// first address when it was opened, as the kernel would pick).
+struct LinkInject {
+    sock: Socket,
+    src: Ipv4Addr,
 }
 
 /// How injected pfsync leaves the sync interface (`[local] inject_path`).
@@ -100,13 +109,14 @@ impl RawSyncSocket {
         super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
         let own_addrs = interface_ipv4_addrs(ifname);
         let inject_to = SocketAddrV4::new(inject_to, 0);
-        let link = match path {
-            InjectPath::Link
-                if inject_to.ip().is_multicast()
-                    && !own_addrs.is_empty()
-                    && is_ethernet(&sock, ifname) =>
+        let link = match (path, own_addrs.first()) {
+            (InjectPath::Link, Some(&src))
+                if inject_to.ip().is_multicast() && is_ethernet(&sock, ifname) =>
             {
-                Some(link_socket(ifindex)?)
+                Some(LinkInject {
+                    sock: link_socket(ifindex)?,
+                    src,
+                })
             }
             _ => None,
         };
@@ -122,7 +132,7 @@ impl RawSyncSocket {
             ifname: ifname.to_string(),
             ifindex,
             own_addrs,
-            inject_to: SocketAddr::V4(inject_to),
+            inject_to,
             inject_addr,
             inject_addr_len,
             link,
@@ -154,32 +164,29 @@ impl RawSyncSocket {
     /// link path this writes the IPv4 header pfsync(4) expects: TTL 255, TOS lowdelay, DF,
     /// protocol 240, from our address on the interface.
     pub fn finish_inject(&self, buf: &mut [u8], pfsync_len: usize) -> usize {
-        if self.link.is_none() {
+        let Some(link) = &self.link else {
             return pfsync_len;
-        }
-        let src = self
-            .own_addrs
-            .first()
-            .copied()
-            .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let dst = *self.inject_to_v4().ip();
+        };
         // The buffer has the headroom and the packet fits an IP packet: cannot fail.
-        let _ = emit_ipv4_header(buf, src, dst, pfsync_len, PFSYNC_DFLTTL);
+        let _ = emit_ipv4_header(
+            buf,
+            link.src,
+            *self.inject_to.ip(),
+            pfsync_len,
+            PFSYNC_DFLTTL,
+        );
         IPV4_HEADER_LEN + pfsync_len
     }
 
     /// The socket injected packets are sent on, and their destination address in its
     /// family (for `sendmmsg`).
     pub fn inject_target(&self) -> (RawFd, &libc::sockaddr_storage, libc::socklen_t) {
-        let fd = self.link.as_ref().unwrap_or(&self.sock).as_raw_fd();
+        let fd = self
+            .link
+            .as_ref()
+            .map_or(&self.sock, |l| &l.sock)
+            .as_raw_fd();
         (fd, &self.inject_addr, self.inject_addr_len)
-    }
-
-    fn inject_to_v4(&self) -> SocketAddrV4 {
-        match self.inject_to {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!("inject_to is built from an Ipv4Addr"),
-        }
     }
 
     /// Accept pfsync only from these addresses (empty: from anyone, for tests only).
@@ -205,7 +212,7 @@ impl RawSyncSocket {
         self.ifindex
     }
     pub fn inject_to(&self) -> SocketAddr {
-        self.inject_to
+        SocketAddr::V4(self.inject_to)
     }
 
     /// True if `src` is one of our own addresses on the sync interface.
@@ -333,6 +340,7 @@ fn pfsync_socket(ifname: &str, filter: Option<&[libc::sock_filter]>) -> io::Resu
 /// the kernel hands it no received frames to queue.
 fn link_socket(ifindex: u32) -> io::Result<Socket> {
     let sock = Socket::new(Domain::PACKET, Type::DGRAM, None)?;
+    // SAFETY: all-zero is a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_ll.
     let sll = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_ll) };
@@ -374,6 +382,7 @@ fn is_ethernet(sock: &Socket, ifname: &str) -> bool {
         hwaddr: libc::sockaddr,
         _pad: [u8; 8],
     }
+    // SAFETY: all-zero is a valid IfReq (bytes and a sockaddr).
     let mut req: IfReq = unsafe { std::mem::zeroed() };
     let n = ifname.len().min(libc::IFNAMSIZ - 1);
     req.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
