@@ -788,7 +788,7 @@ impl Config {
                     self.local.inject_to,
                     match self.local.inject_path {
                         InjectPath::Link if self.local.inject_to.is_multicast() => {
-                            "as link-layer frames (Ethernet)"
+                            "as link-layer frames if the interface is Ethernet with an address"
                         }
                         _ => "by the raw socket",
                     }

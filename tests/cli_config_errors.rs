@@ -446,7 +446,7 @@ fn an_unknown_inject_path_is_refused_and_check_names_the_path() {
     for (text, says) in [
         (
             raw.clone(),
-            "inject to 224.0.0.240 ttl 255 as link-layer frames",
+            "inject to 224.0.0.240 ttl 255 as link-layer frames if the interface is Ethernet",
         ),
         (with("\"link\""), "as link-layer frames"),
         (with("\"ip\""), "ttl 255 by the raw socket"),

@@ -100,6 +100,8 @@ fn check_relay_as(net: &Net, from: usize, to: &[usize], pkts: &[Vec<u8>], strict
                     // What pf(4)'s own pfsync sends: lowdelay, DF, a valid header.
                     assert_eq!(got.tos, 0x10, "TOS");
                     assert!(got.df_only && got.checksum_ok, "{got:?}");
+                    // Atomic datagrams: Linux's raw socket sends id 0, and so do we.
+                    assert_eq!(got.ident, 0, "IP id");
                     net.lab.log(&format!(
                         "packet {k} ({} B) fw-{} -> fw-{}: {:.1} ms{}",
                         p.len(),
@@ -131,6 +133,78 @@ fn relay_both_ways_byte_identical_with_ttl_255() {
     relay_both_ways("rel", "", "link-layer frames");
 }
 
+/// The link path writes the source address itself: when the sync interface is
+/// readdressed, injected pfsync follows the new address within a couple of seconds, as the
+/// raw socket's would.
+#[test]
+fn readdressed_sync_interface_becomes_the_injected_source() {
+    if skip_unless_root("readdressed_sync_interface_becomes_the_injected_source") {
+        return;
+    }
+    let net = Net::new("readdr", 2, false);
+    for i in 0..2 {
+        net.start_gw(i);
+    }
+    net.wait_established(&[0, 1], Duration::from_secs(15));
+    check_relay(&net, 0, &[1], &test_packets(0xd, 0x3000));
+
+    let (gw_ns, old) = (&net.site(1).gw_ns, net.site(1).gw_sync_addr);
+    let o = old.octets();
+    // Another subnet: deleting a primary address takes its subnet's secondaries with it.
+    let new = std::net::Ipv4Addr::new(o[0], o[1], o[2] + 1, 77);
+    net.lab
+        .addr(gw_ns, common::gw::SYNC_IF, &format!("{new}/24"));
+    common::netns::ip(&[
+        "-n",
+        gw_ns,
+        "addr",
+        "del",
+        &format!("{old}/24"),
+        "dev",
+        "sync0",
+    ]);
+
+    let tx = RawPf::open(&net.site(0).fw_ns, common::gw::SYNC_IF, true);
+    let rx = RawPf::open(&net.site(1).fw_ns, common::gw::SYNC_IF, true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut k = 0u64;
+    let mut seen = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "injected sources seen: {seen:?}");
+        let p = &test_packets(0xe, 0x4000 + 0x10 * k)[0];
+        k += 1;
+        tx.send(p, PFSYNC_GROUP);
+        if let Ok((got, _)) = expect_relayed(&rx, p, true, Duration::from_millis(500)) {
+            if got.src == new {
+                break;
+            }
+            seen.push(got.src);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    net.lab.log(&format!(
+        "injected from {new} after readdressing (before: {seen:?})"
+    ));
+}
+
+/// The gateway's packet sockets (`/proc/<pid>/net/packet`): (type, protocol, running,
+/// receive memory) each.
+fn packet_sockets(pid: u32) -> Vec<(u32, u32, u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/packet")).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.get(2)?.parse().ok()?,
+                u32::from_str_radix(f.get(3)?, 16).ok()?,
+                f.get(5)?.parse().ok()?,
+                f.get(6)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// The same through the raw socket's injection (`inject_path = "ip"`): both paths put the
 /// same packets on the wire.
 #[test]
@@ -156,6 +230,14 @@ fn relay_both_ways(name: &str, extra_local: &str, path: &str) {
     for i in 0..2 {
         let log = net.lab.log_tail(&net.site(i).gw(), 200);
         assert!(log.contains(&format!("path=\"{path}\"")), "{log}");
+        // The link path's socket only sends: protocol 0, no receive hook, nothing queued.
+        let pid = net.lab.pid(&net.site(i).gw()).expect("gateway running");
+        let want = if extra_local.is_empty() {
+            vec![(libc::SOCK_DGRAM as u32, 0, 0, 0)]
+        } else {
+            vec![]
+        };
+        assert_eq!(packet_sockets(pid), want, "gw-{}", net.site(i).name);
     }
 
     let (a, b) = (net.status(0), net.status(1));

@@ -543,7 +543,10 @@ fn relay(args: &RelayArgs) -> io::Result<()> {
             for i in 0..urx.len() {
                 let Some(d) = urx.data(i) else { continue };
                 let slot = rtx.slot();
-                slot[head..head + d.len()].copy_from_slice(d);
+                let Some(room) = slot.get_mut(head..head + d.len()) else {
+                    continue; // larger than an IP packet on the sync link
+                };
+                room.copy_from_slice(d);
                 let len = raw.finish_inject(slot, d.len());
                 rtx.commit_to(len, inject, inject_len);
             }

@@ -33,6 +33,8 @@ pub struct RawSyncSocket {
     inject_addr_len: libc::socklen_t,
     /// The link-layer injection path, when in use (see [`InjectPath`]).
     link: Option<LinkInject>,
+    /// Why the link path was asked for but could not be opened (the raw socket injects).
+    link_refused: Option<io::Error>,
     /// The firewall(s) on the sync link (`[local] firewalls`): the only trusted sources.
     firewalls: Vec<Ipv4Addr>,
 }
@@ -109,16 +111,17 @@ impl RawSyncSocket {
         super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
         let own_addrs = interface_ipv4_addrs(ifname);
         let inject_to = SocketAddrV4::new(inject_to, 0);
-        let link = match (path, own_addrs.first()) {
+        let (link, link_refused) = match (path, own_addrs.first()) {
             (InjectPath::Link, Some(&src))
                 if inject_to.ip().is_multicast() && is_ethernet(&sock, ifname) =>
             {
-                Some(LinkInject {
-                    sock: link_socket(ifindex)?,
-                    src,
-                })
+                // Refused (a sandbox without AF_PACKET, say): the raw socket still works.
+                match link_socket(ifindex) {
+                    Ok(sock) => (Some(LinkInject { sock, src }), None),
+                    Err(e) => (None, Some(e)),
+                }
             }
-            _ => None,
+            _ => (None, None),
         };
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut inject_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -136,6 +139,7 @@ impl RawSyncSocket {
             inject_addr,
             inject_addr_len,
             link,
+            link_refused,
             firewalls: Vec::new(),
         })
     }
@@ -147,6 +151,11 @@ impl RawSyncSocket {
         } else {
             InjectPath::Ip
         }
+    }
+
+    /// Why the link path was wanted but the raw socket injects (for the start-up log).
+    pub fn link_refused(&self) -> Option<&io::Error> {
+        self.link_refused.as_ref()
     }
 
     /// Bytes an injected packet's buffer holds before the pfsync packet: room for the IPv4
@@ -220,9 +229,14 @@ impl RawSyncSocket {
         self.own_addrs.contains(&src)
     }
 
-    /// Refresh our own addresses (after an address change on the interface).
+    /// Refresh our own addresses (after an address change on the interface); the link
+    /// path's source follows the interface's first address, as the kernel's choice would.
+    /// An interface left without an address keeps the last one.
     pub fn refresh_addrs(&mut self) {
         self.own_addrs = interface_ipv4_addrs(&self.ifname);
+        if let (Some(link), Some(&first)) = (&mut self.link, self.own_addrs.first()) {
+            link.src = first;
+        }
     }
 
     pub fn socket(&self) -> &Socket {
@@ -351,7 +365,16 @@ fn link_socket(ifindex: u32) -> io::Result<Socket> {
     let addr = unsafe { socket2::SockAddr::new(ss, len) };
     sock.bind(&addr)?;
     sock.set_nonblocking(true)?;
-    super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
+    // The raw socket's TOS 0x10 sets its priority to TC_PRIO_INTERACTIVE (the kernel's
+    // rt_tos2priority): the same here, so qdisc bands and VLAN egress maps treat the
+    // frames as before. Values up to 6 need no capability.
+    super::mmsg::set_int_option(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PRIORITY, 6)?;
+    // Bursts (bulk updates) must not overflow the default send buffer; it never receives.
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        if super::mmsg::set_int_option(sock.as_raw_fd(), libc::SOL_SOCKET, opt, 32 << 20).is_ok() {
+            break;
+        }
+    }
     Ok(sock)
 }
 

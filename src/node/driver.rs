@@ -28,6 +28,9 @@ use crate::wire::{self, ipv4::Ipv4Packet};
 const LOCAL_PFSYNC_MTU: usize = 1480;
 /// How often the shared status snapshot is refreshed.
 const STATUS_REFRESH: Duration = Duration::from_millis(200);
+/// How often the sync interface's addresses are read again (loop prevention, and the
+/// source of link-layer injection): an address change takes effect within this.
+const ADDR_REFRESH: Duration = Duration::from_secs(1);
 /// How often a one-line summary is logged (what `docker compose up` shows).
 const SUMMARY_LOG: Duration = Duration::from_secs(10);
 /// Bound on pump iterations per round, so a chatty peer can't starve the sockets.
@@ -384,6 +387,9 @@ impl Node {
                 };
                 raw.attach_filter(cfg.local.dialect, 0.0);
                 let sock = raw.sock.get_ref();
+                if let Some(e) = sock.link_refused() {
+                    tracing::warn!(interface = %ifname, "no link-layer injection ({e}): injecting by the raw socket, at a higher cost per packet (docs/DEPLOYMENT.md, Host firewall)");
+                }
                 tracing::info!(
                     interface = %ifname,
                     to = %cfg.local.inject_to,
@@ -540,6 +546,8 @@ impl Node {
         if new.listen != self.cfg.listen
             || new.local.dialect != self.cfg.local.dialect
             || new.local.interface != self.cfg.local.interface
+            || new.local.inject_to != self.cfg.local.inject_to
+            || new.local.inject_path != self.cfg.local.inject_path
         {
             tracing::warn!("reload: listen address and firewall side changes need a restart; applying key and peer changes only");
         }
@@ -656,6 +664,7 @@ impl Node {
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut next_status = Instant::now() + STATUS_REFRESH;
         let mut next_summary = Instant::now() + SUMMARY_LOG;
+        let mut next_addrs = Instant::now() + ADDR_REFRESH;
         let mut churn_stop = self.cfg.emulator.churn_for.map(|d| self.started + d);
         let mut busy = false;
         coalesce::precise_timers();
@@ -763,6 +772,12 @@ impl Node {
             if now >= next_summary {
                 next_summary = now + SUMMARY_LOG;
                 self.log_summary();
+            }
+            if now >= next_addrs {
+                next_addrs = now + ADDR_REFRESH;
+                if let Local::Raw(raw) = &mut self.local {
+                    raw.sock.get_mut().refresh_addrs();
+                }
             }
         }
         self.refresh_status(Instant::now());

@@ -71,6 +71,7 @@ pub struct IpPkt {
     pub ttl: u8,
     pub proto: u8,
     pub tos: u8,
+    pub ident: u16,
     /// Don't-fragment set, and neither more-fragments nor an offset.
     pub df_only: bool,
     /// The header checksum verifies.
@@ -95,6 +96,7 @@ impl IpPkt {
             ttl: b[8],
             proto: b[9],
             tos: b[1],
+            ident: u16::from_be_bytes([b[4], b[5]]),
             df_only: u16::from_be_bytes([b[6], b[7]]) == 0x4000,
             checksum_ok: ones_complement(&b[..ihl]) == 0xffff,
             payload: b[ihl..total].to_vec(),
