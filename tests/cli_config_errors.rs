@@ -400,17 +400,25 @@ fn rx_coalescing_beyond_a_millisecond_is_refused_and_zero_turns_it_off() {
     }
 }
 
-#[test]
-fn a_shed_target_beyond_a_second_is_refused_and_zero_turns_kernel_shedding_off() {
-    let d = Dir::new("cfg-shed");
-    let (a, _) = keygen(&d, "a.key");
-    let (_, b_pub) = keygen(&d, "b.key");
-    // The capture socket's filter exists in raw mode.
+/// A raw-mode config on `lo` with fresh keys in `d`, and a function adding `[local] key = v`.
+fn raw_config_with(d: &Dir, key: &'static str) -> (String, impl Fn(&str) -> String) {
+    let (a, _) = keygen(d, "a.key");
+    let (_, b_pub) = keygen(d, "b.key");
     let raw = config(&a, &b_pub, "").replace(
         "mode = \"emulator\"",
         "mode = \"raw\"\ninterface = \"lo\"\nfirewalls = [\"127.0.0.2\"]",
     );
-    let with = |v: &str| raw.replace("[local]\n", &format!("[local]\nshed_target_ms = {v}\n"));
+    let base = raw.clone();
+    (base, move |v: &str| {
+        raw.replace("[local]\n", &format!("[local]\n{key} = {v}\n"))
+    })
+}
+
+#[test]
+fn a_shed_target_beyond_a_second_is_refused_and_zero_turns_kernel_shedding_off() {
+    let d = Dir::new("cfg-shed");
+    // The capture socket's filter exists in raw mode.
+    let (raw, with) = raw_config_with(&d, "shed_target_ms");
     assert_exit2(
         &check(&d, &with("1001")),
         &["local.shed_target_ms", "1001", "0..=1000"],
@@ -432,13 +440,7 @@ fn a_shed_target_beyond_a_second_is_refused_and_zero_turns_kernel_shedding_off()
 #[test]
 fn an_unknown_inject_path_is_refused_and_check_names_the_path() {
     let d = Dir::new("cfg-inject");
-    let (a, _) = keygen(&d, "a.key");
-    let (_, b_pub) = keygen(&d, "b.key");
-    let raw = config(&a, &b_pub, "").replace(
-        "mode = \"emulator\"",
-        "mode = \"raw\"\ninterface = \"lo\"\nfirewalls = [\"127.0.0.2\"]",
-    );
-    let with = |v: &str| raw.replace("[local]\n", &format!("[local]\ninject_path = {v}\n"));
+    let (raw, with) = raw_config_with(&d, "inject_path");
     assert_exit2(
         &check(&d, &with("\"bpf\"")),
         &["local.inject_path", "bpf", "\"link\" or \"ip\""],
