@@ -540,15 +540,20 @@ pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
 /// options (clamped by the kernel). Best effort: a small buffer still works, just drops more
 /// under bursts, which the reliability layer repairs.
 pub fn set_socket_buffers(fd: RawFd, bytes: usize) {
+    set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes);
+    set_send_buffer(fd, bytes);
+}
+
+/// As [`set_socket_buffers`], the send buffer only (a socket that never receives).
+pub fn set_send_buffer(fd: RawFd, bytes: usize) {
+    set_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, bytes);
+}
+
+fn set_buffer(fd: RawFd, force: libc::c_int, plain: libc::c_int, bytes: usize) {
     let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        for opt in [force, plain] {
-            if set_int_option(fd, libc::SOL_SOCKET, opt, v).is_ok() {
-                break;
-            }
+    for opt in [force, plain] {
+        if set_int_option(fd, libc::SOL_SOCKET, opt, v).is_ok() {
+            break;
         }
     }
 }

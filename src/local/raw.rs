@@ -370,11 +370,7 @@ fn link_socket(ifindex: u32) -> io::Result<Socket> {
     // frames as before. Values up to 6 need no capability.
     super::mmsg::set_int_option(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PRIORITY, 6)?;
     // Bursts (bulk updates) must not overflow the default send buffer; it never receives.
-    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
-        if super::mmsg::set_int_option(sock.as_raw_fd(), libc::SOL_SOCKET, opt, 32 << 20).is_ok() {
-            break;
-        }
-    }
+    super::mmsg::set_send_buffer(sock.as_raw_fd(), 32 << 20);
     Ok(sock)
 }
 
