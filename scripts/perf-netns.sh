@@ -6,7 +6,8 @@
 #   scripts/perf-netns.sh                 full sweep (10 s per point, ~5 minutes)
 #   scripts/perf-netns.sh --smoke         one tiny point per mode (CI, a few seconds)
 #   options: --secs S  --rates LIST  --sizes LIST  --states N  --runs N
-#            --modes plain,gw,boringtun (plain-link: the plain relay injecting as the gateway does)
+#            --modes plain,gw,boringtun (plain-link: the plain relay capturing and injecting
+#            as the gateway does)
 #            --nice N (every relay's priority, default -10 = the gateway's default [node] nice)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
@@ -14,7 +15,8 @@
 #        PERF_STATUS=<prefix> (both gateways' status --json after each mode),
 #        PERF_SHED_TARGET=<ms> ([local] shed_target_ms; 0 = kernel shedding off),
 #        PERF_RX_COALESCE=<µs> ([node] rx_coalesce_us; 0 = off; builds before it lack it),
-#        PERF_INJECT=ip|link ([local] inject_path; builds before it lack it)
+#        PERF_INJECT=ip|link ([local] inject_path; builds before it lack it),
+#        PERF_CAPTURE=ip|link ([local] capture_path; likewise)
 #
 # Mode `boringtun` (in the default --modes) runs userspace WireGuard between the gateways when
 # `boringtun-cli` and `wg` are installed (cargo install boringtun-cli; apt install
@@ -82,10 +84,10 @@ ip -n $GWB addr add 10.99.0.2/24 dev tr0
 echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# relays at nice $NICE; $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
 
-start_plain() {  # $1: how it injects (ip or link)
-    ip netns exec $GWA "$BIN" perf-relay --inject "$1" --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
+start_plain() {  # $1: how it injects and captures (ip or link)
+    ip netns exec $GWA "$BIN" perf-relay --inject "$1" --capture "$1" --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
     PIDS+=($!); PA=$!
-    ip netns exec $GWB "$BIN" perf-relay --inject "$1" --listen 10.99.0.2:51900 --peer 10.99.0.1:51900 >"$DIR/plain-b.log" 2>&1 &
+    ip netns exec $GWB "$BIN" perf-relay --inject "$1" --capture "$1" --listen 10.99.0.2:51900 --peer 10.99.0.1:51900 >"$DIR/plain-b.log" 2>&1 &
     PIDS+=($!); PB=$!
     sleep 0.3
 }
@@ -120,6 +122,7 @@ dialect = "openbsd-v6"
 $fwline
 ${PERF_SHED_TARGET:+shed_target_ms = $PERF_SHED_TARGET}
 ${PERF_INJECT:+inject_path = \"$PERF_INJECT\"}
+${PERF_CAPTURE:+capture_path = \"$PERF_CAPTURE\"}
 
 [[peer]]
 name = "gw-$other"

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::local::raw::InjectPath;
+use crate::local::raw::SyncPath;
 use crate::wire::Dialect;
 
 pub mod account;
@@ -133,6 +133,9 @@ struct RawLocal {
     /// How multicast injection leaves the interface: "link" (default) or "ip".
     #[serde(default)]
     inject_path: Option<String>,
+    /// How capture reads the interface: "link" (default) or "ip".
+    #[serde(default)]
+    capture_path: Option<String>,
 }
 
 fn default_mode() -> LocalMode {
@@ -280,7 +283,10 @@ pub struct LocalConfig {
     /// overload (`None`: no kernel shedding, only the 50 ms bound after reading).
     pub shed_target: Option<Duration>,
     /// `[local] inject_path`: link-layer frames (multicast on Ethernet) or the raw socket.
-    pub inject_path: InjectPath,
+    pub inject_path: SyncPath,
+    /// `[local] capture_path`: a link-layer socket (with `capture_multicast`, on Ethernet)
+    /// or the raw socket.
+    pub capture_path: SyncPath,
 }
 
 /// `[node] rx_coalesce_us` when not set: long enough for a batch to gather at the rates
@@ -349,7 +355,8 @@ impl Config {
                 inject_to: crate::wire::PFSYNC_GROUP,
                 firewalls: Vec::new(),
                 shed_target: Some(DEFAULT_SHED_TARGET),
-                inject_path: InjectPath::default(),
+                inject_path: SyncPath::default(),
+                capture_path: SyncPath::default(),
             },
             emulator,
             peers: Vec::new(),
@@ -489,16 +496,16 @@ impl Config {
             Some(ms) => Some(Duration::from_millis(ms as u64)),
         };
 
-        let inject_path = match raw.local.inject_path.as_deref() {
-            None | Some("link") => InjectPath::Link,
-            Some("ip") => InjectPath::Ip,
-            Some(other) => {
-                return Err(err(
-                    "local.inject_path",
-                    format!("unknown path `{other}` (expected \"link\" or \"ip\")"),
-                ))
-            }
+        let sync_path = |field: &str, value: Option<&str>| match value {
+            None | Some("link") => Ok(SyncPath::Link),
+            Some("ip") => Ok(SyncPath::Ip),
+            Some(other) => Err(err(
+                field,
+                format!("unknown path `{other}` (expected \"link\" or \"ip\")"),
+            )),
         };
+        let inject_path = sync_path("local.inject_path", raw.local.inject_path.as_deref())?;
+        let capture_path = sync_path("local.capture_path", raw.local.capture_path.as_deref())?;
 
         let dialect = Dialect::from_name(&raw.local.dialect).ok_or_else(|| {
             err(
@@ -697,6 +704,7 @@ impl Config {
                 firewalls,
                 shed_target,
                 inject_path,
+                capture_path,
             },
             emulator: EmulatorConfig {
                 hostid: emu.hostid,
@@ -780,14 +788,16 @@ impl Config {
                     "  firewall side     raw proto 240 on {} ({}), capture {}, inject to {} ttl 255 {}",
                     self.local.interface.as_deref().unwrap_or("?"),
                     self.local.dialect,
-                    if self.local.capture_multicast {
-                        "multicast 224.0.0.240 + unicast"
-                    } else {
-                        "unicast only"
+                    match (self.local.capture_multicast, self.local.capture_path) {
+                        (true, SyncPath::Link) => {
+                            "multicast 224.0.0.240 + unicast, from link-layer frames if the interface is Ethernet"
+                        }
+                        (true, SyncPath::Ip) => "multicast 224.0.0.240 + unicast by the raw socket",
+                        (false, _) => "unicast only",
                     },
                     self.local.inject_to,
                     match self.local.inject_path {
-                        InjectPath::Link if self.local.inject_to.is_multicast() => {
+                        SyncPath::Link if self.local.inject_to.is_multicast() => {
                             "as link-layer frames if the interface is Ethernet with an address"
                         }
                         _ => "by the raw socket",

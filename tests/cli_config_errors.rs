@@ -464,3 +464,31 @@ fn an_unknown_inject_path_is_refused_and_check_names_the_path() {
         assert!(out.contains(says), "{says}: {out}");
     }
 }
+
+#[test]
+fn an_unknown_capture_path_is_refused_and_check_names_the_path() {
+    let d = Dir::new("cfg-capture");
+    let (raw, with) = raw_config_with(&d, "capture_path");
+    assert_exit2(
+        &check(&d, &with("\"pcap\"")),
+        &["local.capture_path", "pcap", "\"link\" or \"ip\""],
+    );
+    for (text, says) in [
+        (
+            raw.clone(),
+            "capture multicast 224.0.0.240 + unicast, from link-layer frames if the interface is Ethernet",
+        ),
+        (with("\"link\""), "from link-layer frames"),
+        (with("\"ip\""), "capture multicast 224.0.0.240 + unicast by the raw socket"),
+        // Without the group there is nothing for the link capture to read.
+        (
+            with("\"link\"").replace("[local]\n", "[local]\ncapture_multicast = false\n"),
+            "capture unicast only",
+        ),
+    ] {
+        let o = check(&d, &text);
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(says), "{says}: {out}");
+    }
+}

@@ -130,7 +130,7 @@ fn relay_both_ways_byte_identical_with_ttl_255() {
     if skip_unless_root("relay_both_ways_byte_identical_with_ttl_255") {
         return;
     }
-    relay_both_ways("rel", "", "link-layer frames");
+    relay_both_ways("rel", "", Path::Link, Path::Link);
 }
 
 /// The link path writes the source address itself: when the sync interface is
@@ -212,10 +212,35 @@ fn relay_both_ways_injecting_by_the_raw_socket() {
     if skip_unless_root("relay_both_ways_injecting_by_the_raw_socket") {
         return;
     }
-    relay_both_ways("rip", "inject_path = \"ip\"", "raw IPv4 socket");
+    relay_both_ways("rip", "inject_path = \"ip\"", Path::Link, Path::Ip);
 }
 
-fn relay_both_ways(name: &str, extra_local: &str, path: &str) {
+/// The same capturing by the raw socket (`capture_path = "ip"`), which joins the group.
+#[test]
+fn relay_both_ways_capturing_by_the_raw_socket() {
+    if skip_unless_root("relay_both_ways_capturing_by_the_raw_socket") {
+        return;
+    }
+    relay_both_ways("rcip", "capture_path = \"ip\"", Path::Ip, Path::Link);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Link,
+    Ip,
+}
+
+impl Path {
+    /// How the gateway's start-up log names it.
+    fn logged(self) -> &'static str {
+        match self {
+            Path::Link => "link-layer frames",
+            Path::Ip => "raw IPv4 socket",
+        }
+    }
+}
+
+fn relay_both_ways(name: &str, extra_local: &str, capture: Path, inject: Path) {
     let net = Net::new(name, 2, false);
     for i in 0..2 {
         net.write_gw_config(i, extra_local);
@@ -229,15 +254,35 @@ fn relay_both_ways(name: &str, extra_local: &str, path: &str) {
     check_relay(&net, 1, &[0], &test_packets(0xb, 0x2000));
     for i in 0..2 {
         let log = net.lab.log_tail(&net.site(i).gw(), 200);
-        assert!(log.contains(&format!("path=\"{path}\"")), "{log}");
-        // The link path's socket only sends: protocol 0, no receive hook, nothing queued.
+        for (what, path) in [("capturing", capture), ("injecting", inject)] {
+            let line = log.lines().find(|l| l.contains(&format!("{what} pfsync")));
+            let want = format!("path=\"{}\"", path.logged());
+            assert!(line.is_some_and(|l| l.contains(&want)), "{what}: {log}");
+        }
         let pid = net.lab.pid(&net.site(i).gw()).expect("gateway running");
-        let want = if extra_local.is_empty() {
-            vec![(libc::SOCK_DGRAM as u32, 0, 0, 0)]
-        } else {
-            vec![]
-        };
-        assert_eq!(packet_sockets(pid), want, "gw-{}", net.site(i).name);
+        let mut want = Vec::new();
+        if inject == Path::Link {
+            // The injection's socket only sends: protocol 0, no receive hook.
+            want.push((libc::SOCK_DGRAM as u32, 0, 0, 0));
+        }
+        if capture == Path::Link {
+            // Capture and the foreign-source watch: IPv4 frames, all read by now.
+            let ipv4 = (libc::SOCK_DGRAM as u32, libc::ETH_P_IP as u32, 1, 0);
+            want.extend([ipv4, ipv4]);
+        }
+        let mut got = packet_sockets(pid);
+        got.sort();
+        assert_eq!(got, want, "gw-{}", net.site(i).name);
+        // The link capture leaves the group unjoined: the kernel then drops its own copy
+        // of each packet at the first route lookup.
+        let igmp = std::fs::read_to_string(format!("/proc/{pid}/net/igmp")).unwrap();
+        let joined = igmp.contains(&format!("{:08X}", u32::from(PFSYNC_GROUP).swap_bytes()));
+        assert_eq!(
+            joined,
+            capture == Path::Ip,
+            "gw-{} joined: {igmp}",
+            net.site(i).name
+        );
     }
 
     let (a, b) = (net.status(0), net.status(1));

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::local::mmsg::{RecvBatch, SendBatch, BATCH};
-use crate::local::raw::{InjectPath, RawSyncSocket};
+use crate::local::raw::{RawSyncSocket, SyncPath};
 use crate::wire::{
     self, ipv4::Ipv4Packet, AddrFamily, Dialect, Message, Packet, PacketWriter, PeerRepr, StateId,
     StateRepr, UpdCRepr,
@@ -79,14 +79,27 @@ pub struct RelayArgs {
     pub peer: SocketAddr,
     /// How it injects: `ip`, the raw socket (the baseline), or `link`, the gateway's
     /// link-layer path (to show what that path alone is worth).
-    #[arg(long, value_enum, default_value_t = Inject::Ip)]
-    pub inject: Inject,
+    #[arg(long, value_enum, default_value_t = PathArg::Ip)]
+    pub inject: PathArg,
+    /// How it captures, likewise.
+    #[arg(long, value_enum, default_value_t = PathArg::Ip)]
+    pub capture: PathArg,
 }
 
+/// A [`SyncPath`] on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Inject {
+pub enum PathArg {
     Ip,
     Link,
+}
+
+impl From<PathArg> for SyncPath {
+    fn from(p: PathArg) -> SyncPath {
+        match p {
+            PathArg::Ip => SyncPath::Ip,
+            PathArg::Link => SyncPath::Link,
+        }
+    }
 }
 
 /// Enter network namespace `name` (this thread only).
@@ -494,11 +507,8 @@ pub fn run_relay(args: &RelayArgs) -> i32 {
 /// Plain relay: whatever the firewall sends goes to the peer in one UDP datagram, whatever
 /// the peer sends is injected; batched both ways, no crypto, no state.
 fn relay(args: &RelayArgs) -> io::Result<()> {
-    let path = match args.inject {
-        Inject::Ip => InjectPath::Ip,
-        Inject::Link => InjectPath::Link,
-    };
-    let raw = RawSyncSocket::open_with(&args.iface, true, wire::PFSYNC_GROUP, path)?;
+    let (inject, capture) = (args.inject.into(), args.capture.into());
+    let raw = RawSyncSocket::open_with(&args.iface, true, wire::PFSYNC_GROUP, inject, capture)?;
     let udp = UdpSocket::bind(args.listen)?;
     udp.set_nonblocking(true)?;
     crate::local::mmsg::set_socket_buffers(udp.as_raw_fd(), 32 << 20);
@@ -530,7 +540,7 @@ fn relay(args: &RelayArgs) -> io::Result<()> {
                 let Ok(ip) = Ipv4Packet::new_checked(d) else {
                     continue;
                 };
-                if ip.ttl() != wire::PFSYNC_DFLTTL || raw.is_own(ip.src()) {
+                if ip.ttl() != wire::PFSYNC_DFLTTL || raw.is_own(ip.src()) || !raw.admits(&ip) {
                     continue;
                 }
                 let p = ip.payload();

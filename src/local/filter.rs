@@ -17,15 +17,14 @@
 //! steers shedding. [`watch_program`] is its complement, for a second socket that counts
 //! what this one drops (see [`super::raw::ForeignWatch`]).
 
-use std::io;
 use std::net::Ipv4Addr;
 
 use libc::{sock_filter, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGE, BPF_JMP};
-use libc::{BPF_ADD, BPF_MISC, BPF_MUL, BPF_TXA, SKF_AD_OFF, SKF_AD_RANDOM};
+use libc::{BPF_ADD, BPF_MISC, BPF_MUL, BPF_TXA, SKF_AD_OFF, SKF_AD_PKTTYPE, SKF_AD_RANDOM};
 use libc::{BPF_K, BPF_LD, BPF_LDX, BPF_LEN, BPF_MEM, BPF_MSH, BPF_RET, BPF_ST, BPF_W, BPF_X};
-use socket2::Socket;
+use libc::{PACKET_HOST, PACKET_MULTICAST};
 
-use crate::wire::{Dialect, UpdCRun};
+use crate::wire::{Dialect, UpdCRun, IPPROTO_PFSYNC, PFSYNC_GROUP};
 
 /// One instruction before jump offsets are known: `Accept` jumps go to the final accept.
 enum Op {
@@ -199,14 +198,43 @@ pub fn threshold(share: f64) -> u32 {
     (share.clamp(0.0, 1.0) * u32::MAX as f64) as u32
 }
 
-/// Attach (or replace) the filter on the capture socket.
-pub fn attach(
-    sock: &Socket,
-    dialect: Dialect,
-    firewalls: &[Ipv4Addr],
-    threshold: u32,
-) -> io::Result<()> {
-    sock.attach_filter(&program(dialect, firewalls, threshold))
+/// A filter that keeps every packet whole.
+pub fn keep_all() -> [sock_filter; 1] {
+    [stmt(code(BPF_RET, BPF_K, 0), u32::MAX)]
+}
+
+/// A filter that keeps nothing.
+pub fn drop_all() -> [sock_filter; 1] {
+    [stmt(code(BPF_RET, BPF_K, 0), 0)]
+}
+
+/// `program` (written for a raw socket, which sees only what the IP layer delivered to
+/// it) for a link-layer socket that gets every IPv4 packet on the interface: in front of
+/// it, the tests the IP layer made — protocol 240, and a frame to our MAC address or one
+/// to a multicast address carrying a packet to 224.0.0.240. The rest of what the IP layer
+/// checks needs no speed and is done on the read (`RawSyncSocket::admits`).
+pub fn behind_link_checks(program: &[sock_filter]) -> Vec<sock_filter> {
+    let jump = |k: u32, jt: u8, jf: u8| sock_filter {
+        code: code(BPF_JMP, BPF_JEQ, BPF_K),
+        jt,
+        jf,
+        k,
+    };
+    let mut prog = vec![
+        stmt(code(BPF_LD, BPF_B, BPF_ABS), 9), // 0: A = protocol
+        jump(u32::from(IPPROTO_PFSYNC), 0, 5), // 1: not 240: drop (7)
+        stmt(
+            code(BPF_LD, BPF_W, BPF_ABS), // 2: A = the frame's packet type
+            (SKF_AD_OFF + SKF_AD_PKTTYPE) as u32,
+        ),
+        jump(u32::from(PACKET_HOST), 4, 0), // 3: to our MAC: the program (8)
+        jump(u32::from(PACKET_MULTICAST), 0, 2), // 4: broadcast, another host's: drop (7)
+        stmt(code(BPF_LD, BPF_W, BPF_ABS), 16), // 5: A = destination
+        jump(u32::from(PFSYNC_GROUP), 1, 0), // 6: the group: the program (8)
+        stmt(code(BPF_RET, BPF_K, 0), 0),   // 7: drop
+    ];
+    prog.extend_from_slice(program); // 8
+    prog
 }
 
 #[cfg(test)]
@@ -218,6 +246,11 @@ pub(crate) mod tests {
     /// A classic BPF interpreter for the instructions [`program`] uses, with the kernel's
     /// semantics (a load past the end returns 0 = drop); `rand` stands for `SKF_AD_RANDOM`.
     pub(crate) fn exec(prog: &[sock_filter], pkt: &[u8], rand: u32) -> u32 {
+        exec_frame(prog, pkt, rand, PACKET_HOST)
+    }
+
+    /// As [`exec`], for a frame of link-layer packet type `pkttype` (`SKF_AD_PKTTYPE`).
+    fn exec_frame(prog: &[sock_filter], pkt: &[u8], rand: u32, pkttype: u8) -> u32 {
         let (mut a, mut x, mut mem) = (0u32, 0u32, [0u32; 16]);
         let load = |off: u32, size: usize| -> Option<u32> {
             let off = off as usize;
@@ -240,6 +273,9 @@ pub(crate) mod tests {
                     a = match c & 0xe0 {
                         BPF_LEN => pkt.len() as u32,
                         BPF_ABS if i.k == (SKF_AD_OFF + SKF_AD_RANDOM) as u32 => rand,
+                        BPF_ABS if i.k == (SKF_AD_OFF + SKF_AD_PKTTYPE) as u32 => {
+                            u32::from(pkttype)
+                        }
                         BPF_ABS => match load(i.k, size(c)) {
                             Some(v) => v,
                             None => return 0,
@@ -298,6 +334,54 @@ pub(crate) mod tests {
         p[12..16].copy_from_slice(&src.octets());
         p.extend_from_slice(pfsync);
         p
+    }
+
+    #[test]
+    fn link_checks_pass_only_what_the_ip_layer_gives_a_raw_socket() {
+        let fw = Ipv4Addr::new(10, 1, 0, 1);
+        let d = Dialect::OpenbsdV6;
+        let pfsync = packet(d, &[upd_c(1), upd_c(2)]);
+        let to = |dst: Ipv4Addr, proto: u8| {
+            let mut p = ip_from(fw, 5, &pfsync);
+            p[9] = proto;
+            p[16..20].copy_from_slice(&dst.octets());
+            p
+        };
+        let (group, us) = (PFSYNC_GROUP, Ipv4Addr::new(10, 1, 0, 9));
+        let other_group = Ipv4Addr::new(224, 0, 0, 18);
+        // The capture program (shedding at 1000) and the watch, each behind the checks.
+        let capture = behind_link_checks(&program(d, &[fw], 1000));
+        let watch = behind_link_checks(&watch_program(&[Ipv4Addr::new(10, 1, 0, 2)]));
+        let cases: [(Ipv4Addr, u8, u8, bool); 9] = [
+            (group, 240, PACKET_MULTICAST, true),
+            // Frames to our MAC: the read checks the destination address.
+            (us, 240, PACKET_HOST, true),
+            (group, 240, PACKET_HOST, true),
+            (other_group, 240, PACKET_MULTICAST, false),
+            (group, 240, libc::PACKET_BROADCAST, false),
+            (us, 240, libc::PACKET_OTHERHOST, false),
+            (group, 240, libc::PACKET_OTHERHOST, false),
+            (group, 6, PACKET_MULTICAST, false),
+            (us, 17, PACKET_HOST, false),
+        ];
+        for (dst, proto, pkttype, pass) in cases {
+            let p = to(dst, proto);
+            let want = if pass { u32::MAX } else { 0 };
+            let case = format!("{dst} proto {proto} pkttype {pkttype}");
+            assert_eq!(exec_frame(&capture, &p, 1000, pkttype), want, "{case}");
+            // The program behind the checks still sheds, and the watch still watches.
+            assert_eq!(exec_frame(&capture, &p, 999, pkttype), 0, "{case} shed");
+            let watched = if pass { WATCH_SNAP } else { 0 };
+            assert_eq!(
+                exec_frame(&watch, &p, 0, pkttype),
+                watched,
+                "{case} watched"
+            );
+        }
+        // Too short to hold a protocol: dropped, never read past its end.
+        assert_eq!(exec_frame(&capture, &[0x45; 8], 1000, PACKET_HOST), 0);
+        assert_eq!(keep_all().len() + 8, behind_link_checks(&keep_all()).len());
+        assert_eq!(exec(&drop_all(), &to(group, 240), 0), 0);
     }
 
     #[test]
@@ -407,7 +491,7 @@ pub(crate) mod tests {
     /// packets that are not `UPD_C` runs arrive; with a zero share, all do.
     #[test]
     fn the_kernel_drops_matching_packets_and_keeps_the_rest() {
-        use socket2::{Domain, Protocol, SockAddr, Type};
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
         use std::net::{Ipv4Addr, SocketAddrV4};
         let raw = || Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(240)));
         let (rx, tx) = match (raw(), raw()) {
@@ -426,7 +510,7 @@ pub(crate) mod tests {
         let run = packet(d, &[upd_c(1), upd_c(2)]);
         let other = packet(d, &[upd_c(1), Message::DelC(StateId::new(9, 7))]);
         let arrived = |threshold: u32| {
-            attach(&rx, d, &[], threshold).unwrap();
+            rx.attach_filter(&program(d, &[], threshold)).unwrap();
             for p in [&run, &other, &run, &other, &run] {
                 tx.send_to(p, &to).unwrap();
             }
@@ -447,8 +531,11 @@ pub(crate) mod tests {
         assert_eq!(arrived(0).len(), 5);
         // The kernel's checker takes every dialect's program.
         for d in Dialect::ALL {
-            attach(&rx, d, &[me, Ipv4Addr::new(10, 0, 0, 1)], threshold(0.5))
+            let p = program(d, &[me, Ipv4Addr::new(10, 0, 0, 1)], threshold(0.5));
+            rx.attach_filter(&p)
                 .unwrap_or_else(|e| panic!("{d:?}: {e}"));
+            rx.attach_filter(&behind_link_checks(&p))
+                .unwrap_or_else(|e| panic!("{d:?} behind the link checks: {e}"));
         }
     }
 
@@ -456,7 +543,7 @@ pub(crate) mod tests {
     /// firewall's packets, the watch socket only the other host's, cut to its header.
     #[test]
     fn the_kernel_keeps_the_firewall_and_watches_the_rest() {
-        use socket2::{Domain, Protocol, SockAddr, Type};
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
         use std::net::SocketAddrV4;
         let raw = || Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(240)));
         let (Ok(capture), Ok(watch), Ok(fw), Ok(rogue)) = (raw(), raw(), raw(), raw()) else {
@@ -476,7 +563,7 @@ pub(crate) mod tests {
             s.set_nonblocking(true).unwrap();
         }
         let d = Dialect::OpenbsdV6;
-        attach(&capture, d, &[fw_addr], 0).unwrap();
+        capture.attach_filter(&program(d, &[fw_addr], 0)).unwrap();
         watch.attach_filter(&watch_program(&[fw_addr])).unwrap();
         let pkt = packet(d, &[upd_c(1), upd_c(2), upd_c(3)]);
         for _ in 0..3 {

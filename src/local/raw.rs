@@ -6,7 +6,7 @@
 //! joined). Inject: TTL 255, TOS 0x10 (lowdelay), DF, to the group or to the firewall's
 //! unicast address, out of the sync interface only — exactly what pfsync_input() accepts.
 //! To the group on an Ethernet interface the packets leave as link-layer frames with a
-//! header written here, which spares the kernel's IP output path ([`InjectPath`]).
+//! header written here, which spares the kernel's IP output path ([`SyncPath`]).
 
 use std::ffi::CString;
 use std::io;
@@ -15,14 +15,20 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
-use crate::wire::ipv4::{emit_ipv4_header, IPV4_HEADER_LEN};
+use crate::wire::ipv4::{emit_ipv4_header, Ipv4Packet, IPV4_HEADER_LEN};
 use crate::wire::{IPPROTO_PFSYNC, PFSYNC_DFLTTL, PFSYNC_GROUP};
 
-/// A raw proto-240 socket on one interface.
+/// The firewall side's sockets on one interface: a raw proto-240 socket, and the
+/// link-layer sockets of the [`SyncPath::Link`] paths where they are in use.
 pub struct RawSyncSocket {
+    /// Injects by the IP path (and unicast always); captures unless `capture` is open.
     sock: Socket,
+    /// The link-layer capture socket, when capture takes the link path.
+    capture: Option<Socket>,
     ifname: String,
     ifindex: u32,
+    /// The raw socket joined 224.0.0.240 (capture by the IP path of multicast pfsync).
+    joined: bool,
     /// Our own addresses on the interface: packets from them are our own injections
     /// looped back, never captured (loop prevention).
     own_addrs: Vec<Ipv4Addr>,
@@ -31,10 +37,11 @@ pub struct RawSyncSocket {
     /// socket, a `sockaddr_ll` for the link path.
     inject_addr: libc::sockaddr_storage,
     inject_addr_len: libc::socklen_t,
-    /// The link-layer injection path, when in use (see [`InjectPath`]).
+    /// The link-layer injection path, when in use (see [`SyncPath`]).
     link: Option<LinkInject>,
-    /// Why the link path was asked for but could not be opened (the raw socket injects).
+    /// Why a link path was asked for but could not be opened (the raw socket serves).
     link_refused: Option<io::Error>,
+    capture_refused: Option<io::Error>,
     /// The firewall(s) on the sync link (`[local] firewalls`): the only trusted sources.
     firewalls: Vec<Ipv4Addr>,
 }
@@ -46,20 +53,28 @@ struct LinkInject {
     src: Ipv4Addr,
 }
 
-/// How injected pfsync leaves the sync interface (`[local] inject_path`).
+/// How pfsync crosses the sync interface (`[local] inject_path`, `[local] capture_path`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum InjectPath {
-    /// Multicast injection goes out as link-layer frames (an `AF_PACKET` socket) that
-    /// carry an IPv4 header we build; unicast and non-Ethernet interfaces use the raw
-    /// socket. The raw socket's multicast send costs a route lookup and a route entry
-    /// allocated and freed per packet (the kernel does not cache the output route to a
-    /// group the host itself joined, and the gateway joins 224.0.0.240 to capture), then
-    /// the IP output path and its netfilter hooks: most of the receiving gateway's CPU
-    /// under load (docs/PERFORMANCE.md). The frames on the wire are the same.
+pub enum SyncPath {
+    /// Link-layer (`AF_PACKET`) sockets on an Ethernet sync interface.
+    ///
+    /// Injection: multicast goes out as frames that carry an IPv4 header we build; unicast
+    /// uses the raw socket. The raw socket's multicast send costs a route lookup and a
+    /// route entry allocated and freed per packet (the kernel does not cache the output
+    /// route to a group the host itself joined), then the IP output path and its netfilter
+    /// hooks: most of the receiving gateway's CPU under load (docs/PERFORMANCE.md).
+    ///
+    /// Capture (with `capture_multicast`): the firewall's frames are read where they
+    /// arrive, before the IP layer, and the host does not join 224.0.0.240, so the kernel
+    /// drops its own copy of each multicast packet at the first route lookup instead of
+    /// allocating an input route and cloning it to each raw socket. What the kernel
+    /// checked for the raw socket (header checksum, destination, no fragment) is checked
+    /// on the read, and the kernel filter sees the frames first: overload shed there costs
+    /// a few instructions per packet and no copy.
     #[default]
     Link,
-    /// Always the raw IPv4 socket: injected pfsync passes the host's netfilter `output`
-    /// and `postrouting` hooks and is routed by the kernel.
+    /// Always the raw IPv4 socket: pfsync passes the host's netfilter hooks and is routed
+    /// by the kernel.
     Ip,
 }
 
@@ -82,21 +97,36 @@ impl Untrusted {
 }
 
 impl RawSyncSocket {
-    /// Open the socket on `ifname`; join 224.0.0.240 there if `join_group`; inject by
-    /// the raw socket.
+    /// Open the socket on `ifname`; join 224.0.0.240 there if `join_group`; inject and
+    /// capture by the raw socket.
     pub fn open(ifname: &str, join_group: bool, inject_to: Ipv4Addr) -> io::Result<RawSyncSocket> {
-        Self::open_with(ifname, join_group, inject_to, InjectPath::Ip)
+        Self::open_with(ifname, join_group, inject_to, SyncPath::Ip, SyncPath::Ip)
     }
 
-    /// As [`RawSyncSocket::open`], injecting by `path` where the interface allows it.
+    /// As [`RawSyncSocket::open`], injecting by `inject` and capturing multicast (when
+    /// `join_group`) by `capture` where the interface allows it.
     pub fn open_with(
         ifname: &str,
         join_group: bool,
         inject_to: Ipv4Addr,
-        path: InjectPath,
+        inject: SyncPath,
+        capture: SyncPath,
     ) -> io::Result<RawSyncSocket> {
         let ifindex = if_index(ifname)?;
-        let sock = pfsync_socket(ifname, None)?;
+        let ethernet = is_ethernet(ifname);
+        // Refused (a sandbox without AF_PACKET, say): the raw socket still works.
+        let (capture, capture_refused) = match capture {
+            SyncPath::Link if join_group && ethernet => match link_capture_socket(ifindex) {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e)),
+            },
+            _ => (None, None),
+        };
+        // With the link capture reading everything, the raw socket keeps nothing; bound
+        // here it still stops the kernel answering unicast protocol 240 with ICMP
+        // protocol-unreachable, as a listener would.
+        let keep_nothing = capture.as_ref().map(|_| super::filter::drop_all());
+        let sock = pfsync_socket(ifname, keep_nothing.as_ref().map(|f| &f[..]))?;
         sock.set_ttl(PFSYNC_DFLTTL as u32)?;
         sock.set_multicast_ttl_v4(PFSYNC_DFLTTL as u32)?;
         // Our own multicast must not come back to us as if the firewall had sent it.
@@ -104,18 +134,20 @@ impl RawSyncSocket {
         sock.set_tos(0x10)?;
         set_multicast_if_index(sock.as_raw_fd(), ifindex)?;
         set_dont_fragment(sock.as_raw_fd())?;
-        if join_group {
+        let joined = join_group && capture.is_none();
+        if joined {
             sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
         }
         // Bursts (bulk updates) must not overflow the default ~200 KB buffer.
-        super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
+        if capture.is_some() {
+            super::mmsg::set_send_buffer(sock.as_raw_fd(), 32 << 20);
+        } else {
+            super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
+        }
         let own_addrs = interface_ipv4_addrs(ifname);
         let inject_to = SocketAddrV4::new(inject_to, 0);
-        let (link, link_refused) = match (path, own_addrs.first()) {
-            (InjectPath::Link, Some(&src))
-                if inject_to.ip().is_multicast() && is_ethernet(&sock, ifname) =>
-            {
-                // Refused (a sandbox without AF_PACKET, say): the raw socket still works.
+        let (link, link_refused) = match (inject, own_addrs.first()) {
+            (SyncPath::Link, Some(&src)) if inject_to.ip().is_multicast() && ethernet => {
                 match link_socket(ifindex) {
                     Ok(sock) => (Some(LinkInject { sock, src }), None),
                     Err(e) => (None, Some(e)),
@@ -132,24 +164,71 @@ impl RawSyncSocket {
         };
         Ok(RawSyncSocket {
             sock,
+            capture,
             ifname: ifname.to_string(),
             ifindex,
+            joined,
             own_addrs,
             inject_to,
             inject_addr,
             inject_addr_len,
             link,
             link_refused,
+            capture_refused,
             firewalls: Vec::new(),
         })
     }
 
-    /// The path injection takes (the link path only where it could be opened).
-    pub fn inject_path(&self) -> InjectPath {
-        if self.link.is_some() {
-            InjectPath::Link
+    /// The path capture takes (the link path only where it could be opened).
+    pub fn capture_path(&self) -> SyncPath {
+        if self.capture.is_some() {
+            SyncPath::Link
         } else {
-            InjectPath::Ip
+            SyncPath::Ip
+        }
+    }
+
+    /// Why the link capture was wanted but the raw socket captures (for the start-up log).
+    pub fn capture_refused(&self) -> Option<&io::Error> {
+        self.capture_refused.as_ref()
+    }
+
+    /// Attach `program`, written for the raw socket's view (the IPv4 header at offset 0),
+    /// as the capture filter. On the link path it runs behind the tests the kernel's IP
+    /// layer made for the raw socket (protocol 240; for us or to the group).
+    pub fn attach_capture_filter(&self, program: &[libc::sock_filter]) -> io::Result<()> {
+        match &self.capture {
+            Some(c) => c.attach_filter(&super::filter::behind_link_checks(program)),
+            None => self.sock.attach_filter(program),
+        }
+    }
+
+    /// Remove the capture filter: the read path sees all the pfsync the interface gets.
+    pub fn detach_capture_filter(&self) -> io::Result<()> {
+        match &self.capture {
+            Some(c) => c.attach_filter(&super::filter::behind_link_checks(
+                &super::filter::keep_all(),
+            )),
+            None => self.sock.detach_filter(),
+        }
+    }
+
+    /// What the kernel's IP layer checks before a raw socket gets a packet, on a packet the
+    /// link capture read: the header checksum, and a destination this host takes (the
+    /// group, or one of its addresses on the interface). Fragments are refused by
+    /// [`Ipv4Packet::new_checked`] on both paths (pf never fragments pfsync: it sizes its
+    /// packets to the interface MTU and sets DF). Always true on the raw socket's packets.
+    pub fn admits(&self, ip: &Ipv4Packet<&[u8]>) -> bool {
+        self.capture.is_none()
+            || (ip.verify_checksum() && (ip.dst() == PFSYNC_GROUP || self.is_own(ip.dst())))
+    }
+
+    /// The path injection takes (the link path only where it could be opened).
+    pub fn inject_path(&self) -> SyncPath {
+        if self.link.is_some() {
+            SyncPath::Link
+        } else {
+            SyncPath::Ip
         }
     }
 
@@ -239,10 +318,6 @@ impl RawSyncSocket {
         }
     }
 
-    pub fn socket(&self) -> &Socket {
-        &self.sock
-    }
-
     pub fn firewalls(&self) -> &[Ipv4Addr] {
         &self.firewalls
     }
@@ -259,6 +334,8 @@ impl RawSyncSocket {
 /// timed on the capture socket.
 pub struct ForeignWatch {
     sock: Socket,
+    /// A link-layer socket (beside a link capture): its filter runs behind the link checks.
+    link: bool,
     rx: super::mmsg::RecvBatch,
     /// The kernel's drop count at the last [`ForeignWatch::drain`].
     drops_seen: u32,
@@ -268,24 +345,27 @@ pub struct ForeignWatch {
 const WATCH_BUFFER: usize = 64 << 10;
 
 impl ForeignWatch {
-    /// Open on `ifname` (joining 224.0.0.240 if `join_group`, as the capture socket does).
-    pub fn open(
-        ifname: &str,
-        join_group: bool,
-        firewalls: &[Ipv4Addr],
-    ) -> io::Result<ForeignWatch> {
+    /// Open beside `sync`'s capture, on the same path (a link-layer socket if it captures
+    /// by one, else a raw socket, joined to 224.0.0.240 if its raw socket is).
+    pub fn open(sync: &RawSyncSocket, firewalls: &[Ipv4Addr]) -> io::Result<ForeignWatch> {
+        let link = sync.capture.is_some();
         // The filter goes on before the socket is bound and joined, so the firewall's own
         // packets are never queued or counted here.
-        let sock = pfsync_socket(ifname, Some(&watch_filter(firewalls)?))?;
-        if join_group {
-            let ifindex = if_index(ifname)?;
-            sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
+        let filter = watch_filter(firewalls, link)?;
+        let sock = if link {
+            packet_socket(sync.ifindex, libc::ETH_P_IP as u16, Some(&filter))?
+        } else {
+            pfsync_socket(&sync.ifname, Some(&filter))?
+        };
+        if sync.joined {
+            sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(sync.ifindex))?;
         }
         sock.set_recv_buffer_size(WATCH_BUFFER)?;
         // The drop count is what makes the count exact: refuse a kernel without it.
         let drops_seen = super::mmsg::socket_drops(sock.as_raw_fd())?;
         Ok(ForeignWatch {
             sock,
+            link,
             rx: super::mmsg::RecvBatch::new(super::filter::WATCH_SNAP as usize),
             drops_seen,
         })
@@ -293,7 +373,8 @@ impl ForeignWatch {
 
     /// Watch for everything but these addresses (at least one).
     pub fn set_firewalls(&mut self, firewalls: &[Ipv4Addr]) -> io::Result<()> {
-        self.sock.attach_filter(&watch_filter(firewalls)?)
+        self.sock
+            .attach_filter(&watch_filter(firewalls, self.link)?)
     }
 
     /// Read what is queued, at most `max_batches` batches, calling `f` with each packet's
@@ -317,22 +398,28 @@ impl ForeignWatch {
     }
 }
 
+/// The capture socket (what the driver reads and polls).
 impl AsRawFd for RawSyncSocket {
     fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        self.capture.as_ref().unwrap_or(&self.sock).as_raw_fd()
     }
 }
 
-/// The watch socket's filter around `firewalls`; none to watch around is an error (the
-/// filter would keep everything).
-fn watch_filter(firewalls: &[Ipv4Addr]) -> io::Result<Vec<libc::sock_filter>> {
+/// The watch socket's filter around `firewalls` (behind the link checks on a link-layer
+/// socket); none to watch around is an error (the filter would keep everything).
+fn watch_filter(firewalls: &[Ipv4Addr], link: bool) -> io::Result<Vec<libc::sock_filter>> {
     if firewalls.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "no firewall addresses to watch around",
         ));
     }
-    Ok(super::filter::watch_program(firewalls))
+    let program = super::filter::watch_program(firewalls);
+    Ok(if link {
+        super::filter::behind_link_checks(&program)
+    } else {
+        program
+    })
 }
 
 /// A non-blocking raw proto-240 socket bound to `ifname`, with `filter` attached first.
@@ -353,24 +440,72 @@ fn pfsync_socket(ifname: &str, filter: Option<&[libc::sock_filter]>) -> io::Resu
 /// An `AF_PACKET` datagram socket on `ifindex` that only sends: bound with protocol 0, so
 /// the kernel hands it no received frames to queue.
 fn link_socket(ifindex: u32) -> io::Result<Socket> {
-    let sock = Socket::new(Domain::PACKET, Type::DGRAM, None)?;
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_ll.
-    let sll = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_ll) };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = ifindex as i32;
-    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: ss holds a sockaddr_ll of `len` bytes.
-    let addr = unsafe { socket2::SockAddr::new(ss, len) };
-    sock.bind(&addr)?;
-    sock.set_nonblocking(true)?;
+    let sock = packet_socket(ifindex, 0, None)?;
     // The raw socket's TOS 0x10 sets its priority to TC_PRIO_INTERACTIVE (the kernel's
     // rt_tos2priority): the same here, so qdisc bands and VLAN egress maps treat the
     // frames as before. Values up to 6 need no capability.
     super::mmsg::set_int_option(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PRIORITY, 6)?;
     // Bursts (bulk updates) must not overflow the default send buffer; it never receives.
     super::mmsg::set_send_buffer(sock.as_raw_fd(), 32 << 20);
+    Ok(sock)
+}
+
+/// An `AF_PACKET` datagram socket that reads the IPv4 packets arriving on `ifindex` (to
+/// the group's MAC address, which it asks the interface to accept, or to ours), behind
+/// the link checks until the driver attaches the capture filter.
+fn link_capture_socket(ifindex: u32) -> io::Result<Socket> {
+    let keep = super::filter::behind_link_checks(&super::filter::keep_all());
+    let sock = packet_socket(ifindex, libc::ETH_P_IP as u16, Some(&keep))?;
+    let g = PFSYNC_GROUP.octets();
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex as libc::c_int,
+        mr_type: libc::PACKET_MR_MULTICAST as u16,
+        mr_alen: 6,
+        mr_address: [0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3], 0, 0],
+    };
+    // SAFETY: passing a properly sized packet_mreq.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mreq as *const libc::packet_mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Bursts (bulk updates) must not overflow the default ~200 KB buffer.
+    super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
+    Ok(sock)
+}
+
+/// A non-blocking `AF_PACKET` datagram socket bound to `ifindex` for frames of `protocol`
+/// (an EtherType; 0 for none: it only sends), with `filter` attached before the bind so
+/// that nothing it would drop is ever queued.
+fn packet_socket(
+    ifindex: u32,
+    protocol: u16,
+    filter: Option<&[libc::sock_filter]>,
+) -> io::Result<Socket> {
+    // Protocol 0 at creation: no frame is queued before the bind names the interface.
+    let sock = Socket::new(Domain::PACKET, Type::DGRAM, None)?;
+    if let Some(f) = filter {
+        sock.attach_filter(f)?;
+    }
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_ll.
+    let sll = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_ll) };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = protocol.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: ss holds a sockaddr_ll of `len` bytes.
+    let addr = unsafe { socket2::SockAddr::new(ss, len) };
+    sock.bind(&addr)?;
+    sock.set_nonblocking(true)?;
     Ok(sock)
 }
 
@@ -392,8 +527,11 @@ fn multicast_sockaddr_ll(
     std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t
 }
 
-/// Does `ifname` carry Ethernet frames (the only link header the link path builds)?
-fn is_ethernet(sock: &Socket, ifname: &str) -> bool {
+/// Does `ifname` carry Ethernet frames (the only link header the link paths know)?
+fn is_ethernet(ifname: &str) -> bool {
+    let Ok(sock) = Socket::new(Domain::IPV4, Type::DGRAM, None) else {
+        return false;
+    };
     // struct ifreq: the name, then a sockaddr whose family is the hardware type.
     #[repr(C)]
     struct IfReq {
@@ -521,12 +659,15 @@ mod tests {
     }
 
     #[test]
-    fn loopback_is_not_ethernet_so_injection_stays_on_the_raw_socket() {
+    fn loopback_is_not_ethernet_so_both_paths_stay_on_the_raw_socket() {
         // Needs CAP_NET_RAW; the netns suites cover Ethernet (veth) interfaces.
-        let Ok(s) = RawSyncSocket::open_with("lo", false, PFSYNC_GROUP, InjectPath::Link) else {
+        let Ok(s) =
+            RawSyncSocket::open_with("lo", true, PFSYNC_GROUP, SyncPath::Link, SyncPath::Link)
+        else {
             return;
         };
-        assert_eq!(s.inject_path(), InjectPath::Ip);
+        assert_eq!(s.inject_path(), SyncPath::Ip);
+        assert_eq!(s.capture_path(), SyncPath::Ip);
         assert_eq!(s.inject_headroom(), 0);
         let mut buf = [0u8; 8];
         assert_eq!(s.finish_inject(&mut buf, 8), 8);

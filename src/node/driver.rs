@@ -18,7 +18,7 @@ use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
 use crate::local::filter;
 use crate::local::mmsg::{RecvBatch, SendBatch};
-use crate::local::raw::{ForeignWatch, InjectPath, RawSyncSocket, Untrusted};
+use crate::local::raw::{ForeignWatch, RawSyncSocket, SyncPath, Untrusted};
 use crate::local::shed::ShedControl;
 use crate::sync::{Replica, ReplicaConfig, SyncNote};
 use crate::tunnel::{self, Endpoint, Identity, PeerId, Recv};
@@ -128,10 +128,11 @@ impl RawSide {
         } else {
             &[]
         };
-        match filter::attach(sock.socket(), dialect, firewalls, filter::threshold(share)) {
+        let program = filter::program(dialect, firewalls, filter::threshold(share));
+        match sock.attach_capture_filter(&program) {
             Ok(()) => self.share = share,
             Err(e) => {
-                let _ = sock.socket().detach_filter();
+                let _ = sock.detach_capture_filter();
                 self.share = 0.0;
                 self.shed = None;
                 self.watch = None;
@@ -357,6 +358,7 @@ impl Node {
                     cfg.local.capture_multicast,
                     cfg.local.inject_to,
                     cfg.local.inject_path,
+                    cfg.local.capture_path,
                 )
                 .map_err(|err| NodeError::Raw {
                     ifname: ifname.clone(),
@@ -365,11 +367,7 @@ impl Node {
                 let mut rx = RecvBatch::new(65_536);
                 rx.enable_timestamps(sock.as_raw_fd());
                 sock.set_firewalls(&cfg.local.firewalls);
-                let watch = match ForeignWatch::open(
-                    &ifname,
-                    cfg.local.capture_multicast,
-                    &cfg.local.firewalls,
-                ) {
+                let watch = match ForeignWatch::open(&sock, &cfg.local.firewalls) {
                     Ok(w) => Some(w),
                     Err(e) => {
                         tracing::warn!("no watch socket ({e}): until a restart, pfsync from other hosts is dropped after reading");
@@ -390,13 +388,23 @@ impl Node {
                 if let Some(e) = sock.link_refused() {
                     tracing::warn!(interface = %ifname, "no link-layer injection ({e}): injecting by the raw socket, at a higher cost per packet (docs/DEPLOYMENT.md, Host firewall)");
                 }
+                if let Some(e) = sock.capture_refused() {
+                    tracing::warn!(interface = %ifname, "no link-layer capture ({e}): capturing by the raw socket, at a higher cost per packet (docs/DEPLOYMENT.md, Host firewall)");
+                }
+                let path = |p| match p {
+                    SyncPath::Link => "link-layer frames",
+                    SyncPath::Ip => "raw IPv4 socket",
+                };
+                tracing::info!(
+                    interface = %ifname,
+                    multicast = cfg.local.capture_multicast,
+                    path = path(sock.capture_path()),
+                    "capturing pfsync"
+                );
                 tracing::info!(
                     interface = %ifname,
                     to = %cfg.local.inject_to,
-                    path = match sock.inject_path() {
-                        InjectPath::Link => "link-layer frames",
-                        InjectPath::Ip => "raw IPv4 socket",
-                    },
+                    path = path(sock.inject_path()),
                     "injecting pfsync"
                 );
                 Local::Raw(Box::new(raw))
@@ -548,6 +556,8 @@ impl Node {
             || new.local.interface != self.cfg.local.interface
             || new.local.inject_to != self.cfg.local.inject_to
             || new.local.inject_path != self.cfg.local.inject_path
+            || new.local.capture_path != self.cfg.local.capture_path
+            || new.local.capture_multicast != self.cfg.local.capture_multicast
         {
             tracing::warn!("reload: listen address and firewall side changes need a restart; applying key and peer changes only");
         }
@@ -910,7 +920,12 @@ impl Node {
                         break 'packet false;
                     };
                     let ip = match Ipv4Packet::new_checked(data) {
-                        Ok(ip) if ip.protocol() == wire::IPPROTO_PFSYNC => ip,
+                        Ok(ip)
+                            if ip.protocol() == wire::IPPROTO_PFSYNC
+                                && sock.get_ref().admits(&ip) =>
+                        {
+                            ip
+                        }
                         _ => {
                             bump(&mut self.counters, "local_bad_ip");
                             break 'packet false;
