@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::capture::{IpPkt, RawPf, PFSYNC_GROUP};
-use common::gw::{Net, SYNC_IF};
+use common::capture::{ipv4_packet, IpPkt, LinkCapture, RawPf, PFSYNC_GROUP};
+use common::gw::{drop_count, Net, SYNC_IF};
 use common::netns::skip_unless_root;
 use common::pf::{packet, tcp_state, upd_c};
 use pfsync_gw::wire::{Dialect, Message, Packet};
@@ -359,4 +359,81 @@ fn peer_restart_tunnel_returns_and_relaying_resumes() {
         check_relay(&net, 0, &[1], &test_packets(0xa, 0x100 * round));
         check_relay(&net, 1, &[0], &test_packets(0xb, 0x100 * round));
     }
+}
+
+/// The link capture reads frames before the IP layer, so it must refuse what the IP layer
+/// would: a bad header checksum, a fragment, a destination that is neither the group nor
+/// the gateway (on a frame to its MAC), a multicast frame to another group, a broadcast.
+/// The firewall's unicast to the gateway is still relayed, and no refused packet is.
+#[test]
+fn the_link_capture_refuses_what_the_ip_layer_would() {
+    if skip_unless_root("the_link_capture_refuses_what_the_ip_layer_would") {
+        return;
+    }
+    let net = Net::new("lcap", 2, false);
+    for i in 0..2 {
+        net.start_gw(i);
+    }
+    net.wait_established(&[0, 1], Duration::from_secs(15));
+    let (a, b) = (net.site(0), net.site(1));
+    let frames = LinkCapture::open(&a.fw_ns, SYNC_IF);
+    let rx = RawPf::open(&b.fw_ns, SYNC_IF, true);
+    let gw_mac = mac_of(&a.gw_ns, SYNC_IF);
+    let group_mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xf0];
+    let before = net.status(0);
+
+    let refused = test_packets(0xd, 0x5000);
+    let ip = |dst, frag, payload: &[u8]| ipv4_packet(a.fw_addr, dst, 255, frag, payload);
+    let mut bad_sum = ip(PFSYNC_GROUP, 0x4000, &refused[0]);
+    bad_sum[10] ^= 0x5a;
+    let stranger = std::net::Ipv4Addr::new(10, 1, 0, 99);
+    // Counted as bad IP: what reaches the read.
+    let counted = [
+        (bad_sum, group_mac),
+        (ip(PFSYNC_GROUP, 0x2000, &refused[1]), group_mac), // first fragment
+        (ip(stranger, 0x4000, &refused[2]), gw_mac),
+    ];
+    // Dropped by the kernel filter: never read, never counted.
+    let filtered = [
+        (
+            ip(std::net::Ipv4Addr::new(224, 0, 0, 18), 0x4000, &refused[0]),
+            group_mac,
+        ),
+        (ip(PFSYNC_GROUP, 0x4000, &refused[1]), [0xff; 6]),
+    ];
+    for (p, mac) in counted.iter().chain(&filtered) {
+        frames.send_ip(p, *mac);
+    }
+    // The same hand-made frame, valid, is relayed: the refusals are the checks' doing.
+    let good = test_packets(0xd, 0x6000);
+    frames.send_ip(&ip(PFSYNC_GROUP, 0x4000, &good[0]), group_mac);
+    expect_relayed(&rx, &good[0], true, Duration::from_secs(5))
+        .unwrap_or_else(|other| panic!("hand-made frame not relayed; got {other:?}"));
+    // And the firewall's unicast to the gateway (NetBSD's update requests go so).
+    let tx = RawPf::open(&a.fw_ns, SYNC_IF, true);
+    tx.send(&good[1], a.gw_sync_addr);
+    expect_relayed(&rx, &good[1], true, Duration::from_secs(5))
+        .unwrap_or_else(|other| panic!("unicast to the gateway not relayed; got {other:?}"));
+
+    let leaked = rx.collect(Duration::from_millis(500));
+    for p in &leaked {
+        assert!(
+            !refused.contains(&p.payload),
+            "a refused packet was relayed"
+        );
+    }
+    let after = net.status(0);
+    let bad_ip = drop_count(&after, "local_bad_ip") - drop_count(&before, "local_bad_ip");
+    assert_eq!(bad_ip, counted.len() as u64, "{after:?}");
+}
+
+/// The MAC address of `ifname` in `ns`.
+fn mac_of(ns: &str, ifname: &str) -> [u8; 6] {
+    let out = common::netns::ip(&["-n", ns, "-br", "link", "show", "dev", ifname]);
+    let text = out.split_whitespace().nth(2).expect("a MAC address");
+    let mut mac = [0u8; 6];
+    for (b, h) in mac.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(h, 16).unwrap();
+    }
+    mac
 }

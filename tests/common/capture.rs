@@ -51,6 +51,22 @@ pub fn if_index(ifname: &str) -> u32 {
     i
 }
 
+/// An IPv4 packet as pf sends pfsync (TOS 0x10, protocol 240, a valid header checksum)
+/// with TTL `ttl` and flags/fragment-offset word `frag`, around `payload`.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x45, 0x10];
+    p.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&frag.to_be_bytes());
+    p.extend_from_slice(&[ttl, IPPROTO_PFSYNC, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let sum = !ones_complement(&p);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
 /// The folded ones'-complement sum (0xffff over a header whose checksum is right).
 fn ones_complement(b: &[u8]) -> u16 {
     let mut sum: u32 = b
@@ -245,9 +261,10 @@ pub enum Dir {
     Out,
 }
 
-/// AF_PACKET capture of IPv4 on one interface.
+/// AF_PACKET capture of IPv4 on one interface (and a sender of hand-made frames).
 pub struct LinkCapture {
     fd: OwnedFd,
+    ifindex: u32,
     pub ifname: String,
 }
 
@@ -293,8 +310,41 @@ impl LinkCapture {
                     size_of::<libc::c_int>() as libc::socklen_t,
                 )
             };
-            LinkCapture { fd, ifname }
+            LinkCapture {
+                fd,
+                ifindex: idx,
+                ifname,
+            }
         })
+    }
+
+    /// Send `packet` (an IPv4 packet, header included, sent as is) in a frame to `mac`.
+    pub fn send_ip(&self, packet: &[u8], mac: [u8; 6]) {
+        // SAFETY: zeroed sockaddr_ll is valid; we fill family, protocol, ifindex, address.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        sll.sll_ifindex = self.ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&mac);
+        // SAFETY: packet and sll are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            n,
+            packet.len() as isize,
+            "send frame on {}: {}",
+            self.ifname,
+            io::Error::last_os_error()
+        );
     }
 
     /// Next IPv4 frame and its direction, or `None` after `timeout`.
