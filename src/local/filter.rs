@@ -19,8 +19,9 @@
 
 use std::net::Ipv4Addr;
 
+use libc::SKF_AD_RANDOM;
 use libc::{sock_filter, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGE, BPF_JMP};
-use libc::{BPF_ADD, BPF_MISC, BPF_MUL, BPF_TXA, SKF_AD_OFF, SKF_AD_PKTTYPE, SKF_AD_RANDOM};
+use libc::{BPF_ADD, BPF_MISC, BPF_MUL, BPF_TXA, SKF_AD_IFINDEX, SKF_AD_OFF, SKF_AD_PKTTYPE};
 use libc::{BPF_K, BPF_LD, BPF_LDX, BPF_LEN, BPF_MEM, BPF_MSH, BPF_RET, BPF_ST, BPF_W, BPF_X};
 use libc::{PACKET_HOST, PACKET_MULTICAST};
 
@@ -209,31 +210,34 @@ pub fn drop_all() -> [sock_filter; 1] {
 }
 
 /// `program` (written for a raw socket, which sees only what the IP layer delivered to
-/// it) for a link-layer socket that gets every IPv4 packet on the interface: in front of
-/// it, the tests the IP layer made — protocol 240, and a frame to our MAC address or one
-/// to a multicast address carrying a packet to 224.0.0.240. The rest of what the IP layer
-/// checks needs no speed and is done on the read (`RawSyncSocket::admits`).
-pub fn behind_link_checks(program: &[sock_filter]) -> Vec<sock_filter> {
+/// it) for a link-layer socket bound to interface `ifindex`, which gets every IPv4 packet
+/// arriving there: in front of it, the tests the IP layer and the raw socket's binding
+/// made — the frame is the interface's own (not one that arrived on it for a VLAN or
+/// macvlan device stacked on it: the kernel hands those to its packet sockets too),
+/// protocol 240, and a frame to our MAC address or one to a multicast address carrying a
+/// packet to 224.0.0.240. The rest of what the IP layer checks needs no speed and is done
+/// on the read (`RawSyncSocket::admits`).
+pub fn behind_link_checks(ifindex: u32, program: &[sock_filter]) -> Vec<sock_filter> {
     let jump = |k: u32, jt: u8, jf: u8| sock_filter {
         code: code(BPF_JMP, BPF_JEQ, BPF_K),
         jt,
         jf,
         k,
     };
+    let ancillary = |what: i32| stmt(code(BPF_LD, BPF_W, BPF_ABS), (SKF_AD_OFF + what) as u32);
     let mut prog = vec![
-        stmt(code(BPF_LD, BPF_B, BPF_ABS), 9), // 0: A = protocol
-        jump(u32::from(IPPROTO_PFSYNC), 0, 5), // 1: not 240: drop (7)
-        stmt(
-            code(BPF_LD, BPF_W, BPF_ABS), // 2: A = the frame's packet type
-            (SKF_AD_OFF + SKF_AD_PKTTYPE) as u32,
-        ),
-        jump(u32::from(PACKET_HOST), 4, 0), // 3: to our MAC: the program (8)
-        jump(u32::from(PACKET_MULTICAST), 0, 2), // 4: broadcast, another host's: drop (7)
-        stmt(code(BPF_LD, BPF_W, BPF_ABS), 16), // 5: A = destination
-        jump(u32::from(PFSYNC_GROUP), 1, 0), // 6: the group: the program (8)
-        stmt(code(BPF_RET, BPF_K, 0), 0),   // 7: drop
+        ancillary(SKF_AD_IFINDEX),             // 0: A = the device the frame is for
+        jump(ifindex, 0, 7),                   // 1: a stacked device's: drop (9)
+        stmt(code(BPF_LD, BPF_B, BPF_ABS), 9), // 2: A = protocol
+        jump(u32::from(IPPROTO_PFSYNC), 0, 5), // 3: not 240: drop (9)
+        ancillary(SKF_AD_PKTTYPE),             // 4: A = the frame's packet type
+        jump(u32::from(PACKET_HOST), 4, 0),    // 5: to our MAC: the program (10)
+        jump(u32::from(PACKET_MULTICAST), 0, 2), // 6: broadcast, another host's: drop (9)
+        stmt(code(BPF_LD, BPF_W, BPF_ABS), 16), // 7: A = destination
+        jump(u32::from(PFSYNC_GROUP), 1, 0),   // 8: the group: the program (10)
+        stmt(code(BPF_RET, BPF_K, 0), 0),      // 9: drop
     ];
-    prog.extend_from_slice(program); // 8
+    prog.extend_from_slice(program); // 10
     prog
 }
 
@@ -246,11 +250,16 @@ pub(crate) mod tests {
     /// A classic BPF interpreter for the instructions [`program`] uses, with the kernel's
     /// semantics (a load past the end returns 0 = drop); `rand` stands for `SKF_AD_RANDOM`.
     pub(crate) fn exec(prog: &[sock_filter], pkt: &[u8], rand: u32) -> u32 {
-        exec_frame(prog, pkt, rand, PACKET_HOST)
+        exec_frame(prog, pkt, rand, (IF, PACKET_HOST))
     }
 
-    /// As [`exec`], for a frame of link-layer packet type `pkttype` (`SKF_AD_PKTTYPE`).
-    fn exec_frame(prog: &[sock_filter], pkt: &[u8], rand: u32, pkttype: u8) -> u32 {
+    /// The sync interface's index in the link-path tests.
+    const IF: u32 = 7;
+
+    /// As [`exec`], for a frame for device `frame.0` (`SKF_AD_IFINDEX`) of link-layer packet
+    /// type `frame.1` (`SKF_AD_PKTTYPE`).
+    fn exec_frame(prog: &[sock_filter], pkt: &[u8], rand: u32, frame: (u32, u8)) -> u32 {
+        let (ifindex, pkttype) = frame;
         let (mut a, mut x, mut mem) = (0u32, 0u32, [0u32; 16]);
         let load = |off: u32, size: usize| -> Option<u32> {
             let off = off as usize;
@@ -276,6 +285,7 @@ pub(crate) mod tests {
                         BPF_ABS if i.k == (SKF_AD_OFF + SKF_AD_PKTTYPE) as u32 => {
                             u32::from(pkttype)
                         }
+                        BPF_ABS if i.k == (SKF_AD_OFF + SKF_AD_IFINDEX) as u32 => ifindex,
                         BPF_ABS => match load(i.k, size(c)) {
                             Some(v) => v,
                             None => return 0,
@@ -350,37 +360,42 @@ pub(crate) mod tests {
         let (group, us) = (PFSYNC_GROUP, Ipv4Addr::new(10, 1, 0, 9));
         let other_group = Ipv4Addr::new(224, 0, 0, 18);
         // The capture program (shedding at 1000) and the watch, each behind the checks.
-        let capture = behind_link_checks(&program(d, &[fw], 1000));
-        let watch = behind_link_checks(&watch_program(&[Ipv4Addr::new(10, 1, 0, 2)]));
-        let cases: [(Ipv4Addr, u8, u8, bool); 9] = [
-            (group, 240, PACKET_MULTICAST, true),
+        let capture = behind_link_checks(IF, &program(d, &[fw], 1000));
+        let watch = behind_link_checks(IF, &watch_program(&[Ipv4Addr::new(10, 1, 0, 2)]));
+        // A VLAN or macvlan device stacked on the sync interface (its own index).
+        let stacked = IF + 1;
+        let cases: [(Ipv4Addr, u8, (u32, u8), bool); 12] = [
+            (group, 240, (IF, PACKET_MULTICAST), true),
             // Frames to our MAC: the read checks the destination address.
-            (us, 240, PACKET_HOST, true),
-            (group, 240, PACKET_HOST, true),
-            (other_group, 240, PACKET_MULTICAST, false),
-            (group, 240, libc::PACKET_BROADCAST, false),
-            (us, 240, libc::PACKET_OTHERHOST, false),
-            (group, 240, libc::PACKET_OTHERHOST, false),
-            (group, 6, PACKET_MULTICAST, false),
-            (us, 17, PACKET_HOST, false),
+            (us, 240, (IF, PACKET_HOST), true),
+            (group, 240, (IF, PACKET_HOST), true),
+            (other_group, 240, (IF, PACKET_MULTICAST), false),
+            (group, 240, (IF, libc::PACKET_BROADCAST), false),
+            (us, 240, (IF, libc::PACKET_OTHERHOST), false),
+            (group, 240, (IF, libc::PACKET_OTHERHOST), false),
+            (group, 6, (IF, PACKET_MULTICAST), false),
+            (us, 17, (IF, PACKET_HOST), false),
+            (group, 240, (stacked, PACKET_MULTICAST), false),
+            (group, 240, (stacked, PACKET_HOST), false),
+            (us, 240, (stacked, PACKET_HOST), false),
         ];
-        for (dst, proto, pkttype, pass) in cases {
+        for (dst, proto, frame, pass) in cases {
             let p = to(dst, proto);
             let want = if pass { u32::MAX } else { 0 };
-            let case = format!("{dst} proto {proto} pkttype {pkttype}");
-            assert_eq!(exec_frame(&capture, &p, 1000, pkttype), want, "{case}");
+            let case = format!("{dst} proto {proto} device/pkttype {frame:?}");
+            assert_eq!(exec_frame(&capture, &p, 1000, frame), want, "{case}");
             // The program behind the checks still sheds, and the watch still watches.
-            assert_eq!(exec_frame(&capture, &p, 999, pkttype), 0, "{case} shed");
+            assert_eq!(exec_frame(&capture, &p, 999, frame), 0, "{case} shed");
             let watched = if pass { WATCH_SNAP } else { 0 };
-            assert_eq!(
-                exec_frame(&watch, &p, 0, pkttype),
-                watched,
-                "{case} watched"
-            );
+            assert_eq!(exec_frame(&watch, &p, 0, frame), watched, "{case} watched");
         }
         // Too short to hold a protocol: dropped, never read past its end.
-        assert_eq!(exec_frame(&capture, &[0x45; 8], 1000, PACKET_HOST), 0);
-        assert_eq!(keep_all().len() + 8, behind_link_checks(&keep_all()).len());
+        let short = exec_frame(&capture, &[0x45; 8], 1000, (IF, PACKET_HOST));
+        assert_eq!(short, 0);
+        assert_eq!(
+            keep_all().len() + 10,
+            behind_link_checks(IF, &keep_all()).len()
+        );
         assert_eq!(exec(&drop_all(), &to(group, 240), 0), 0);
     }
 
@@ -534,7 +549,7 @@ pub(crate) mod tests {
             let p = program(d, &[me, Ipv4Addr::new(10, 0, 0, 1)], threshold(0.5));
             rx.attach_filter(&p)
                 .unwrap_or_else(|e| panic!("{d:?}: {e}"));
-            rx.attach_filter(&behind_link_checks(&p))
+            rx.attach_filter(&behind_link_checks(1, &p))
                 .unwrap_or_else(|e| panic!("{d:?} behind the link checks: {e}"));
         }
     }

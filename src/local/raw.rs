@@ -198,7 +198,7 @@ impl RawSyncSocket {
     /// layer made for the raw socket (protocol 240; for us or to the group).
     pub fn attach_capture_filter(&self, program: &[libc::sock_filter]) -> io::Result<()> {
         match &self.capture {
-            Some(c) => c.attach_filter(&super::filter::behind_link_checks(program)),
+            Some(c) => c.attach_filter(&super::filter::behind_link_checks(self.ifindex, program)),
             None => self.sock.attach_filter(program),
         }
     }
@@ -207,6 +207,7 @@ impl RawSyncSocket {
     pub fn detach_capture_filter(&self) -> io::Result<()> {
         match &self.capture {
             Some(c) => c.attach_filter(&super::filter::behind_link_checks(
+                self.ifindex,
                 &super::filter::keep_all(),
             )),
             None => self.sock.detach_filter(),
@@ -310,12 +311,27 @@ impl RawSyncSocket {
 
     /// Refresh our own addresses (after an address change on the interface); the link
     /// path's source follows the interface's first address, as the kernel's choice would.
-    /// An interface left without an address keeps the last one.
-    pub fn refresh_addrs(&mut self) {
+    /// An interface left without an address keeps the last one. An error if the interface
+    /// is gone or another has its name: every socket here is bound to the old one's index
+    /// and would capture and inject nothing from now on.
+    pub fn refresh_addrs(&mut self) -> io::Result<()> {
+        match if_index(&self.ifname) {
+            Ok(i) if i == self.ifindex => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "sync interface `{}` (index {}) is gone: its sockets see nothing any more",
+                        self.ifname, self.ifindex
+                    ),
+                ))
+            }
+        }
         self.own_addrs = interface_ipv4_addrs(&self.ifname);
         if let (Some(link), Some(&first)) = (&mut self.link, self.own_addrs.first()) {
             link.src = first;
         }
+        Ok(())
     }
 
     pub fn firewalls(&self) -> &[Ipv4Addr] {
@@ -334,8 +350,9 @@ impl RawSyncSocket {
 /// timed on the capture socket.
 pub struct ForeignWatch {
     sock: Socket,
-    /// A link-layer socket (beside a link capture): its filter runs behind the link checks.
-    link: bool,
+    /// The interface's index when a link-layer socket (beside a link capture): its filter
+    /// runs behind the link checks.
+    link: Option<u32>,
     rx: super::mmsg::RecvBatch,
     /// The kernel's drop count at the last [`ForeignWatch::drain`].
     drops_seen: u32,
@@ -348,11 +365,11 @@ impl ForeignWatch {
     /// Open beside `sync`'s capture, on the same path (a link-layer socket if it captures
     /// by one, else a raw socket, joined to 224.0.0.240 if its raw socket is).
     pub fn open(sync: &RawSyncSocket, firewalls: &[Ipv4Addr]) -> io::Result<ForeignWatch> {
-        let link = sync.capture.is_some();
+        let link = sync.capture.as_ref().map(|_| sync.ifindex);
         // The filter goes on before the socket is bound and joined, so the firewall's own
         // packets are never queued or counted here.
         let filter = watch_filter(firewalls, link)?;
-        let sock = if link {
+        let sock = if link.is_some() {
             packet_socket(sync.ifindex, libc::ETH_P_IP as u16, Some(&filter))?
         } else {
             pfsync_socket(&sync.ifname, Some(&filter))?
@@ -406,8 +423,9 @@ impl AsRawFd for RawSyncSocket {
 }
 
 /// The watch socket's filter around `firewalls` (behind the link checks on a link-layer
-/// socket); none to watch around is an error (the filter would keep everything).
-fn watch_filter(firewalls: &[Ipv4Addr], link: bool) -> io::Result<Vec<libc::sock_filter>> {
+/// socket on interface `link`); none to watch around is an error (the filter would keep
+/// everything).
+fn watch_filter(firewalls: &[Ipv4Addr], link: Option<u32>) -> io::Result<Vec<libc::sock_filter>> {
     if firewalls.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -415,10 +433,9 @@ fn watch_filter(firewalls: &[Ipv4Addr], link: bool) -> io::Result<Vec<libc::sock
         ));
     }
     let program = super::filter::watch_program(firewalls);
-    Ok(if link {
-        super::filter::behind_link_checks(&program)
-    } else {
-        program
+    Ok(match link {
+        Some(ifindex) => super::filter::behind_link_checks(ifindex, &program),
+        None => program,
     })
 }
 
@@ -454,7 +471,7 @@ fn link_socket(ifindex: u32) -> io::Result<Socket> {
 /// the group's MAC address, which it asks the interface to accept, or to ours), behind
 /// the link checks until the driver attaches the capture filter.
 fn link_capture_socket(ifindex: u32) -> io::Result<Socket> {
-    let keep = super::filter::behind_link_checks(&super::filter::keep_all());
+    let keep = super::filter::behind_link_checks(ifindex, &super::filter::keep_all());
     let sock = packet_socket(ifindex, libc::ETH_P_IP as u16, Some(&keep))?;
     let g = PFSYNC_GROUP.octets();
     let mreq = libc::packet_mreq {

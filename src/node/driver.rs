@@ -190,6 +190,8 @@ pub enum NodeError {
     Metrics { addr: SocketAddr, err: io::Error },
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
+    #[error("{0}; stopping")]
+    SyncInterfaceGone(io::Error),
 }
 
 /// The same peer across a reload: same name, and at least one key in common (so a key
@@ -786,7 +788,13 @@ impl Node {
             if now >= next_addrs {
                 next_addrs = now + ADDR_REFRESH;
                 if let Local::Raw(raw) = &mut self.local {
-                    raw.sock.get_mut().refresh_addrs();
+                    let sock = raw.sock.get_mut();
+                    if let Err(err) = sock.refresh_addrs() {
+                        // Exit (and let the supervisor restart us once it is back) rather
+                        // than run on, relaying nothing.
+                        self.refresh_status(Instant::now());
+                        return Err(NodeError::SyncInterfaceGone(err));
+                    }
                 }
             }
         }
