@@ -194,8 +194,9 @@ impl RawSyncSocket {
     }
 
     /// Attach `program`, written for the raw socket's view (the IPv4 header at offset 0),
-    /// as the capture filter. On the link path it runs behind the tests the kernel's IP
-    /// layer made for the raw socket (protocol 240; for us or to the group).
+    /// as the capture filter. On the link path it runs behind the tests the raw socket's
+    /// binding and the kernel's IP layer made (the interface's own frames, protocol 240,
+    /// for us or to the group).
     pub fn attach_capture_filter(&self, program: &[libc::sock_filter]) -> io::Result<()> {
         match &self.capture {
             Some(c) => c.attach_filter(&super::filter::behind_link_checks(self.ifindex, program)),
@@ -473,13 +474,13 @@ fn link_socket(ifindex: u32) -> io::Result<Socket> {
 fn link_capture_socket(ifindex: u32) -> io::Result<Socket> {
     let keep = super::filter::behind_link_checks(ifindex, &super::filter::keep_all());
     let sock = packet_socket(ifindex, libc::ETH_P_IP as u16, Some(&keep))?;
-    let g = PFSYNC_GROUP.octets();
-    let mreq = libc::packet_mreq {
+    let mut mreq = libc::packet_mreq {
         mr_ifindex: ifindex as libc::c_int,
         mr_type: libc::PACKET_MR_MULTICAST as u16,
         mr_alen: 6,
-        mr_address: [0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3], 0, 0],
+        mr_address: [0; 8],
     };
+    mreq.mr_address[..6].copy_from_slice(&group_mac(PFSYNC_GROUP));
     // SAFETY: passing a properly sized packet_mreq.
     let r = unsafe {
         libc::setsockopt(
@@ -526,8 +527,8 @@ fn packet_socket(
     Ok(sock)
 }
 
-/// The link-layer destination of an IPv4 multicast group on `ifindex` (RFC 1112: 01:00:5e
-/// and the group's low 23 bits), for an `AF_PACKET` datagram socket; returns its length.
+/// The link-layer destination of an IPv4 multicast group on `ifindex` ([`group_mac`]), for
+/// an `AF_PACKET` datagram socket; returns its length.
 fn multicast_sockaddr_ll(
     ifindex: u32,
     group: Ipv4Addr,
@@ -535,13 +536,19 @@ fn multicast_sockaddr_ll(
 ) -> libc::socklen_t {
     // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_ll.
     let sll = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_ll) };
-    let g = group.octets();
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
     sll.sll_ifindex = ifindex as i32;
     sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3]]);
+    sll.sll_addr[..6].copy_from_slice(&group_mac(group));
     std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t
+}
+
+/// The Ethernet address of an IPv4 multicast group (RFC 1112: 01:00:5e and the group's low
+/// 23 bits).
+fn group_mac(group: Ipv4Addr) -> [u8; 6] {
+    let g = group.octets();
+    [0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3]]
 }
 
 /// Does `ifname` carry Ethernet frames (the only link header the link paths know)?
