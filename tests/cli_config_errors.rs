@@ -375,6 +375,16 @@ fn a_nice_value_outside_the_kernels_range_is_refused() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("nice              19"));
 }
 
+/// `check` accepts each config and prints what it says about it.
+fn assert_check_says<const N: usize>(d: &Dir, cases: [(String, &str); N]) {
+    for (text, says) in cases {
+        let o = check(d, &text);
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(says), "{says}: {out}");
+    }
+}
+
 #[test]
 fn rx_coalescing_beyond_a_millisecond_is_refused_and_zero_turns_it_off() {
     let d = Dir::new("cfg-coalesce");
@@ -388,16 +398,14 @@ fn rx_coalescing_beyond_a_millisecond_is_refused_and_zero_turns_it_off() {
         &["node.rx_coalesce_us", "1001", "0..=1000"],
     );
     assert_exit2(&check(&d, &with("-5")), &["node.rx_coalesce_us", "-5"]);
-    for (text, says) in [
-        (with("0"), "rx coalescing     off"),
-        (with("250"), "rx coalescing     250 µs"),
-        (config(&a, &b_pub, ""), "rx coalescing     100 µs"),
-    ] {
-        let o = check(&d, &text);
-        assert!(o.status.success(), "{o:?}");
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(out.contains(says), "{says}: {out}");
-    }
+    assert_check_says(
+        &d,
+        [
+            (with("0"), "rx coalescing     off"),
+            (with("250"), "rx coalescing     250 µs"),
+            (config(&a, &b_pub, ""), "rx coalescing     100 µs"),
+        ],
+    );
 }
 
 /// A raw-mode config on `lo` with fresh keys in `d`, and a function adding `[local] key = v`.
@@ -445,24 +453,22 @@ fn an_unknown_inject_path_is_refused_and_check_names_the_path() {
         &check(&d, &with("\"bpf\"")),
         &["local.inject_path", "bpf", "\"link\" or \"ip\""],
     );
-    for (text, says) in [
-        (
-            raw.clone(),
-            "inject to 224.0.0.240 ttl 255 as link-layer frames if the interface is Ethernet",
-        ),
-        (with("\"link\""), "as link-layer frames"),
-        (with("\"ip\""), "ttl 255 by the raw socket"),
-        // A unicast destination always goes by the raw socket.
-        (
-            raw.replace("[local]\n", "[local]\ninject_to = \"127.0.0.2\"\n"),
-            "inject to 127.0.0.2 ttl 255 by the raw socket",
-        ),
-    ] {
-        let o = check(&d, &text);
-        assert!(o.status.success(), "{o:?}");
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(out.contains(says), "{says}: {out}");
-    }
+    assert_check_says(
+        &d,
+        [
+            (
+                raw.clone(),
+                "inject to 224.0.0.240 ttl 255 as link-layer frames if the interface is Ethernet",
+            ),
+            (with("\"link\""), "as link-layer frames"),
+            (with("\"ip\""), "ttl 255 by the raw socket"),
+            // A unicast destination always goes by the raw socket.
+            (
+                raw.replace("[local]\n", "[local]\ninject_to = \"127.0.0.2\"\n"),
+                "inject to 127.0.0.2 ttl 255 by the raw socket",
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -473,7 +479,9 @@ fn an_unknown_capture_path_is_refused_and_check_names_the_path() {
         &check(&d, &with("\"pcap\"")),
         &["local.capture_path", "pcap", "\"link\" or \"ip\""],
     );
-    for (text, says) in [
+    assert_check_says(
+        &d,
+        [
         (
             raw.clone(),
             "capture multicast 224.0.0.240 + unicast, from link-layer frames if the interface is Ethernet",
@@ -485,10 +493,6 @@ fn an_unknown_capture_path_is_refused_and_check_names_the_path() {
             with("\"link\"").replace("[local]\n", "[local]\ncapture_multicast = false\n"),
             "capture unicast only",
         ),
-    ] {
-        let o = check(&d, &text);
-        assert!(o.status.success(), "{o:?}");
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(out.contains(says), "{says}: {out}");
-    }
+    ],
+    );
 }
