@@ -78,13 +78,14 @@ fn deletions_while_a_gateway_is_down_reach_the_peers() {
     );
 
     // One dump that loses a packet: the 3rd full-size pfsync packet from fw-a from now on.
+    // At the netdev ingress hook, which the link capture reads after (`input` is after it).
     let before = net.status(0);
     let ns = &net.site(0).gw_ns;
     net.lab.nft(
         ns,
         &format!(
-            "table inet pgwdump {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  \
-             iifname \"{SYNC_IF}\" ip protocol 240 ip length > 1200 numgen inc mod 1000000 == 2 counter drop\n }}\n}}\n"
+            "table netdev pgwdump {{\n chain in {{\n  type filter hook ingress device \"{SYNC_IF}\" priority 0; policy accept;\n  \
+             ip protocol 240 ip length > 1200 numgen inc mod 1000000 == 2 counter drop\n }}\n}}\n"
         ),
     );
     wait_for("two more sweeps of gw-a", Duration::from_secs(40), |last| {
@@ -92,7 +93,7 @@ fn deletions_while_a_gateway_is_down_reach_the_peers() {
         *last = format!("sweeps {}", local_count(&s, "sweeps"));
         (local_count(&s, "sweeps") >= local_count(&before, "sweeps") + 2).then_some(())
     });
-    net.lab.nft_delete_table(ns, "inet", "pgwdump");
+    net.lab.nft_delete_table(ns, "netdev", "pgwdump");
     let after = net.status(0);
     net.lab.log(&format!(
         "lossy dump: unlisted {} → {}, deleted {} → {}",
