@@ -1326,6 +1326,11 @@ impl Node {
                     resyncs: s.as_ref().map_or(0, |s| s.resyncs),
                     resync_in_progress: s.as_ref().is_some_and(|s| s.resync_in_progress),
                     delay_us: s.as_ref().map_or(0, |s| s.peer_delay_us),
+                    sync: s
+                        .iter()
+                        .flat_map(|s| s.named())
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
                 }
             })
             .collect();

@@ -46,6 +46,10 @@ pub struct PeerView {
     /// waits in its socket (a peer behind; our shedding counts it).
     #[serde(default)]
     pub delay_us: u64,
+    /// The sync stream's counters with this peer (`sync::PeerSyncStats::named`): NACKs,
+    /// overflows of the resend queue, epochs, audits; `…_now` entries are gauges.
+    #[serde(default)]
+    pub sync: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -114,7 +118,7 @@ impl Status {
             );
             let _ = writeln!(
                 s,
-                "  sync: {} retransmits, {} resyncs{}, its queue {:.1} ms",
+                "  sync: {} retransmits, {} resyncs{}, {} resend-queue overflows, its queue {:.1} ms",
                 p.retransmits,
                 p.resyncs,
                 if p.resync_in_progress {
@@ -122,6 +126,7 @@ impl Status {
                 } else {
                     ""
                 },
+                p.sync.get("overflows").copied().unwrap_or(0),
                 p.delay_us as f64 / 1000.0
             );
         }
@@ -204,6 +209,25 @@ impl Status {
                 p.delay_us as f64 / 1e6
             }),
         ];
+        // The sync stream's counters, a series per name (gauges apart, as for `local`).
+        for (ty, gauge) in [("counter", false), ("gauge", true)] {
+            let name = if gauge {
+                "pfsync_gw_peer_sync"
+            } else {
+                "pfsync_gw_peer_sync_total"
+            };
+            let _ = writeln!(s, "# TYPE {name} {ty}");
+            for p in &self.peers {
+                for (k, v) in p.sync.iter().filter(|(k, _)| k.ends_with("_now") == gauge) {
+                    let _ = writeln!(
+                        s,
+                        "{name}{{node=\"{node}\",peer=\"{}\",what=\"{}\"}} {v}",
+                        esc(&p.name),
+                        esc(k)
+                    );
+                }
+            }
+        }
         for (name, ty, f) in per_peer {
             let _ = writeln!(s, "# TYPE {name} {ty}");
             for p in &self.peers {
@@ -249,9 +273,25 @@ mod tests {
             established: true,
             rx_packets: 5,
             delay_us: 2500,
+            sync: [("overflows".into(), 4), ("unacked_now".into(), 9)].into(),
             ..Default::default()
         });
         let m = st.to_prometheus();
+        let sync = "{node=\"gw-a\",peer=\"gw-b\",what=";
+        assert!(
+            m.contains(&format!("pfsync_gw_peer_sync_total{sync}\"overflows\"}} 4")),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!("pfsync_gw_peer_sync{sync}\"unacked_now\"}} 9")),
+            "{m}"
+        );
+        assert!(!m.contains(&format!("pfsync_gw_peer_sync_total{sync}\"unacked_now\"")));
+        assert!(
+            st.to_text().contains("4 resend-queue overflows"),
+            "{}",
+            st.to_text()
+        );
         assert!(
             m.contains("pfsync_gw_peer_queue_delay_seconds{node=\"gw-a\",peer=\"gw-b\"} 0.0025"),
             "{m}"

@@ -267,6 +267,56 @@ pub struct PeerSyncStats {
     pub summaries_deferred: u64,
 }
 
+impl PeerSyncStats {
+    /// The counters and gauges by name, for `status` and the metrics (`_now`: a gauge).
+    pub fn named(&self) -> [(&'static str, u64); 42] {
+        [
+            ("tx_datagrams", self.tx_datagrams),
+            ("rx_datagrams", self.rx_datagrams),
+            ("tx_data", self.tx_data),
+            ("rx_data", self.rx_data),
+            ("tx_records", self.tx_records),
+            ("rx_records", self.rx_records),
+            ("retransmits", self.retransmits),
+            ("nacks_rx", self.nacks_rx),
+            ("nacks_tx", self.nacks_tx),
+            ("skips_tx", self.skips_tx),
+            ("duplicates", self.duplicates),
+            ("malformed", self.malformed),
+            ("bad_datagrams", self.bad_datagrams),
+            ("epoch_mismatch", self.epoch_mismatch),
+            ("overflows", self.overflows),
+            ("resyncs", self.resyncs),
+            ("resyncs_completed", self.resyncs_completed),
+            ("dead_detections", self.dead_detections),
+            ("stale_returned", self.stale_returned),
+            ("clock_refused", self.clock_refused),
+            ("foreign_refused", self.foreign_refused),
+            ("creator_conflicts", self.creator_conflicts),
+            ("states_refused", self.states_refused),
+            ("answers_deferred", self.answers_deferred),
+            ("clears_refused", self.clears_refused),
+            ("tx_epochs", self.tx_epochs),
+            ("rx_epochs", self.rx_epochs),
+            ("peer_restarts", self.peer_restarts),
+            ("audits_inconclusive", self.audits_inconclusive),
+            ("summaries_deferred", self.summaries_deferred),
+            ("sessions_kept", self.sessions_kept),
+            ("hellos_tx", self.hellos_tx),
+            ("hello_reqs_tx", self.hello_reqs_tx),
+            ("hello_reqs_rx", self.hello_reqs_rx),
+            ("answer_bytes", self.answer_bytes),
+            ("rx_bytes", self.rx_bytes),
+            ("pad_tx_bytes", self.pad_tx_bytes),
+            ("pad_rx_bytes", self.pad_rx_bytes),
+            ("pay_requests", self.pay_requests),
+            ("unacked_now", self.unacked as u64),
+            ("dirty_now", self.dirty as u64),
+            ("requests_now", self.requests as u64),
+        ]
+    }
+}
+
 /// Why a peer's sync stream was (re)started or is not up yet; the node logs these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncNote {
