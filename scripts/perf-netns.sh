@@ -9,6 +9,10 @@
 #            --modes plain,gw,boringtun (plain-link: the plain relay capturing and injecting
 #            as the gateway does)
 #            --nice N (every relay's priority, default -10 = the gateway's default [node] nice)
+#            --sched fifo|other (default fifo = the gateway's default [node] scheduler: every
+#            relay and fw-b's receiver at SCHED_FIFO --rt-priority, fw-a's sender one above;
+#            other: everything time-shared, relays at --nice, the sender at nice 0)
+#            --rt-priority N (default 1 = the gateway's default [node] rt_priority)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`),
@@ -33,6 +37,8 @@ STATES=10200
 MODES=plain,gw,boringtun
 RUNS=1
 NICE=-10
+SCHED=fifo
+RTPRIO=1
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SECS=1; RATES=2000; SIZES=17; STATES=200 ;;
@@ -43,6 +49,8 @@ while [ $# -gt 0 ]; do
         --modes) MODES=$2; shift ;;
         --runs) RUNS=$2; shift ;;
         --nice) NICE=$2; shift ;;
+        --sched) SCHED=$2; shift ;;
+        --rt-priority) RTPRIO=$2; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -82,6 +90,11 @@ ip -n $GWA addr add 10.99.0.1/24 dev tr0
 ip -n $GWB addr add 10.99.0.2/24 dev tr0
 
 echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+case $SCHED in
+    fifo) echo "# relays and fw-b's receiver at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1))" ;;
+    other) RTPRIO=0 ;;
+    *) echo "perf-netns: --sched fifo or other" >&2; exit 2 ;;
+esac
 echo "# relays at nice $NICE; $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
 
 start_plain() {  # $1: how it injects and captures (ip or link)
@@ -205,6 +218,10 @@ for run in $(seq "$RUNS"); do
         # it for all, older gateway builds included), so the side by side differs only in
         # the relay.
         for t in /proc/$PA/task/* /proc/$PB/task/*; do renice -n "$NICE" -p "${t##*/}" >/dev/null; done
+        # Likewise the policy: --sched other puts a gateway that took SCHED_FIFO itself back.
+        for p in $PA $PB; do
+            if [ "$RTPRIO" -gt 0 ]; then chrt -f -a -p "$RTPRIO" "$p"; else chrt -o -a -p 0 "$p"; fi
+        done
         TO=()
         [ $mode = boringtun ] && TO=(--to 10.2.0.2)
         REC=()
@@ -214,7 +231,7 @@ for run in $(seq "$RUNS"); do
             perf record -g -o "$PERF_RECORD-b.data" -p "$PB" >/dev/null 2>&1 & REC+=($!)
         fi
         "$BIN" perf-load --tx-ns $FWA --rx-ns $FWB --states "$STATES" --per-packet "$SIZES" \
-            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" "${TO[@]}" |
+            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" --rt-priority "$RTPRIO" "${TO[@]}" |
             tee -a "$DIR/results"
         for r in "${REC[@]:-}"; do [ -n "$r" ] && kill -INT "$r" && wait "$r" || true; done
         if [ $mode = gw ]; then

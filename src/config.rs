@@ -107,6 +107,12 @@ struct RawNode {
     /// Scheduling priority of the daemon (default `DEFAULT_NICE`).
     #[serde(default)]
     nice: Option<i64>,
+    /// Scheduling policy: "fifo" (default), "rr" or "other".
+    #[serde(default)]
+    scheduler: Option<String>,
+    /// Real-time priority under "fifo"/"rr", 1..=99 (default 1).
+    #[serde(default)]
+    rt_priority: Option<i64>,
     /// Pause under load before reading again, in µs (0 = off).
     #[serde(default)]
     rx_coalesce_us: Option<i64>,
@@ -207,6 +213,8 @@ pub struct Config {
     pub udp_offload: bool,
     /// `[node] nice`: the daemon's scheduling priority.
     pub nice: Nice,
+    /// `[node] scheduler` and `rt_priority`: the daemon's scheduling policy.
+    pub scheduler: Scheduler,
     /// `[node] rx_coalesce_us`: the pause the event loop takes while reading fast, instead
     /// of a wakeup per datagram (`None`: off). See `node::coalesce`.
     pub rx_coalesce: Option<Duration>,
@@ -240,6 +248,51 @@ impl Default for Nice {
         Nice {
             value: DEFAULT_NICE,
             explicit: false,
+        }
+    }
+}
+
+/// `[node] scheduler`: the kernel's scheduling policy for the daemon's thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedPolicy {
+    /// `SCHED_FIFO`: runs until it blocks, ahead of every ordinary process.
+    Fifo,
+    /// `SCHED_RR`: as FIFO, time-sliced with real-time threads of its own priority.
+    Rr,
+    /// `SCHED_OTHER`: the ordinary time-sharing scheduler (with `[node] nice`).
+    Other,
+}
+
+/// `[node] rt_priority` when not set: the lowest real-time priority, ahead of every ordinary
+/// process and behind every other real-time thread (the kernel's IRQ threads, corosync,
+/// keepalived), whose deadlines matter more than a state change's.
+pub const DEFAULT_RT_PRIORITY: u8 = 1;
+
+/// `[node] scheduler` and `rt_priority`, and whether the operator set either (then not
+/// getting it is an error; the default is best effort, like `nice`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduler {
+    pub policy: SchedPolicy,
+    pub priority: u8,
+    pub explicit: bool,
+}
+
+impl Default for Scheduler {
+    fn default() -> Scheduler {
+        Scheduler {
+            policy: SchedPolicy::Fifo,
+            priority: DEFAULT_RT_PRIORITY,
+            explicit: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.policy {
+            SchedPolicy::Fifo => write!(f, "SCHED_FIFO priority {}", self.priority),
+            SchedPolicy::Rr => write!(f, "SCHED_RR priority {}", self.priority),
+            SchedPolicy::Other => f.write_str("SCHED_OTHER"),
         }
     }
 }
@@ -346,6 +399,7 @@ impl Config {
             mtu: 1500,
             udp_offload: true,
             nice: Nice::default(),
+            scheduler: Scheduler::default(),
             rx_coalesce: Some(DEFAULT_RX_COALESCE),
             local: LocalConfig {
                 mode: LocalMode::Emulator,
@@ -470,6 +524,37 @@ impl Config {
                 value: n as i32,
                 explicit: true,
             },
+        };
+        let scheduler = {
+            let policy = match raw.node.scheduler.as_deref() {
+                None | Some("fifo") => SchedPolicy::Fifo,
+                Some("rr") => SchedPolicy::Rr,
+                Some("other") => SchedPolicy::Other,
+                Some(x) => {
+                    return Err(err(
+                        "node.scheduler",
+                        format!("unknown policy `{x}` (expected fifo, rr or other)"),
+                    ))
+                }
+            };
+            let priority = match raw.node.rt_priority {
+                None => DEFAULT_RT_PRIORITY,
+                Some(_) if policy == SchedPolicy::Other => {
+                    return Err(err(
+                        "node.rt_priority",
+                        "only with scheduler = \"fifo\" or \"rr\"".into(),
+                    ))
+                }
+                Some(p) if !(1..=99).contains(&p) => {
+                    return Err(err("node.rt_priority", format!("{p} is outside 1..=99")))
+                }
+                Some(p) => p as u8,
+            };
+            Scheduler {
+                policy,
+                priority,
+                explicit: raw.node.scheduler.is_some() || raw.node.rt_priority.is_some(),
+            }
         };
 
         let rx_coalesce = match raw.node.rx_coalesce_us {
@@ -693,6 +778,7 @@ impl Config {
             mtu,
             udp_offload: raw.node.udp_offload.unwrap_or(true),
             nice,
+            scheduler,
             rx_coalesce,
             rekey_after,
             local: LocalConfig {
@@ -768,6 +854,16 @@ impl Config {
             "  nice              {}{}",
             self.nice.value,
             if self.nice.explicit {
+                ""
+            } else {
+                " (default, if permitted)"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  scheduler         {}{}",
+            self.scheduler,
+            if self.scheduler.explicit {
                 ""
             } else {
                 " (default, if permitted)"

@@ -375,6 +375,46 @@ fn a_nice_value_outside_the_kernels_range_is_refused() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("nice              19"));
 }
 
+#[test]
+fn a_bad_scheduler_or_real_time_priority_is_refused() {
+    let d = Dir::new("cfg-sched");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let with =
+        |lines: &str| config(&a, &b_pub, "").replace("[node]\n", &format!("[node]\n{lines}\n"));
+    assert_exit2(
+        &check(&d, &with("scheduler = \"deadline\"")),
+        &["node.scheduler", "deadline", "fifo, rr or other"],
+    );
+    for p in ["0", "100"] {
+        assert_exit2(
+            &check(&d, &with(&format!("rt_priority = {p}"))),
+            &["node.rt_priority", p, "1..=99"],
+        );
+    }
+    assert_exit2(
+        &check(&d, &with("scheduler = \"other\"\nrt_priority = 5")),
+        &["node.rt_priority", "only with scheduler"],
+    );
+    assert_check_says(
+        &d,
+        [
+            (
+                config(&a, &b_pub, ""),
+                "SCHED_FIFO priority 1 (default, if permitted)",
+            ),
+            (
+                with("scheduler = \"rr\"\nrt_priority = 20"),
+                "SCHED_RR priority 20\n",
+            ),
+            (
+                with("scheduler = \"other\""),
+                "scheduler         SCHED_OTHER\n",
+            ),
+        ],
+    );
+}
+
 /// `check` accepts each config and prints what it says about it.
 fn assert_check_says<const N: usize>(d: &Dir, cases: [(String, &str); N]) {
     for (text, says) in cases {

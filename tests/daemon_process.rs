@@ -261,6 +261,15 @@ fn nice_of(pid: u32) -> i64 {
     rest.split(' ').nth(16).unwrap().parse().unwrap()
 }
 
+/// The scheduling policy and real-time priority of process `pid`.
+fn sched_of(pid: u32) -> (i32, i32) {
+    let mut p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain getters; `p` outlives the call.
+    let policy = unsafe { libc::sched_getscheduler(pid as i32) } & !libc::SCHED_RESET_ON_FORK;
+    assert_eq!(unsafe { libc::sched_getparam(pid as i32, &mut p) }, 0);
+    (policy, p.sched_priority)
+}
+
 #[test]
 fn the_daemon_takes_its_configured_priority_and_by_default_raises_it_when_permitted() {
     let dir = Dir::new("nice");
@@ -271,7 +280,11 @@ fn the_daemon_takes_its_configured_priority_and_by_default_raises_it_when_permit
     // a: an explicit (lower) priority, which any user may take.
     let cfg = write_config(d, "a", qa, 0xa, &[("b", &pb, qb)]);
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("[node]\n", "[node]\nnice = 7\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("[node]\n", "[node]\nnice = 7\nscheduler = \"other\"\n"),
+    )
+    .unwrap();
     let a = start(d, "a", false);
     wait_for(
         "a's control socket",
@@ -280,6 +293,7 @@ fn the_daemon_takes_its_configured_priority_and_by_default_raises_it_when_permit
         &[&a],
     );
     assert_eq!(nice_of(a.child.id()), 7);
+    assert_eq!(sched_of(a.child.id()), (libc::SCHED_OTHER, 0));
 
     // b: the default, -10 when privileged; otherwise unchanged, and the daemon still runs.
     write_config(d, "b", qb, 0xb, &[]);
@@ -300,4 +314,15 @@ fn the_daemon_takes_its_configured_priority_and_by_default_raises_it_when_permit
         log.contains(&format!("nice {want}")) || log.contains("nice unchanged"),
         "{log}"
     );
+    // And real-time scheduling at the lowest priority, likewise.
+    if root {
+        assert_eq!(sched_of(b.child.id()), (libc::SCHED_FIFO, 1));
+        assert!(log.contains("scheduling: SCHED_FIFO priority 1"), "{log}");
+    } else {
+        assert_eq!(sched_of(b.child.id()).0, libc::SCHED_OTHER);
+        assert!(
+            log.contains("scheduling unchanged (default SCHED_FIFO priority 1 not permitted"),
+            "{log}"
+        );
+    }
 }

@@ -28,7 +28,8 @@ use crate::wire::{
 const CREATOR: u32 = 0x9e7f_0001;
 /// Versions of each state the sender remembers (to find the first one fw-b lacks).
 const RING: usize = 8;
-/// fw-b's receiver runs at the relays' priority (perf-netns.sh `--nice`'s default).
+/// fw-b's receiver runs at the relays' priority (perf-netns.sh `--nice`'s default; under
+/// `--sched fifo`, `--rt-priority`).
 const RX_NICE: i32 = -10;
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +65,12 @@ pub struct LoadArgs {
     /// e.g. through a WireGuard tunnel, for the side-by-side with boringtun).
     #[arg(long)]
     pub to: Option<std::net::Ipv4Addr>,
+    /// Real-time priority of the relays (perf-netns.sh `--sched fifo`; 0 = they run at
+    /// `--nice`): fw-b's receiver takes it, and fw-a's sender one above it, so what the
+    /// sender offers does not depend on what the relays leave it (a firewall's kernel is
+    /// on another host).
+    #[arg(long, default_value_t = 0)]
+    pub rt_priority: u8,
 }
 
 #[derive(Debug, clap::Args)]
@@ -232,7 +239,20 @@ pub fn run_load(args: &LoadArgs) -> i32 {
     }
 }
 
+/// `SCHED_FIFO` at `priority` for the calling thread (best effort, like the rest of the
+/// benchmark's setup: it runs as root).
+fn fifo(priority: u8) {
+    let _ = crate::node::privdrop::set_scheduler(crate::config::Scheduler {
+        policy: crate::config::SchedPolicy::Fifo,
+        priority,
+        explicit: true,
+    });
+}
+
 fn load(args: &LoadArgs) -> io::Result<()> {
+    if args.rt_priority > 0 {
+        fifo(args.rt_priority.saturating_add(1).min(99));
+    }
     let n = args.states.max(1);
     let sh = Arc::new(Shared {
         origin: Instant::now(),
@@ -252,6 +272,7 @@ fn load(args: &LoadArgs) -> io::Result<()> {
         let lat = lat.clone();
         let ns = args.rx_ns.clone();
         let iface = args.iface.clone();
+        let rt_priority = args.rt_priority;
         std::thread::spawn(move || -> io::Result<()> {
             enter_netns(&ns)?;
             let sock = RawSyncSocket::open(&iface, true, wire::PFSYNC_GROUP)?;
@@ -263,6 +284,9 @@ fn load(args: &LoadArgs) -> io::Result<()> {
             // like the rest of the benchmark's setup (it runs as root).
             rb.enable_timestamps(fd);
             let _ = crate::node::privdrop::set_nice(RX_NICE);
+            if rt_priority > 0 {
+                fifo(rt_priority);
+            }
             let mut local = Vec::with_capacity(1 << 16);
             while !sh.stop.load(Ordering::Relaxed) {
                 let mut pfd = libc::pollfd {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::coalesce::{self, RxCoalesce};
 use super::control::{self, SharedStatus};
 use super::ratelimit::LogLimiter;
+use super::realtime::{self, Duty};
 use super::status::{FirewallView, PeerView, Status};
 use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
@@ -163,6 +164,8 @@ pub struct Node {
     /// Datagrams read from both sockets this round (for `coalesce`).
     read_this_round: u64,
     coalesce: RxCoalesce,
+    /// Rests of a real-time loop that has not slept for a while (see realtime.rs).
+    duty: Duty,
     /// Packets the pump may inject this round: what waits for injection plus what arrived
     /// during the last round, within `INJECT_PER_ROUND..=INJECT_MAX_PER_ROUND`.
     inject_budget: usize,
@@ -481,6 +484,7 @@ impl Node {
             injected_this_round: 0,
             read_this_round: 0,
             coalesce: RxCoalesce::new(now, cfg_rx_coalesce),
+            duty: Duty::new(now, realtime::is_realtime()),
             inject_budget: INJECT_PER_ROUND,
             inject_arrivals: 0,
             bulk: LocalBulk::new(now),
@@ -682,6 +686,7 @@ impl Node {
         coalesce::precise_timers();
         loop {
             let now = Instant::now();
+            let wait_start = now;
             // Drained while reading fast: let a batch gather (see coalesce.rs). The runtime
             // thread blocks for the pause; its other tasks are the control socket's.
             let pause = if busy { None } else { self.coalesce.pause() };
@@ -742,6 +747,7 @@ impl Node {
                 }
             };
             let now = Instant::now();
+            self.duty.on_wait(wait_start, now);
             match wake {
                 Wake::Shutdown => break,
                 Wake::Round => {}
@@ -776,6 +782,11 @@ impl Node {
                 e.handle_timeout(now);
             }
             busy = self.round(now);
+            if let Some(rest) = self.duty.rest(Instant::now()) {
+                let t = Instant::now();
+                std::thread::sleep(rest);
+                self.duty.on_wait(t, Instant::now());
+            }
             if now >= next_status {
                 self.count_foreign(now);
                 self.refresh_status(now);
@@ -1287,6 +1298,7 @@ impl Node {
                 ("injected_joined".to_string(), rs.inject.joined),
                 ("shed_inject_late".to_string(), rs.inject.late),
                 ("rx_coalesce_pauses".to_string(), self.coalesce.pauses()),
+                ("realtime_rests".to_string(), self.duty.rests),
                 ("epochs_opened".to_string(), epochs[0]),
                 ("peer_epochs".to_string(), epochs[1]),
                 ("sessions_kept".to_string(), epochs[2]),

@@ -10,6 +10,7 @@ pub mod control;
 pub mod driver;
 pub mod privdrop;
 pub mod ratelimit;
+pub mod realtime;
 pub mod status;
 
 pub use driver::{Node, NodeHandle};
@@ -31,6 +32,18 @@ pub fn run_daemon(cfg: Config) -> i32 {
             cfg.nice.value
         ),
     };
+    // After nice (the fallback when real-time scheduling is refused), before any thread.
+    let sched = match privdrop::set_scheduler(cfg.scheduler) {
+        Ok(()) => format!("scheduling: {}", cfg.scheduler),
+        Err(e) if cfg.scheduler.explicit => {
+            eprintln!("error: [node] scheduler = {}: {e}", cfg.scheduler);
+            return 1;
+        }
+        Err(e) => format!(
+            "scheduling unchanged (default {} not permitted: {e})",
+            cfg.scheduler
+        ),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,6 +58,7 @@ pub fn run_daemon(cfg: Config) -> i32 {
     let keep_net_raw = cfg.local.mode == crate::config::LocalMode::Raw;
     rt.block_on(async move {
         tracing::info!("{nice}");
+        tracing::info!("{sched}");
         let (node, handle) = match Node::bind(cfg).await {
             Ok(n) => n,
             Err(e) => {

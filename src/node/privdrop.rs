@@ -15,10 +15,10 @@
 //! Already running as the target user (systemd `User=` with `AmbientCapabilities=`), only
 //! the capability sets are reduced.
 //!
-//! `set_nice` is here too: raising the daemon's priority is the other thing only the
-//! privileged start can do.
+//! `set_nice` and `set_scheduler` are here too: raising the daemon's priority is the other
+//! thing only the privileged start can do.
 
-use crate::config::RunAs;
+use crate::config::{RunAs, SchedPolicy, Scheduler};
 
 /// CAP_NET_RAW (linux/capability.h).
 pub const CAP_NET_RAW: u32 = 13;
@@ -42,6 +42,45 @@ pub fn set_nice(nice: i32) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// Set the scheduling policy of the calling thread and of every thread it creates
+/// afterwards; children of a `fork` go back to `SCHED_OTHER` (`SCHED_RESET_ON_FORK`).
+pub fn set_scheduler(sched: Scheduler) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        let policy = match sched.policy {
+            SchedPolicy::Fifo => libc::SCHED_FIFO,
+            SchedPolicy::Rr => libc::SCHED_RR,
+            SchedPolicy::Other => libc::SCHED_OTHER,
+        };
+        let priority = if sched.policy == SchedPolicy::Other {
+            0
+        } else {
+            sched.priority as i32
+        };
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: `param` outlives the call; pid 0 is the calling thread.
+        let r = unsafe { libc::sched_setscheduler(0, policy | libc::SCHED_RESET_ON_FORK, &param) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EPERM) {
+                format!("{e} (real-time scheduling needs root or CAP_SYS_NICE, or systemd's CPUSchedulingPolicy=)")
+            } else {
+                e.to_string()
+            });
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        if sched.policy == SchedPolicy::Other {
+            return Ok(());
+        }
+        Err("real-time scheduling is only set on Linux here".into())
+    }
 }
 
 /// Switch to `run_as`, keeping CAP_NET_RAW if `keep_net_raw` (Linux). Returns a one-line
