@@ -261,11 +261,12 @@ fn nice_of(pid: u32) -> i64 {
     rest.split(' ').nth(16).unwrap().parse().unwrap()
 }
 
-/// The scheduling policy and real-time priority of process `pid`.
+/// The scheduling policy (with `SCHED_RESET_ON_FORK`, if set) and real-time priority of
+/// process `pid`.
 fn sched_of(pid: u32) -> (i32, i32) {
     let mut p = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain getters; `p` outlives the call.
-    let policy = unsafe { libc::sched_getscheduler(pid as i32) } & !libc::SCHED_RESET_ON_FORK;
+    let policy = unsafe { libc::sched_getscheduler(pid as i32) };
     assert_eq!(unsafe { libc::sched_getparam(pid as i32, &mut p) }, 0);
     (policy, p.sched_priority)
 }
@@ -293,7 +294,10 @@ fn the_daemon_takes_its_configured_priority_and_by_default_raises_it_when_permit
         &[&a],
     );
     assert_eq!(nice_of(a.child.id()), 7);
-    assert_eq!(sched_of(a.child.id()), (libc::SCHED_OTHER, 0));
+    assert_eq!(
+        sched_of(a.child.id()).0 & !libc::SCHED_RESET_ON_FORK,
+        libc::SCHED_OTHER
+    );
 
     // b: the default, -10 when privileged; otherwise unchanged, and the daemon still runs.
     write_config(d, "b", qb, 0xb, &[]);
@@ -316,13 +320,89 @@ fn the_daemon_takes_its_configured_priority_and_by_default_raises_it_when_permit
     );
     // And real-time scheduling at the lowest priority, likewise.
     if root {
-        assert_eq!(sched_of(b.child.id()), (libc::SCHED_FIFO, 1));
+        // What it spawns later starts as an ordinary thread (SCHED_RESET_ON_FORK).
+        assert_eq!(
+            sched_of(b.child.id()),
+            (libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1)
+        );
         assert!(log.contains("scheduling: SCHED_FIFO priority 1"), "{log}");
     } else {
-        assert_eq!(sched_of(b.child.id()).0, libc::SCHED_OTHER);
+        assert_eq!(
+            sched_of(b.child.id()).0 & !libc::SCHED_RESET_ON_FORK,
+            libc::SCHED_OTHER
+        );
         assert!(
             log.contains("scheduling unchanged (default SCHED_FIFO priority 1 not permitted"),
             "{log}"
         );
     }
+}
+
+/// Without the right to it (root without CAP_SYS_NICE here), real-time scheduling asked
+/// for explicitly stops the daemon with the file, the setting and the reason; the default
+/// is best effort: the daemon runs on, time-shared, and says so.
+#[test]
+fn real_time_scheduling_that_is_refused_stops_the_daemon_only_when_asked_for() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (to start the daemon without CAP_SYS_NICE)");
+        return;
+    }
+    let dir = Dir::new("sched-refused");
+    let d = &dir.0;
+    keygen(d, "a.key");
+    let pb = keygen(d, "b.key");
+    let (qa, qb) = (free_udp_port(), free_udp_port());
+    let cfg = write_config(d, "a", qa, 0xa, &[("b", &pb, qb)]);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let no_nice = |cfg: &Path| {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"])
+            .arg(bin())
+            .args(["run", "--config"])
+            .arg(cfg);
+        c
+    };
+    let explicit = d.join("explicit.toml");
+    std::fs::write(
+        &explicit,
+        text.replace("[node]\n", "[node]\nrt_priority = 5\n"),
+    )
+    .unwrap();
+    let out = no_nice(&explicit).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("explicit.toml: [node] scheduler / rt_priority (SCHED_FIFO priority 5)")
+            && err.contains("CAP_SYS_NICE"),
+        "{err}"
+    );
+
+    let log = d.join("a.log");
+    let a = Daemon {
+        child: Running(
+            no_nice(&cfg)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        ),
+        sock: d.join("a.sock"),
+        log,
+    };
+    wait_for(
+        "a's control socket",
+        Duration::from_secs(10),
+        || status(&a).is_some(),
+        &[&a],
+    );
+    assert_eq!(
+        sched_of(a.child.id()).0 & !libc::SCHED_RESET_ON_FORK,
+        libc::SCHED_OTHER
+    );
+    let text = std::fs::read_to_string(&a.log).unwrap();
+    assert!(
+        text.contains("scheduling unchanged (default SCHED_FIFO priority 1 not permitted"),
+        "{text}"
+    );
 }

@@ -14,6 +14,7 @@ use common::capture::{in_netns, RawPf, PFSYNC_GROUP};
 use common::gw::{local_count, Net, SYNC_IF};
 use common::netns::skip_unless_root;
 use common::pf::{packet, tcp_state, upd_c};
+use pfsync_gw::node::realtime::{thread_cpu_time, Duty};
 use pfsync_gw::wire::{Message, Packet, StateRepr};
 
 /// States the compressed updates cycle over.
@@ -113,19 +114,24 @@ fn overload_sheds_only_updates_and_recovers() {
                     if i == 0 {
                         fifo(2);
                     }
+                    // Resting as the gateways do, not stopped by the kernel's throttling.
+                    let mut duty = Duty::new(Instant::now(), thread_cpu_time(), i == 0);
                     let tx = RawPf::open(ns, SYNC_IF, false);
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         tx.send(&updates[n as usize % updates.len()], PFSYNC_GROUP);
                         n += 1;
+                        if let Some(r) = duty.poll(Instant::now(), thread_cpu_time) {
+                            std::thread::sleep(r);
+                        }
                     }
                     n
                 })
             })
             .collect();
         let recv = s.spawn(|| {
-            // At the gateways' priority: the receiver stands for fw-b's kernel.
-            fifo(1);
+            // The receiver stands for fw-b's kernel, on another host: above the gateways.
+            fifo(2);
             let (mut ins, mut del) = (HashSet::new(), HashSet::new());
             let end = Instant::now() + OVERLOAD + Duration::from_secs(3);
             while let Some(left) = end.checked_duration_since(Instant::now()) {
@@ -192,6 +198,12 @@ fn overload_sheds_only_updates_and_recovers() {
         filtered + late > 0,
         "no shedding: the senders did not overload gw-a ({flooded} packets)"
     );
+    // Real-time (as root, the default), gw-a held its core and rested instead of being
+    // stopped by the kernel's throttling.
+    assert!(
+        shed("realtime_rests") > 0,
+        "gw-a never rested while overloaded"
+    );
     // Reading that fast, gw-a let batches gather instead of waking per packet.
     assert!(
         shed("rx_coalesce_pauses") > 0,
@@ -253,7 +265,7 @@ fn a_slow_receiving_gateway_makes_the_sender_shed() {
     let stop = AtomicBool::new(false);
     let (inserted, got) = std::thread::scope(|s| {
         let recv = s.spawn(|| {
-            fifo(1);
+            fifo(2);
             let mut got = HashSet::new();
             let end = Instant::now() + Duration::from_secs(3 + 4);
             while let Some(left) = end.checked_duration_since(Instant::now()) {

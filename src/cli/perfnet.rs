@@ -29,7 +29,7 @@ const CREATOR: u32 = 0x9e7f_0001;
 /// Versions of each state the sender remembers (to find the first one fw-b lacks).
 const RING: usize = 8;
 /// fw-b's receiver runs at the relays' priority (perf-netns.sh `--nice`'s default; under
-/// `--sched fifo`, `--rt-priority`).
+/// `--sched fifo`, one above `--rt-priority`, like the sender).
 const RX_NICE: i32 = -10;
 
 #[derive(Debug, clap::Args)]
@@ -66,9 +66,9 @@ pub struct LoadArgs {
     #[arg(long)]
     pub to: Option<std::net::Ipv4Addr>,
     /// Real-time priority of the relays (perf-netns.sh `--sched fifo`; 0 = they run at
-    /// `--nice`): fw-b's receiver takes it, and fw-a's sender one above it, so what the
-    /// sender offers does not depend on what the relays leave it (a firewall's kernel is
-    /// on another host).
+    /// `--nice`): fw-a's sender and fw-b's receiver run one above it, so neither what the
+    /// sender offers nor what the receiver takes in depends on what the relays leave them
+    /// (a firewall's kernel is on another host).
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,
 }
@@ -285,7 +285,7 @@ fn load(args: &LoadArgs) -> io::Result<()> {
             rb.enable_timestamps(fd);
             let _ = crate::node::privdrop::set_nice(RX_NICE);
             if rt_priority > 0 {
-                fifo(rt_priority);
+                fifo(rt_priority.saturating_add(1).min(99));
             }
             let mut local = Vec::with_capacity(1 << 16);
             while !sh.stop.load(Ordering::Relaxed) {
@@ -430,7 +430,14 @@ fn send_all(
             let mut sent = 0u64;
             let mut ages = Samples::default();
             let mut next_sample = start + Duration::from_millis(100);
+            // Real-time and unthrottled, the sender rests as the gateway does (below the
+            // kernel's real-time throttling, which would stop it 50 ms a second).
+            use crate::node::realtime::{thread_cpu_time, Duty};
+            let mut duty = Duty::new(start, thread_cpu_time(), args.rt_priority > 0);
             while start.elapsed() < dur {
+                if let Some(r) = duty.poll(Instant::now(), thread_cpu_time) {
+                    std::thread::sleep(r);
+                }
                 // Due packets now (token bucket, bursts of at most one batch).
                 let due = if rate > 0.0 {
                     ((start.elapsed().as_secs_f64() * rate) as u64).saturating_sub(sent)

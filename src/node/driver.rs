@@ -484,7 +484,7 @@ impl Node {
             injected_this_round: 0,
             read_this_round: 0,
             coalesce: RxCoalesce::new(now, cfg_rx_coalesce),
-            duty: Duty::new(now, realtime::is_realtime()),
+            duty: Duty::new(now, realtime::thread_cpu_time(), realtime::is_realtime()),
             inject_budget: INJECT_PER_ROUND,
             inject_arrivals: 0,
             bulk: LocalBulk::new(now),
@@ -566,6 +566,9 @@ impl Node {
             || new.local.capture_multicast != self.cfg.local.capture_multicast
         {
             tracing::warn!("reload: listen address and firewall side changes need a restart; applying key and peer changes only");
+        }
+        if new.scheduler != self.cfg.scheduler || new.nice != self.cfg.nice {
+            tracing::warn!("reload: nice, scheduler and rt_priority take effect at the next start");
         }
         self.reload_private_key(&new);
         self.apply_local_reload(&new, now);
@@ -685,8 +688,12 @@ impl Node {
         let mut busy = false;
         coalesce::precise_timers();
         loop {
+            // A real-time loop that kept its core for a while gives it up briefly (see
+            // realtime.rs); first thing in a round, so that no path around it skips it.
+            if let Some(rest) = self.duty.poll(Instant::now(), realtime::thread_cpu_time) {
+                std::thread::sleep(rest);
+            }
             let now = Instant::now();
-            let wait_start = now;
             // Drained while reading fast: let a batch gather (see coalesce.rs). The runtime
             // thread blocks for the pause; its other tasks are the control socket's.
             let pause = if busy { None } else { self.coalesce.pause() };
@@ -747,7 +754,6 @@ impl Node {
                 }
             };
             let now = Instant::now();
-            self.duty.on_wait(wait_start, now);
             match wake {
                 Wake::Shutdown => break,
                 Wake::Round => {}
@@ -782,11 +788,6 @@ impl Node {
                 e.handle_timeout(now);
             }
             busy = self.round(now);
-            if let Some(rest) = self.duty.rest(Instant::now()) {
-                let t = Instant::now();
-                std::thread::sleep(rest);
-                self.duty.on_wait(t, Instant::now());
-            }
             if now >= next_status {
                 self.count_foreign(now);
                 self.refresh_status(now);

@@ -36,7 +36,11 @@ pub fn run_daemon(cfg: Config) -> i32 {
     let sched = match privdrop::set_scheduler(cfg.scheduler) {
         Ok(()) => format!("scheduling: {}", cfg.scheduler),
         Err(e) if cfg.scheduler.explicit => {
-            eprintln!("error: [node] scheduler = {}: {e}", cfg.scheduler);
+            eprintln!(
+                "error: {}: [node] scheduler / rt_priority ({}): {e}",
+                cfg.path.display(),
+                cfg.scheduler
+            );
             return 1;
         }
         Err(e) => format!(

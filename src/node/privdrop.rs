@@ -44,8 +44,11 @@ pub fn set_nice(nice: i32) -> Result<(), String> {
     Ok(())
 }
 
-/// Set the scheduling policy of the calling thread and of every thread it creates
-/// afterwards; children of a `fork` go back to `SCHED_OTHER` (`SCHED_RESET_ON_FORK`).
+/// Set the scheduling policy of the calling thread. Threads and processes it creates later
+/// start under `SCHED_OTHER` at nice 0 (`SCHED_RESET_ON_FORK`: the kernel resets both), so
+/// nothing the daemon spawns competes with it, and a compromised daemon cannot hand its
+/// priority on. Already running as asked (systemd's `CPUSchedulingPolicy=`), nothing is
+/// changed: a unit with `RestrictRealtime=` refuses the call even then.
 pub fn set_scheduler(sched: Scheduler) -> Result<(), String> {
     #[cfg(target_os = "linux")]
     {
@@ -59,6 +62,17 @@ pub fn set_scheduler(sched: Scheduler) -> Result<(), String> {
         } else {
             sched.priority as i32
         };
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain getters on the calling thread; `param` outlives the call.
+        let (now, got) = unsafe {
+            (
+                libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK,
+                libc::sched_getparam(0, &mut param),
+            )
+        };
+        if now == policy && got == 0 && param.sched_priority == priority {
+            return Ok(());
+        }
         let param = libc::sched_param {
             sched_priority: priority,
         };
@@ -67,7 +81,7 @@ pub fn set_scheduler(sched: Scheduler) -> Result<(), String> {
         if r != 0 {
             let e = std::io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::EPERM) {
-                format!("{e} (real-time scheduling needs root or CAP_SYS_NICE, or systemd's CPUSchedulingPolicy=)")
+                format!("{e} (real-time scheduling needs root or CAP_SYS_NICE, or systemd's CPUSchedulingPolicy= with the same policy and priority, without RestrictRealtime=)")
             } else {
                 e.to_string()
             });
