@@ -10,7 +10,7 @@
 #            as the gateway does)
 #            --nice N (every relay's priority, default -10 = the gateway's default [node] nice)
 #            --sched fifo|other (default fifo = the gateway's default [node] scheduler: every
-#            relay at SCHED_FIFO --rt-priority, fw-a's sender and fw-b's receiver one above;
+#            relay and fw-b's receiver at SCHED_FIFO --rt-priority, fw-a's sender one above;
 #            other: everything time-shared, relays at --nice, the sender at nice 0)
 #            --rt-priority N (default 1 = the gateway's default [node] rt_priority)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
@@ -91,7 +91,7 @@ ip -n $GWB addr add 10.99.0.2/24 dev tr0
 
 echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 case $SCHED in
-    fifo) echo "# relays at SCHED_FIFO $RTPRIO, fw-a's sender and fw-b's receiver at SCHED_FIFO $((RTPRIO + 1))" ;;
+    fifo) echo "# relays and fw-b's receiver at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1))" ;;
     other) RTPRIO=0 ;;
     *) echo "perf-netns: --sched fifo or other" >&2; exit 2 ;;
 esac

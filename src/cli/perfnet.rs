@@ -29,7 +29,7 @@ const CREATOR: u32 = 0x9e7f_0001;
 /// Versions of each state the sender remembers (to find the first one fw-b lacks).
 const RING: usize = 8;
 /// fw-b's receiver runs at the relays' priority (perf-netns.sh `--nice`'s default; under
-/// `--sched fifo`, one above `--rt-priority`, like the sender).
+/// `--sched fifo`, `--rt-priority`).
 const RX_NICE: i32 = -10;
 
 #[derive(Debug, clap::Args)]
@@ -66,9 +66,10 @@ pub struct LoadArgs {
     #[arg(long)]
     pub to: Option<std::net::Ipv4Addr>,
     /// Real-time priority of the relays (perf-netns.sh `--sched fifo`; 0 = they run at
-    /// `--nice`): fw-a's sender and fw-b's receiver run one above it, so neither what the
-    /// sender offers nor what the receiver takes in depends on what the relays leave them
-    /// (a firewall's kernel is on another host).
+    /// `--nice`). fw-a's sender runs one above it, so what it offers does not depend on what
+    /// the relays leave it (a firewall's kernel is on another host); fw-b's receiver at it:
+    /// its bookkeeping per change costs far more than a kernel's receive, and above the
+    /// relays it took their CPU (every relay lost more at 100k than at its priority).
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,
 }
@@ -285,7 +286,7 @@ fn load(args: &LoadArgs) -> io::Result<()> {
             rb.enable_timestamps(fd);
             let _ = crate::node::privdrop::set_nice(RX_NICE);
             if rt_priority > 0 {
-                fifo(rt_priority.saturating_add(1).min(99));
+                fifo(rt_priority);
             }
             let mut local = Vec::with_capacity(1 << 16);
             while !sh.stop.load(Ordering::Relaxed) {
