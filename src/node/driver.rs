@@ -164,7 +164,7 @@ pub struct Node {
     /// Datagrams read from both sockets this round (for `coalesce`).
     read_this_round: u64,
     coalesce: RxCoalesce,
-    /// Rests of a real-time loop that has not slept for a while (see realtime.rs).
+    /// Rests of a real-time loop that kept its core for a while (see realtime.rs).
     duty: Duty,
     /// Packets the pump may inject this round: what waits for injection plus what arrived
     /// during the last round, within `INJECT_PER_ROUND..=INJECT_MAX_PER_ROUND`.
