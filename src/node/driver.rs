@@ -690,10 +690,11 @@ impl Node {
         loop {
             // A real-time loop that kept its core for a while gives it up briefly (see
             // realtime.rs); first thing in a round, so that no path around it skips it.
-            if let Some(rest) = self.duty.poll(Instant::now(), realtime::thread_cpu_time) {
+            let mut now = Instant::now();
+            if let Some(rest) = self.duty.poll(now, realtime::thread_cpu_time) {
                 std::thread::sleep(rest);
+                now = Instant::now();
             }
-            let now = Instant::now();
             // Drained while reading fast: let a batch gather (see coalesce.rs). The runtime
             // thread blocks for the pause; its other tasks are the control socket's.
             let pause = if busy { None } else { self.coalesce.pause() };

@@ -27,6 +27,29 @@ fn os_err(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
+/// The last OS error, with `hint` when it is `errno` (the refusal the operator can fix).
+fn last_err_with_hint(errno: i32, hint: &str) -> String {
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(errno) {
+        format!("{e} ({hint})")
+    } else {
+        e.to_string()
+    }
+}
+
+/// The calling thread's scheduling policy (without `SCHED_RESET_ON_FORK`) and real-time
+/// priority.
+#[cfg(target_os = "linux")]
+pub fn current_scheduler() -> (i32, i32) {
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain getters on the calling thread; `param` outlives the call.
+    let policy = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+    if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+        param.sched_priority = -1;
+    }
+    (policy, param.sched_priority)
+}
+
 /// Set the scheduling priority (nice value) of the calling thread and of every thread it
 /// creates afterwards (Linux: per thread; the BSDs: the whole process).
 pub fn set_nice(nice: i32) -> Result<(), String> {
@@ -34,12 +57,10 @@ pub fn set_nice(nice: i32) -> Result<(), String> {
     #[allow(clippy::unnecessary_cast)]
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, nice) };
     if r != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EACCES) {
-            format!("{e} (raising priority needs root or CAP_SYS_NICE)")
-        } else {
-            e.to_string()
-        });
+        return Err(last_err_with_hint(
+            libc::EACCES,
+            "raising priority needs root or CAP_SYS_NICE",
+        ));
     }
     Ok(())
 }
@@ -62,15 +83,7 @@ pub fn set_scheduler(sched: Scheduler) -> Result<(), String> {
         } else {
             sched.priority as i32
         };
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: plain getters on the calling thread; `param` outlives the call.
-        let (now, got) = unsafe {
-            (
-                libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK,
-                libc::sched_getparam(0, &mut param),
-            )
-        };
-        if now == policy && got == 0 && param.sched_priority == priority {
+        if current_scheduler() == (policy, priority) {
             return Ok(());
         }
         let param = libc::sched_param {
@@ -79,12 +92,7 @@ pub fn set_scheduler(sched: Scheduler) -> Result<(), String> {
         // SAFETY: `param` outlives the call; pid 0 is the calling thread.
         let r = unsafe { libc::sched_setscheduler(0, policy | libc::SCHED_RESET_ON_FORK, &param) };
         if r != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::EPERM) {
-                format!("{e} (real-time scheduling needs root or CAP_SYS_NICE, or systemd's CPUSchedulingPolicy= with the same policy and priority, without RestrictRealtime=)")
-            } else {
-                e.to_string()
-            });
+            return Err(last_err_with_hint(libc::EPERM, "real-time scheduling needs root or CAP_SYS_NICE, or systemd's CPUSchedulingPolicy= with the same policy and priority, without RestrictRealtime="));
         }
         Ok(())
     }

@@ -28,8 +28,7 @@ pub const REST: Duration = Duration::from_micros(300);
 pub fn is_realtime() -> bool {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain getter; 0 is the calling thread.
-        let p = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+        let (p, _) = super::privdrop::current_scheduler();
         p == libc::SCHED_FIFO || p == libc::SCHED_RR
     }
     #[cfg(not(target_os = "linux"))]
