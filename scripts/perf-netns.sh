@@ -13,6 +13,10 @@
 #            relay and fw-b's receiver at SCHED_FIFO --rt-priority, fw-a's sender one above;
 #            other: everything time-shared, relays at --nice, the sender at nice 0)
 #            --rt-priority N (default 1 = the gateway's default [node] rt_priority)
+#            --pin (fw-a's sender and fw-b's receiver on CPU 0, the receiver above the
+#            sender; the relays on CPUs 1..n-1: the firewalls on a core of their own, as on
+#            hosts of their own, so the relays' CPU does not shrink as the offered load
+#            grows; default: everything floats on all CPUs)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`),
@@ -39,6 +43,7 @@ RUNS=1
 NICE=-10
 SCHED=fifo
 RTPRIO=1
+PIN=
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SECS=1; RATES=2000; SIZES=17; STATES=200 ;;
@@ -51,11 +56,13 @@ while [ $# -gt 0 ]; do
         --nice) NICE=$2; shift ;;
         --sched) SCHED=$2; shift ;;
         --rt-priority) RTPRIO=$2; shift ;;
+        --pin) PIN=1 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 [ "$(id -u)" = 0 ] || { echo "perf-netns: needs root (namespaces, raw sockets)" >&2; exit 2; }
+[ -z "$PIN" ] || [ "$(nproc)" -ge 2 ] || { echo "perf-netns: --pin needs two CPUs or more" >&2; exit 2; }
 [ -x "$BIN" ] || { echo "perf-netns: build first (cargo build --release) or set PFSYNC_GW" >&2; exit 2; }
 
 # Names like the test labs' (pgw-<pid>-...), so scripts/netns-cleanup.sh knows them.
@@ -96,6 +103,7 @@ case $SCHED in
     *) echo "perf-netns: --sched fifo or other" >&2; exit 2 ;;
 esac
 echo "# relays at nice $NICE; $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
+[ -n "$PIN" ] && echo "# pinned: fw-a's sender and fw-b's receiver (above it) on CPU 0, relays on CPUs 1-$(($(nproc) - 1))"
 
 start_plain() {  # $1: how it injects and captures (ip or link)
     ip netns exec $GWA "$BIN" perf-relay --inject "$1" --capture "$1" --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
@@ -222,6 +230,13 @@ for run in $(seq "$RUNS"); do
         for p in $PA $PB; do
             if [ "$RTPRIO" -gt 0 ]; then chrt -f -R -a -p "$RTPRIO" "$p"; else chrt -o -a -p 0 "$p"; fi
         done
+        PINARGS=()
+        if [ -n "$PIN" ]; then
+            # Relays (every thread) on CPUs 1..n-1, fw-a's sender and fw-b's receiver on 0.
+            RELAY_CPUS=1-$(($(nproc) - 1))
+            for p in $PA $PB; do taskset -a -p -c "$RELAY_CPUS" "$p" >/dev/null; done
+            PINARGS=(--pin 0,0)
+        fi
         TO=()
         [ $mode = boringtun ] && TO=(--to 10.2.0.2)
         REC=()
@@ -231,7 +246,7 @@ for run in $(seq "$RUNS"); do
             perf record -g -o "$PERF_RECORD-b.data" -p "$PB" >/dev/null 2>&1 & REC+=($!)
         fi
         "$BIN" perf-load --tx-ns $FWA --rx-ns $FWB --states "$STATES" --per-packet "$SIZES" \
-            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" --rt-priority "$RTPRIO" "${TO[@]}" |
+            --rates "$RATES" --secs "$SECS" --pids "$PA,$PB" --label "${PERF_LABEL:-$mode}" --rt-priority "$RTPRIO" "${PINARGS[@]}" "${TO[@]}" |
             tee -a "$DIR/results"
         for r in "${REC[@]:-}"; do [ -n "$r" ] && kill -INT "$r" && wait "$r" || true; done
         if [ $mode = gw ]; then

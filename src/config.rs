@@ -277,6 +277,17 @@ pub struct Scheduler {
     pub explicit: bool,
 }
 
+impl Scheduler {
+    /// `SCHED_FIFO` at `priority`, as if configured (the benchmark's and tests' threads).
+    pub fn fifo(priority: u8) -> Scheduler {
+        Scheduler {
+            policy: SchedPolicy::Fifo,
+            priority,
+            explicit: true,
+        }
+    }
+}
+
 impl Default for Scheduler {
     fn default() -> Scheduler {
         Scheduler {
@@ -617,6 +628,15 @@ impl Config {
                 return Err(err(
                     &format!("local.firewalls[{i}]"),
                     format!("`{a}` is not a unicast host address"),
+                ));
+            }
+            // A firewall's pfsync on the sync link never comes from one, and a frame that
+            // claims to is forged: a capture at the link layer sees it before the kernel's
+            // martian check would drop it.
+            if ip.is_loopback() {
+                return Err(err(
+                    &format!("local.firewalls[{i}]"),
+                    format!("`{a}` is a loopback address, never a firewall on the sync link"),
                 ));
             }
             firewalls.push(ip);

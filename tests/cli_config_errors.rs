@@ -454,7 +454,7 @@ fn raw_config_with(d: &Dir, key: &'static str) -> (String, impl Fn(&str) -> Stri
     let (_, b_pub) = keygen(d, "b.key");
     let raw = config(&a, &b_pub, "").replace(
         "mode = \"emulator\"",
-        "mode = \"raw\"\ninterface = \"lo\"\nfirewalls = [\"127.0.0.2\"]",
+        "mode = \"raw\"\ninterface = \"lo\"\nfirewalls = [\"192.0.2.2\"]",
     );
     let base = raw.clone();
     (base, move |v: &str| {

@@ -289,6 +289,15 @@ fn raw_config_without_firewalls_is_refused() {
     let (code, err) = check(&format!("{base}firewalls = [\"224.0.0.240\"]\n"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("local.firewalls[0]"), "{err}");
+    // Loopback is never a firewall on the link; a frame claiming it is forged.
+    let (code, err) = check(&format!(
+        "{base}firewalls = [\"10.0.0.1\", \"127.0.0.1\"]\n"
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("local.firewalls[1]") && err.contains("loopback"),
+        "{err}"
+    );
     // One kernel filter test per address: the list is capped.
     let many: Vec<String> = (1..=65).map(|i| format!("\"10.0.1.{i}\"")).collect();
     let (code, err) = check(&format!("{base}firewalls = [{}]\n", many.join(", ")));

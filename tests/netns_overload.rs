@@ -29,11 +29,7 @@ const OVERLOAD: Duration = Duration::from_secs(3);
 
 /// Real-time priority `p` for this thread (the gateways run at SCHED_FIFO 1 as root).
 fn fifo(p: u8) {
-    let _ = pfsync_gw::node::privdrop::set_scheduler(pfsync_gw::config::Scheduler {
-        policy: pfsync_gw::config::SchedPolicy::Fifo,
-        priority: p,
-        explicit: true,
-    });
+    let _ = pfsync_gw::node::privdrop::set_scheduler(pfsync_gw::config::Scheduler::fifo(p));
 }
 
 /// Drops of fw-b's receiving socket (its own backlog, not the gateways'), from

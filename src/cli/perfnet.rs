@@ -72,6 +72,31 @@ pub struct LoadArgs {
     /// relays it took their CPU (every relay lost more at 100k than at its priority).
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,
+    /// CPU for fw-a's sender, CPU for fw-b's receiver (perf-netns.sh `--pin`: both on CPU 0,
+    /// the relays on the others). The firewalls then have a core of their own, as on hosts of
+    /// their own, and what the relays get does not shrink as the offered load grows; the
+    /// receiver runs above the sender there (a kernel's receive preempts its own sending),
+    /// so what fw-b counts does not depend on what the sender leaves it. Unset: both float.
+    #[arg(long, value_parser = parse_pin)]
+    pub pin: Option<(usize, usize)>,
+}
+
+fn parse_pin(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| "expected SENDER_CPU,RECEIVER_CPU".to_string())?;
+    let cpu = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((cpu(a)?, cpu(b)?))
+}
+
+/// Bind the calling thread to one CPU (best effort, as the rest of the setup).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,16 +268,15 @@ pub fn run_load(args: &LoadArgs) -> i32 {
 /// `SCHED_FIFO` at `priority` for the calling thread (best effort, like the rest of the
 /// benchmark's setup: it runs as root).
 fn fifo(priority: u8) {
-    let _ = crate::node::privdrop::set_scheduler(crate::config::Scheduler {
-        policy: crate::config::SchedPolicy::Fifo,
-        priority,
-        explicit: true,
-    });
+    let _ = crate::node::privdrop::set_scheduler(crate::config::Scheduler::fifo(priority));
 }
 
 fn load(args: &LoadArgs) -> io::Result<()> {
     if args.rt_priority > 0 {
         fifo(args.rt_priority.saturating_add(1).min(99));
+    }
+    if let Some((tx_cpu, _)) = args.pin {
+        pin_to(tx_cpu);
     }
     let n = args.states.max(1);
     let sh = Arc::new(Shared {
@@ -274,7 +298,11 @@ fn load(args: &LoadArgs) -> io::Result<()> {
         let ns = args.rx_ns.clone();
         let iface = args.iface.clone();
         let rt_priority = args.rt_priority;
+        let rx_cpu = args.pin.map(|(_, c)| c);
         std::thread::spawn(move || -> io::Result<()> {
+            if let Some(c) = rx_cpu {
+                pin_to(c);
+            }
             enter_netns(&ns)?;
             let sock = RawSyncSocket::open(&iface, true, wire::PFSYNC_GROUP)?;
             let fd = sock.as_raw_fd();
@@ -286,7 +314,13 @@ fn load(args: &LoadArgs) -> io::Result<()> {
             rb.enable_timestamps(fd);
             let _ = crate::node::privdrop::set_nice(RX_NICE);
             if rt_priority > 0 {
-                fifo(rt_priority);
+                // Pinned: on the firewalls' core, above the sender; else at the relays'.
+                let above_sender = rt_priority.saturating_add(2).min(99);
+                fifo(if rx_cpu.is_some() {
+                    above_sender
+                } else {
+                    rt_priority
+                });
             }
             let mut local = Vec::with_capacity(1 << 16);
             while !sh.stop.load(Ordering::Relaxed) {

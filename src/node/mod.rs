@@ -24,7 +24,11 @@ pub fn run_daemon(cfg: Config) -> i32 {
     let nice = match privdrop::set_nice(cfg.nice.value) {
         Ok(()) => format!("nice {}", cfg.nice.value),
         Err(e) if cfg.nice.explicit => {
-            eprintln!("error: [node] nice = {}: {e}", cfg.nice.value);
+            eprintln!(
+                "error: {}: [node] nice = {}: {e}",
+                cfg.path.display(),
+                cfg.nice.value
+            );
             return 1;
         }
         Err(e) => format!(
