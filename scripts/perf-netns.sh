@@ -13,10 +13,11 @@
 #            relay and fw-b's receiver at SCHED_FIFO --rt-priority, fw-a's sender one above;
 #            other: everything time-shared, relays at --nice, the sender at nice 0)
 #            --rt-priority N (default 1 = the gateway's default [node] rt_priority)
-#            --pin (fw-a's sender and fw-b's receiver on CPU 0, the receiver above the
-#            sender; the relays on CPUs 1..n-1: the firewalls on a core of their own, as on
-#            hosts of their own, so the relays' CPU does not shrink as the offered load
-#            grows; default: everything floats on all CPUs)
+#            --pin (fw-a's sender and fw-b's receiver on the first allowed CPU, the receiver
+#            above the sender; the relays on the others: the firewalls on a core of their
+#            own, as on hosts of their own, so the relays' CPU does not shrink as the offered
+#            load grows; what the sender offers then depends on what the receiver leaves it;
+#            default: everything floats on all CPUs)
 #   env: PFSYNC_GW_DAEMON=<binary> (gateway build to measure), PERF_MTU (tunnel mtu, 1472),
 #        PERF_NO_OFFLOAD=1 (udp_offload = false), PERF_RECORD=<prefix> (perf record both),
 #        PERF_LABEL (mode column), PERF_NO_FIREWALLS=1 (builds before `firewalls`),
@@ -62,7 +63,17 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ "$(id -u)" = 0 ] || { echo "perf-netns: needs root (namespaces, raw sockets)" >&2; exit 2; }
-[ -z "$PIN" ] || [ "$(nproc)" -ge 2 ] || { echo "perf-netns: --pin needs two CPUs or more" >&2; exit 2; }
+if [ -n "$PIN" ]; then
+    # The CPUs this script may use (a cpuset or taskset may restrict them): the first for
+    # the firewalls, the others for the relays.
+    ALLOWED=()
+    for r in $(sed -n 's/^Cpus_allowed_list:\s*//p' /proc/self/status | tr ',' ' '); do
+        if [[ $r == *-* ]]; then ALLOWED+=($(seq "${r%-*}" "${r#*-}")); else ALLOWED+=("$r"); fi
+    done
+    [ "${#ALLOWED[@]}" -ge 2 ] || { echo "perf-netns: --pin needs two CPUs or more" >&2; exit 2; }
+    FW_CPU=${ALLOWED[0]}
+    RELAY_CPUS=$(IFS=,; echo "${ALLOWED[*]:1}")
+fi
 [ -x "$BIN" ] || { echo "perf-netns: build first (cargo build --release) or set PFSYNC_GW" >&2; exit 2; }
 
 # Names like the test labs' (pgw-<pid>-...), so scripts/netns-cleanup.sh knows them.
@@ -98,12 +109,20 @@ ip -n $GWB addr add 10.99.0.2/24 dev tr0
 
 echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 case $SCHED in
-    fifo) echo "# relays and fw-b's receiver at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1))" ;;
+    fifo)
+        [ -z "$PIN" ] || [ "$RTPRIO" -le 97 ] || { echo "perf-netns: --pin needs --rt-priority <= 97 (the receiver runs two above)" >&2; exit 2; }
+        if [ -n "$PIN" ]; then
+            echo "# relays at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1)), fw-b's receiver at SCHED_FIFO $((RTPRIO + 2))"
+        else
+            echo "# relays and fw-b's receiver at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1))"
+        fi ;;
     other) RTPRIO=0 ;;
     *) echo "perf-netns: --sched fifo or other" >&2; exit 2 ;;
 esac
 echo "# relays at nice $NICE; $SECS s per point, $STATES states, sizes $SIZES UPD_C per packet, rates $RATES (0 = unthrottled)"
-[ -n "$PIN" ] && echo "# pinned: fw-a's sender and fw-b's receiver (above it) on CPU 0, relays on CPUs 1-$(($(nproc) - 1))"
+if [ -n "$PIN" ]; then
+    echo "# pinned: fw-a's sender and fw-b's receiver on CPU $FW_CPU, relays on CPUs $RELAY_CPUS"
+fi
 
 start_plain() {  # $1: how it injects and captures (ip or link)
     ip netns exec $GWA "$BIN" perf-relay --inject "$1" --capture "$1" --listen 10.99.0.1:51900 --peer 10.99.0.2:51900 >"$DIR/plain-a.log" 2>&1 &
@@ -232,10 +251,13 @@ for run in $(seq "$RUNS"); do
         done
         PINARGS=()
         if [ -n "$PIN" ]; then
-            # Relays (every thread) on CPUs 1..n-1, fw-a's sender and fw-b's receiver on 0.
-            RELAY_CPUS=1-$(($(nproc) - 1))
-            for p in $PA $PB; do taskset -a -p -c "$RELAY_CPUS" "$p" >/dev/null; done
-            PINARGS=(--pin 0,0)
+            # Every relay thread on the relays' CPUs, fw-a's sender and fw-b's receiver on
+            # the firewalls' (perf-load reports where its threads run).
+            for p in $PA $PB; do
+                taskset -a -p -c "$RELAY_CPUS" "$p" >/dev/null
+                echo "# relay $p: threads on CPUs $(for t in /proc/$p/task/*; do taskset -pc "${t##*/}" | sed 's/.*: //'; done | sort -u | tr '\n' ' ')"
+            done
+            PINARGS=(--pin "$FW_CPU,$FW_CPU")
         fi
         TO=()
         [ $mode = boringtun ] && TO=(--to 10.2.0.2)

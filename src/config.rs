@@ -624,7 +624,10 @@ impl Config {
             let ip = a
                 .parse::<Ipv4Addr>()
                 .map_err(|e| err(&format!("local.firewalls[{i}]"), format!("`{a}`: {e}")))?;
-            if ip.is_multicast() || ip.is_unspecified() || ip.is_broadcast() {
+            // 0.0.0.0/8 ("this network") and 240.0.0.0/4 (reserved, the broadcast address
+            // included) are never a host's source, like the multicast range.
+            let first = ip.octets()[0];
+            if ip.is_multicast() || first == 0 || first >= 240 {
                 return Err(err(
                     &format!("local.firewalls[{i}]"),
                     format!("`{a}` is not a unicast host address"),

@@ -289,6 +289,11 @@ fn raw_config_without_firewalls_is_refused() {
     let (code, err) = check(&format!("{base}firewalls = [\"224.0.0.240\"]\n"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("local.firewalls[0]"), "{err}");
+    for bad in ["0.1.2.3", "240.0.0.1", "255.255.255.255"] {
+        let (code, err) = check(&format!("{base}firewalls = [\"{bad}\"]\n"));
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(err.contains("not a unicast host address"), "{bad}: {err}");
+    }
     // Loopback is never a firewall on the link; a frame claiming it is forged.
     let (code, err) = check(&format!(
         "{base}firewalls = [\"10.0.0.1\", \"127.0.0.1\"]\n"

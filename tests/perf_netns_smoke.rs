@@ -38,6 +38,20 @@ fn assert_delivers(stdout: &str, mode: &str) {
     assert!(delivered > sent * 0.5, "{mode} delivered too little: {row}");
 }
 
+/// Two runs at once would share the cores (and `--pin`'s layout): one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// CPUs of a list like `0-2,5`.
+fn cpu_list(s: &str) -> Vec<usize> {
+    s.trim()
+        .split(',')
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -52,6 +66,7 @@ fn perf_netns_smoke_delivers_through_both_relays() {
     if !is_root() {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let stdout = smoke(&[]);
     for mode in ["plain", "gw"] {
         assert_delivers(&stdout, mode);
@@ -68,7 +83,42 @@ fn perf_netns_smoke_pinned() {
         eprintln!("SKIP perf_netns_smoke_pinned: needs two CPUs");
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let stdout = smoke(&["--pin", "--modes", "gw"]);
-    assert!(stdout.contains("# pinned:"), "{stdout}");
     assert_delivers(&stdout, "gw");
+    // Where every thread ran, as reported by the threads themselves and by taskset: the
+    // firewalls (sender at FIFO 2, receiver above it at 3) on one CPU, both gateways'
+    // threads only on the others.
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in:\n{stdout}"))
+            .to_string()
+    };
+    let fw: usize = line("# pinned: fw-a's sender and fw-b's receiver on CPU ")
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        line("# perf-load: fw-a's sender on "),
+        format!("CPUs {fw} SCHED_FIFO 2")
+    );
+    assert_eq!(
+        line("# perf-load: fw-b's receiver on "),
+        format!("CPUs {fw} SCHED_FIFO 3")
+    );
+    let relays: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("# relay "))
+        .collect();
+    assert_eq!(relays.len(), 2, "{stdout}");
+    for r in relays {
+        let lists = r.split_once("threads on CPUs ").unwrap().1;
+        for l in lists.split_whitespace() {
+            assert!(!cpu_list(l).contains(&fw), "{r}");
+        }
+    }
 }

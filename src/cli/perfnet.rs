@@ -29,7 +29,7 @@ const CREATOR: u32 = 0x9e7f_0001;
 /// Versions of each state the sender remembers (to find the first one fw-b lacks).
 const RING: usize = 8;
 /// fw-b's receiver runs at the relays' priority (perf-netns.sh `--nice`'s default; under
-/// `--sched fifo`, `--rt-priority`).
+/// `--sched fifo`, `--rt-priority`; pinned, above the sender: see `--pin`).
 const RX_NICE: i32 = -10;
 
 #[derive(Debug, clap::Args)]
@@ -70,13 +70,15 @@ pub struct LoadArgs {
     /// the relays leave it (a firewall's kernel is on another host); fw-b's receiver at it:
     /// its bookkeeping per change costs far more than a kernel's receive, and above the
     /// relays it took their CPU (every relay lost more at 100k than at its priority).
+    /// Pinned (`--pin`), the receiver runs two above, on the firewalls' core.
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,
-    /// CPU for fw-a's sender, CPU for fw-b's receiver (perf-netns.sh `--pin`: both on CPU 0,
-    /// the relays on the others). The firewalls then have a core of their own, as on hosts of
-    /// their own, and what the relays get does not shrink as the offered load grows; the
-    /// receiver runs above the sender there (a kernel's receive preempts its own sending),
-    /// so what fw-b counts does not depend on what the sender leaves it. Unset: both float.
+    /// CPU for fw-a's sender, CPU for fw-b's receiver (perf-netns.sh `--pin`: both on the
+    /// first allowed CPU, the relays on the others). The firewalls then have a core of their
+    /// own, as on hosts of their own, and what the relays get does not shrink as the offered
+    /// load grows. The receiver runs above the sender there (a kernel's receive preempts its
+    /// own sending), so fw-b counts what arrives whatever the sender does; in exchange what
+    /// the sender offers at max is what the receiver leaves it. Unset: both float.
     #[arg(long, value_parser = parse_pin)]
     pub pin: Option<(usize, usize)>,
 }
@@ -85,18 +87,53 @@ fn parse_pin(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
         .split_once(',')
         .ok_or_else(|| "expected SENDER_CPU,RECEIVER_CPU".to_string())?;
-    let cpu = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("{x:?}: {e}"));
+    let cpu = |x: &str| match x.trim().parse::<usize>() {
+        // CPU_SET indexes a fixed set of CPU_SETSIZE bits.
+        Ok(c) if c < libc::CPU_SETSIZE as usize => Ok(c),
+        Ok(c) => Err(format!("CPU {c}: at most {}", libc::CPU_SETSIZE - 1)),
+        Err(e) => Err(format!("{x:?}: {e}")),
+    };
     Ok((cpu(a)?, cpu(b)?))
 }
 
-/// Bind the calling thread to one CPU (best effort, as the rest of the setup).
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
-    unsafe {
+/// Bind the calling thread to one CPU (`cpu` < CPU_SETSIZE: `parse_pin`). Asked for
+/// explicitly, so a refusal (a CPU outside the cpuset) fails the run.
+fn pin_to(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes bit `cpu` < CPU_SETSIZE
+    // within it; the set outlives the call.
+    let r = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("pin to CPU {cpu}: {e}")));
     }
+    Ok(())
+}
+
+/// Where the calling thread runs: its CPUs and policy (printed under `--pin`, so a run
+/// shows what it measured).
+fn placement() -> String {
+    // SAFETY: a zeroed cpu_set_t is valid; the kernel writes at most its size.
+    let cpus: Vec<String> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return "unknown".into();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .map(|c| c.to_string())
+            .collect()
+    };
+    let (policy, prio) = crate::node::privdrop::current_scheduler();
+    let policy = match policy {
+        libc::SCHED_FIFO => format!("SCHED_FIFO {prio}"),
+        libc::SCHED_RR => format!("SCHED_RR {prio}"),
+        _ => "SCHED_OTHER".into(),
+    };
+    format!("CPUs {} {policy}", cpus.join(","))
 }
 
 #[derive(Debug, clap::Args)]
@@ -272,11 +309,18 @@ fn fifo(priority: u8) {
 }
 
 fn load(args: &LoadArgs) -> io::Result<()> {
+    if args.pin.is_some() && args.rt_priority > 97 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--pin needs --rt-priority <= 97 (the receiver runs two above the relays)",
+        ));
+    }
     if args.rt_priority > 0 {
         fifo(args.rt_priority.saturating_add(1).min(99));
     }
     if let Some((tx_cpu, _)) = args.pin {
-        pin_to(tx_cpu);
+        pin_to(tx_cpu)?;
+        println!("# perf-load: fw-a's sender on {}", placement());
     }
     let n = args.states.max(1);
     let sh = Arc::new(Shared {
@@ -301,26 +345,30 @@ fn load(args: &LoadArgs) -> io::Result<()> {
         let rx_cpu = args.pin.map(|(_, c)| c);
         std::thread::spawn(move || -> io::Result<()> {
             if let Some(c) = rx_cpu {
-                pin_to(c);
+                pin_to(c)?;
             }
             enter_netns(&ns)?;
             let sock = RawSyncSocket::open(&iface, true, wire::PFSYNC_GROUP)?;
             let fd = sock.as_raw_fd();
             let mut rb = RecvBatch::new(2048);
             // fw-b stands for a kernel, which takes packets in softirq: arrival is the
-            // kernel's receive time, and the thread runs at the relays' priority, so neither
+            // kernel's receive time, and the thread runs at the relays' priority (pinned:
+            // above the sender on the firewalls' core), so neither
             // the latency nor the age measures this thread's own scheduling. Best effort,
             // like the rest of the benchmark's setup (it runs as root).
             rb.enable_timestamps(fd);
             let _ = crate::node::privdrop::set_nice(RX_NICE);
             if rt_priority > 0 {
-                // Pinned: on the firewalls' core, above the sender; else at the relays'.
-                let above_sender = rt_priority.saturating_add(2).min(99);
+                // Pinned: on the firewalls' core, above the sender (≤ 97 + 2, checked
+                // above); else at the relays'.
                 fifo(if rx_cpu.is_some() {
-                    above_sender
+                    rt_priority + 2
                 } else {
                     rt_priority
                 });
+            }
+            if rx_cpu.is_some() {
+                println!("# perf-load: fw-b's receiver on {}", placement());
             }
             let mut local = Vec::with_capacity(1 << 16);
             while !sh.stop.load(Ordering::Relaxed) {
