@@ -353,9 +353,9 @@ fn load(args: &LoadArgs) -> io::Result<()> {
             let mut rb = RecvBatch::new(2048);
             // fw-b stands for a kernel, which takes packets in softirq: arrival is the
             // kernel's receive time, and the thread runs at the relays' priority (pinned:
-            // above the sender on the firewalls' core), so neither
-            // the latency nor the age measures this thread's own scheduling. Best effort,
-            // like the rest of the benchmark's setup (it runs as root).
+            // above the sender on the firewalls' core), so neither the latency nor the age
+            // measures this thread's own scheduling. Best effort, like the rest of the
+            // benchmark's setup (it runs as root).
             rb.enable_timestamps(fd);
             let _ = crate::node::privdrop::set_nice(RX_NICE);
             if rt_priority > 0 {
