@@ -104,11 +104,11 @@ fn perf_netns_smoke_pinned() {
         .unwrap();
     assert_eq!(
         line("# perf-load: fw-a's sender on "),
-        format!("CPUs {fw} SCHED_FIFO 2")
+        format!("CPUs {fw} SCHED_FIFO priority 2")
     );
     assert_eq!(
         line("# perf-load: fw-b's receiver on "),
-        format!("CPUs {fw} SCHED_FIFO 3")
+        format!("CPUs {fw} SCHED_FIFO priority 3")
     );
     let relays: Vec<&str> = stdout
         .lines()

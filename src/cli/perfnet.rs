@@ -127,13 +127,11 @@ fn placement() -> String {
             .map(|c| c.to_string())
             .collect()
     };
-    let (policy, prio) = crate::node::privdrop::current_scheduler();
-    let policy = match policy {
-        libc::SCHED_FIFO => format!("SCHED_FIFO {prio}"),
-        libc::SCHED_RR => format!("SCHED_RR {prio}"),
-        _ => "SCHED_OTHER".into(),
-    };
-    format!("CPUs {} {policy}", cpus.join(","))
+    format!(
+        "CPUs {} {}",
+        cpus.join(","),
+        crate::node::privdrop::current_policy()
+    )
 }
 
 #[derive(Debug, clap::Args)]

@@ -50,6 +50,23 @@ pub fn current_scheduler() -> (i32, i32) {
     (policy, param.sched_priority)
 }
 
+/// The calling thread's policy in the config's terms (a policy other than FIFO or RR counts
+/// as `SCHED_OTHER`), for what is shown and decided from it.
+#[cfg(target_os = "linux")]
+pub fn current_policy() -> Scheduler {
+    let (policy, priority) = current_scheduler();
+    let policy = match policy {
+        libc::SCHED_FIFO => SchedPolicy::Fifo,
+        libc::SCHED_RR => SchedPolicy::Rr,
+        _ => SchedPolicy::Other,
+    };
+    Scheduler {
+        policy,
+        priority: priority.clamp(0, 99) as u8,
+        explicit: false,
+    }
+}
+
 /// Set the scheduling priority (nice value) of the calling thread and of every thread it
 /// creates afterwards (Linux: per thread; the BSDs: the whole process).
 pub fn set_nice(nice: i32) -> Result<(), String> {

@@ -28,8 +28,7 @@ pub const REST: Duration = Duration::from_micros(300);
 pub fn is_realtime() -> bool {
     #[cfg(target_os = "linux")]
     {
-        let (p, _) = super::privdrop::current_scheduler();
-        p == libc::SCHED_FIFO || p == libc::SCHED_RR
+        super::privdrop::current_policy().policy != crate::config::SchedPolicy::Other
     }
     #[cfg(not(target_os = "linux"))]
     {
