@@ -523,8 +523,13 @@ impl Config {
             Some(s) => Some(Duration::from_secs(s)),
         };
         let mtu = raw.node.mtu.unwrap_or(1400);
-        if !(576..=65_000).contains(&mtu) {
-            return Err(err("node.mtu", format!("{mtu} is outside 576..=65000")));
+        // The sync layer's smallest datagram plus the tunnel's framing.
+        let min_mtu = crate::sync::MIN_DATAGRAM + crate::tunnel::TRANSPORT_OVERHEAD;
+        if !(min_mtu..=65_000).contains(&mtu) {
+            return Err(err(
+                "node.mtu",
+                format!("{mtu} is outside {min_mtu}..=65000 (the sync layer needs datagrams of {} bytes)", crate::sync::MIN_DATAGRAM),
+            ));
         }
         let nice = match raw.node.nice {
             None => Nice::default(),

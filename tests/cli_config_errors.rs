@@ -376,6 +376,23 @@ fn a_nice_value_outside_the_kernels_range_is_refused() {
 }
 
 #[test]
+fn an_mtu_below_what_the_sync_layer_needs_is_refused_not_a_panic() {
+    let d = Dir::new("cfg-mtu");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let with =
+        |v: &str| config(&a, &b_pub, "").replace("[node]\n", &format!("[node]\nmtu = {v}\n"));
+    // 1231 = 1200 bytes of sync messages + 32 of tunnel framing, less one: the replica
+    // would refuse it at start-up.
+    for bad in ["576", "1231", "65001"] {
+        assert_exit2(&check(&d, &with(bad)), &["node.mtu", bad, "1232..=65000"]);
+    }
+    let o = check(&d, &with("1232"));
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("tunnel mtu        1232 bytes"));
+}
+
+#[test]
 fn a_bad_scheduler_or_real_time_priority_is_refused() {
     let d = Dir::new("cfg-sched");
     let (a, _) = keygen(&d, "a.key");

@@ -217,13 +217,16 @@ impl Shared {
         let h = self.head[idx].fetch_add(1, Ordering::Relaxed) as usize % RING;
         self.sent[idx * RING + h].store(t, Ordering::Relaxed);
     }
-    /// How long fw-b has lacked a newer version of state `idx` (0: it has the newest).
-    fn age_us(&self, idx: usize, now: u32) -> u32 {
+    /// How long fw-b has lacked a newer version of state `idx` (0: it has the newest), of
+    /// the versions sent since `since`: a point's figure is not the loss of the one before
+    /// (after an overload point, a state updated once a second would otherwise count its
+    /// lost versions of that point as late at this one).
+    fn age_us(&self, idx: usize, now: u32, since: u32) -> u32 {
         let have = self.newest[idx].load(Ordering::Relaxed);
         let mut first_missing = u32::MAX;
         for k in 0..RING {
             let t = self.sent[idx * RING + k].load(Ordering::Relaxed);
-            if t > have && t < first_missing {
+            if t > have && t >= since && t < first_missing {
                 first_missing = t;
             }
         }
@@ -508,6 +511,7 @@ fn send_all(
             sh.rx_changes.store(0, Ordering::Relaxed);
             let dur = Duration::from_secs_f64(args.secs.max(0.2));
             let start = Instant::now();
+            let start_us = sh.now_us();
             let mut sent = 0u64;
             let mut ages = Samples::default();
             let mut next_sample = start + Duration::from_millis(100);
@@ -558,7 +562,7 @@ fn send_all(
                     next_sample += Duration::from_millis(100);
                     let now = sh.now_us();
                     for i in 0..n {
-                        ages.0.push(sh.age_us(i, now));
+                        ages.0.push(sh.age_us(i, now, start_us));
                     }
                 }
             }

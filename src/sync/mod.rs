@@ -48,6 +48,9 @@ pub use peer::{CLEAR_WALKS_BURST, CLEAR_WALKS_PER_SEC};
 
 pub type PeerId = usize;
 
+/// Smallest `max_datagram` a replica accepts: `[node] mtu` less the tunnel's framing must
+/// reach it (the configuration refuses a smaller `mtu`).
+pub const MIN_DATAGRAM: usize = 1200;
 /// A peer's reported queueing delay counts this long after its ACK (ACKs come every 32
 /// messages, or 20 ms after the first unacknowledged one, while a stream flows).
 pub const PEER_DELAY_FRESH: Duration = Duration::from_millis(250);
@@ -65,7 +68,7 @@ pub struct ReplicaConfig {
     pub local_dialect: Dialect,
     /// Largest pfsync packet we emit towards the firewall (from `pfsync_header` on).
     pub local_mtu: usize,
-    /// Largest plaintext datagram handed to the tunnel (>= 1200).
+    /// Largest plaintext datagram handed to the tunnel (>= [`MIN_DATAGRAM`]).
     pub max_datagram: usize,
     /// Send an ACK after this many sequenced messages…
     pub ack_every: u32,
@@ -480,7 +483,10 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(cfg: ReplicaConfig, now: Instant) -> Replica {
-        assert!(cfg.max_datagram >= 1200, "max_datagram must be >= 1200");
+        assert!(
+            cfg.max_datagram >= MIN_DATAGRAM,
+            "max_datagram must be >= {MIN_DATAGRAM}"
+        );
         Replica {
             table: StateTable::new(cfg.table),
             peers: BTreeMap::new(),

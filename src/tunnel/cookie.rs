@@ -273,6 +273,38 @@ mod tests {
         }
     }
 
+    /// docs/PROTOCOL.md's cookie test vector, which a peer written from the docs checks
+    /// itself against: the secret and nonce are the counter's bytes 01..20 and 21..38.
+    #[test]
+    fn cookie_reply_matches_the_documented_vector() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&cookie_key(&[7; 32])),
+            "b3b0667561efd4db785bd400e3efbda65838093a56466300d7f65b6e01de3d72"
+        );
+        let (now, mut rng) = (Instant::now(), Counter(0));
+        let mut checker = CookieChecker::new(&[7; 32]);
+        let src: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        assert_eq!(hex(&addr_bytes(src).0[..6]), "c0000201ca6c");
+        let mut reply = [0u8; COOKIE_REPLY_LEN];
+        checker.write_reply(src, 0xdead_beef, &[0x55; 16], now, &mut rng, &mut reply);
+        assert_eq!(hex(&reply[..8]), "03000000efbeadde");
+        let nonce: Vec<u8> = (0x21..=0x38).collect();
+        assert_eq!(&reply[field::NONCE], &nonce[..]);
+        assert_eq!(
+            hex(&reply[field::COOKIE]),
+            "f7a1f10595066828644304ae82f97018"
+        );
+        assert_eq!(hex(&reply[field::TAG]), "c4582e76c1713cd56cd78c07d07ca57f");
+        // The same secret (not yet due for renewal): the cookie and a mac2 under it.
+        let cookie = checker.cookie(src, now, &mut rng);
+        assert_eq!(hex(&cookie), "81006213eecf70a5cc2c328ce5696fc1");
+        assert_eq!(
+            hex(&mac16(&cookie, &[0x55; 132])),
+            "1f20e92822f73018132ab95fa94ccd44"
+        );
+    }
+
     #[test]
     fn reply_round_trip_and_mac2() {
         let now = Instant::now();
