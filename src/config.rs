@@ -360,7 +360,7 @@ pub const DEFAULT_RX_COALESCE: Duration = Duration::from_micros(100);
 /// Capture queueing delay kept under overload when `[local] shed_target_ms` is not set:
 /// low enough that a state change reaches the peer's firewall well within a failover's
 /// budget, high enough that scheduling hiccups of a busy host are not shed as overload
-/// (docs/PERFORMANCE.md has the sweep that chose it).
+/// (docs/PERFORMANCE-HISTORY.md has the sweep that chose it).
 pub const DEFAULT_SHED_TARGET: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Default)]

@@ -62,7 +62,7 @@ pub enum SyncPath {
     /// uses the raw socket. The raw socket's multicast send costs a route lookup and a
     /// route entry allocated and freed per packet (the kernel does not cache the output
     /// route to a group the host itself joined), then the IP output path and its netfilter
-    /// hooks: most of the receiving gateway's CPU under load (docs/PERFORMANCE.md).
+    /// hooks: most of the receiving gateway's CPU under load (docs/PERFORMANCE-HISTORY.md).
     ///
     /// Capture (with `capture_multicast`): the firewall's frames are read where they
     /// arrive, before the IP layer, and the host does not join 224.0.0.240, so the kernel

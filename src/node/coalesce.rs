@@ -8,7 +8,7 @@
 //! machine — and an `epoll_wait`; 16–22 % of each gateway's samples at 100k large packets
 //! on the benchmark VM). A pause during which the kernel only queues lets the next
 //! `recvmmsg` return a batch, and nobody is woken per datagram. Measured in
-//! docs/PERFORMANCE.md (*Receive coalescing*): a third less CPU per gateway at 50k–100k
+//! docs/PERFORMANCE-HISTORY.md (*Receive coalescing*): a third less CPU per gateway at 50k–100k
 //! packets/s, and more delivered under overload.
 //!
 //! Below [`ENGAGE_RATE`] nothing changes: a lone packet is relayed in the wakeup that
