@@ -1048,3 +1048,58 @@ fn a_peers_state_requests_are_answered_from_the_mirror_not_by_our_firewall() {
         "answered as RECORDS"
     );
 }
+
+/// A HELLO of an epoch the same process already replaced (any peer's HELLOs can be reordered
+/// on the way, or one re-sent just before a newer epoch) does not take us back to that
+/// stream: the current stream's DATA is still applied and nothing asks the peer for yet
+/// another epoch. A restarted process (a new incarnation) naming that epoch is new.
+#[test]
+fn a_straggler_hello_does_not_replace_the_current_stream() {
+    let mut lab = Lab::new(|_| {});
+    let clock = lab.r.clock();
+    let hello = |epoch, incarnation| SyncMsg::Hello {
+        node: EVIL_NODE,
+        epoch,
+        clock,
+        start_seq: 1,
+        incarnation,
+    };
+    let newer = EVIL_EPOCH + 1;
+    lab.send(&hello(newer, EVIL_EPOCH));
+    let before = lab.r.peer_stats(EVIL).unwrap();
+    lab.send(&hello(EVIL_EPOCH, EVIL_EPOCH));
+    let after = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(
+        after.rx_epochs, before.rx_epochs,
+        "went back to the old stream"
+    );
+    assert_eq!(after.epoch_mismatch, before.epoch_mismatch + 1);
+    lab.drain();
+
+    let pkt = packet(&[Message::Ins(tcp_state(77, EVIL_FW))]);
+    lab.send(&SyncMsg::Data {
+        epoch: newer,
+        seq: 1,
+        clock,
+        dialect: OB,
+        offset: 0,
+        total_len: pkt.len() as u16,
+        chunk: &pkt,
+    });
+    assert!(
+        lab.r.table().get(StateId::new(77, EVIL_FW)).is_some(),
+        "the current stream's DATA was not applied"
+    );
+    lab.advance(Duration::from_millis(600));
+    let asked = lab
+        .drain()
+        .iter()
+        .any(|d| matches!(SyncMsg::decode(d), Ok(SyncMsg::HelloReq { .. })));
+    assert!(!asked, "asked the peer for a new epoch");
+
+    // The peer restarts and its new process happens to open the same epoch number.
+    lab.send(&hello(EVIL_EPOCH, EVIL_EPOCH + 7));
+    let restarted = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(restarted.rx_epochs, after.rx_epochs + 1);
+    assert_eq!(restarted.peer_restarts, after.peer_restarts + 1);
+}

@@ -21,6 +21,9 @@ pub(super) const MAX_STATE_REQS: usize = 16_384;
 
 /// Most partially reassembled DATA packets per peer.
 pub(super) const MAX_PARTIALS: usize = 16;
+/// Replaced receive epochs remembered per peer (a peer's process opens a new one on each
+/// dead-peer detection, HELLO_REQ or our restart; stragglers arrive within a round trip).
+pub(super) const REPLACED_RX_EPOCHS: usize = 4;
 
 /// Most disjoint byte ranges one partial packet may be received in (a sender cuts a packet
 /// into a piece that fills a datagram's room and datagram-sized pieces: 3 for any pfsync
@@ -91,6 +94,10 @@ pub(super) struct Peer {
     pub(super) epoch_hellos: u32,
     // receive side
     pub(super) rx_epoch: Option<u32>,
+    /// Receive epochs that HELLOs of the peer's current process replaced, newest first: a
+    /// late HELLO of one of them (reordered, or re-sent just before the newer one) is a
+    /// straggler, not a new stream.
+    pub(super) replaced_rx_epochs: [Option<u32>; REPLACED_RX_EPOCHS],
     pub(super) rx: RxWindow,
     pub(super) rx_unacked: u32,
     pub(super) ack_due: Option<Instant>,
@@ -170,6 +177,7 @@ impl Peer {
             hello_req_after: now,
             epoch_hellos: 0,
             rx_epoch: None,
+            replaced_rx_epochs: [None; REPLACED_RX_EPOCHS],
             rx: RxWindow::new(0),
             rx_unacked: 0,
             ack_due: None,
@@ -471,8 +479,9 @@ impl Replica {
             return;
         };
         let stats = p.stats;
-        let (rx_epoch, rx, last_rx, node) = (
+        let (rx_epoch, replaced_rx_epochs, rx, last_rx, node) = (
             p.rx_epoch,
+            p.replaced_rx_epochs,
             std::mem::replace(&mut p.rx, RxWindow::new(0)),
             p.last_rx,
             p.node,
@@ -497,6 +506,7 @@ impl Replica {
         p.clear_walks = clear_walks;
         p.stats = stats;
         p.rx_epoch = rx_epoch;
+        p.replaced_rx_epochs = replaced_rx_epochs;
         p.rx = rx;
         p.partials = partials;
         p.ack_due = ack_due;

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use super::antientropy::{send_ranges, FANOUT};
-use super::peer::{reassemble, unknown_epoch, Complete, MAX_STATE_REQS};
+use super::peer::{reassemble, unknown_epoch, Complete, MAX_STATE_REQS, REPLACED_RX_EPOCHS};
 use super::*;
 use crate::table::Change;
 
@@ -87,12 +87,29 @@ impl Replica {
                     return Ok(());
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
+                if p.peer_incarnation == Some(incarnation)
+                    && p.replaced_rx_epochs.contains(&Some(epoch))
+                {
+                    // A straggler of a stream this process already replaced: going back to
+                    // it would drop the current one until a HELLO_REQ round opened yet
+                    // another epoch and a resync. Not acknowledged: the sender moved on.
+                    p.stats.epoch_mismatch += 1;
+                    return Ok(());
+                }
                 p.node = node;
                 let restarted = p.peer_incarnation.is_some_and(|i| i != incarnation);
                 p.peer_incarnation = Some(incarnation);
+                if restarted {
+                    // A new process: the old one's epochs say nothing about its own.
+                    p.replaced_rx_epochs = [None; REPLACED_RX_EPOCHS];
+                }
                 if p.rx_epoch != Some(epoch) {
                     // A new stream from the peer (first contact, its restart, or its
                     // dead-peer detection): start receiving it, and compare tables.
+                    if let (Some(old), false) = (p.rx_epoch, restarted) {
+                        p.replaced_rx_epochs.rotate_right(1);
+                        p.replaced_rx_epochs[0] = Some(old);
+                    }
                     p.rx_epoch = Some(epoch);
                     p.rx = RxWindow::new(start_seq);
                     p.partials.clear();
