@@ -1051,11 +1051,15 @@ fn a_peers_state_requests_are_answered_from_the_mirror_not_by_our_firewall() {
 
 /// A HELLO of an epoch the same process already replaced (any peer's HELLOs can be reordered
 /// on the way, or one re-sent just before a newer epoch) does not take us back to that
-/// stream: the current stream's DATA is still applied and nothing asks the peer for yet
-/// another epoch. A restarted process (a new incarnation) naming that epoch is new.
+/// stream: it is not answered, the current stream's DATA is still applied and nothing asks
+/// the peer for yet another epoch. The list survives our own new epoch; a restarted process
+/// (a new incarnation) starts a list of its own; an entry expires after `keepalive ×
+/// dead_after`, so a sender that did open that epoch again is not shut out for good; a late
+/// HELLO_ACK from the old process does not bring its incarnation back.
 #[test]
 fn a_straggler_hello_does_not_replace_the_current_stream() {
     let mut lab = Lab::new(|_| {});
+    let first_ours = lab.our_epoch;
     let clock = lab.r.clock();
     let hello = |epoch, incarnation| SyncMsg::Hello {
         node: EVIL_NODE,
@@ -1064,17 +1068,26 @@ fn a_straggler_hello_does_not_replace_the_current_stream() {
         start_seq: 1,
         incarnation,
     };
+    let acked = |out: &[Vec<u8>]| {
+        out.iter()
+            .any(|d| matches!(SyncMsg::decode(d), Ok(SyncMsg::HelloAck { .. })))
+    };
+    let stats = |lab: &Lab| lab.r.peer_stats(EVIL).unwrap();
     let newer = EVIL_EPOCH + 1;
     lab.send(&hello(newer, EVIL_EPOCH));
-    let before = lab.r.peer_stats(EVIL).unwrap();
+    // Our side opens a new epoch meanwhile (the peer's state is carried into it).
+    lab.r.on_peer_down(EVIL, lab.now);
+    lab.r.on_peer_up(EVIL, lab.now);
+    lab.drain();
+    let before = stats(&lab);
     lab.send(&hello(EVIL_EPOCH, EVIL_EPOCH));
-    let after = lab.r.peer_stats(EVIL).unwrap();
+    let after = stats(&lab);
     assert_eq!(
         after.rx_epochs, before.rx_epochs,
         "went back to the old stream"
     );
     assert_eq!(after.epoch_mismatch, before.epoch_mismatch + 1);
-    lab.drain();
+    assert!(!acked(&lab.drain()), "a straggler was acknowledged");
 
     let pkt = packet(&[Message::Ins(tcp_state(77, EVIL_FW))]);
     lab.send(&SyncMsg::Data {
@@ -1097,9 +1110,35 @@ fn a_straggler_hello_does_not_replace_the_current_stream() {
         .any(|d| matches!(SyncMsg::decode(d), Ok(SyncMsg::HelloReq { .. })));
     assert!(!asked, "asked the peer for a new epoch");
 
-    // The peer restarts and its new process happens to open the same epoch number.
-    lab.send(&hello(EVIL_EPOCH, EVIL_EPOCH + 7));
-    let restarted = lab.r.peer_stats(EVIL).unwrap();
+    // The peer restarts; its new process opens epochs numbered like the old process's
+    // current and replaced ones: new streams (its list holds none of the old one's epochs).
+    let (inc2, fresh) = (EVIL_EPOCH + 7, EVIL_EPOCH + 2);
+    lab.send(&hello(fresh, inc2));
+    let restarted = stats(&lab);
     assert_eq!(restarted.rx_epochs, after.rx_epochs + 1);
     assert_eq!(restarted.peer_restarts, after.peer_restarts + 1);
+    lab.send(&hello(newer, inc2));
+    lab.send(&hello(EVIL_EPOCH, inc2));
+    assert_eq!(stats(&lab).rx_epochs, restarted.rx_epochs + 2);
+    // A late HELLO_ACK of our first epoch, from the old process: not its incarnation back.
+    lab.send(&SyncMsg::HelloAck {
+        node: EVIL_NODE,
+        epoch: first_ours,
+        clock,
+        incarnation: EVIL_EPOCH,
+    });
+    lab.send(&hello(EVIL_EPOCH, inc2));
+    assert_eq!(
+        stats(&lab).peer_restarts,
+        restarted.peer_restarts,
+        "a spurious restart"
+    );
+    // `fresh` is now a replaced epoch of this process: a straggler at once, a stream again
+    // once the window has passed.
+    let n = stats(&lab).rx_epochs;
+    lab.send(&hello(fresh, inc2));
+    assert_eq!(stats(&lab).rx_epochs, n);
+    lab.advance(Duration::from_secs(6));
+    lab.send(&hello(fresh, inc2));
+    assert_eq!(stats(&lab).rx_epochs, n + 1, "shut out after the window");
 }

@@ -23,6 +23,8 @@ pub(super) const MAX_STATE_REQS: usize = 16_384;
 pub(super) const MAX_PARTIALS: usize = 16;
 /// Replaced receive epochs remembered per peer (a peer's process opens a new one on each
 /// dead-peer detection, HELLO_REQ or our restart; stragglers arrive within a round trip).
+/// Each is remembered for `keepalive × dead_after`: a sender that did open one of them again
+/// (an epoch is 32 bits of a hash) is heard then, not shut out for good.
 pub(super) const REPLACED_RX_EPOCHS: usize = 4;
 
 /// Most disjoint byte ranges one partial packet may be received in (a sender cuts a packet
@@ -94,10 +96,10 @@ pub(super) struct Peer {
     pub(super) epoch_hellos: u32,
     // receive side
     pub(super) rx_epoch: Option<u32>,
-    /// Receive epochs that HELLOs of the peer's current process replaced, newest first: a
-    /// late HELLO of one of them (reordered, or re-sent just before the newer one) is a
-    /// straggler, not a new stream.
-    pub(super) replaced_rx_epochs: [Option<u32>; REPLACED_RX_EPOCHS],
+    /// Receive epochs that HELLOs of the peer's current process replaced, newest first, with
+    /// when: a late HELLO of one of them (reordered, or re-sent just before the newer one)
+    /// is a straggler, not a new stream.
+    pub(super) replaced_rx_epochs: [Option<(u32, Instant)>; REPLACED_RX_EPOCHS],
     pub(super) rx: RxWindow,
     pub(super) rx_unacked: u32,
     pub(super) ack_due: Option<Instant>,
@@ -149,6 +151,40 @@ pub const CLEAR_WALKS_PER_SEC: u32 = 8;
 pub const CLEAR_WALKS_BURST: u32 = 32;
 
 impl Peer {
+    /// Record the peer's incarnation; true if it differs from the one recorded (a restart).
+    /// The replaced epochs of another process say nothing about this one's.
+    pub(super) fn record_incarnation(&mut self, incarnation: u32) -> bool {
+        let changed = self.peer_incarnation.is_some_and(|i| i != incarnation);
+        if self.peer_incarnation != Some(incarnation) {
+            self.replaced_rx_epochs = [None; REPLACED_RX_EPOCHS];
+        }
+        self.peer_incarnation = Some(incarnation);
+        changed
+    }
+
+    /// A HELLO naming `epoch` from the recorded incarnation is a straggler of a stream its
+    /// process replaced less than `window` ago.
+    pub(super) fn is_straggler(
+        &self,
+        epoch: u32,
+        incarnation: u32,
+        now: Instant,
+        window: Duration,
+    ) -> bool {
+        self.peer_incarnation == Some(incarnation)
+            && self
+                .replaced_rx_epochs
+                .iter()
+                .flatten()
+                .any(|&(e, at)| e == epoch && now.saturating_duration_since(at) < window)
+    }
+
+    /// The HELLO of a new receive epoch replaced `old` (same process).
+    pub(super) fn remember_replaced(&mut self, old: u32, now: Instant) {
+        self.replaced_rx_epochs.rotate_right(1);
+        self.replaced_rx_epochs[0] = Some((old, now));
+    }
+
     /// Take one CLR walk from the budget; false when it is spent.
     pub(super) fn clear_walk(&mut self, now: Instant) -> bool {
         self.clear_walks

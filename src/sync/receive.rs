@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use super::antientropy::{send_ranges, FANOUT};
-use super::peer::{reassemble, unknown_epoch, Complete, MAX_STATE_REQS, REPLACED_RX_EPOCHS};
+use super::peer::{reassemble, unknown_epoch, Complete, MAX_STATE_REQS};
 use super::*;
 use crate::table::Change;
 
@@ -86,10 +86,9 @@ impl Replica {
                 if !self.merge_clock(peer, clock) {
                     return Ok(());
                 }
+                let window = self.cfg.keepalive * self.cfg.dead_after;
                 let p = self.peers.get_mut(&peer).unwrap();
-                if p.peer_incarnation == Some(incarnation)
-                    && p.replaced_rx_epochs.contains(&Some(epoch))
-                {
+                if p.is_straggler(epoch, incarnation, now, window) {
                     // A straggler of a stream this process already replaced: going back to
                     // it would drop the current one until a HELLO_REQ round opened yet
                     // another epoch and a resync. Not acknowledged: the sender moved on.
@@ -97,18 +96,12 @@ impl Replica {
                     return Ok(());
                 }
                 p.node = node;
-                let restarted = p.peer_incarnation.is_some_and(|i| i != incarnation);
-                p.peer_incarnation = Some(incarnation);
-                if restarted {
-                    // A new process: the old one's epochs say nothing about its own.
-                    p.replaced_rx_epochs = [None; REPLACED_RX_EPOCHS];
-                }
+                let restarted = p.record_incarnation(incarnation);
                 if p.rx_epoch != Some(epoch) {
                     // A new stream from the peer (first contact, its restart, or its
                     // dead-peer detection): start receiving it, and compare tables.
                     if let (Some(old), false) = (p.rx_epoch, restarted) {
-                        p.replaced_rx_epochs.rotate_right(1);
-                        p.replaced_rx_epochs[0] = Some(old);
+                        p.remember_replaced(old, now);
                     }
                     p.rx_epoch = Some(epoch);
                     p.rx = RxWindow::new(start_seq);
@@ -164,7 +157,10 @@ impl Replica {
                 let p = self.peers.get_mut(&peer).unwrap();
                 // Only HELLOs are acknowledged, and we send them only before any sequenced
                 // message of the epoch: a new incarnation acking it missed nothing of it.
-                p.peer_incarnation = Some(incarnation);
+                // An ACK of an epoch we replaced may be its old process's: not recorded.
+                if epoch == p.epoch {
+                    p.record_incarnation(incarnation);
+                }
                 if epoch == p.epoch && !p.established {
                     p.node = node;
                     p.established = true;
