@@ -524,11 +524,13 @@ impl Config {
         };
         let mtu = raw.node.mtu.unwrap_or(1400);
         // The sync layer's smallest datagram plus the tunnel's framing.
-        let min_mtu = crate::sync::MIN_DATAGRAM + crate::tunnel::TRANSPORT_OVERHEAD;
+        let sync_min = crate::sync::MIN_DATAGRAM;
+        let min_mtu = sync_min + crate::tunnel::TRANSPORT_OVERHEAD;
         if !(min_mtu..=65_000).contains(&mtu) {
+            let why = "the sync layer needs datagrams of";
             return Err(err(
                 "node.mtu",
-                format!("{mtu} is outside {min_mtu}..=65000 (the sync layer needs datagrams of {} bytes)", crate::sync::MIN_DATAGRAM),
+                format!("{mtu} is outside {min_mtu}..=65000 ({why} {sync_min} bytes)"),
             ));
         }
         let nice = match raw.node.nice {

@@ -154,8 +154,9 @@ impl Peer {
     /// Record the peer's incarnation; true if it differs from the one recorded (a restart).
     /// The replaced epochs of another process say nothing about this one's.
     pub(super) fn record_incarnation(&mut self, incarnation: u32) -> bool {
+        // With none recorded yet no epoch has been replaced: the list is empty.
         let changed = self.peer_incarnation.is_some_and(|i| i != incarnation);
-        if self.peer_incarnation != Some(incarnation) {
+        if changed {
             self.replaced_rx_epochs = [None; REPLACED_RX_EPOCHS];
         }
         self.peer_incarnation = Some(incarnation);

@@ -157,21 +157,21 @@ impl Replica {
                 let p = self.peers.get_mut(&peer).unwrap();
                 // Only HELLOs are acknowledged, and we send them only before any sequenced
                 // message of the epoch: a new incarnation acking it missed nothing of it.
-                // An ACK of an epoch we replaced may be its old process's: not recorded.
-                if epoch == p.epoch {
-                    p.record_incarnation(incarnation);
-                }
-                if epoch == p.epoch && !p.established {
-                    p.node = node;
-                    p.established = true;
-                    p.hello_due = None;
-                    p.next_alive = now + self.cfg.keepalive;
-                    if p.resync {
-                        p.summary_due = Some(now);
-                    }
-                } else if epoch != p.epoch {
-                    // For an epoch we replaced: a straggler.
+                if epoch != p.epoch {
+                    // For an epoch we replaced: a straggler, maybe from the peer's old
+                    // process, so its incarnation is not recorded.
                     p.stats.epoch_mismatch += 1;
+                } else {
+                    p.record_incarnation(incarnation);
+                    if !p.established {
+                        p.node = node;
+                        p.established = true;
+                        p.hello_due = None;
+                        p.next_alive = now + self.cfg.keepalive;
+                        if p.resync {
+                            p.summary_due = Some(now);
+                        }
+                    }
                 }
             }
             SyncMsg::Data {
