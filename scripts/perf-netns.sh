@@ -108,6 +108,13 @@ ip -n $GWA addr add 10.99.0.1/24 dev tr0
 ip -n $GWB addr add 10.99.0.2/24 dev tr0
 
 echo "# perf-netns: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+# What a wakeup costs here decides much of a relay's CPU per packet at moderate rates (a VM
+# whose idle vCPUs halt without polling pays an exit and a host wakeup for each one): a
+# two-process pipe ping-pong free to use every CPU and on one, as perf's benchmark does it.
+if command -v perf >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    pp() { "$@" perf bench sched pipe -l 5000 2>/dev/null | sed -n 's/^ *\([0-9]*\.[0-9]\)[0-9]* usecs\/op.*/\1/p'; }
+    echo "# wakeup round trip (perf bench sched pipe): $(pp) µs free to use every CPU, $(pp taskset -c "$(sed -n 's/^Cpus_allowed_list:\s*//p' /proc/self/status | cut -d, -f1 | cut -d- -f1)") µs on one; guest halt polling $(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo n/a) ns"
+fi
 case $SCHED in
     fifo)
         [ -z "$PIN" ] || [ "$RTPRIO" -le 97 ] || { echo "perf-netns: --pin needs --rt-priority <= 97 (the receiver runs two above)" >&2; exit 2; }

@@ -76,18 +76,27 @@ impl Index {
     }
 
     /// Start loading the slot where a probe for `id` begins (a hint: no effect on results).
+    /// Returns the id's hash, for [`likely_pos_hashed`](Self::likely_pos_hashed).
     #[inline]
-    pub(crate) fn prefetch_slot(&self, id: StateId) {
-        if let Some(s) = self.slots.get(self.hash(id) as usize & self.mask) {
+    pub(crate) fn prefetch_slot(&self, id: StateId) -> u64 {
+        let h = self.hash(id);
+        if let Some(s) = self.slots.get(h as usize & self.mask) {
             prefetch(s);
         }
+        h
     }
 
     /// The slab position in the first slot of `id`'s probe whose tag matches, without
     /// confirming the id (a prefetch target: usually the entry a lookup will read).
     #[inline]
     pub(crate) fn likely_pos(&self, id: StateId) -> Option<u32> {
-        self.probe(id, |_| true).map(|(_, p)| p)
+        self.likely_pos_hashed(self.hash(id))
+    }
+
+    /// [`likely_pos`](Self::likely_pos) of the id whose hash `h` is.
+    #[inline]
+    pub(crate) fn likely_pos_hashed(&self, h: u64) -> Option<u32> {
+        self.probe_hashed(h, |_| true).map(|(_, p)| p)
     }
 
     /// Position of `id`; `id_at(pos)` gives the id stored at a slab position.
@@ -105,10 +114,14 @@ impl Index {
     /// `accept`s; `None` at an empty slot.
     #[inline(always)]
     fn probe(&self, id: StateId, accept: impl Fn(u32) -> bool) -> Option<(usize, u32)> {
+        self.probe_hashed(self.hash(id), accept)
+    }
+
+    #[inline(always)]
+    fn probe_hashed(&self, h: u64, accept: impl Fn(u32) -> bool) -> Option<(usize, u32)> {
         if self.len == 0 {
             return None;
         }
-        let h = self.hash(id);
         let (tag, pm, mask) = (self.tag_of(h), self.pos_mask(), self.mask());
         let mut i = h as usize & mask;
         loop {
@@ -249,6 +262,11 @@ mod tests {
                 for (p, &id) in ids.iter().enumerate() {
                     assert_eq!(ix.find(id, |q| ids[q as usize]), Some(p as u32));
                     likely += usize::from(ix.likely_pos(id) == Some(p as u32));
+                    // The two-stage prefetch carries the first stage's hash to the second.
+                    assert_eq!(
+                        ix.likely_pos_hashed(ix.prefetch_slot(id)),
+                        ix.likely_pos(id)
+                    );
                 }
                 assert!(likely * 100 >= ids.len() * 99, "{likely} of {}", ids.len());
                 assert_eq!(ix.len, ids.len());

@@ -584,13 +584,25 @@ impl StateTable {
     /// Start loading what applying updates of `ids` will read: first every index slot,
     /// then the entries those slots point at. A packet's updates hit states scattered over
     /// the table; one at a time each lookup waits for memory twice, prefetched the waits of
-    /// a whole packet overlap. A hint only: nothing changes.
-    pub fn prefetch<I: Iterator<Item = StateId> + Clone>(&self, ids: I) {
-        for id in ids.clone() {
-            self.prefetch_slot(id);
-        }
-        for id in ids {
-            self.prefetch_entry(id);
+    /// a whole packet overlap. A hint only: nothing changes. The ids are read once, in
+    /// chunks kept on the stack with their hashes (walking the packet again for the second
+    /// stage, and hashing again, cost as much as the first).
+    pub fn prefetch(&self, ids: impl Iterator<Item = StateId>) {
+        const CHUNK: usize = 32;
+        let mut hashes = [0u64; CHUNK];
+        let mut ids = ids.fuse();
+        loop {
+            let mut n = 0;
+            for id in ids.by_ref().take(CHUNK) {
+                hashes[n] = self.index.prefetch_slot(id);
+                n += 1;
+            }
+            for &h in &hashes[..n] {
+                self.prefetch_pos(self.index.likely_pos_hashed(h));
+            }
+            if n < CHUNK {
+                return;
+            }
         }
     }
 
@@ -604,7 +616,11 @@ impl StateTable {
     /// a while before).
     #[inline]
     pub fn prefetch_entry(&self, id: StateId) {
-        let pos = self.index.likely_pos(id);
+        self.prefetch_pos(self.index.likely_pos(id));
+    }
+
+    #[inline]
+    fn prefetch_pos(&self, pos: Option<u32>) {
         if let Some(e) = pos.and_then(|p| self.slab.get(p as usize)) {
             index::prefetch(e);
         }
@@ -1170,6 +1186,29 @@ mod tests {
         assert_eq!(t.apply(&Message::UpdC(u), t0), Applied::Updated(u.id));
         assert_eq!(t.expire(t0 + Duration::from_secs(5)), 1);
         assert!(t.is_empty());
+    }
+
+    /// The prefetch reads ids in chunks: any count, known or not, on an empty or a full
+    /// table, leaves the table as it was.
+    #[test]
+    fn prefetch_takes_any_number_of_ids() {
+        let now = Instant::now();
+        let mut t = StateTable::default();
+        let ids = |n: u64| (0..n).map(|i| StateId::new(i * 7, 9));
+        t.prefetch(ids(100));
+        for i in 0..50 {
+            let st = StateRepr {
+                id: StateId::new(i * 7, 9),
+                expire: 60,
+                ..Default::default()
+            };
+            t.apply(&Message::Ins(st), now);
+        }
+        let digest = t.digest();
+        for n in [0, 1, 31, 32, 33, 64, 65, 100] {
+            t.prefetch(ids(n));
+        }
+        assert_eq!((t.len(), t.digest()), (50, digest));
     }
 
     /// Removal moves the last entry of the slab into the hole: the index, the leaves and the
