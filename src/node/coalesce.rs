@@ -1,6 +1,7 @@
 //! Receive coalescing under load, like a NIC's adaptive interrupt moderation: while the
 //! gateway reads datagrams fast, it waits a short, fixed time before going back to its
-//! sockets instead of sleeping until the next datagram wakes it.
+//! sockets instead of sleeping until the next datagram wakes it — where that is measured to
+//! save CPU.
 //!
 //! Why: at 50k+ datagrams/s an event loop that sleeps whenever its sockets are empty wakes
 //! for every two or three datagrams, and each wakeup costs more than the datagrams it
@@ -11,9 +12,23 @@
 //! docs/PERFORMANCE-HISTORY.md (*Receive coalescing*): a third less CPU per gateway at 50k–100k
 //! packets/s, and more delivered under overload.
 //!
+//! Why measured: the pause is a timer, and where a timer costs what a wakeup costs (a VM
+//! whose halted vCPU is woken either way) pausing saves nothing and only adds the pause to
+//! every packet's latency — 0.4–0.7 ms at p50 at 50k on two later VMs (docs/PERFORMANCE.md).
+//! So when the rate first passes [`ENGAGE_RATE`] a trial alternates [`PHASE`]s with and
+//! without pauses, compares the thread's CPU time per datagram read, and keeps pausing only
+//! if that saves at least [`MIN_SAVING`]; the decision holds for [`HOLD`], or until the
+//! rate leaves [`RATE_BAND`] of the trial's, then the next fast stretch is measured again
+//! (the load, the host and its neighbours change). While the
+//! gateway sheds its capture it pauses whatever a trial said: the capture's delay is at its
+//! target then (milliseconds), the pause adds nothing to it, and every datagram a batch
+//! saves a wakeup for is one more delivered (≈ 10 % more at the sender's maximum on the VM
+//! where a trial finds no saving below overload).
+//!
 //! Below [`ENGAGE_RATE`] nothing changes: a lone packet is relayed in the wakeup that
 //! received it, so the latency of a quiet or moderately loaded path keeps no timer in it.
-//! Pure: the driver reports what each round read and asks whether to pause.
+//! Pure: the driver reports what each round read (and, at phase ends, the thread's CPU
+//! time) and asks whether to pause.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +39,44 @@ pub const ENGAGE_RATE: f64 = 40_000.0;
 /// The rate is measured over windows this long: it follows a load change within a few
 /// milliseconds, and a window holds enough datagrams at the engage rate (80) to mean it.
 pub const WINDOW: Duration = Duration::from_millis(2);
+/// One phase of a trial: at the engage rate 4,000 datagrams, tens of milliseconds of CPU.
+pub const PHASE: Duration = Duration::from_millis(100);
+/// Phases per trial, alternately with and without pauses (with first), so that a load
+/// drifting during the trial weighs on both sides alike.
+pub const PHASES: u32 = 4;
+/// The share of CPU per datagram pausing must save to be kept: at the VM where it was
+/// chosen it saved 40 %; on one where it saves little, trials measured 1–12 % at 50k
+/// packets/s (where the 0.3 ms it adds at p50 buys little) and ≈ 13 % at 80k.
+pub const MIN_SAVING: f64 = 0.10;
+/// How long a decision holds. A trial where pausing does not pay costs its paused phases'
+/// latency (2 × [`PHASE`]), under 1 % of the time at this spacing.
+pub const HOLD: Duration = Duration::from_secs(30);
+/// A decision holds only while the read rate (over [`PHASE`]s) stays within this factor of
+/// the trial's: what pausing saves grows with the rate (on one VM 1–12 % at 50k packets/s,
+/// ≈ 13 % at 80k), so a new load is measured anew.
+pub const RATE_BAND: f64 = 1.5;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Reading slowly (or coalescing off): sleep until readiness.
+    Idle,
+    /// Measuring: phase `k` (even: pausing) began at `start`, at thread CPU time `cpu` and
+    /// with `read` datagrams counted in all.
+    Trial {
+        k: u32,
+        start: Instant,
+        cpu: Duration,
+        read: u64,
+    },
+    /// Decided until `until`, for loads near `rate` (datagrams/s during the trial); `mark`:
+    /// when the current rate window began and the datagrams counted then.
+    Hold {
+        pause: bool,
+        until: Instant,
+        rate: f64,
+        mark: (Instant, u64),
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct RxCoalesce {
@@ -31,10 +84,23 @@ pub struct RxCoalesce {
     wait: Option<Duration>,
     window_start: Instant,
     read: u64,
+    /// Datagrams read in all (the trial's denominator).
+    total: u64,
     /// Datagrams per second over the last whole window.
     rate: f64,
+    mode: Mode,
+    /// A trial's CPU time and datagrams: [pausing, not pausing].
+    cost: [(Duration, u64); 2],
+    /// When the trial under way began.
+    trial_start: Instant,
     /// Pauses taken so far (status counter `rx_coalesce_pauses`).
     pauses: u64,
+    /// Trials completed (status counter `rx_coalesce_trials`).
+    trials: u64,
+    /// The last trial's saving of CPU per datagram, in percent (negative: pausing cost).
+    saving: f64,
+    /// The gateway sheds (reported each round): pause whatever the trial said.
+    overloaded: bool,
 }
 
 impl RxCoalesce {
@@ -43,14 +109,31 @@ impl RxCoalesce {
             wait,
             window_start: now,
             read: 0,
+            total: 0,
             rate: 0.0,
+            mode: Mode::Idle,
+            cost: [(Duration::ZERO, 0); 2],
+            trial_start: now,
             pauses: 0,
+            trials: 0,
+            saving: 0.0,
+            overloaded: false,
         }
     }
 
-    /// A round at `now` read `read` datagrams.
-    pub fn on_round(&mut self, now: Instant, read: u64) {
+    /// A round at `now` read `read` datagrams; `overloaded`: the gateway is shedding its
+    /// capture. `cpu` reads the thread's CPU time; it is called only when a trial phase
+    /// starts or ends.
+    pub fn on_round(
+        &mut self,
+        now: Instant,
+        read: u64,
+        overloaded: bool,
+        cpu: impl FnOnce() -> Duration,
+    ) {
+        self.overloaded = overloaded;
         self.read += read;
+        self.total += read;
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= WINDOW {
             // A window the loop slept through (an idle path) gives a low rate: off at once.
@@ -58,23 +141,135 @@ impl RxCoalesce {
             self.read = 0;
             self.window_start = now;
         }
+        if self.wait.is_none() {
+            self.mode = Mode::Idle;
+            return;
+        }
+        let fast = self.rate >= ENGAGE_RATE;
+        if overloaded {
+            // Not a load to measure the pause by (see the module docs); a trial under way
+            // is dropped and the next fast stretch below overload measured afresh.
+            if matches!(self.mode, Mode::Trial { .. }) {
+                self.mode = Mode::Idle;
+            }
+            return;
+        }
+        if let Mode::Hold {
+            until,
+            rate,
+            ref mut mark,
+            ..
+        } = self.mode
+        {
+            let span = now.saturating_duration_since(mark.0);
+            let mut moved = false;
+            if now < until && span >= PHASE {
+                let r = (self.total - mark.1) as f64 / span.as_secs_f64();
+                *mark = (now, self.total);
+                moved = fast && (r > rate * RATE_BAND || r * RATE_BAND < rate);
+            }
+            if now < until && !moved {
+                return;
+            }
+            self.mode = Mode::Idle;
+        }
+        match self.mode {
+            Mode::Idle | Mode::Hold { .. } => {
+                if fast {
+                    self.cost = [(Duration::ZERO, 0); 2];
+                    self.trial_start = now;
+                    self.mode = Mode::Trial {
+                        k: 0,
+                        start: now,
+                        cpu: cpu(),
+                        read: self.total,
+                    };
+                }
+            }
+            // The load fell away mid-trial: measure the next fast stretch afresh.
+            Mode::Trial { .. } if !fast => self.mode = Mode::Idle,
+            Mode::Trial {
+                k,
+                start,
+                cpu: cpu0,
+                read: read0,
+            } => {
+                if now.saturating_duration_since(start) < PHASE {
+                    return;
+                }
+                let c = cpu();
+                let side = &mut self.cost[(k % 2) as usize];
+                side.0 += c.saturating_sub(cpu0);
+                side.1 += self.total - read0;
+                self.mode = if k + 1 < PHASES {
+                    Mode::Trial {
+                        k: k + 1,
+                        start: now,
+                        cpu: c,
+                        read: self.total,
+                    }
+                } else {
+                    self.trials += 1;
+                    let per = |(t, n): (Duration, u64)| t.as_secs_f64() / n.max(1) as f64;
+                    let (with, without) = (per(self.cost[0]), per(self.cost[1]));
+                    self.saving = if without > 0.0 {
+                        (1.0 - with / without) * 100.0
+                    } else {
+                        0.0
+                    };
+                    let n = self.cost[0].1 + self.cost[1].1;
+                    let span = now.saturating_duration_since(self.trial_start);
+                    Mode::Hold {
+                        pause: self.saving >= MIN_SAVING * 100.0,
+                        until: now + HOLD,
+                        rate: n as f64 / span.as_secs_f64().max(1e-9),
+                        mark: (now, self.total),
+                    }
+                };
+            }
+        }
     }
 
     /// The sockets are drained: how long to wait before looking at them again instead of
     /// sleeping until readiness (`None`: sleep as usual).
     pub fn pause(&mut self) -> Option<Duration> {
         let wait = self.wait.filter(|_| self.rate >= ENGAGE_RATE)?;
+        let on = match self.mode {
+            _ if self.overloaded => true,
+            Mode::Trial { k, .. } => k % 2 == 0,
+            Mode::Hold { pause, .. } => pause,
+            Mode::Idle => false,
+        };
+        if !on {
+            return None;
+        }
         self.pauses += 1;
         Some(wait)
     }
 
-    /// `[node] rx_coalesce_us` changed (SIGHUP).
+    /// `[node] rx_coalesce_us` changed (SIGHUP): measured afresh.
     pub fn set_wait(&mut self, wait: Option<Duration>) {
         self.wait = wait;
+        self.mode = Mode::Idle;
     }
 
     pub fn pauses(&self) -> u64 {
         self.pauses
+    }
+
+    pub fn trials(&self) -> u64 {
+        self.trials
+    }
+
+    /// Whether the last trial kept pausing (status gauge `rx_coalesce_on_now`; it applies
+    /// only while the rate is above [`ENGAGE_RATE`]).
+    pub fn kept(&self) -> bool {
+        matches!(self.mode, Mode::Hold { pause: true, .. })
+    }
+
+    /// The last trial's saving of CPU per datagram, percent (negative: pausing cost more).
+    pub fn saving_percent(&self) -> f64 {
+        self.saving
     }
 }
 
@@ -91,9 +286,32 @@ mod tests {
     use super::*;
     use crate::config::DEFAULT_RX_COALESCE;
 
+    /// A thread whose datagrams cost `paused` of CPU each after a pause and `woken` each
+    /// after a wakeup.
+    struct Load {
+        cpu: Duration,
+        paused: Duration,
+        woken: Duration,
+        last_paused: bool,
+        overloaded: bool,
+    }
+
+    impl Load {
+        fn new(paused_us: u64, woken_us: u64) -> Load {
+            Load {
+                cpu: Duration::ZERO,
+                paused: Duration::from_micros(paused_us),
+                woken: Duration::from_micros(woken_us),
+                last_paused: false,
+                overloaded: false,
+            }
+        }
+    }
+
     /// Rounds every `gap`, each reading `per_round`, for `total`; returns the pauses asked.
     fn drive(
         c: &mut RxCoalesce,
+        load: &mut Load,
         t: &mut Instant,
         gap: Duration,
         per_round: u64,
@@ -102,48 +320,162 @@ mod tests {
         let (start, before) = (*t, c.pauses());
         while *t - start < total {
             *t += gap;
-            c.on_round(*t, per_round);
-            c.pause();
+            let each = if load.last_paused {
+                load.paused
+            } else {
+                load.woken
+            };
+            load.cpu += each * per_round as u32;
+            let cpu = load.cpu;
+            c.on_round(*t, per_round, load.overloaded, || cpu);
+            load.last_paused = c.pause().is_some();
         }
         c.pauses() - before
     }
+
+    const US100: Duration = Duration::from_micros(100);
 
     #[test]
     fn pauses_only_while_the_rate_is_above_the_engage_rate() {
         let mut t = Instant::now();
         let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
+        let mut l = Load::new(5, 10);
         let ms10 = Duration::from_millis(10);
         // 20k/s, one datagram a round: never.
-        assert_eq!(drive(&mut c, &mut t, Duration::from_micros(50), 1, ms10), 0);
-        // 100k/s in rounds of 10: from the first whole window on, every round.
-        let n = drive(&mut c, &mut t, Duration::from_micros(100), 10, ms10);
+        let slow = Duration::from_micros(50);
+        assert_eq!(drive(&mut c, &mut l, &mut t, slow, 1, ms10), 0);
+        // 100k/s in rounds of 10: from the first whole window on, every round (a trial
+        // starts by pausing).
+        let n = drive(&mut c, &mut l, &mut t, US100, 10, ms10);
         assert!((80..=100).contains(&n), "{n}");
         // Back to 20k/s: off within a window and a round.
+        drive(&mut c, &mut l, &mut t, slow, 1, Duration::from_millis(3));
+        assert_eq!(drive(&mut c, &mut l, &mut t, slow, 1, ms10), 0);
+    }
+
+    #[test]
+    fn pausing_is_kept_where_it_saves_cpu_and_dropped_where_it_does_not() {
+        let phase = PHASE * PHASES;
+        for (paused_us, woken_us, kept) in [
+            (5, 10, true),
+            (10, 10, false),
+            (19, 20, false),
+            (8, 10, true),
+        ] {
+            let mut t = Instant::now();
+            let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
+            let mut l = Load::new(paused_us, woken_us);
+            // The trial: half of its rounds pause.
+            let n = drive(&mut c, &mut l, &mut t, US100, 10, phase + WINDOW);
+            assert!((1_900..=2_100).contains(&n), "{paused_us}/{woken_us}: {n}");
+            assert_eq!(c.trials(), 1);
+            assert_eq!(
+                c.kept(),
+                kept,
+                "{paused_us}/{woken_us}: {}",
+                c.saving_percent()
+            );
+            let expect = (1.0 - paused_us as f64 / woken_us as f64) * 100.0;
+            assert!(
+                (c.saving_percent() - expect).abs() < 1.0,
+                "{}",
+                c.saving_percent()
+            );
+            // Held: every round pauses, or none does.
+            let n = drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_secs(1));
+            assert_eq!(n, if kept { 10_000 } else { 0 });
+            // After the hold, the next fast stretch is measured again.
+            drive(&mut c, &mut l, &mut t, US100, 10, HOLD);
+            assert_eq!(c.trials(), 2);
+        }
+    }
+
+    #[test]
+    fn a_new_load_is_measured_anew() {
+        let mut t = Instant::now();
+        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
+        let mut l = Load::new(10, 10);
+        // Decided at 100k/s: pausing saves nothing.
+        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES + WINDOW);
+        assert_eq!((c.trials(), c.kept()), (1, false));
+        // ±30 % keeps the decision.
+        let two = Duration::from_secs(2);
+        assert_eq!(drive(&mut c, &mut l, &mut t, US100, 13, two), 0);
+        assert_eq!(drive(&mut c, &mut l, &mut t, US100, 7, two), 0);
+        assert_eq!(c.trials(), 1);
+        // At twice the rate pausing saves half: a new trial within a phase keeps it.
+        l.paused = Duration::from_micros(5);
+        assert!(drive(&mut c, &mut l, &mut t, US100, 20, two) > 0);
+        assert_eq!((c.trials(), c.kept()), (2, true));
+    }
+
+    #[test]
+    fn a_trial_the_load_leaves_decides_nothing() {
+        let mut t = Instant::now();
+        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
+        let mut l = Load::new(5, 10);
+        drive(&mut c, &mut l, &mut t, US100, 10, PHASE + PHASE / 2);
+        // 20k/s for a while: the trial is dropped, not decided on half its phases.
         drive(
             &mut c,
+            &mut l,
             &mut t,
             Duration::from_micros(50),
             1,
-            Duration::from_millis(3),
+            PHASE * 5,
         );
-        assert_eq!(drive(&mut c, &mut t, Duration::from_micros(50), 1, ms10), 0);
+        assert_eq!((c.trials(), c.kept()), (0, false));
+        // Fast again: a whole new trial, starting with pauses.
+        assert!(drive(&mut c, &mut l, &mut t, US100, 10, PHASE / 2) > 0);
+        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES);
+        assert_eq!((c.trials(), c.kept()), (1, true));
+    }
+
+    #[test]
+    fn an_overloaded_gateway_pauses_whatever_the_trial_said() {
+        let mut t = Instant::now();
+        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
+        // Pausing saves nothing: dropped by the trial.
+        let mut l = Load::new(10, 10);
+        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES + WINDOW);
+        assert_eq!((c.trials(), c.kept()), (1, false));
+        // Shedding: every drained round pauses.
+        l.overloaded = true;
+        let n = drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_secs(1));
+        assert_eq!(n, 10_000);
+        // Overload over: the held decision again.
+        l.overloaded = false;
+        assert_eq!(
+            drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_secs(1)),
+            0
+        );
+        // A trial under way when overload begins is dropped, not decided on skewed phases.
+        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
+        drive(&mut c, &mut l, &mut t, US100, 10, PHASE + PHASE / 2);
+        l.overloaded = true;
+        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES);
+        assert_eq!(c.trials(), 0);
+        l.overloaded = false;
+        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * (PHASES + 1));
+        assert_eq!(c.trials(), 1);
+        l.overloaded = true;
+        // Below the engage rate (from its first whole window) nothing pauses, overloaded
+        // or not.
+        let slow = Duration::from_micros(50);
+        drive(&mut c, &mut l, &mut t, slow, 1, Duration::from_millis(3));
+        assert_eq!(drive(&mut c, &mut l, &mut t, slow, 1, PHASE), 0);
     }
 
     #[test]
     fn a_loop_that_slept_does_not_pause_on_its_next_packet() {
         let mut t = Instant::now();
         let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        drive(
-            &mut c,
-            &mut t,
-            Duration::from_micros(100),
-            10,
-            Duration::from_millis(5),
-        );
+        let mut l = Load::new(5, 10);
+        drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_millis(5));
         assert!(c.pause().is_some());
         // A second of silence, then one datagram: the window spans the silence.
         t += Duration::from_secs(1);
-        c.on_round(t, 1);
+        c.on_round(t, 1, false, || l.cpu);
         assert_eq!(c.pause(), None);
     }
 
@@ -151,12 +483,14 @@ mod tests {
     fn off_never_pauses_and_a_reload_turns_it_on() {
         let mut t = Instant::now();
         let mut c = RxCoalesce::new(t, None);
+        let mut l = Load::new(5, 10);
         let ms10 = Duration::from_millis(10);
-        assert_eq!(
-            drive(&mut c, &mut t, Duration::from_micros(10), 10, ms10),
-            0
-        );
+        let fast = Duration::from_micros(10);
+        assert_eq!(drive(&mut c, &mut l, &mut t, fast, 10, ms10), 0);
         c.set_wait(Some(Duration::from_micros(30)));
+        // The next round starts a trial, which pauses first.
+        t += fast;
+        c.on_round(t, 10, false, || l.cpu);
         assert_eq!(c.pause(), Some(Duration::from_micros(30)));
     }
 }

@@ -832,7 +832,16 @@ impl Node {
         self.pump(now);
         let udp_more = self.drain_udp(now, UDP_BATCHES_PER_ROUND);
         self.pump(now);
-        self.coalesce.on_round(now, self.read_this_round);
+        let shedding = match &self.local {
+            Local::Raw(r) => r.shed.as_ref().is_some_and(|c| c.applied_share() > 0.0),
+            Local::Emulated(_) => false,
+        };
+        self.coalesce.on_round(
+            now,
+            self.read_this_round,
+            shedding,
+            realtime::thread_cpu_time,
+        );
         raw_more || udp_more || self.replica.inject_pending()
     }
 
@@ -1300,6 +1309,15 @@ impl Node {
                 ("injected_joined".to_string(), rs.inject.joined),
                 ("shed_inject_late".to_string(), rs.inject.late),
                 ("rx_coalesce_pauses".to_string(), self.coalesce.pauses()),
+                ("rx_coalesce_trials".to_string(), self.coalesce.trials()),
+                (
+                    "rx_coalesce_on_now".to_string(),
+                    self.coalesce.kept() as u64,
+                ),
+                (
+                    "rx_coalesce_saving_percent_now".to_string(),
+                    self.coalesce.saving_percent().max(0.0).round() as u64,
+                ),
                 ("realtime_rests".to_string(), self.duty.rests),
                 ("epochs_opened".to_string(), epochs[0]),
                 ("peer_epochs".to_string(), epochs[1]),
