@@ -214,6 +214,12 @@ impl ShedControl {
         self.applied
     }
 
+    /// Whether our own capture queue's delay, not a peer's report, makes us shed: a
+    /// share of at least one filter step steered by the capture alone.
+    pub fn capture_overloaded(&self) -> bool {
+        self.capture.share >= STEP
+    }
+
     /// Intervals so far in which a peer's reported delay alone exceeded the target.
     pub fn peer_intervals(&self) -> u64 {
         self.peer_intervals

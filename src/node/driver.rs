@@ -833,7 +833,7 @@ impl Node {
         let udp_more = self.drain_udp(now, UDP_BATCHES_PER_ROUND);
         self.pump(now);
         let shedding = match &self.local {
-            Local::Raw(r) => r.shed.as_ref().is_some_and(|c| c.applied_share() > 0.0),
+            Local::Raw(r) => r.shed.as_ref().is_some_and(|c| c.capture_overloaded()),
             Local::Emulated(_) => false,
         };
         self.coalesce.on_round(
