@@ -13,20 +13,20 @@
 //! packets/s, and more delivered under overload.
 //!
 //! Why measured: the pause is a timer, and where a timer costs what a wakeup costs (a VM
-//! whose halted vCPU is woken either way) pausing saves nothing and only adds the pause to
-//! every packet's latency — 0.4–0.7 ms at p50 at 50k on two later VMs (docs/PERFORMANCE.md).
-//! So when the rate first passes [`ENGAGE_RATE`] a trial alternates [`PHASE`]s with and
+//! whose halted vCPU is woken either way) pausing saves little and adds the pause to every
+//! packet's latency — 0.3–0.7 ms at p50 at 50k on two later VMs (docs/PERFORMANCE.md). So
+//! when the rate first passes [`ENGAGE_RATE`] a trial runs [`PHASES`] [`PHASE`]s with and
 //! without pauses, compares the thread's CPU time per datagram read, and keeps pausing only
-//! if that saves at least [`MIN_SAVING`]. The thread's own time is what can be measured: the
-//! cross-CPU wakeup its wakers pay is not in it, so a trial sees less than the whole saving
-//! (on the VM where pausing saved a third of each gateway's CPU, most of it was the
-//! gateway's own switch-in: 21.5 % of its samples); the decision holds for [`HOLD`], or until the
-//! rate leaves [`RATE_BAND`] of the trial's, then the next fast stretch is measured again
-//! (the load, the host and its neighbours change). While the
-//! gateway sheds its capture for its own queue's delay it pauses whatever a trial said: that
-//! delay is at its target then (milliseconds), the pause adds nothing to it, and every datagram a batch
-//! saves a wakeup for is one more delivered (≈ 10 % more at the sender's maximum on the VM
-//! where a trial finds no saving below overload).
+//! if that saves at least [`MIN_SAVING`]. The thread's own time is what can be measured:
+//! the cross-CPU wakeups its wakers pay are not in it, so a trial sees less than the whole
+//! saving (where pausing saved a third of each gateway's CPU, most of it was the gateway's
+//! own switch-in: 21.5 % of its samples). The decision holds for [`HOLD`], or until the
+//! rate leaves [`RATE_BAND`] of the trial's; then the next fast stretch is measured again
+//! (the load, the host and its neighbours change).
+//!
+//! While the gateway sheds its capture for its own queue's delay it pauses whatever a
+//! trial said: that delay is at its target then (milliseconds), the pause adds nothing to
+//! it, and a batch per wakeup can only deliver more.
 //!
 //! Below [`ENGAGE_RATE`] nothing changes: a lone packet is relayed in the wakeup that
 //! received it, so the latency of a quiet or moderately loaded path keeps no timer in it.
