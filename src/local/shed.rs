@@ -346,6 +346,29 @@ mod tests {
         assert_eq!(lo, PEER_MAX_SHARE);
     }
 
+    /// What the event loop's receive coalescing treats as overload: our capture queue's
+    /// own share, not the one a peer's reported delay steers.
+    #[test]
+    fn only_our_own_queue_counts_as_capture_overload() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        let run = |c: &mut ShedControl, from: u32, ours: Duration, peer: Duration| {
+            for i in from..from + 100 {
+                let now = t0 + INTERVAL * i;
+                for _ in 0..100 {
+                    c.on_captured(now, ours, true);
+                }
+                c.on_peer_delay(peer);
+                c.poll(now);
+            }
+        };
+        run(&mut c, 1, Duration::ZERO, TARGET * 3);
+        assert!(c.applied_share() > 0.1, "{}", c.applied_share());
+        assert!(!c.capture_overloaded());
+        run(&mut c, 101, TARGET * 3, Duration::ZERO);
+        assert!(c.capture_overloaded());
+    }
+
     #[test]
     fn a_peer_delay_raises_nothing_when_nothing_sheddable_is_captured() {
         let t0 = Instant::now();
