@@ -69,13 +69,16 @@ fn pausing_phase(k: u32) -> bool {
 enum Mode {
     /// Reading slowly (or coalescing off): sleep until readiness.
     Idle,
-    /// Measuring: phase `k` ([`pausing_phase`]) began at `start`, at thread CPU time `cpu`
-    /// and with `read` datagrams counted in all.
+    /// Measuring since `began`: phase `k` ([`pausing_phase`]) began at `start`, at thread
+    /// CPU time `cpu` and with `read` datagrams counted in all; `cost` holds the CPU time
+    /// and datagrams of the phases done, [pausing, not pausing].
     Trial {
+        began: Instant,
         k: u32,
         start: Instant,
         cpu: Duration,
         read: u64,
+        cost: [(Duration, u64); 2],
     },
     /// Decided until `until`, for loads near `rate` (datagrams/s during the trial); `mark`:
     /// when the current rate window began and the datagrams counted then.
@@ -98,10 +101,6 @@ pub struct RxCoalesce {
     /// Datagrams per second over the last whole window.
     rate: f64,
     mode: Mode,
-    /// A trial's CPU time and datagrams: [pausing, not pausing].
-    cost: [(Duration, u64); 2],
-    /// When the trial under way began.
-    trial_start: Instant,
     /// Pauses taken so far (status counter `rx_coalesce_pauses`).
     pauses: u64,
     /// Trials completed (status counter `rx_coalesce_trials`).
@@ -123,8 +122,6 @@ impl RxCoalesce {
             total: 0,
             rate: 0.0,
             mode: Mode::Idle,
-            cost: [(Duration::ZERO, 0); 2],
-            trial_start: now,
             pauses: 0,
             trials: 0,
             saving: 0.0,
@@ -182,75 +179,75 @@ impl RxCoalesce {
             } else if now < until && span >= PHASE {
                 let r = (self.total - mark.1) as f64 / span.as_secs_f64();
                 *mark = (now, self.total);
-                moved = fast && (r > rate * RATE_BAND || r * RATE_BAND < rate);
+                moved = r > rate * RATE_BAND || r * RATE_BAND < rate;
             }
             if now < until && !moved {
                 return;
             }
             self.mode = Mode::Idle;
         }
-        match self.mode {
-            Mode::Idle | Mode::Hold { .. } => {
-                if fast {
-                    self.cost = [(Duration::ZERO, 0); 2];
-                    self.trial_start = now;
-                    self.mode = Mode::Trial {
-                        k: 0,
-                        start: now,
-                        cpu: cpu(),
-                        read: self.total,
-                    };
-                }
-            }
-            Mode::Trial {
-                k,
-                start,
-                cpu: cpu0,
-                read: read0,
-            } => {
-                let span = now.saturating_duration_since(start);
-                if span < PHASE {
-                    return;
-                }
-                // The load fell away during the phase (judged on the phase's average: a
-                // single slow window near the engage rate is noise): measure the next fast
-                // stretch afresh.
-                if ((self.total - read0) as f64) < ENGAGE_RATE * span.as_secs_f64() {
-                    self.mode = Mode::Idle;
-                    return;
-                }
-                let c = cpu();
-                let side = &mut self.cost[usize::from(!pausing_phase(k))];
-                side.0 += c.saturating_sub(cpu0);
-                side.1 += self.total - read0;
-                self.mode = if k + 1 < PHASES {
-                    Mode::Trial {
-                        k: k + 1,
-                        start: now,
-                        cpu: c,
-                        read: self.total,
-                    }
-                } else {
-                    self.trials += 1;
-                    let per = |(t, n): (Duration, u64)| t.as_secs_f64() / n.max(1) as f64;
-                    let (with, without) = (per(self.cost[0]), per(self.cost[1]));
-                    self.saving = if without > 0.0 {
-                        (1.0 - with / without) * 100.0
-                    } else {
-                        0.0
-                    };
-                    let n = self.cost[0].1 + self.cost[1].1;
-                    let span = now.saturating_duration_since(self.trial_start);
-                    self.kept = self.saving >= MIN_SAVING * 100.0;
-                    Mode::Hold {
-                        pause: self.kept,
-                        until: now + HOLD,
-                        rate: n as f64 / span.as_secs_f64().max(1e-9),
-                        mark: (now, self.total),
-                    }
+        let Mode::Trial {
+            began,
+            k,
+            start,
+            cpu: cpu0,
+            read: read0,
+            mut cost,
+        } = self.mode
+        else {
+            if fast {
+                self.mode = Mode::Trial {
+                    began: now,
+                    k: 0,
+                    start: now,
+                    cpu: cpu(),
+                    read: self.total,
+                    cost: [(Duration::ZERO, 0); 2],
                 };
             }
+            return;
+        };
+        let span = now.saturating_duration_since(start);
+        if span < PHASE {
+            return;
         }
+        // The load fell away during the phase (judged on the phase's average: a single
+        // slow window near the engage rate is noise): measure the next fast stretch afresh.
+        if ((self.total - read0) as f64) < ENGAGE_RATE * span.as_secs_f64() {
+            self.mode = Mode::Idle;
+            return;
+        }
+        let c = cpu();
+        let side = &mut cost[usize::from(!pausing_phase(k))];
+        side.0 += c.saturating_sub(cpu0);
+        side.1 += self.total - read0;
+        if k + 1 < PHASES {
+            self.mode = Mode::Trial {
+                began,
+                k: k + 1,
+                start: now,
+                cpu: c,
+                read: self.total,
+                cost,
+            };
+            return;
+        }
+        self.trials += 1;
+        let per = |(t, n): (Duration, u64)| t.as_secs_f64() / n.max(1) as f64;
+        let (with, without) = (per(cost[0]), per(cost[1]));
+        self.saving = if without > 0.0 {
+            (1.0 - with / without) * 100.0
+        } else {
+            0.0
+        };
+        self.kept = self.saving >= MIN_SAVING * 100.0;
+        let trial = now.saturating_duration_since(began).as_secs_f64();
+        self.mode = Mode::Hold {
+            pause: self.kept,
+            until: now + HOLD,
+            rate: (cost[0].1 + cost[1].1) as f64 / trial.max(1e-9),
+            mark: (now, self.total),
+        };
     }
 
     /// The sockets are drained: how long to wait before looking at them again instead of
@@ -310,9 +307,11 @@ mod tests {
     use super::*;
     use crate::config::DEFAULT_RX_COALESCE;
 
-    /// A thread whose datagrams cost `paused` of CPU each after a pause and `woken` each
-    /// after a wakeup.
-    struct Load {
+    /// An event loop on a thread whose datagrams cost `paused` of CPU each after a pause and
+    /// `woken` each after a wakeup, on a clock of its own.
+    struct Sim {
+        c: RxCoalesce,
+        t: Instant,
         cpu: Duration,
         paused: Duration,
         woken: Duration,
@@ -320,9 +319,19 @@ mod tests {
         overloaded: bool,
     }
 
-    impl Load {
-        fn new(paused_us: u64, woken_us: u64) -> Load {
-            Load {
+    const US100: Duration = Duration::from_micros(100);
+    const SLOW: Duration = Duration::from_micros(50);
+
+    impl Sim {
+        fn new(paused_us: u64, woken_us: u64) -> Sim {
+            Sim::with_wait(Some(DEFAULT_RX_COALESCE), paused_us, woken_us)
+        }
+
+        fn with_wait(wait: Option<Duration>, paused_us: u64, woken_us: u64) -> Sim {
+            let t = Instant::now();
+            Sim {
+                c: RxCoalesce::new(t, wait),
+                t,
                 cpu: Duration::ZERO,
                 paused: Duration::from_micros(paused_us),
                 woken: Duration::from_micros(woken_us),
@@ -330,257 +339,203 @@ mod tests {
                 overloaded: false,
             }
         }
-    }
 
-    /// Rounds every `gap`, each reading `per_round`, for `total`; returns the pauses asked.
-    fn drive(
-        c: &mut RxCoalesce,
-        load: &mut Load,
-        t: &mut Instant,
-        gap: Duration,
-        per_round: u64,
-        total: Duration,
-    ) -> u64 {
-        drive_with(c, load, t, gap, total, |_| per_round)
-    }
-
-    /// Rounds every `gap` for `total`, round `i` reading `reads(i)`; returns the pauses.
-    fn drive_with(
-        c: &mut RxCoalesce,
-        load: &mut Load,
-        t: &mut Instant,
-        gap: Duration,
-        total: Duration,
-        reads: impl Fn(u64) -> u64,
-    ) -> u64 {
-        let (start, before) = (*t, c.pauses());
-        let mut i = 0;
-        while *t - start < total {
-            *t += gap;
-            let n = reads(i);
-            i += 1;
-            let each = if load.last_paused {
-                load.paused
-            } else {
-                load.woken
-            };
-            load.cpu += each * n as u32;
-            let cpu = load.cpu;
-            c.on_round(*t, n, load.overloaded, || cpu);
-            load.last_paused = c.pause().is_some();
+        /// Rounds every `gap` for `total`, round `i` reading `reads(i)`; returns the
+        /// pauses asked.
+        fn run_with(&mut self, gap: Duration, total: Duration, reads: impl Fn(u64) -> u64) -> u64 {
+            let (start, before) = (self.t, self.c.pauses());
+            let mut i = 0;
+            while self.t - start < total {
+                self.t += gap;
+                let n = reads(i);
+                i += 1;
+                let each = if self.last_paused {
+                    self.paused
+                } else {
+                    self.woken
+                };
+                self.cpu += each * n as u32;
+                let cpu = self.cpu;
+                self.c.on_round(self.t, n, self.overloaded, || cpu);
+                self.last_paused = self.c.pause().is_some();
+            }
+            self.c.pauses() - before
         }
-        c.pauses() - before
-    }
 
-    const US100: Duration = Duration::from_micros(100);
+        /// Rounds every `gap`, each reading `per_round`, for `total`.
+        fn run(&mut self, gap: Duration, per_round: u64, total: Duration) -> u64 {
+            self.run_with(gap, total, |_| per_round)
+        }
+
+        /// Rounds every 100 µs, each reading `per_round` (10: 100k datagrams/s).
+        fn fast(&mut self, per_round: u64, total: Duration) -> u64 {
+            self.run(US100, per_round, total)
+        }
+
+        /// A whole trial at 100k datagrams/s, from the first window on.
+        fn trial(&mut self) -> u64 {
+            self.fast(10, PHASE * PHASES + WINDOW)
+        }
+
+        fn decided(&self) -> (u64, bool) {
+            (self.c.trials(), self.c.kept())
+        }
+    }
 
     #[test]
     fn pauses_only_while_the_rate_is_above_the_engage_rate() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        let mut l = Load::new(5, 10);
+        let mut s = Sim::new(5, 10);
         let ms10 = Duration::from_millis(10);
         // 20k/s, one datagram a round: never.
-        let slow = Duration::from_micros(50);
-        assert_eq!(drive(&mut c, &mut l, &mut t, slow, 1, ms10), 0);
+        assert_eq!(s.run(SLOW, 1, ms10), 0);
         // 100k/s in rounds of 10: from the first whole window on, every round (a trial
         // starts by pausing).
-        let n = drive(&mut c, &mut l, &mut t, US100, 10, ms10);
+        let n = s.fast(10, ms10);
         assert!((80..=100).contains(&n), "{n}");
         // Back to 20k/s: off within a window and a round.
-        drive(&mut c, &mut l, &mut t, slow, 1, Duration::from_millis(3));
-        assert_eq!(drive(&mut c, &mut l, &mut t, slow, 1, ms10), 0);
+        s.run(SLOW, 1, Duration::from_millis(3));
+        assert_eq!(s.run(SLOW, 1, ms10), 0);
     }
 
     #[test]
     fn pausing_is_kept_where_it_saves_cpu_and_dropped_where_it_does_not() {
-        let phase = PHASE * PHASES;
         for (paused_us, woken_us, kept) in [
             (5, 10, true),
             (10, 10, false),
             (19, 20, false),
             (8, 10, true),
         ] {
-            let mut t = Instant::now();
-            let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-            let mut l = Load::new(paused_us, woken_us);
+            let mut s = Sim::new(paused_us, woken_us);
             // The trial: half of its rounds pause.
-            let n = drive(&mut c, &mut l, &mut t, US100, 10, phase + WINDOW);
+            let n = s.trial();
             assert!((1_900..=2_100).contains(&n), "{paused_us}/{woken_us}: {n}");
-            assert_eq!(c.trials(), 1);
-            assert_eq!(
-                c.kept(),
-                kept,
-                "{paused_us}/{woken_us}: {}",
-                c.saving_percent()
-            );
+            let saving = s.c.saving_percent();
+            assert_eq!(s.decided(), (1, kept), "{paused_us}/{woken_us}: {saving}");
             let expect = (1.0 - paused_us as f64 / woken_us as f64) * 100.0;
-            assert!(
-                (c.saving_percent() - expect).abs() < 1.0,
-                "{}",
-                c.saving_percent()
-            );
+            assert!((saving - expect).abs() < 1.0, "{saving}");
             // Held: every round pauses, or none does.
-            let n = drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_secs(1));
+            let n = s.fast(10, Duration::from_secs(1));
             assert_eq!(n, if kept { 10_000 } else { 0 });
             // After the hold, the next fast stretch is measured again.
-            drive(&mut c, &mut l, &mut t, US100, 10, HOLD);
-            assert_eq!(c.trials(), 2);
+            s.fast(10, HOLD);
+            assert_eq!(s.c.trials(), 2);
         }
     }
 
     #[test]
     fn a_new_load_is_measured_anew() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        let mut l = Load::new(10, 10);
+        let mut s = Sim::new(10, 10);
         // Decided at 100k/s: pausing saves nothing.
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES + WINDOW);
-        assert_eq!((c.trials(), c.kept()), (1, false));
+        s.trial();
+        assert_eq!(s.decided(), (1, false));
         // ±30 % keeps the decision.
         let two = Duration::from_secs(2);
-        assert_eq!(drive(&mut c, &mut l, &mut t, US100, 13, two), 0);
-        assert_eq!(drive(&mut c, &mut l, &mut t, US100, 7, two), 0);
-        assert_eq!(c.trials(), 1);
+        assert_eq!(s.fast(13, two), 0);
+        assert_eq!(s.fast(7, two), 0);
+        assert_eq!(s.c.trials(), 1);
         // At twice the rate pausing saves half: a new trial within a phase keeps it.
-        l.paused = Duration::from_micros(5);
-        assert!(drive(&mut c, &mut l, &mut t, US100, 20, two) > 0);
-        assert_eq!((c.trials(), c.kept()), (2, true));
+        s.paused = Duration::from_micros(5);
+        assert!(s.fast(20, two) > 0);
+        assert_eq!(s.decided(), (2, true));
     }
 
     #[test]
     fn a_trial_pauses_in_its_first_and_last_phases() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        let mut l = Load::new(10, 10);
+        let mut s = Sim::new(10, 10);
         // The first window (2 ms) is read before the rate is known.
-        drive(&mut c, &mut l, &mut t, US100, 10, WINDOW);
-        let per_phase: Vec<u64> = (0..PHASES)
-            .map(|_| drive(&mut c, &mut l, &mut t, US100, 10, PHASE))
-            .collect();
+        s.fast(10, WINDOW);
+        let per_phase: Vec<u64> = (0..PHASES).map(|_| s.fast(10, PHASE)).collect();
         assert!(per_phase[0] >= 950 && per_phase[3] >= 950, "{per_phase:?}");
         assert!(per_phase[1] <= 50 && per_phase[2] <= 50, "{per_phase:?}");
     }
 
     #[test]
     fn a_load_near_the_engage_rate_completes_its_trial() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        let mut l = Load::new(5, 10);
+        let mut s = Sim::new(5, 10);
         // 2 ms windows alternately at 30k and 60k datagrams/s (45k on average): a window
         // below the engage rate now and then does not end the trial.
         let jitter = |i: u64| if (i / 20) % 2 == 0 { 3 } else { 6 };
-        drive_with(&mut c, &mut l, &mut t, US100, PHASE * (PHASES + 1), jitter);
-        assert_eq!((c.trials(), c.kept()), (1, true));
+        s.run_with(US100, PHASE * (PHASES + 1), jitter);
+        assert_eq!(s.decided(), (1, true));
     }
 
     #[test]
     fn a_slow_stretch_between_fast_ones_is_not_a_new_load() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        let mut l = Load::new(10, 10);
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES + WINDOW);
-        assert_eq!(c.trials(), 1);
+        let mut s = Sim::new(10, 10);
+        s.trial();
+        assert_eq!(s.c.trials(), 1);
         for _ in 0..5 {
             // Not a whole number of phases: a rate window straddles the slow stretch's end.
-            drive(
-                &mut c,
-                &mut l,
-                &mut t,
-                US100,
-                2,
-                Duration::from_millis(1_050),
-            );
-            drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_secs(1));
+            s.fast(2, Duration::from_millis(1_050));
+            s.fast(10, Duration::from_secs(1));
         }
-        assert_eq!(c.trials(), 1);
+        assert_eq!(s.c.trials(), 1);
         // A lasting fall to 60 % of the trial's rate (still fast) is a new load.
-        drive(&mut c, &mut l, &mut t, US100, 6, Duration::from_secs(1));
-        assert_eq!(c.trials(), 2);
+        s.fast(6, Duration::from_secs(1));
+        assert_eq!(s.c.trials(), 2);
     }
 
     #[test]
     fn a_trial_the_load_leaves_decides_nothing() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        let mut l = Load::new(5, 10);
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE + PHASE / 2);
+        let mut s = Sim::new(5, 10);
+        s.fast(10, PHASE + PHASE / 2);
         // 20k/s for a while: the trial is dropped, not decided on half its phases.
-        drive(
-            &mut c,
-            &mut l,
-            &mut t,
-            Duration::from_micros(50),
-            1,
-            PHASE * 5,
-        );
-        assert_eq!((c.trials(), c.kept()), (0, false));
+        s.run(SLOW, 1, PHASE * 5);
+        assert_eq!(s.decided(), (0, false));
         // Fast again: a whole new trial, starting with pauses.
-        assert!(drive(&mut c, &mut l, &mut t, US100, 10, PHASE / 2) > 0);
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES);
-        assert_eq!((c.trials(), c.kept()), (1, true));
+        assert!(s.fast(10, PHASE / 2) > 0);
+        s.fast(10, PHASE * PHASES);
+        assert_eq!(s.decided(), (1, true));
     }
 
     #[test]
     fn an_overloaded_gateway_pauses_whatever_the_trial_said() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
         // Pausing saves nothing: dropped by the trial.
-        let mut l = Load::new(10, 10);
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES + WINDOW);
-        assert_eq!((c.trials(), c.kept()), (1, false));
+        let mut s = Sim::new(10, 10);
+        s.trial();
+        assert_eq!(s.decided(), (1, false));
         // Shedding: every drained round pauses.
-        l.overloaded = true;
-        let n = drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_secs(1));
-        assert_eq!(n, 10_000);
+        s.overloaded = true;
+        assert_eq!(s.fast(10, Duration::from_secs(1)), 10_000);
         // Overload over: the held decision again.
-        l.overloaded = false;
-        assert_eq!(
-            drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_secs(1)),
-            0
-        );
+        s.overloaded = false;
+        assert_eq!(s.fast(10, Duration::from_secs(1)), 0);
         // A trial under way when overload begins is dropped, not decided on skewed phases.
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE + PHASE / 2);
-        l.overloaded = true;
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * PHASES);
-        assert_eq!(c.trials(), 0);
-        l.overloaded = false;
-        drive(&mut c, &mut l, &mut t, US100, 10, PHASE * (PHASES + 1));
-        assert_eq!(c.trials(), 1);
-        l.overloaded = true;
+        let mut s = Sim::new(10, 10);
+        s.fast(10, PHASE + PHASE / 2);
+        s.overloaded = true;
+        s.fast(10, PHASE * PHASES);
+        assert_eq!(s.c.trials(), 0);
+        s.overloaded = false;
+        s.fast(10, PHASE * (PHASES + 1));
+        assert_eq!(s.c.trials(), 1);
+        s.overloaded = true;
         // Below the engage rate (from its first whole window) nothing pauses, overloaded
         // or not.
-        let slow = Duration::from_micros(50);
-        drive(&mut c, &mut l, &mut t, slow, 1, Duration::from_millis(3));
-        assert_eq!(drive(&mut c, &mut l, &mut t, slow, 1, PHASE), 0);
+        s.run(SLOW, 1, Duration::from_millis(3));
+        assert_eq!(s.run(SLOW, 1, PHASE), 0);
     }
 
     #[test]
     fn a_loop_that_slept_does_not_pause_on_its_next_packet() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, Some(DEFAULT_RX_COALESCE));
-        let mut l = Load::new(5, 10);
-        drive(&mut c, &mut l, &mut t, US100, 10, Duration::from_millis(5));
-        assert!(c.pause().is_some());
+        let mut s = Sim::new(5, 10);
+        s.fast(10, Duration::from_millis(5));
+        assert!(s.c.pause().is_some());
         // A second of silence, then one datagram: the window spans the silence.
-        t += Duration::from_secs(1);
-        c.on_round(t, 1, false, || l.cpu);
-        assert_eq!(c.pause(), None);
+        s.t += Duration::from_secs(1);
+        s.c.on_round(s.t, 1, false, || s.cpu);
+        assert_eq!(s.c.pause(), None);
     }
 
     #[test]
     fn off_never_pauses_and_a_reload_turns_it_on() {
-        let mut t = Instant::now();
-        let mut c = RxCoalesce::new(t, None);
-        let mut l = Load::new(5, 10);
-        let ms10 = Duration::from_millis(10);
+        let mut s = Sim::with_wait(None, 5, 10);
         let fast = Duration::from_micros(10);
-        assert_eq!(drive(&mut c, &mut l, &mut t, fast, 10, ms10), 0);
-        c.set_wait(Some(Duration::from_micros(30)));
+        assert_eq!(s.run(fast, 10, Duration::from_millis(10)), 0);
+        s.c.set_wait(Some(Duration::from_micros(30)));
         // The next round starts a trial, which pauses first.
-        t += fast;
-        c.on_round(t, 10, false, || l.cpu);
-        assert_eq!(c.pause(), Some(Duration::from_micros(30)));
+        s.t += fast;
+        s.c.on_round(s.t, 10, false, || s.cpu);
+        assert_eq!(s.c.pause(), Some(Duration::from_micros(30)));
     }
 }
