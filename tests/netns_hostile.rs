@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::capture::{Dir, LinkCapture, RawPf, PFSYNC_GROUP};
 use common::gw::{bin, drop_count, Net, Site, SYNC_IF};
-use common::netns::{ip, skip_unless_root};
+use common::netns::{ip, one_at_a_time, skip_unless_root};
 use common::pf::{packet, tcp_state};
 use common::poll::wait_for;
 use pfsync_gw::wire::{Dialect, Message, Packet, StateId};
@@ -100,6 +100,7 @@ fn a_rogue_sync_lan_host_injects_clears_and_pulls_nothing() {
     if skip_unless_root("a_rogue_sync_lan_host_injects_clears_and_pulls_nothing") {
         return;
     }
+    let _one = one_at_a_time();
     let Lan {
         net,
         a,
@@ -356,6 +357,7 @@ fn a_rogue_flood_never_reaches_the_gateway() {
     if skip_unless_root("a_rogue_flood_never_reaches_the_gateway") {
         return;
     }
+    let _one = one_at_a_time();
     let Lan {
         net,
         a,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::capture::{in_netns, RawPf, PFSYNC_GROUP};
 use common::gw::{local_count, Net, SYNC_IF};
-use common::netns::skip_unless_root;
+use common::netns::{one_at_a_time, skip_unless_root};
 use common::pf::{packet, tcp_state, upd_c};
 use pfsync_gw::node::realtime::{thread_cpu_time, Duty};
 use pfsync_gw::wire::{Message, Packet, StateRepr};
@@ -74,6 +74,7 @@ fn overload_sheds_only_updates_and_recovers() {
     if skip_unless_root("overload_sheds_only_updates_and_recovers") {
         return;
     }
+    let _one = one_at_a_time();
     let (net, fw_a_ns, fw_b_ns, fw_a, fw_b) = two_sites("ovl");
 
     // The pool and the states to delete, inserted and seen at fw-b first.
@@ -248,6 +249,7 @@ fn a_slow_receiving_gateway_makes_the_sender_shed() {
     if skip_unless_root("a_slow_receiving_gateway_makes_the_sender_shed") {
         return;
     }
+    let _one = one_at_a_time();
     let (net, fw_a_ns, fw_b_ns, fw_a, fw_b) = two_sites("slow");
     let pool: Vec<_> = (1..=POOL).map(|i| tcp_state(i, CREATOR)).collect();
     for c in pool.chunks(5) {

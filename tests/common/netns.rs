@@ -17,6 +17,14 @@ use std::time::{Duration, Instant};
 const PREFIX: &str = "pgw-";
 const NETNS_DIR: &str = "/var/run/netns";
 
+/// Held by a test that loads the cores or measures time: tests of one binary run in
+/// parallel, and a second such test would starve the first's daemons (a test of a slow
+/// peer once saw its own gateway fall behind because the overload test ran beside it).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// True (after printing why) when the test cannot run here and must return early.
 pub fn skip_unless_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
