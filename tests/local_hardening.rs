@@ -483,11 +483,24 @@ fn privilege_drop_emulator_mode_relays_and_reloads() {
         || query(&a.sock).is_some_and(|s| s.peers.iter().any(|p| p.name == "c")),
     );
     assert!(!a.log().contains("reload failed"), "{}", a.log());
-    assert!(query(&a.sock)
-        .unwrap()
-        .peers
-        .iter()
-        .any(|p| p.name == "b" && p.established));
+    let st = query(&a.sock).unwrap();
+    assert!(st.peers.iter().any(|p| p.name == "b" && p.established));
+    assert_eq!(st.local.get("config_reloads"), Some(&1), "{:?}", st.local);
+
+    // A config that does not parse is refused, logged and counted; the running one stays.
+    std::fs::write(dir.path("a.toml"), "[node\n").unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGHUP) };
+    wait(
+        "the refused reload counted",
+        Duration::from_secs(10),
+        &[&a],
+        || query(&a.sock).is_some_and(|s| s.local.get("config_reload_failures") == Some(&1)),
+    );
+    assert!(a.log().contains("reload failed"), "{}", a.log());
+    let st = query(&a.sock).unwrap();
+    assert!(st.peers.iter().any(|p| p.name == "c"), "{:?}", st.peers);
+    assert_eq!(st.local.get("config_reloads"), Some(&1));
 }
 
 #[test]

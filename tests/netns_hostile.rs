@@ -467,10 +467,17 @@ fn a_rogue_flood_never_reaches_the_gateway() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     let listed = format!("firewalls = [\"{}\"]", a.fw_addr);
     assert!(text.contains(&listed), "{text}");
+    // Each reload is waited for (the status counts it) before its effect is tested.
+    let reloads = || common::gw::local_count(&net.status(0), "config_reloads");
     let reload = |fws: &str| {
+        let before = reloads();
         std::fs::write(&cfg, text.replace(&listed, &format!("firewalls = [{fws}]"))).unwrap();
         net.signal_gw(0, libc::SIGHUP);
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for("the reload applied", Duration::from_secs(5), |last| {
+            let n = reloads();
+            *last = format!("{n} reloads");
+            (n > before).then_some(())
+        });
     };
     reload(&format!("\"{ROGUE}\""));
     let from_listed = packet(&[Message::Ins(tcp_state(0x902, FW_A))]);

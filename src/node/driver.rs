@@ -770,9 +770,16 @@ impl Node {
                         Some(None) => Config::load(&self.cfg.path),
                         None => continue,
                     };
+                    // Counted, so monitoring sees a SIGHUP that did not take.
                     match cfg {
-                        Ok(c) => self.apply_reload(c, now),
-                        Err(e) => tracing::error!("reload failed, keeping the running config: {e}"),
+                        Ok(c) => {
+                            self.apply_reload(c, now);
+                            bump(&mut self.counters, "config_reloads");
+                        }
+                        Err(e) => {
+                            bump(&mut self.counters, "config_reload_failures");
+                            tracing::error!("reload failed, keeping the running config: {e}");
+                        }
                     }
                 }
             }
