@@ -342,7 +342,7 @@ fn logs_to_a_pipe_carry_no_colour() {
     let (_, b_pub) = keygen(&d, "b.key");
     let p = d.path("c.toml");
     std::fs::write(&p, config(&a, &b_pub, "")).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pfsync-gw"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pfsync-gw"))
         .args(["run", "--config", p.to_str().unwrap()])
         .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
@@ -350,11 +350,25 @@ fn logs_to_a_pipe_carry_no_colour() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Read the log as it comes and stop the daemon once it has started (a fixed wait
+    // fails on a loaded machine).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut all, mut buf) = (Vec::new(), [0u8; 4096]);
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+            all.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&all).contains("pfsync-gw started") {
+                let _ = tx.send(());
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let _ = child.wait_with_output().unwrap();
+    let err = reader.join().unwrap();
     assert!(err.contains("pfsync-gw started"), "no log line: {err}");
     assert!(
         !err.contains('\u{1b}'),

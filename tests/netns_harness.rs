@@ -87,7 +87,7 @@ fn udp_delivery(h1: &str, h2: &str, n: usize) -> usize {
     // Resolve ARP first: the kernel queues only a few packets while a neighbour is pending.
     a.send_to(b"warm", to).unwrap();
     udp_recv(&b, Duration::from_secs(2));
-    // Count concurrently: the receive buffer alone holds only ~256 small datagrams.
+    // Count concurrently (the receive buffer, forced to 4 MB, rides out a stalled reader).
     let counter = std::thread::spawn(move || {
         let mut got = 0;
         while udp_recv(&b, Duration::from_millis(300)).is_some() {

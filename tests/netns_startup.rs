@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::gw::{bin, status, Net};
-use common::netns::skip_unless_root;
+use common::netns::{one_at_a_time, skip_unless_root};
 
 /// A start that is not up after this long counts as stuck (the issue saw > 15 s).
 const STUCK_AFTER: Duration = Duration::from_secs(10);
@@ -176,6 +176,7 @@ fn startup_pair_comes_up_quickly() {
     if skip_unless_root("startup_pair_comes_up_quickly") {
         return;
     }
+    let _one = one_at_a_time();
     let (simul, stag) = run_bench("sup", 10, Duration::from_millis(300));
     for f in [&simul, &stag] {
         assert_eq!(f.stuck, 0, "stuck starts");
@@ -191,6 +192,7 @@ fn crossed_handshakes_leave_one_sync_start() {
     if skip_unless_root("crossed_handshakes_leave_one_sync_start") {
         return;
     }
+    let _one = one_at_a_time();
     let net = Net::new("sx", 2, false);
     net.write_gw_config(0, "");
     net.write_gw_config(1, "");

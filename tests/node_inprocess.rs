@@ -224,25 +224,31 @@ async fn status_socket_and_metrics_expose_counters() {
     let mut forged = vec![0u8; 148];
     forged[0] = 1;
     u.send_to(&forged, sites[0].handle.local_addr).unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let body = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut b = String::new();
-        s.read_to_string(&mut b).unwrap();
-        b
-    })
-    .await
-    .unwrap();
+    // /metrics serves the status snapshot (refreshed every 200 ms): ask until it counts the
+    // drop, or for 5 s.
+    let bad_mac1 = "pfsync_gw_drops_total{node=\"gw-0\",reason=\"tunnel_bad_mac1\"} 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let body = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut b = String::new();
+            s.read_to_string(&mut b).unwrap();
+            b
+        })
+        .await
+        .unwrap();
+        if body.contains(bad_mac1) || std::time::Instant::now() > deadline {
+            break body;
+        }
+    };
     assert!(body.starts_with("HTTP/1.0 200"), "{body}");
     assert!(
         body.contains("pfsync_gw_peer_up{node=\"gw-0\",peer=\"gw-1\"} 1"),
         "{body}"
     );
-    assert!(
-        body.contains("pfsync_gw_drops_total{node=\"gw-0\",reason=\"tunnel_bad_mac1\"} 1"),
-        "{body}"
-    );
+    assert!(body.contains(bad_mac1), "{body}");
     assert!(body.contains("pfsync_gw_states{node=\"gw-0\"} "), "{body}");
     // Counters exist from the start, at 0 (issue #10.4), in the JSON and on /metrics.
     for k in [

@@ -180,7 +180,7 @@ impl RawPf {
                 sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(idx))
                     .unwrap();
             }
-            let _ = sock.set_recv_buffer_size(8 << 20);
+            force_recv_buffer(sock.as_raw_fd(), 8 << 20);
             RawPf { sock, ifname }
         })
     }
@@ -299,17 +299,7 @@ impl LinkCapture {
                 "bind AF_PACKET to {ifname}: {}",
                 io::Error::last_os_error()
             );
-            let sz: libc::c_int = 8 << 20;
-            // SAFETY: c_int option.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&sz as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            force_recv_buffer(fd.as_raw_fd(), 8 << 20);
             LinkCapture {
                 fd,
                 ifindex: idx,
@@ -415,8 +405,27 @@ impl LinkCapture {
 /// A UDP socket bound to `bind` inside `ns`.
 pub fn udp_socket(ns: &str, bind: SocketAddr) -> UdpSocket {
     in_netns(ns, || {
-        UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind udp {bind}: {e}"))
+        let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind udp {bind}: {e}"));
+        force_recv_buffer(s.as_raw_fd(), 4 << 20);
+        s
     })
+}
+
+/// A receive buffer of `bytes` whatever `net.core.rmem_max` allows (as root): a test's
+/// reader that a busy or stalled CPU keeps from running for tens of milliseconds must not
+/// lose what the code under test delivered (`SO_RCVBUF` alone is capped near 208 KB).
+pub fn force_recv_buffer(fd: std::os::fd::RawFd, bytes: libc::c_int) {
+    // SAFETY: an int option on a socket we own. Without root it fails and the default
+    // stays (every test that reads these sockets needs root and skips before).
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Receive one datagram within `timeout` (`None` if nothing came).
