@@ -79,13 +79,28 @@ fn converge(net: &Net, what: &str, bound: Duration) -> Duration {
         bound.max(Duration::from_secs(60)),
     );
     let st = [net.status(0), net.status(1)];
+    // What shedding and the sweeps did tells a slow convergence from a lost message.
+    let counts = |k: &str| {
+        format!(
+            "{}/{}",
+            common::gw::local_count(&st[0], k),
+            common::gw::local_count(&st[1], k)
+        )
+    };
     net.lab.log(&format!(
-        "{what}: converged {:.2}s after churn end, {states} states; retransmits {}/{}, resyncs {}/{}",
+        "{what}: converged {:.2}s after churn end, {states} states; retransmits {}/{}, resyncs {}/{}; \
+         shed late {} / inject late {} / filtered {}; sweeps {} (after shedding {}), restored {}",
         took.as_secs_f64(),
         st[0].peers[0].retransmits,
         st[1].peers[0].retransmits,
         st[0].peers[0].resyncs,
         st[1].peers[0].resyncs,
+        counts("shed_capture_late"),
+        counts("shed_inject_late"),
+        counts("shed_capture_filtered"),
+        counts("sweeps"),
+        counts("sweeps_after_shedding"),
+        counts("sweep_restored"),
     ));
     assert!(states > 0, "nothing was synced");
     assert!(

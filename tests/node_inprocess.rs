@@ -267,6 +267,7 @@ async fn status_socket_and_metrics_expose_counters() {
     }
     for k in [
         "sweep_deleted",
+        "sweeps_after_shedding",
         "epochs_opened",
         "sessions_kept",
         "relayed_verbatim",

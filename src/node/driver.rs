@@ -14,6 +14,7 @@ use super::coalesce::{self, RxCoalesce};
 use super::control::{self, SharedStatus};
 use super::ratelimit::LogLimiter;
 use super::realtime::{self, Duty};
+use super::repair::ShedRepair;
 use super::status::{FirewallView, PeerView, Status};
 use crate::config::{Config, LocalMode, PeerConfig};
 use crate::local::emulator::{Emulator, EmulatorConfig};
@@ -55,7 +56,8 @@ const INJECT_MAX_PER_ROUND: usize = 8 * INJECT_PER_ROUND;
 /// carries only compressed updates (`UPD_C`) it is dropped unapplied: newer updates of the
 /// same states are queued behind it (pf sends one per state every few packets while it
 /// changes), dropping costs a read and a parse instead of an apply, two seals and a send,
-/// and states that stop changing are repaired by the next reconciliation sweep. Anything
+/// and states that stop changing are repaired by a sweep once the shedding has stopped
+/// ([`ShedRepair`]). Anything
 /// else (inserts, deletes, bulk answers) is applied, and its states are sent to the peers
 /// coalesced: each marked dirty once and sent in its current version (newest wins, like
 /// pf's `maxupd`) instead of relayed packet by packet. Requests are always relayed.
@@ -173,6 +175,8 @@ pub struct Node {
     inject_arrivals: u64,
     /// Our bulk requests to the firewall (start-up, reconciliation sweeps).
     bulk: LocalBulk,
+    /// A sweep soon after shedding ends (see repair.rs).
+    repair: ShedRepair,
     log_limit: LogLimiter,
     started: Instant,
     status: SharedStatus,
@@ -488,6 +492,7 @@ impl Node {
             inject_budget: INJECT_PER_ROUND,
             inject_arrivals: 0,
             bulk: LocalBulk::new(now),
+            repair: ShedRepair::default(),
             log_limit: LogLimiter::new(Duration::from_secs(1)),
             started: now,
             status: status.clone(),
@@ -800,6 +805,15 @@ impl Node {
                 self.count_foreign(now);
                 self.refresh_status(now);
                 next_status = now + STATUS_REFRESH;
+                // What shedding dropped last is repaired by a sweep once it has stopped.
+                let c = &self.counters;
+                let shed = c.shed_capture_filtered
+                    + c.shed_capture_late
+                    + c.shed_capture_overflow
+                    + self.replica.stats().inject.late;
+                if self.repair.poll(now, shed) {
+                    self.bulk.soon(now);
+                }
             }
             if now >= next_summary {
                 next_summary = now + SUMMARY_LOG;
@@ -1307,6 +1321,7 @@ impl Node {
                 ("sweep_restored".to_string(), rs.sweep_restored),
                 ("sweep_unlisted".to_string(), rs.sweep_unlisted),
                 ("sweep_deleted".to_string(), rs.sweep_deleted),
+                ("sweeps_after_shedding".to_string(), self.repair.sweeps),
                 ("stale_refused".to_string(), rs.table.stale),
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),

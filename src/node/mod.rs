@@ -11,6 +11,7 @@ pub mod driver;
 pub mod privdrop;
 pub mod ratelimit;
 pub mod realtime;
+pub mod repair;
 pub mod status;
 
 pub use driver::{Node, NodeHandle};

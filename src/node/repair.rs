@@ -1,0 +1,150 @@
+//! A reconciliation sweep soon after shedding ends.
+//!
+//! Shedding (the capture filter's share, captured packets found late, packets that waited
+//! too long for injection) drops compressed updates on pf's own rule that a newer update of
+//! the same states follows a few packets later. For a state that stops changing, the
+//! dropped update was its last: the peers (or our firewall) keep an older version until a
+//! sweep compares the firewall's full dump with the mirror. The periodic sweep comes every
+//! 10 s or longer (500 s at 1 M states), and a failover in between uses the stale version.
+//! So once shedding has stopped for [`CALM`] the driver brings one sweep forward: the dump
+//! carries the firewall's newest versions to the mirror and on to the peers, and the
+//! firewall gets back what the mirror holds newer. Not during the shedding: a dump of the
+//! whole table on top of an overload adds to it, and the repair would be overtaken by the
+//! next dropped update anyway. At most one per [`MIN_GAP`], so recurring bursts (or
+//! stalls) cost no more dumps than a short sweep interval would.
+//!
+//! Pure: the driver reports the shed total now and then and asks whether to sweep.
+
+use std::time::{Duration, Instant};
+
+/// How long no packet may have been shed before the shedding counts as over: long enough
+/// that a sustained overload (shedding in every 10 ms interval) never looks calm.
+pub const CALM: Duration = Duration::from_millis(500);
+/// The least time between two such sweeps.
+pub const MIN_GAP: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default)]
+pub struct ShedRepair {
+    /// The shed total last reported.
+    seen: u64,
+    /// When the total last grew, while a sweep for it is still owed.
+    owed_since: Option<Instant>,
+    last_sweep: Option<Instant>,
+    /// Sweeps asked for so far (status counter `sweeps_after_shedding`).
+    pub sweeps: u64,
+}
+
+impl ShedRepair {
+    /// `shed`: packets shed so far, of every kind. True when a sweep is owed and due now.
+    pub fn poll(&mut self, now: Instant, shed: u64) -> bool {
+        if shed > self.seen {
+            self.seen = shed;
+            self.owed_since = Some(now);
+            return false;
+        }
+        let Some(t) = self.owed_since else {
+            return false;
+        };
+        let calm = now.saturating_duration_since(t) >= CALM;
+        let spaced = self
+            .last_sweep
+            .is_none_or(|s| now.saturating_duration_since(s) >= MIN_GAP);
+        if !(calm && spaced) {
+            return false;
+        }
+        (self.owed_since, self.last_sweep) = (None, Some(now));
+        self.sweeps += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(200);
+
+    /// Poll every 200 ms (the driver's status cadence) for `d`, the shed total growing by
+    /// `per_tick` each time; returns the polls that said sweep, as times since `t0`.
+    fn run(
+        r: &mut ShedRepair,
+        t0: Instant,
+        from: Duration,
+        d: Duration,
+        shed: &mut u64,
+        per_tick: u64,
+    ) -> Vec<Duration> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while t < from + d {
+            *shed += per_tick;
+            if r.poll(t0 + t, *shed) {
+                out.push(t);
+            }
+            t += TICK;
+        }
+        out
+    }
+
+    #[test]
+    fn one_sweep_once_shedding_has_stopped() {
+        let (t0, mut r, mut shed) = (Instant::now(), ShedRepair::default(), 0);
+        // Nothing shed: never.
+        assert!(run(
+            &mut r,
+            t0,
+            Duration::ZERO,
+            Duration::from_secs(5),
+            &mut shed,
+            0
+        )
+        .is_empty());
+        // A 3 s overload sheds in every poll: no sweep during it.
+        let s = Duration::from_secs(5);
+        assert!(run(&mut r, t0, s, Duration::from_secs(3), &mut shed, 100).is_empty());
+        // Then calm: one sweep, CALM after the last growth, and no more.
+        let calm = run(
+            &mut r,
+            t0,
+            s + Duration::from_secs(3),
+            Duration::from_secs(20),
+            &mut shed,
+            0,
+        );
+        let last_growth = s + Duration::from_secs(3) - TICK;
+        assert_eq!(calm.len(), 1, "{calm:?}");
+        assert!(
+            calm[0] >= last_growth + CALM && calm[0] <= last_growth + CALM + TICK,
+            "{calm:?}"
+        );
+        assert_eq!(r.sweeps, 1);
+    }
+
+    #[test]
+    fn bursts_closer_than_the_gap_share_one_sweep_per_gap() {
+        let (t0, mut r, mut shed) = (Instant::now(), ShedRepair::default(), 0);
+        let mut sweeps = Vec::new();
+        // A stall's worth of late packets every 2 s for 30 s.
+        for k in 0..15u32 {
+            let at = Duration::from_secs(2) * k;
+            shed += 10;
+            assert!(!r.poll(t0 + at, shed), "a sweep while shedding");
+            sweeps.extend(run(
+                &mut r,
+                t0,
+                at + TICK,
+                Duration::from_secs(2) - TICK,
+                &mut shed,
+                0,
+            ));
+        }
+        assert!(sweeps.len() >= 2 && sweeps.len() <= 3, "{sweeps:?}");
+        for w in sweeps.windows(2) {
+            assert!(w[1] - w[0] >= MIN_GAP, "{sweeps:?}");
+        }
+        // What the gap held back is still owed, and comes once the gap has passed.
+        let end = Duration::from_secs(30);
+        let late = run(&mut r, t0, end, MIN_GAP + TICK, &mut shed, 0);
+        assert_eq!(late.len(), 1, "{late:?}");
+    }
+}
