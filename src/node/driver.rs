@@ -811,7 +811,10 @@ impl Node {
                     + c.shed_capture_late
                     + c.shed_capture_overflow
                     + self.replica.stats().inject.late;
-                if self.repair.poll(now, shed) {
+                if self
+                    .repair
+                    .poll(now, shed, sweep_interval(self.replica.table().len()))
+                {
                     self.bulk.soon(now);
                 }
             }

@@ -10,8 +10,9 @@
 //! carries the firewall's newest versions to the mirror and on to the peers, and the
 //! firewall gets back what the mirror holds newer. Not during the shedding: a dump of the
 //! whole table on top of an overload adds to it, and the repair would be overtaken by the
-//! next dropped update anyway. At most one per [`MIN_GAP`], so recurring bursts (or
-//! stalls) cost no more dumps than a short sweep interval would.
+//! next dropped update anyway. At most one per sweep interval (the driver's: 10 s, longer
+//! for big tables), so recurring bursts (or stalls, or a peer that keeps our injection
+//! late) at most double the periodic sweeps' share of the sync link.
 //!
 //! Pure: the driver reports the shed total now and then and asks whether to sweep.
 
@@ -20,8 +21,6 @@ use std::time::{Duration, Instant};
 /// How long no packet may have been shed before the shedding counts as over: long enough
 /// that a sustained overload (shedding in every 10 ms interval) never looks calm.
 pub const CALM: Duration = Duration::from_millis(500);
-/// The least time between two such sweeps.
-pub const MIN_GAP: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default)]
 pub struct ShedRepair {
@@ -35,8 +34,9 @@ pub struct ShedRepair {
 }
 
 impl ShedRepair {
-    /// `shed`: packets shed so far, of every kind. True when a sweep is owed and due now.
-    pub fn poll(&mut self, now: Instant, shed: u64) -> bool {
+    /// `shed`: packets shed so far, of every kind; `gap`: the least time between two such
+    /// sweeps. True when a sweep is owed and due now.
+    pub fn poll(&mut self, now: Instant, shed: u64, gap: Duration) -> bool {
         if shed > self.seen {
             self.seen = shed;
             self.owed_since = Some(now);
@@ -48,7 +48,7 @@ impl ShedRepair {
         let calm = now.saturating_duration_since(t) >= CALM;
         let spaced = self
             .last_sweep
-            .is_none_or(|s| now.saturating_duration_since(s) >= MIN_GAP);
+            .is_none_or(|s| now.saturating_duration_since(s) >= gap);
         if !(calm && spaced) {
             return false;
         }
@@ -63,6 +63,7 @@ mod tests {
     use super::*;
 
     const TICK: Duration = Duration::from_millis(200);
+    const GAP: Duration = Duration::from_secs(10);
 
     /// Poll every 200 ms (the driver's status cadence) for `d`, the shed total growing by
     /// `per_tick` each time; returns the polls that said sweep, as times since `t0`.
@@ -78,7 +79,7 @@ mod tests {
         let mut t = from;
         while t < from + d {
             *shed += per_tick;
-            if r.poll(t0 + t, *shed) {
+            if r.poll(t0 + t, *shed, GAP) {
                 out.push(t);
             }
             t += TICK;
@@ -128,7 +129,7 @@ mod tests {
         for k in 0..15u32 {
             let at = Duration::from_secs(2) * k;
             shed += 10;
-            assert!(!r.poll(t0 + at, shed), "a sweep while shedding");
+            assert!(!r.poll(t0 + at, shed, GAP), "a sweep while shedding");
             sweeps.extend(run(
                 &mut r,
                 t0,
@@ -140,11 +141,11 @@ mod tests {
         }
         assert!(sweeps.len() >= 2 && sweeps.len() <= 3, "{sweeps:?}");
         for w in sweeps.windows(2) {
-            assert!(w[1] - w[0] >= MIN_GAP, "{sweeps:?}");
+            assert!(w[1] - w[0] >= GAP, "{sweeps:?}");
         }
         // What the gap held back is still owed, and comes once the gap has passed.
         let end = Duration::from_secs(30);
-        let late = run(&mut r, t0, end, MIN_GAP + TICK, &mut shed, 0);
+        let late = run(&mut r, t0, end, GAP + TICK, &mut shed, 0);
         assert_eq!(late.len(), 1, "{late:?}");
     }
 }
