@@ -806,15 +806,16 @@ impl Node {
                 self.refresh_status(now);
                 next_status = now + STATUS_REFRESH;
                 // What shedding dropped last is repaired by a sweep once it has stopped.
-                let c = &self.counters;
+                let (c, inject) = (&self.counters, self.replica.stats().inject);
                 let shed = c.shed_capture_filtered
                     + c.shed_capture_late
                     + c.shed_capture_overflow
-                    + self.replica.stats().inject.late;
-                if self
-                    .repair
-                    .poll(now, shed, sweep_interval(self.replica.table().len()))
-                {
+                    + c.inject_failed
+                    + inject.late
+                    + inject.dropped;
+                let shedding = matches!(&self.local, Local::Raw(r) if r.share > 0.0);
+                let gap = sweep_interval(self.replica.table().len());
+                if self.repair.poll(now, shed, shedding, self.bulk.idle(), gap) {
                     self.bulk.soon(now);
                 }
             }
@@ -1325,6 +1326,10 @@ impl Node {
                 ("sweep_unlisted".to_string(), rs.sweep_unlisted),
                 ("sweep_deleted".to_string(), rs.sweep_deleted),
                 ("sweeps_after_shedding".to_string(), self.repair.sweeps),
+                (
+                    "sweep_after_shedding_owed_now".to_string(),
+                    u64::from(self.repair.owed()),
+                ),
                 ("stale_refused".to_string(), rs.table.stale),
                 ("expired".to_string(), rs.table.expired),
                 ("tombstones".to_string(), rs.tombstones as u64),
@@ -1456,6 +1461,11 @@ const MAX_QUICK_SWEEPS: u32 = 4;
 const SWEEP_AFTER_UP: Duration = Duration::from_secs(3);
 
 impl LocalBulk {
+    /// No bulk request is waiting for its answer.
+    fn idle(&self) -> bool {
+        self.tries == 0
+    }
+
     /// Bring the next sweep forward to `at` unless one is in progress or sooner.
     fn soon(&mut self, at: Instant) {
         if self.tries == 0 && self.next > at {

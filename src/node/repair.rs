@@ -34,10 +34,25 @@ pub struct ShedRepair {
 }
 
 impl ShedRepair {
-    /// `shed`: packets shed so far, of every kind; `gap`: the least time between two such
-    /// sweeps. True when a sweep is owed and due now.
-    pub fn poll(&mut self, now: Instant, shed: u64, gap: Duration) -> bool {
-        if shed > self.seen {
+    /// One look, at `now`:
+    /// - `shed`: packets lost so far of the kinds counted; any change is new shedding (it
+    ///   also falls, when a reload restarts the filter's estimate);
+    /// - `shedding`: the capture filter drops now (its estimate grows in whole packets, so
+    ///   a flat total alone does not mean it stopped);
+    /// - `can_ask`: no bulk request is in flight (one sent during the shedding may predate
+    ///   its last drop: the sweep stays owed until that one is answered);
+    /// - `gap`: the least time between two such sweeps.
+    ///
+    /// True when the owed sweep is to be asked for now.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        shed: u64,
+        shedding: bool,
+        can_ask: bool,
+        gap: Duration,
+    ) -> bool {
+        if shed != self.seen || shedding {
             self.seen = shed;
             self.owed_since = Some(now);
             return false;
@@ -49,12 +64,17 @@ impl ShedRepair {
         let spaced = self
             .last_sweep
             .is_none_or(|s| now.saturating_duration_since(s) >= gap);
-        if !(calm && spaced) {
+        if !(calm && spaced && can_ask) {
             return false;
         }
         (self.owed_since, self.last_sweep) = (None, Some(now));
         self.sweeps += 1;
         true
+    }
+
+    /// Whether a sweep is owed and not yet asked for.
+    pub fn owed(&self) -> bool {
+        self.owed_since.is_some()
     }
 }
 
@@ -79,7 +99,7 @@ mod tests {
         let mut t = from;
         while t < from + d {
             *shed += per_tick;
-            if r.poll(t0 + t, *shed, GAP) {
+            if r.poll(t0 + t, *shed, false, true, GAP) {
                 out.push(t);
             }
             t += TICK;
@@ -129,7 +149,10 @@ mod tests {
         for k in 0..15u32 {
             let at = Duration::from_secs(2) * k;
             shed += 10;
-            assert!(!r.poll(t0 + at, shed, GAP), "a sweep while shedding");
+            assert!(
+                !r.poll(t0 + at, shed, false, true, GAP),
+                "a sweep while shedding"
+            );
             sweeps.extend(run(
                 &mut r,
                 t0,
@@ -147,5 +170,27 @@ mod tests {
         let end = Duration::from_secs(30);
         let late = run(&mut r, t0, end, GAP + TICK, &mut shed, 0);
         assert_eq!(late.len(), 1, "{late:?}");
+    }
+    #[test]
+    fn owed_while_the_filter_drops_or_a_request_is_in_flight() {
+        let (t0, mut r) = (Instant::now(), ShedRepair::default());
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(!r.poll(at(0), 5, false, true, GAP));
+        // The filter still drops although the estimate stands still: not calm.
+        for ms in (200..2_000).step_by(200) {
+            assert!(!r.poll(at(ms), 5, true, true, GAP), "at {ms} ms");
+        }
+        // Calm from 1.8 s on, but a bulk request is in flight until 4 s: still owed.
+        for ms in (2_000..4_000).step_by(200) {
+            assert!(!r.poll(at(ms), 5, false, false, GAP), "at {ms} ms");
+            assert!(r.owed());
+        }
+        assert!(r.poll(at(4_000), 5, false, true, GAP));
+        assert!(!r.owed());
+        assert_eq!(r.sweeps, 1);
+        // A reload restarts the filter's estimate: a smaller total is new shedding too.
+        assert!(!r.poll(at(20_000), 2, false, true, GAP));
+        assert!(r.owed());
+        assert!(r.poll(at(20_600), 2, false, true, GAP));
     }
 }
