@@ -268,6 +268,7 @@ async fn status_socket_and_metrics_expose_counters() {
     for k in [
         "sweep_deleted",
         "sweeps_after_shedding",
+        "sweep_after_shedding_owed_now",
         "epochs_opened",
         "sessions_kept",
         "relayed_verbatim",
