@@ -269,6 +269,7 @@ async fn status_socket_and_metrics_expose_counters() {
         "sweep_deleted",
         "sweeps_after_shedding",
         "sweep_after_shedding_owed_now",
+        "sweeps_lossy",
         "epochs_opened",
         "sessions_kept",
         "relayed_verbatim",

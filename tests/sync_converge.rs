@@ -593,6 +593,49 @@ fn deletions_missed_while_down_are_found_by_two_dumps() {
     assert!(told >= 20, "only {told} DEL_C injected at node 1");
 }
 
+/// A dump during which the capture lost packets (its socket buffer overflowed) deletes
+/// nothing by absence, even when two dumps in a row lose the same packet; unnoticed, the
+/// same two dumps delete the live states of the lost packet.
+#[test]
+fn dumps_the_capture_lost_packets_of_delete_nothing() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 33);
+    net.all_up();
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(33);
+    let mut pkts = Vec::new();
+    for _ in 0..200 {
+        pkts.clear();
+        fw.churn(&mut rng, 3, &mut pkts);
+        for p in &pkts {
+            net.local(0, p);
+        }
+        net.run_for(Duration::from_millis(5));
+    }
+    assert!(net.converge(Duration::from_secs(20)).is_some());
+    let lossy_dumps = |net: &mut Net, noticed: bool| {
+        for _ in 0..2 {
+            for (i, p) in dump(&fw, &[1]).iter().enumerate() {
+                net.local(0, p);
+                if noticed && i == 0 {
+                    net.nodes[0].note_capture_loss();
+                }
+            }
+            net.run_for(Duration::from_millis(200));
+        }
+    };
+    lossy_dumps(&mut net, true);
+    let st = net.nodes[0].stats();
+    assert_eq!((st.sweep_deleted, st.sweeps_lossy), (0, 2));
+    assert!(net.nodes[0].sweep_wanted(), "a lossy dump asks for another");
+    assert!(net.converge(Duration::from_secs(10)).is_some());
+    assert_table_equals(&fw, &net.nodes[1]);
+    lossy_dumps(&mut net, false);
+    assert!(
+        net.nodes[0].stats().sweep_deleted > 0,
+        "the hazard the note prevents"
+    );
+}
+
 /// Packets a firewall sends in one burst share datagrams (BUNDLE; a packet may start in the
 /// room another left), and still arrive byte-identical and in order, with and without loss.
 #[test]

@@ -962,7 +962,12 @@ impl Node {
                     continue;
                 }
             }
-            self.counters.shed_capture_overflow += rx.take_overflow();
+            let lost = rx.take_overflow();
+            if lost > 0 {
+                self.counters.shed_capture_overflow += lost;
+                // A dump under way may have lost a packet: it must not delete by absence.
+                self.replica.note_capture_loss();
+            }
             self.read_this_round += rx.len() as u64;
             let read = std::time::SystemTime::now();
             for i in 0..rx.len() {
@@ -1324,6 +1329,7 @@ impl Node {
                 ("sweeps".to_string(), rs.sweeps),
                 ("sweep_restored".to_string(), rs.sweep_restored),
                 ("sweep_unlisted".to_string(), rs.sweep_unlisted),
+                ("sweeps_lossy".to_string(), rs.sweeps_lossy),
                 ("sweep_deleted".to_string(), rs.sweep_deleted),
                 ("sweeps_after_shedding".to_string(), self.repair.sweeps),
                 (

@@ -18,6 +18,8 @@ pub(super) struct Sweep {
     /// Our clock at BUS START: an entry changed later may postdate the firewall's walk of
     /// its table, so its absence from the dump proves nothing.
     pub(super) start_clock: u64,
+    /// The capture lost packets during the dump: its absences prove nothing.
+    pub(super) lossy: bool,
 }
 
 /// Most peer claims on our firewall's states awaiting the confirming dump.
@@ -82,10 +84,20 @@ impl Replica {
             }
             if id.creator != sweep.creator {
                 replies.extend(self.table.update_for(id, now));
-            } else if e.version().clock <= sweep.start_clock {
+            } else if e.version().clock <= sweep.start_clock && !sweep.lossy {
                 self.stats.sweep_unlisted += 1;
                 unlisted.insert(id, ());
             }
+        }
+        if sweep.lossy {
+            // A packet of the dump may be what the capture lost: nothing it did not list
+            // is taken for deleted, the earlier dump's absences and the peers' claims wait
+            // for the next one, which comes soon.
+            self.stats.sweeps_lossy += 1;
+            self.stats.sweeps += 1;
+            self.sweep_wanted = true;
+            self.stats.sweep_restored += (replies.len() - before) as u64;
+            return;
         }
         let prev = match self.absent.take() {
             Some((c, m)) if c == sweep.creator => m,
@@ -132,6 +144,14 @@ impl Replica {
         }
         self.stats.sweeps += 1;
         self.stats.sweep_restored += (replies.len() - before) as u64;
+    }
+
+    /// The capture socket lost packets (its buffer overflowed): a dump under way may lack
+    /// states the firewall listed, so it deletes nothing (see `finish_sweep`).
+    pub fn note_capture_loss(&mut self) {
+        if let Some(sw) = &mut self.sweep {
+            sw.lossy = true;
+        }
     }
 
     /// States of our firewall were missing from its last complete dump: the node should ask
@@ -226,6 +246,7 @@ impl Replica {
                         creator,
                         seen: IdMap::default(),
                         start_clock: self.clock,
+                        lossy: false,
                     })
                 }
                 Message::Bus {

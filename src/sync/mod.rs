@@ -418,6 +418,8 @@ pub struct ReplicaStats {
     /// Reconciliations with the firewall's full dump, and what they repaired.
     pub sweeps: u64,
     pub sweep_restored: u64,
+    /// Dumps during which the capture lost packets: they deleted nothing.
+    pub sweeps_lossy: u64,
     /// The firewall's own states the mirror holds but its dump did not list.
     pub sweep_unlisted: u64,
     /// …and that the next complete dump did not list either: deleted cluster-wide (the
