@@ -524,15 +524,12 @@ fn dump(fw: &Firewall, drop: &[usize]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Issue #10.2: states the firewall deleted while its gateway did not listen are missing
-/// from two consecutive complete dumps → deleted cluster-wide; a dump that lost a packet
-/// alone deletes nothing.
-#[test]
-fn deletions_missed_while_down_are_found_by_two_dumps() {
-    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 31);
+/// Two nodes whose first firewall churned for a second (seeded), converged.
+fn churned_pair(seed: u64) -> (Net, Firewall) {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB)], seed);
     net.all_up();
     let mut fw = Firewall::new(0xa, OB);
-    let mut rng = Rng::new(31);
+    let mut rng = Rng::new(seed);
     let mut pkts = Vec::new();
     for _ in 0..200 {
         pkts.clear();
@@ -543,6 +540,15 @@ fn deletions_missed_while_down_are_found_by_two_dumps() {
         net.run_for(Duration::from_millis(5));
     }
     assert!(net.converge(Duration::from_secs(20)).is_some());
+    (net, fw)
+}
+
+/// Issue #10.2: states the firewall deleted while its gateway did not listen are missing
+/// from two consecutive complete dumps → deleted cluster-wide; a dump that lost a packet
+/// alone deletes nothing.
+#[test]
+fn deletions_missed_while_down_are_found_by_two_dumps() {
+    let (mut net, mut fw) = churned_pair(31);
     let n = fw.states.len();
     assert!(n > 50, "{n} states");
 
@@ -598,20 +604,7 @@ fn deletions_missed_while_down_are_found_by_two_dumps() {
 /// same two dumps delete the live states of the lost packet.
 #[test]
 fn dumps_the_capture_lost_packets_of_delete_nothing() {
-    let mut net = Net::new(vec![config(1, OB), config(2, OB)], 33);
-    net.all_up();
-    let mut fw = Firewall::new(0xa, OB);
-    let mut rng = Rng::new(33);
-    let mut pkts = Vec::new();
-    for _ in 0..200 {
-        pkts.clear();
-        fw.churn(&mut rng, 3, &mut pkts);
-        for p in &pkts {
-            net.local(0, p);
-        }
-        net.run_for(Duration::from_millis(5));
-    }
-    assert!(net.converge(Duration::from_secs(20)).is_some());
+    let (mut net, fw) = churned_pair(33);
     let lossy_dumps = |net: &mut Net, noticed: bool| {
         for _ in 0..2 {
             for (i, p) in dump(&fw, &[1]).iter().enumerate() {
