@@ -2,7 +2,8 @@
 //!
 //! Shedding (the capture filter's share, captured packets found late, packets that waited
 //! too long for injection) drops compressed updates on pf's own rule that a newer update of
-//! the same states follows a few packets later. For a state that stops changing, the
+//! the same states follows a few packets later; a full capture buffer, a full injection
+//! queue or a refused injection lose updates as well. For a state that stops changing, the
 //! dropped update was its last: the peers (or our firewall) keep an older version until a
 //! sweep compares the firewall's full dump with the mirror. The periodic sweep comes every
 //! 10 s or longer (500 s at 1 M states), and a failover in between uses the stale version.
@@ -26,7 +27,7 @@ pub const CALM: Duration = Duration::from_millis(500);
 pub struct ShedRepair {
     /// The shed total last reported.
     seen: u64,
-    /// When the total last grew, while a sweep for it is still owed.
+    /// When the total last changed (or the filter last dropped), while a sweep is owed.
     owed_since: Option<Instant>,
     last_sweep: Option<Instant>,
     /// Sweeps asked for so far (status counter `sweeps_after_shedding`).
