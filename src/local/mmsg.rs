@@ -540,8 +540,13 @@ pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
 /// options (clamped by the kernel). Best effort: a small buffer still works, just drops more
 /// under bursts, which the reliability layer repairs.
 pub fn set_socket_buffers(fd: RawFd, bytes: usize) {
-    set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes);
+    set_recv_buffer(fd, bytes);
     set_send_buffer(fd, bytes);
+}
+
+/// As [`set_socket_buffers`], the receive buffer only.
+pub fn set_recv_buffer(fd: RawFd, bytes: usize) {
+    set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes);
 }
 
 /// As [`set_socket_buffers`], the send buffer only (a socket that never receives).

@@ -89,14 +89,16 @@ impl Replica {
                 unlisted.insert(id, ());
             }
         }
+        // Only what was injected back above goes into `replies`; the deletions below travel
+        // as RECORDS repairs.
+        self.stats.sweeps += 1;
+        self.stats.sweep_restored += (replies.len() - before) as u64;
         if sweep.lossy {
             // A packet of the dump may be what the capture lost: nothing it did not list
             // is taken for deleted, the earlier dump's absences and the peers' claims wait
             // for the next one, which comes soon.
             self.stats.sweeps_lossy += 1;
-            self.stats.sweeps += 1;
             self.sweep_wanted = true;
-            self.stats.sweep_restored += (replies.len() - before) as u64;
             return;
         }
         let prev = match self.absent.take() {
@@ -142,8 +144,6 @@ impl Replica {
                 }
             }
         }
-        self.stats.sweeps += 1;
-        self.stats.sweep_restored += (replies.len() - before) as u64;
     }
 
     /// The capture socket lost packets (its buffer overflowed): a dump under way may lack

@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use pfsync_gw::local::mmsg::set_recv_buffer;
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
 pub const IPPROTO_PFSYNC: u8 = 240;
@@ -180,7 +181,7 @@ impl RawPf {
                 sock.join_multicast_v4_n(&PFSYNC_GROUP, &InterfaceIndexOrAddress::Index(idx))
                     .unwrap();
             }
-            force_recv_buffer(sock.as_raw_fd(), 8 << 20);
+            set_recv_buffer(sock.as_raw_fd(), 8 << 20);
             RawPf { sock, ifname }
         })
     }
@@ -299,7 +300,7 @@ impl LinkCapture {
                 "bind AF_PACKET to {ifname}: {}",
                 io::Error::last_os_error()
             );
-            force_recv_buffer(fd.as_raw_fd(), 8 << 20);
+            set_recv_buffer(fd.as_raw_fd(), 8 << 20);
             LinkCapture {
                 fd,
                 ifindex: idx,
@@ -406,26 +407,12 @@ impl LinkCapture {
 pub fn udp_socket(ns: &str, bind: SocketAddr) -> UdpSocket {
     in_netns(ns, || {
         let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind udp {bind}: {e}"));
-        force_recv_buffer(s.as_raw_fd(), 4 << 20);
+        // Forced past `net.core.rmem_max` (as root), like every test socket here: a reader
+        // a busy or stalled CPU keeps waiting for tens of milliseconds must not lose what
+        // the code under test delivered (`SO_RCVBUF` alone is capped near 208 KB).
+        set_recv_buffer(s.as_raw_fd(), 4 << 20);
         s
     })
-}
-
-/// A receive buffer of `bytes` whatever `net.core.rmem_max` allows (as root): a test's
-/// reader that a busy or stalled CPU keeps from running for tens of milliseconds must not
-/// lose what the code under test delivered (`SO_RCVBUF` alone is capped near 208 KB).
-pub fn force_recv_buffer(fd: std::os::fd::RawFd, bytes: libc::c_int) {
-    // SAFETY: an int option on a socket we own. Without root it fails and the default
-    // stays (every test that reads these sockets needs root and skips before).
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&bytes as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }
 
 /// Receive one datagram within `timeout` (`None` if nothing came).
