@@ -198,6 +198,11 @@ struct Shared {
     /// Receiver counters: packets and changes of our states, since the last reset.
     rx_pkts: AtomicU64,
     rx_changes: AtomicU64,
+    /// Receive time (µs, 0 = none yet) of the last packet of ours at fw-b, and the longest
+    /// gap between two such packets since the last reset: a stall anywhere on the path
+    /// shows here, and it ages every state at once (docs/PERFORMANCE.md).
+    rx_last_us: AtomicU32,
+    rx_gap_max_us: AtomicU32,
 }
 
 impl Shared {
@@ -333,6 +338,8 @@ fn load(args: &LoadArgs) -> io::Result<()> {
         stop: AtomicBool::new(false),
         rx_pkts: AtomicU64::new(0),
         rx_changes: AtomicU64::new(0),
+        rx_last_us: AtomicU32::new(0),
+        rx_gap_max_us: AtomicU32::new(0),
     });
     let lat = Arc::new(std::sync::Mutex::new(Samples::default()));
 
@@ -411,6 +418,11 @@ fn load(args: &LoadArgs) -> io::Result<()> {
                         if ours > 0 {
                             sh.rx_pkts.fetch_add(1, Ordering::Relaxed);
                             sh.rx_changes.fetch_add(ours, Ordering::Relaxed);
+                            let last = sh.rx_last_us.swap(now, Ordering::Relaxed);
+                            if last != 0 {
+                                sh.rx_gap_max_us
+                                    .fetch_max(now.saturating_sub(last), Ordering::Relaxed);
+                            }
                         }
                     }
                 }
@@ -509,6 +521,8 @@ fn send_all(
             lat.lock().unwrap().0.clear();
             sh.rx_pkts.store(0, Ordering::Relaxed);
             sh.rx_changes.store(0, Ordering::Relaxed);
+            sh.rx_last_us.store(0, Ordering::Relaxed);
+            sh.rx_gap_max_us.store(0, Ordering::Relaxed);
             let dur = Duration::from_secs_f64(args.secs.max(0.2));
             let start = Instant::now();
             let start_us = sh.now_us();
@@ -604,6 +618,11 @@ fn send_all(
                 ages.pct(0.99),
                 cpu.first().map_or("-", |s| s.as_str()),
                 cpu.get(1).map_or("-", |s| s.as_str()),
+            );
+            println!(
+                "# {} {per} {offered}: longest gap between deliveries at fw-b {:.1} ms",
+                args.label,
+                f64::from(sh.rx_gap_max_us.load(Ordering::Relaxed)) / 1000.0,
             );
         }
     }
