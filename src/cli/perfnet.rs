@@ -200,7 +200,7 @@ struct Shared {
     rx_changes: AtomicU64,
     /// Receive time (µs, 0 = none yet) of the last packet of ours at fw-b, and the longest
     /// gap between two such packets since the last reset: a stall anywhere on the path
-    /// shows here, and it ages every state at once (docs/PERFORMANCE.md).
+    /// shows here (docs/PERFORMANCE.md, the overload age tail).
     rx_last_us: AtomicU32,
     rx_gap_max_us: AtomicU32,
 }
