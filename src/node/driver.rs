@@ -803,21 +803,10 @@ impl Node {
             busy = self.round(now);
             if now >= next_status {
                 self.count_foreign(now);
+                // Before the refresh, so the status shows the sweep owed or asked for now.
+                self.poll_repair(now);
                 self.refresh_status(now);
                 next_status = now + STATUS_REFRESH;
-                // What shedding dropped last is repaired by a sweep once it has stopped.
-                let (c, inject) = (&self.counters, self.replica.stats().inject);
-                let shed = c.shed_capture_filtered
-                    + c.shed_capture_late
-                    + c.shed_capture_overflow
-                    + c.inject_failed
-                    + inject.late
-                    + inject.dropped;
-                let shedding = matches!(&self.local, Local::Raw(r) if r.share > 0.0);
-                let gap = sweep_interval(self.replica.table().len());
-                if self.repair.poll(now, shed, shedding, self.bulk.idle(), gap) {
-                    self.bulk.soon(now);
-                }
             }
             if now >= next_summary {
                 next_summary = now + SUMMARY_LOG;
@@ -1251,6 +1240,22 @@ impl Node {
             .iter()
             .find(|p| p.id == id)
             .map_or_else(|| format!("#{id}"), |p| p.cfg.name.clone())
+    }
+
+    /// What shedding dropped last is repaired by a sweep once it has stopped (repair.rs).
+    fn poll_repair(&mut self, now: Instant) {
+        let (c, inject) = (&self.counters, self.replica.stats().inject);
+        let shed = c.shed_capture_filtered
+            + c.shed_capture_late
+            + c.shed_capture_overflow
+            + c.inject_failed
+            + inject.late
+            + inject.dropped;
+        let shedding = matches!(&self.local, Local::Raw(r) if r.share > 0.0);
+        let gap = sweep_interval(self.replica.table().len());
+        if self.repair.poll(now, shed, shedding, self.bulk.idle(), gap) {
+            self.bulk.soon(now);
+        }
     }
 
     fn refresh_status(&mut self, now: Instant) {
