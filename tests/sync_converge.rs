@@ -751,3 +751,70 @@ fn the_receivers_delay_reaches_the_sender_in_its_acks() {
     net.run_for(Duration::from_millis(50));
     assert!(net.nodes[0].peer_delay(net.now) < Duration::from_millis(5));
 }
+
+/// A state the firewall creates while it dumps its table (a sweep), or while the gateway
+/// is behind (the insert goes to the peers coalesced, as a repair), reaches the peers ahead
+/// of its updates, so they never meet an update of a state they were not told about. In a
+/// sweep the `INS` is live news, not part of the dump (pf dumps with `UPD`): it goes in the
+/// data stream. Coalesced, it waits in the repair queue, and the updates after it join it.
+#[test]
+fn a_state_is_relayed_ahead_of_its_updates() {
+    use pfsync_gw::wire::{BusStatus, UpdCRepr};
+    for (seed, sweep) in [(41, true), (42, false)] {
+        let (mut net, mut fw) = churned_pair(seed);
+        let before = net.nodes[1].stats();
+        let mut pkts = Vec::new();
+        if sweep {
+            let start = Message::Bus {
+                creator: fw.creator,
+                endtime: 0,
+                status: BusStatus::Start,
+            };
+            encode(fw.dialect, &[start], &mut pkts);
+            net.local(0, &pkts[0]);
+        }
+        let mut rng = Rng::new(seed);
+        let s = fw.new_state(&mut rng);
+        let mut u = UpdCRepr {
+            id: s.id,
+            src: s.src,
+            dst: s.dst,
+            expire: 0,
+            timeout: s.timeout,
+            flags: 0,
+        };
+        u.src.seqlo = u.src.seqlo.wrapping_add(100);
+        fw.states.get_mut(&s.id).unwrap().src.seqlo = u.src.seqlo;
+        // One capture batch: both packets before the node transmits anything.
+        pkts.clear();
+        encode(fw.dialect, &[Message::Ins(s)], &mut pkts);
+        encode(fw.dialect, &[Message::UpdC(u)], &mut pkts);
+        let now = net.now;
+        if sweep {
+            net.nodes[0].on_local_pfsync(&pkts[0], now).unwrap();
+        } else {
+            net.nodes[0]
+                .on_local_pfsync_coalesced(&pkts[0], now)
+                .unwrap();
+        }
+        net.nodes[0].on_local_pfsync(&pkts[1], now).unwrap();
+        net.run_for(Duration::from_millis(500));
+        let st = net.nodes[1].stats();
+        assert_eq!(
+            st.data_reencoded, before.data_reencoded,
+            "sweep {sweep}: {st:?}"
+        );
+        // In a sweep both went in the data stream; coalesced, neither did.
+        let relayed = if sweep { 2 } else { 0 };
+        assert_eq!(
+            st.data_verbatim,
+            before.data_verbatim + relayed,
+            "sweep {sweep}"
+        );
+        let got = net.nodes[1]
+            .table()
+            .get(s.id)
+            .map(|e| e.present(net.now).src.seqlo);
+        assert_eq!(got, Some(u.src.seqlo), "sweep {sweep}");
+    }
+}

@@ -262,8 +262,11 @@ impl Replica {
                 _ => {}
             }
             // Inside the firewall's dump, only what changes the mirror travels on, and as
-            // repairs: re-broadcasting the whole dump would bury the peers' firewalls.
-            let in_sweep = self.sweep.is_some() && matches!(msg, Message::Ins(_) | Message::Upd(_));
+            // repairs: re-broadcasting the whole dump would bury the peers' firewalls. pf
+            // dumps with `UPD`; an `INS` among them is a state created meanwhile, live news
+            // that goes in the data stream ahead of its `UPD_C`s (as a repair it could
+            // arrive after them, and the peers would ask for it).
+            let in_sweep = self.sweep.is_some() && matches!(msg, Message::Upd(_));
             let a = self
                 .table
                 .apply_versioned(msg, now, self.local_version(msg, v));
@@ -341,11 +344,20 @@ impl Replica {
         if forward {
             self.stats.forwarded += 1;
             let dialect = self.cfg.local_dialect;
-            let coalesce = self.coalesce
-                && !self.scratch_refs.is_empty()
-                && !p.messages().any(|m| matches!(m, Message::UpdReq(_)));
+            let has_req = p.messages().any(|m| matches!(m, Message::UpdReq(_)));
+            let coalesce = self.coalesce && !self.scratch_refs.is_empty() && !has_req;
             for p in self.peers.values_mut() {
-                if p.up && p.established && coalesce {
+                // A state of this packet waits in the peer's repair queue (a coalesced insert,
+                // a sweep's finding): the packet joins the repairs, which carry each state
+                // in its current version. Relayed at once it would overtake them, and the
+                // peer would meet updates of a state it has not been told about.
+                let behind_repair = !p.dirty_set.is_empty()
+                    && !has_req
+                    && self
+                        .scratch_refs
+                        .iter()
+                        .any(|r| matches!(r, StateRef::State(id) if p.dirty_set.contains_key(id)));
+                if p.up && p.established && (coalesce || behind_repair) {
                     for r in &self.scratch_refs {
                         p.mark_dirty(*r);
                     }
