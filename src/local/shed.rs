@@ -40,6 +40,14 @@ const DECAY: f64 = 0.9;
 const EMPTY: f64 = 0.001;
 /// The most a peer's reported delay alone makes us shed.
 pub const PEER_MAX_SHARE: f64 = 0.75;
+/// Below this share of an interval on the CPU, a queue that grew in it grew while the
+/// gateway was off the CPU: a stall (real-time throttling, a preemption, a descheduled
+/// vCPU), not more arrivals than it handles.
+const STALL_BUSY: f64 = 0.5;
+/// A stall is excused only this long after the last one: off the CPU again and again is
+/// not a stall but contention for the CPU (a busier thread of higher priority, the sender
+/// on the same core), which shedding does relieve.
+const STALL_SPACING: Duration = Duration::from_millis(200);
 
 /// One PIE loop's gains, the factor its share shrinks by per interval whose queue was
 /// empty, and the most it sheds.
@@ -81,15 +89,33 @@ impl Pie {
     /// One step after `intervals` intervals (more than one: nobody polled in the others,
     /// the gateway slept) whose queue waited `delay`. An empty queue decays the share, once
     /// per interval; a long busy round, whose queue was not empty, does not. Without
-    /// `sheddable` the share only falls.
-    fn step(&mut self, g: Gains, delay: f64, target: f64, sheddable: bool, intervals: f64) {
+    /// `sheddable` the share only falls. `stall`: seconds the gateway was off the CPU while
+    /// its queue grew; the growth they cause is not steered against (see
+    /// [`ShedControl::poll`]).
+    fn step(
+        &mut self,
+        g: Gains,
+        delay: f64,
+        target: f64,
+        sheddable: bool,
+        intervals: f64,
+        stall: f64,
+    ) {
         if delay < (target / 2.0).min(EMPTY) {
             self.share *= g.decay.powf(intervals);
         }
-        let step = g.alpha * (delay - target) + g.beta * (delay - self.prev);
+        let growth = delay - self.prev;
+        let growth = if stall > 0.0 { growth.min(0.0) } else { growth };
+        let step = g.alpha * (delay - target) + g.beta * growth;
         let step = if sheddable { step } else { step.min(0.0) };
         self.share = (self.share + step).clamp(0.0, g.max);
-        self.prev = delay;
+        // The packets queued during a stall are read over this interval and the next: the
+        // next one is compared with the delay the stall added to all of them.
+        self.prev = if stall > 0.0 {
+            delay.max(self.prev + stall)
+        } else {
+            delay
+        };
     }
 }
 
@@ -114,6 +140,13 @@ pub struct ShedControl {
     /// Intervals in which a peer's delay alone exceeded the target (ours did not).
     peer_intervals: u64,
     next_update: Instant,
+    /// When the share was last recomputed, and the thread's CPU time then.
+    last_update: Instant,
+    cpu_at_update: Option<Duration>,
+    /// Intervals whose queue grew while the gateway was off the CPU, excused.
+    stalls: u64,
+    /// When the queue last grew while the gateway was off the CPU (excused or not).
+    last_stall: Option<Instant>,
     /// Matching packets the kernel dropped, estimated from the share in force and the
     /// matching packets it let through (each was kept with probability 1 − share).
     shed_estimate: f64,
@@ -134,6 +167,10 @@ impl ShedControl {
             peer: Pie::default(),
             peer_intervals: 0,
             next_update: now + INTERVAL,
+            last_update: now,
+            cpu_at_update: None,
+            stalls: 0,
+            last_stall: None,
             shed_estimate: 0.0,
         }
     }
@@ -165,12 +202,31 @@ impl ShedControl {
     }
 
     /// Once per [`INTERVAL`]: the new share for the kernel filter, when it changed enough.
-    pub fn poll(&mut self, now: Instant) -> Option<f64> {
+    /// `cpu` reads the calling thread's CPU time (once per interval).
+    ///
+    /// A queue that grew while the gateway was on the CPU for less than half the interval
+    /// grew because the gateway did not run, not because more arrived than it handles: its
+    /// growth term is left out. PIE would otherwise answer every stall with a burst of
+    /// shedding (a 50 ms stall adds β·50 ms = 0.5 to the share at once) just as the
+    /// gateway resumes and drains the backlog at full speed: updates lost for nothing, each
+    /// leaving its state's newest version at the peers stale until pf updates it again. The
+    /// proportional term still acts on what stays queued, and what waited beyond the late
+    /// bound is dropped unapplied by the driver.
+    pub fn poll(&mut self, now: Instant, cpu: impl FnOnce() -> Duration) -> Option<f64> {
         if now < self.next_update {
             return None;
         }
         let missed = now.duration_since(self.next_update).as_secs_f64() / INTERVAL.as_secs_f64();
         self.next_update = now + INTERVAL;
+        let cpu = cpu();
+        let wall = now
+            .saturating_duration_since(self.last_update)
+            .as_secs_f64();
+        let ran = match self.cpu_at_update {
+            Some(before) => cpu.saturating_sub(before).as_secs_f64(),
+            None => wall,
+        };
+        (self.last_update, self.cpu_at_update) = (now, Some(cpu));
         // Nothing read in a whole interval: the queue is empty.
         let local = if self.waits == 0 {
             0.0
@@ -185,9 +241,21 @@ impl ShedControl {
         // Shedding helps only if enough of what queues could be shed.
         let sheddable = f64::from(self.eligible) >= MIN_ELIGIBLE * f64::from(self.waits.max(1));
         let intervals = missed.floor() + 1.0;
+        let off = ran < STALL_BUSY * wall && local > self.capture.prev;
+        let isolated = self
+            .last_stall
+            .is_none_or(|t| now.saturating_duration_since(t) >= STALL_SPACING);
+        if off {
+            self.last_stall = Some(now);
+        }
+        let stalled = off && isolated;
+        self.stalls += u64::from(stalled);
+        let stall = if stalled { wall - ran } else { 0.0 };
         self.capture
-            .step(CAPTURE, local, target, sheddable, intervals);
-        self.peer.step(PEER, peer, target, sheddable, intervals);
+            .step(CAPTURE, local, target, sheddable, intervals, stall);
+        // The peer's queue grows or not whether we ran: its report is steered as it comes.
+        self.peer
+            .step(PEER, peer, target, sheddable, intervals, 0.0);
         if peer < target && intervals > 1.0 {
             // The peer's proportional step, once per interval slept through as well
             // (nothing was relayed meanwhile).
@@ -225,6 +293,11 @@ impl ShedControl {
         self.peer_intervals
     }
 
+    /// Intervals so far whose queue grew while the gateway was off the CPU.
+    pub fn stalls(&self) -> u64 {
+        self.stalls
+    }
+
     /// Matching packets shed by the kernel so far (an estimate; see the field).
     pub fn shed_estimate(&self) -> u64 {
         self.shed_estimate as u64
@@ -236,6 +309,19 @@ mod tests {
     use super::*;
 
     const TARGET: Duration = crate::config::DEFAULT_SHED_TARGET;
+
+    /// Polls of a gateway that was on the CPU the whole time since the last one.
+    trait Busy {
+        fn poll_busy(&mut self, now: Instant) -> Option<f64>;
+    }
+
+    impl Busy for ShedControl {
+        fn poll_busy(&mut self, now: Instant) -> Option<f64> {
+            let ran = now.saturating_duration_since(self.last_update);
+            let cpu = self.cpu_at_update.unwrap_or_default() + ran;
+            self.poll(now, || cpu)
+        }
+    }
 
     /// A fluid model of the capture queue: `offered` packets/s (all matching) against a
     /// gateway that processes `capacity`/s; returns the delay and the share after `secs`,
@@ -258,7 +344,7 @@ mod tests {
                 // An empty queue: nothing read.
                 c.waits = 0;
             }
-            c.poll(now);
+            c.poll_busy(now);
             if i > steps / 2 {
                 worst = worst.max(delay);
             }
@@ -314,7 +400,7 @@ mod tests {
                 reported = acks.pop_front().map_or(0.0, |(_, d)| d);
             }
             c.on_peer_delay(Duration::from_secs_f64(reported));
-            c.poll(now);
+            c.poll_busy(now);
             if i > steps / 2 {
                 let s = c.applied_share();
                 (lo, hi, worst) = (lo.min(s), hi.max(s), worst.max(queue / capacity));
@@ -359,7 +445,7 @@ mod tests {
                     c.on_captured(now, ours, true);
                 }
                 c.on_peer_delay(peer);
-                c.poll(now);
+                c.poll_busy(now);
             }
         };
         run(&mut c, 1, Duration::ZERO, TARGET * 3);
@@ -381,14 +467,99 @@ mod tests {
             }
             c.on_peer_delay(Duration::from_millis(200));
             now += INTERVAL;
-            c.poll(now);
+            c.poll_busy(now);
         }
         assert_eq!(c.applied_share(), 0.0);
         // And a report counts for the interval it came in only.
         c.on_peer_delay(Duration::from_millis(200));
         now += INTERVAL;
-        c.poll(now);
+        c.poll_busy(now);
         assert_eq!(c.peer_delay, 0.0);
+    }
+
+    /// [`simulate`] with the gateway off the CPU for `stall` at the end of every `period`
+    /// (1 s: real-time throttling): nothing read, no poll, no CPU time meanwhile. `seen`: the
+    /// controller is told the CPU time (else it is given the wall clock, as if busy).
+    /// Returns the largest rise of the share from before a stall to the first poll after
+    /// it, the share of what arrived that was shed, and the worst delay.
+    fn simulate_stalls(
+        offered: f64,
+        capacity: f64,
+        (stall, period): (f64, f64),
+        seen: bool,
+    ) -> (f64, f64, f64) {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        let (mut queue, mut cpu, mut worst) = (0.0f64, Duration::ZERO, 0.0f64);
+        let (mut arrived, mut shed, mut before, mut jump) = (0.0, 0.0, 0.0, 0.0f64);
+        let dt = 0.001;
+        for i in 0..3000 {
+            let t = i as f64 * dt;
+            let now = t0 + Duration::from_secs_f64(t);
+            let share = c.applied_share();
+            arrived += offered * dt;
+            shed += offered * share * dt;
+            let phase = t % period;
+            if phase >= period - stall {
+                queue += offered * (1.0 - share) * dt;
+                continue;
+            }
+            cpu += Duration::from_secs_f64(dt);
+            queue = (queue + (offered * (1.0 - share) - capacity) * dt).max(0.0);
+            let delay = queue / capacity;
+            for _ in 0..(capacity * dt) as usize {
+                c.on_captured(now, Duration::from_secs_f64(delay), true);
+            }
+            if queue == 0.0 {
+                c.waits = 0;
+            }
+            let busy = Duration::from_secs_f64(t);
+            c.poll(now, || if seen { cpu } else { busy });
+            worst = worst.max(delay);
+            if phase < period - stall && phase >= period - stall - dt {
+                before = c.applied_share();
+            } else if t > period && phase < 0.015 {
+                jump = jump.max(c.applied_share() - before);
+            }
+        }
+        (jump, shed / arrived, worst)
+    }
+
+    /// A stall is not an overload: what queued meanwhile is drained, or dropped by the late
+    /// bound, not answered with a burst of shedding as the gateway resumes.
+    #[test]
+    fn a_stall_is_not_answered_with_a_burst_of_shedding() {
+        let stall = 0.05;
+        // Below capacity (1.5× the offered load), the backlog of a stall drains in 0.1 s:
+        // nothing need be shed.
+        let (jump, shed, worst) = simulate_stalls(60_000.0, 90_000.0, (stall, 1.0), true);
+        let (blind_jump, blind_shed, _) = simulate_stalls(60_000.0, 90_000.0, (stall, 1.0), false);
+        let at = format!("jump {jump}, shed {shed}; blind: jump {blind_jump}, shed {blind_shed}");
+        assert!(jump < 0.05 && shed < 0.001, "{at}");
+        assert!(blind_jump > 0.3 && blind_shed > 0.01, "{at}");
+        assert!(worst < stall + 0.002, "worst delay {worst}");
+        // Under a 2× overload the backlog stays (arrivals match the capacity): only the
+        // proportional term acts on it, ≈ 0.1 in the two polls that read it, not the
+        // growth term's ≈ 0.5 on top.
+        let (jump, shed, _) = simulate_stalls(200_000.0, 100_000.0, (stall, 1.0), true);
+        let (blind_jump, blind_shed, _) =
+            simulate_stalls(200_000.0, 100_000.0, (stall, 1.0), false);
+        let at =
+            format!("2×: jump {jump}, shed {shed}; blind: jump {blind_jump}, shed {blind_shed}");
+        assert!(jump < 0.15 && blind_jump > 0.3, "{at}");
+    }
+
+    /// Off the CPU again and again (half of every 20 ms: a thread of higher priority on
+    /// the core) is contention, not a stall: shed as if the controller did not know.
+    #[test]
+    fn contention_for_the_cpu_is_shed_for() {
+        let off = (0.01, 0.02);
+        // 1.5× what the gateway manages in the half it runs.
+        let (_, shed, worst) = simulate_stalls(75_000.0, 100_000.0, off, true);
+        let (_, blind_shed, blind_worst) = simulate_stalls(75_000.0, 100_000.0, off, false);
+        let at = format!("shed {shed}, worst {worst}; blind: {blind_shed}, {blind_worst}");
+        assert!(shed > 0.25 && (shed - blind_shed).abs() < 0.03, "{at}");
+        assert!(worst < blind_worst + 0.005, "{at}");
     }
 
     #[test]
@@ -408,7 +579,7 @@ mod tests {
                 c.on_captured(now, Duration::from_millis(40), true);
             }
             now += INTERVAL;
-            c.poll(now);
+            c.poll_busy(now);
         }
         assert!(c.applied_share() > 0.5, "{}", c.applied_share());
         // Each matching packet let through stood for share/(1-share) shed ones.
@@ -416,7 +587,7 @@ mod tests {
         assert!(before > 0);
         for _ in 0..200 {
             now += INTERVAL;
-            c.poll(now);
+            c.poll_busy(now);
         }
         assert_eq!(c.applied_share(), 0.0, "an empty queue sheds nothing");
     }
@@ -432,7 +603,7 @@ mod tests {
                 c.on_captured(now, Duration::from_millis(80), i % 10 == 0);
             }
             now += INTERVAL;
-            c.poll(now);
+            c.poll_busy(now);
         }
         assert_eq!(c.applied_share(), 0.0);
     }
@@ -449,7 +620,7 @@ mod tests {
                 c.on_captured(now, Duration::ZERO, true);
             }
             now += INTERVAL;
-            c.poll(now);
+            c.poll_busy(now);
         }
         assert!(c.applied_share() < 0.15, "{}", c.applied_share());
     }
@@ -464,7 +635,7 @@ mod tests {
         c.peer.share = 0.75;
         // One packet after a second of silence: the share is gone.
         c.on_captured(t0 + Duration::from_secs(1), Duration::ZERO, true);
-        assert_eq!(c.poll(t0 + Duration::from_secs(1)), Some(0.0));
+        assert_eq!(c.poll_busy(t0 + Duration::from_secs(1)), Some(0.0));
     }
 
     #[test]
@@ -483,7 +654,7 @@ mod tests {
         };
         let t1 = t0 + INTERVAL;
         c.on_captured(t1, TARGET, true);
-        assert_eq!(c.poll(t1), Some(0.75));
+        assert_eq!(c.poll_busy(t1), Some(0.75));
         let t2 = t1 + Duration::from_millis(5);
         for _ in 0..1000 {
             // Read after the change, but queued before it: filtered at share 0.

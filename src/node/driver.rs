@@ -272,6 +272,8 @@ struct Counters {
     /// Shedding intervals (10 ms) in which a peer's reported delay alone was above the
     /// target: we shed because a peer fell behind, not because we did.
     shed_for_peer_intervals: u64,
+    /// Shedding intervals whose capture queue grew while this thread was off the CPU.
+    capture_stalls: u64,
     tunnel_send_failed: u64,
     inject_failed: u64,
     other: BTreeMap<&'static str, u64>,
@@ -293,6 +295,7 @@ impl Counters {
             ("peer_delay_us_now", self.peer_delay_us_now),
             ("capture_delay_us_now", self.capture_delay_us_now),
             ("shed_for_peer_intervals", self.shed_for_peer_intervals),
+            ("capture_stalls", self.capture_stalls),
             ("tunnel_send_failed", self.tunnel_send_failed),
             ("inject_failed", self.inject_failed),
         ]
@@ -1060,9 +1063,10 @@ impl Node {
             return;
         };
         c.on_peer_delay(peer_delay);
-        let changed = c.poll(now);
+        let changed = c.poll(now, realtime::thread_cpu_time);
         self.counters.shed_capture_filtered = c.shed_estimate();
         self.counters.shed_for_peer_intervals = c.peer_intervals();
+        self.counters.capture_stalls = c.stalls();
         let Some(share) = changed else {
             return;
         };
