@@ -775,14 +775,7 @@ fn a_state_is_relayed_ahead_of_its_updates() {
         }
         let mut rng = Rng::new(seed);
         let s = fw.new_state(&mut rng);
-        let mut u = UpdCRepr {
-            id: s.id,
-            src: s.src,
-            dst: s.dst,
-            expire: 0,
-            timeout: s.timeout,
-            flags: 0,
-        };
+        let mut u = UpdCRepr::of(&s, fw.dialect);
         u.src.seqlo = u.src.seqlo.wrapping_add(100);
         fw.states.get_mut(&s.id).unwrap().src.seqlo = u.src.seqlo;
         // One capture batch: both packets before the node transmits anything.

@@ -45,14 +45,7 @@ fn peer(state: u8, seqlo: u32) -> PeerRepr {
 }
 
 fn upd_c(s: &StateRepr) -> UpdCRepr {
-    UpdCRepr {
-        id: s.id,
-        src: s.src,
-        dst: s.dst,
-        expire: 0,
-        timeout: s.timeout,
-        flags: 0,
-    }
+    UpdCRepr::of(s, Dialect::Freebsd1400)
 }
 
 fn t0() -> Instant {

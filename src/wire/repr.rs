@@ -292,6 +292,30 @@ pub struct UpdCRepr {
     pub flags: u8,
 }
 
+impl UpdCRepr {
+    /// The compressed update a firewall of `dialect` sends for `s`: FreeBSD and OpenBSD
+    /// zero `expire` (receivers re-derive it from `timeout`), NetBSD sends it; only OpenBSD
+    /// carries the state flags.
+    pub fn of(s: &StateRepr, dialect: Dialect) -> UpdCRepr {
+        UpdCRepr {
+            id: s.id,
+            src: s.src,
+            dst: s.dst,
+            expire: if dialect == Dialect::NetbsdV3 {
+                s.expire
+            } else {
+                0
+            },
+            timeout: s.timeout,
+            flags: if dialect == Dialect::OpenbsdV6 {
+                s.state_flags as u8
+            } else {
+                0
+            },
+        }
+    }
+}
+
 /// Bulk update status carried by BUS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BusStatus {

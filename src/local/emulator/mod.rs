@@ -865,20 +865,7 @@ impl Emulator {
 
     /// The `pfsync_upd_c` for a state, as the dialect's kernel fills it.
     fn upd_c_of(&self, s: &StateRepr) -> UpdCRepr {
-        let netbsd = self.cfg.dialect == Dialect::NetbsdV3;
-        UpdCRepr {
-            id: s.id,
-            src: s.src,
-            dst: s.dst,
-            // FreeBSD/OpenBSD zero it (receivers re-derive it); NetBSD sends and uses it.
-            expire: if netbsd { s.expire } else { 0 },
-            timeout: s.timeout,
-            flags: if self.cfg.dialect == Dialect::OpenbsdV6 {
-                s.state_flags as u8
-            } else {
-                0
-            },
-        }
+        UpdCRepr::of(s, self.cfg.dialect)
     }
 
     fn add_pending(&mut self, bytes: usize) {
