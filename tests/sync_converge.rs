@@ -811,3 +811,42 @@ fn a_state_is_relayed_ahead_of_its_updates() {
         assert_eq!(got, Some(u.src.seqlo), "sweep {sweep}");
     }
 }
+
+/// …but a change of a state the peers know is relayed at once, even while a repair of it
+/// waits (a sweep found the mirror behind): repairs are paced by the answer budget.
+#[test]
+fn a_known_state_is_not_held_back_by_its_repair() {
+    use pfsync_gw::wire::{BusStatus, UpdCRepr};
+    let (mut net, fw) = churned_pair(43);
+    let before = net.nodes[1].stats();
+    let id = *fw.states.keys().next().unwrap();
+    let mut s = fw.states[&id];
+    let mut pkts = Vec::new();
+    let start = Message::Bus {
+        creator: fw.creator,
+        endtime: 0,
+        status: BusStatus::Start,
+    };
+    // The dump lists it newer than the mirror has it: a repair for the peers.
+    s.src.seqlo = s.src.seqlo.wrapping_add(10);
+    encode(fw.dialect, &[start, Message::Upd(s)], &mut pkts);
+    s.src.seqlo = s.src.seqlo.wrapping_add(10);
+    encode(
+        fw.dialect,
+        &[Message::UpdC(UpdCRepr::of(&s, fw.dialect))],
+        &mut pkts,
+    );
+    let now = net.now;
+    for p in &pkts {
+        net.nodes[0].on_local_pfsync(p, now).unwrap();
+    }
+    net.run_for(Duration::from_millis(500));
+    let st = net.nodes[1].stats();
+    assert_eq!(st.data_verbatim, before.data_verbatim + 1, "{st:?}");
+    assert_eq!(st.data_reencoded, before.data_reencoded);
+    let got = net.nodes[1]
+        .table()
+        .get(id)
+        .map(|e| e.present(net.now).src.seqlo);
+    assert_eq!(got, Some(s.src.seqlo));
+}

@@ -214,6 +214,7 @@ impl Replica {
         self.clock = self.clock.saturating_add(1);
         let v = Version::new(self.clock, self.cfg.node_id);
         self.scratch_refs.clear();
+        self.scratch_new.clear();
         let mut forward = false;
         let mut bulk = false;
         let mut replies: Vec<Message> = Vec::new();
@@ -270,11 +271,19 @@ impl Replica {
             let a = self
                 .table
                 .apply_versioned(msg, now, self.local_version(msg, v));
+            if let Applied::Inserted(id) = a {
+                self.scratch_new.push(id);
+            }
             if in_sweep {
                 let id = msg.state_id().expect("ins/upd have ids");
+                let new = matches!(a, Applied::Inserted(_));
                 if self.table.last_change().changed {
                     for p in self.peers.values_mut() {
-                        p.mark_dirty(StateRef::State(id));
+                        if new {
+                            p.mark_dirty_new(id);
+                        } else {
+                            p.mark_dirty(StateRef::State(id));
+                        }
                     }
                 }
                 if let Applied::Older(id) = a {
@@ -347,19 +356,26 @@ impl Replica {
             let has_req = p.messages().any(|m| matches!(m, Message::UpdReq(_)));
             let coalesce = self.coalesce && !self.scratch_refs.is_empty() && !has_req;
             for p in self.peers.values_mut() {
-                // A state of this packet waits in the peer's repair queue (a coalesced insert,
-                // a sweep's finding): the packet joins the repairs, which carry each state
-                // in its current version. Relayed at once it would overtake them, and the
-                // peer would meet updates of a state it has not been told about.
-                let behind_repair = !p.dirty_set.is_empty()
+                // A state of this packet is new to the peer and its insert waits in the
+                // repairs (a coalesced `INS`, a sweep's finding): the packet joins the
+                // repairs, which carry each state in its current version. Relayed at once
+                // it would overtake them, and the peer would meet updates of a state it
+                // has not been told about. A change of a state the peer knows goes at once
+                // even while a repair of it waits (built when sent, the repair carries the
+                // newest version anyway): repairs are paced by the answer budget, and after a
+                // start-up sweep most states may wait in them.
+                let behind_insert = !p.dirty_set.is_empty()
                     && !has_req
                     && self
                         .scratch_refs
                         .iter()
-                        .any(|r| matches!(r, StateRef::State(id) if p.dirty_set.contains_key(id)));
-                if p.up && p.established && (coalesce || behind_repair) {
+                        .any(|r| matches!(r, StateRef::State(id) if p.insert_pending(*id)));
+                if p.up && p.established && (coalesce || behind_insert) {
                     for r in &self.scratch_refs {
                         p.mark_dirty(*r);
+                    }
+                    for id in &self.scratch_new {
+                        p.mark_dirty_new(*id);
                     }
                 } else if p.up && p.established {
                     send_data(

@@ -452,6 +452,8 @@ pub struct Replica {
     stats: ReplicaStats,
     notes: VecDeque<(PeerId, SyncNote)>,
     scratch_refs: Vec<StateRef>,
+    /// States of the local packet being applied that were new to the mirror.
+    scratch_new: Vec<StateId>,
     /// Per message of the DATA being applied: what the firewall gets for it (small, so
     /// the clean path copies no messages; the packet is re-parsed only when not clean).
     scratch_fates: Vec<Fate>,
@@ -499,6 +501,7 @@ impl Replica {
             stats: ReplicaStats::default(),
             notes: VecDeque::new(),
             scratch_refs: Vec::new(),
+            scratch_new: Vec::new(),
             scratch_fates: Vec::new(),
             sweep: None,
             local_creators: Vec::new(),

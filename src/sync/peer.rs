@@ -81,7 +81,9 @@ pub(super) struct Peer {
     pub(super) tx: TxQueue,
     pub(super) out: PacketRing,
     pub(super) dirty: VecDeque<StateRef>,
-    pub(super) dirty_set: IdMap<()>,
+    /// Value: the peer may not know the state at all (its insert waits in the repairs),
+    /// so nothing about it may overtake the repair (see `Replica::on_local_pfsync`).
+    pub(super) dirty_set: IdMap<bool>,
     pub(super) leaves: VecDeque<u32>,
     pub(super) leaf_queued: Vec<u64>,
     pub(super) leaf_dumped: Vec<u64>,
@@ -252,12 +254,25 @@ impl Peer {
     pub(super) fn mark_dirty(&mut self, r: StateRef) {
         match r {
             StateRef::State(id) => {
-                if self.dirty_set.insert(id, ()).is_none() {
+                if let std::collections::hash_map::Entry::Vacant(e) = self.dirty_set.entry(id) {
+                    e.insert(false);
                     self.dirty.push_back(r);
                 }
             }
             StateRef::Clear { .. } => self.dirty.push_back(r),
         }
+    }
+
+    /// [`Peer::mark_dirty`] for a state the mirror did not hold before: the peer may not
+    /// know it either.
+    pub(super) fn mark_dirty_new(&mut self, id: StateId) {
+        self.mark_dirty(StateRef::State(id));
+        self.dirty_set.insert(id, true);
+    }
+
+    /// Whether a state's insert waits in this peer's repairs.
+    pub(super) fn insert_pending(&self, id: StateId) -> bool {
+        self.dirty_set.get(&id).copied().unwrap_or(false)
     }
 
     pub(super) fn queue_leaf(&mut self, leaf: usize) {
