@@ -241,7 +241,9 @@ impl ShedControl {
         // Shedding helps only if enough of what queues could be shed.
         let sheddable = f64::from(self.eligible) >= MIN_ELIGIBLE * f64::from(self.waits.max(1));
         let intervals = missed.floor() + 1.0;
-        let off = ran < STALL_BUSY * wall && local > self.capture.prev;
+        // A growth of at least a millisecond: not the jitter of a gateway that sleeps
+        // between sparse packets (mostly off the CPU too, and nothing to excuse).
+        let off = ran < STALL_BUSY * wall && local > self.capture.prev + EMPTY;
         let isolated = self
             .last_stall
             .is_none_or(|t| now.saturating_duration_since(t) >= STALL_SPACING);
@@ -560,6 +562,26 @@ mod tests {
         let at = format!("shed {shed}, worst {worst}; blind: {blind_shed}, {blind_worst}");
         assert!(shed > 0.25 && (shed - blind_shed).abs() < 0.03, "{at}");
         assert!(worst < blind_worst + 0.005, "{at}");
+    }
+
+    /// A gateway that sleeps between sparse packets is off the CPU most of every interval;
+    /// its waits jitter by microseconds. No stall in that.
+    #[test]
+    fn sparse_packets_are_no_stall() {
+        let t0 = Instant::now();
+        let mut c = ShedControl::new(t0, TARGET);
+        let cpu = Duration::from_micros(50);
+        for i in 1..=100u32 {
+            let now = t0 + INTERVAL * i;
+            c.on_captured(now, Duration::from_micros(10 + u64::from(i % 7) * 5), true);
+            c.poll(now, || cpu * i);
+        }
+        assert_eq!(c.stalls(), 0);
+        // A 30 ms stall is one.
+        let now = t0 + INTERVAL * 104;
+        c.on_captured(now, Duration::from_millis(30), true);
+        c.poll(now, || cpu * 104);
+        assert_eq!(c.stalls(), 1);
     }
 
     #[test]
