@@ -271,15 +271,15 @@ impl Replica {
             let a = self
                 .table
                 .apply_versioned(msg, now, self.local_version(msg, v));
-            if let Applied::Inserted(id) = a {
-                self.scratch_new.push(id);
-            }
+            let inserted = match a {
+                Applied::Inserted(id) => Some(id),
+                _ => None,
+            };
             if in_sweep {
                 let id = msg.state_id().expect("ins/upd have ids");
-                let new = matches!(a, Applied::Inserted(_));
                 if self.table.last_change().changed {
                     for p in self.peers.values_mut() {
-                        if new {
+                        if inserted.is_some() {
                             p.mark_dirty_new(id);
                         } else {
                             p.mark_dirty(StateRef::State(id));
@@ -293,6 +293,7 @@ impl Replica {
                 }
                 continue;
             }
+            self.scratch_new.extend(inserted);
             match (msg, a) {
                 (Message::UpdReq(_), Applied::BulkRequested) => bulk = true,
                 (Message::UpdReq(_), Applied::Reply(m)) => replies.push(m),
