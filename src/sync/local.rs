@@ -216,6 +216,7 @@ impl Replica {
         self.scratch_refs.clear();
         self.scratch_new.clear();
         let mut forward = false;
+        let mut has_req = false;
         let mut bulk = false;
         let mut replies: Vec<Message> = Vec::new();
         let mut sweep_done = false;
@@ -236,6 +237,7 @@ impl Replica {
                     self.unpin_local(c);
                 }
             }
+            has_req |= matches!(msg, Message::UpdReq(_));
             match *msg {
                 Message::Bus {
                     creator,
@@ -354,7 +356,6 @@ impl Replica {
         if forward {
             self.stats.forwarded += 1;
             let dialect = self.cfg.local_dialect;
-            let has_req = p.messages().any(|m| matches!(m, Message::UpdReq(_)));
             let coalesce = self.coalesce && !self.scratch_refs.is_empty() && !has_req;
             for p in self.peers.values_mut() {
                 // A state of this packet is new to the peer and its insert waits in the

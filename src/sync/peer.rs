@@ -39,6 +39,9 @@ pub(super) struct Partial {
     /// Received byte ranges `[start, end)`, sorted, disjoint and not adjacent.
     pub(super) ranges: [(u16, u16); MAX_PIECES],
     pub(super) nranges: usize,
+    /// The packet's length; `buf` holds its bytes up to the furthest received end (pieces
+    /// arrive in order: each extends it, and nothing is zero-filled first).
+    pub(super) total: u16,
     pub(super) buf: Vec<u8>,
 }
 
@@ -67,7 +70,20 @@ impl Partial {
     }
 
     fn complete(&self) -> bool {
-        self.nranges == 1 && self.ranges[0] == (0, self.buf.len() as u16)
+        self.nranges == 1 && self.ranges[0] == (0, self.total)
+    }
+
+    /// Writes bytes `a..a + chunk.len()` (within `total`, checked by the caller).
+    fn write(&mut self, a: usize, chunk: &[u8]) {
+        let b = a + chunk.len();
+        if b > self.buf.len() {
+            // Only a gap left by a piece still to come is zero-filled.
+            self.buf.resize(a.max(self.buf.len()), 0);
+            self.buf.truncate(a);
+            self.buf.extend_from_slice(chunk);
+        } else {
+            self.buf[a..b].copy_from_slice(chunk);
+        }
     }
 }
 
@@ -239,9 +255,9 @@ impl Peer {
         }
     }
 
-    pub(super) fn push_out(&mut self, _cfg: &ReplicaConfig, d: &[u8]) {
+    pub(super) fn push_out(&mut self, cfg: &ReplicaConfig, d: &[u8]) {
         // Beyond the bound the oldest is lost like on the network: NACK/resync recovers it.
-        self.out.push_bundled(d, _cfg.max_datagram);
+        self.out.push_bundled(d, cfg.max_datagram);
     }
 
     pub(super) fn send(&mut self, cfg: &ReplicaConfig, m: &SyncMsg) {
@@ -459,11 +475,8 @@ pub(super) fn reassemble<'a>(
                 clock,
                 ranges: [(0, 0); MAX_PIECES],
                 nranges: 0,
-                buf: {
-                    let mut b = spare.take_buf();
-                    b.resize(total, 0);
-                    b
-                },
+                total: total_len,
+                buf: spare.take_buf(),
             });
             p.partials.len() - 1
         }
@@ -471,12 +484,12 @@ pub(super) fn reassemble<'a>(
     let x = &mut p.partials[idx];
     // `decode` checked offset + len <= total_len.
     let (a, b) = (offset, offset + chunk.len() as u16);
-    if x.buf.len() != total || x.dialect != dialect || !x.cover(a, b) {
+    if x.total != total_len || x.dialect != dialect || !x.cover(a, b) {
         p.stats.bad_datagrams += 1;
         p.partials.remove(idx);
         return None;
     }
-    x.buf[a as usize..b as usize].copy_from_slice(chunk);
+    x.write(a as usize, chunk);
     if !x.complete() {
         return None;
     }
