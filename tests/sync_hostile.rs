@@ -1142,3 +1142,34 @@ fn a_straggler_hello_does_not_replace_the_current_stream() {
     lab.send(&hello(fresh, inc2));
     assert_eq!(stats(&lab).rx_epochs, n + 1, "shut out after the window");
 }
+
+/// An ACK due when the credit affords its 13-byte header but not one NACK range: it goes
+/// without NACKs, within the credit. (The NACK list was then uncapped: with more than 32
+/// gaps it overran the list's buffer and the daemon panicked; with fewer, the credit went
+/// below zero.) A peer with holes in its sequence numbers and a tight budget is enough.
+#[test]
+fn an_ack_the_credit_barely_affords_carries_no_nacks() {
+    let mut lab = Lab::new(|c| {
+        c.answer_factor = 0;
+        c.answer_rate = 1_000_000;
+        c.answer_cap = 20;
+    });
+    // 100 gaps: RECORDS at even sequence numbers only.
+    for k in 0..100 {
+        lab.records(2 * k + 2, &[]);
+    }
+    let mut acks = 0;
+    for _ in 0..20 {
+        lab.advance(Duration::from_millis(30));
+        for d in lab.drain() {
+            if let Ok(SyncMsg::Ack { nacks, .. }) = SyncMsg::decode(&d) {
+                acks += 1;
+                assert!(d.len() <= 20, "ACK of {} bytes beyond a 20-byte credit", d.len());
+                assert!(nacks.is_empty(), "{} bytes of NACKs unaffordable", nacks.len());
+            }
+        }
+    }
+    assert!(acks > 0, "no ACK went out");
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(st.nacks_tx, 0);
+}

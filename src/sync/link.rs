@@ -486,9 +486,13 @@ impl RxWindow {
         }
     }
 
-    /// Missing ranges between `cum` and `high`, at most `max`.
+    /// Missing ranges between `cum` and `high`, at most `max` (none for 0: an ACK the
+    /// credit affords only without NACKs).
     pub fn gaps(&self, max: usize, out: &mut Vec<(u32, u32)>) {
         out.clear();
+        if max == 0 {
+            return;
+        }
         let mut s = self.cum;
         let mut start: Option<u32> = None;
         while seq_lt(s, self.high) {
@@ -536,6 +540,25 @@ mod tests {
         assert_eq!(g, vec![(16, 17)]);
         assert_eq!(w.receive(16 + RX_WINDOW + 5), RxVerdict::NewAfterJump);
         assert!(w.receive(15) == RxVerdict::Duplicate);
+    }
+
+    /// The NACK list never outgrows what the caller can afford (an ACK with 13–20 bytes of
+    /// credit affords none: an unbounded list overran the credit and the NACK buffer).
+    #[test]
+    fn gaps_never_exceed_max() {
+        let mut w = RxWindow::new(0);
+        for s in (0..400).step_by(2) {
+            w.receive(s);
+        }
+        let mut g = Vec::new();
+        for max in 0..=40 {
+            w.gaps(max, &mut g);
+            assert_eq!(g.len(), max, "max {max}");
+        }
+        w.announce(401);
+        w.gaps(200, &mut g);
+        assert_eq!(g.len(), 200);
+        assert_eq!(g[199], (399, 400));
     }
 
     #[test]
