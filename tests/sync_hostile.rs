@@ -225,7 +225,12 @@ fn a_clock_at_the_end_of_its_range_is_refused_and_never_wraps() {
             tcp_state(8, EVIL_FW),
         )],
     );
-    assert_eq!(lab.clock(), before, "a peer moved our clock to the end");
+    // Each refusal moved our clock as far as a clock just within reach would have.
+    assert_eq!(
+        lab.clock(),
+        before + 4 * (1 << 32),
+        "a peer moved our clock to the end"
+    );
     assert!(!has(&lab.r, 7, EVIL_FW) && !has(&lab.r, 8, EVIL_FW));
     let st = lab.r.peer_stats(EVIL).unwrap();
     assert_eq!(st.clock_refused, 4, "{st:?}");
@@ -239,9 +244,10 @@ fn a_clock_at_the_end_of_its_range_is_refused_and_never_wraps() {
         "{notes:?}"
     );
     // A clock within reach still merges (the link keeps working).
-    lab.data(&pkt, before + 1000);
+    let c = lab.clock();
+    lab.data(&pkt, c + 1000);
     assert!(has(&lab.r, 7, EVIL_FW));
-    assert_eq!(lab.clock(), before + 1000);
+    assert_eq!(lab.clock(), c + 1000);
     // Local changes saturate instead of wrapping even at the top (debug builds panicked).
     let mut r = Replica::new(
         ReplicaConfig {
@@ -1164,12 +1170,47 @@ fn an_ack_the_credit_barely_affords_carries_no_nacks() {
         for d in lab.drain() {
             if let Ok(SyncMsg::Ack { nacks, .. }) = SyncMsg::decode(&d) {
                 acks += 1;
-                assert!(d.len() <= 20, "ACK of {} bytes beyond a 20-byte credit", d.len());
-                assert!(nacks.is_empty(), "{} bytes of NACKs unaffordable", nacks.len());
+                assert!(
+                    d.len() <= 20,
+                    "ACK of {} bytes beyond a 20-byte credit",
+                    d.len()
+                );
+                assert!(
+                    nacks.is_empty(),
+                    "{} bytes of NACKs unaffordable",
+                    nacks.len()
+                );
             }
         }
     }
     assert!(acks > 0, "no ACK went out");
     let st = lab.r.peer_stats(EVIL).unwrap();
     assert_eq!(st.nacks_tx, 0);
+}
+
+/// A gateway whose clock a compromised peer pushed more than `max_clock_ahead` beyond ours
+/// (two steps just under the bound): what it sends is refused at first, but each refusal
+/// brings our clock closer, and within a few of its messages it is heard again. Before,
+/// it was refused for good: its firewall's states never reached us again.
+#[test]
+fn a_gateway_pushed_out_of_reach_is_caught_up_with() {
+    let mut lab = Lab::new(|_| {});
+    let ahead = lab.clock() + (2 << 32) + 50;
+    let pkt = packet(&[Message::Ins(tcp_state(7, EVIL_FW))]);
+    lab.data(&pkt, ahead);
+    assert!(!has(&lab.r, 7, EVIL_FW), "a clock 2^33 ahead was accepted");
+    let digest = lab.r.digest();
+    let leaves_log2 = lab.r.table().config().leaves_log2;
+    lab.send(&SyncMsg::Summary {
+        digest,
+        count: 0,
+        leaves_log2,
+        want_reply: false,
+        clock: ahead,
+    });
+    // Two refusals later the clock is within reach: the next DATA applies and merges.
+    lab.data(&pkt, ahead + 1);
+    assert!(has(&lab.r, 7, EVIL_FW), "still cut off");
+    assert_eq!(lab.clock(), ahead + 1);
+    assert_eq!(lab.r.peer_stats(EVIL).unwrap().clock_refused, 2);
 }

@@ -185,18 +185,27 @@ impl Replica {
 
     /// Is a clock `peer` sent within reach of ours? Counted when not, and noted for the
     /// log at the 1st, 10th, 100th … refusal: a peer whose clock runs in another unit
-    /// never comes up, and the counter alone does not say why.
+    /// is refused until we catch up, and the counter alone does not say why.
+    ///
+    /// A refusal still moves our clock `max_clock_ahead` towards it — no further than a
+    /// clock just within reach would have: a compromised peer that pushed one gateway's
+    /// clock out of the others' reach (two steps of just under the bound, faster than
+    /// that gateway's messages carry them on) would otherwise cut it off from them for
+    /// good; this way they catch up within a few of its messages. Reaching the end of the
+    /// range still takes 2^32 messages.
     pub(super) fn clock_ok(&mut self, peer: PeerId, clock: u64) -> bool {
-        if clock <= self.clock.saturating_add(self.cfg.max_clock_ahead) {
+        let reach = self.clock.saturating_add(self.cfg.max_clock_ahead);
+        if clock <= reach {
             return true;
         }
         let Some(p) = self.peers.get_mut(&peer) else {
             return false;
         };
+        let ahead = clock - self.clock;
+        self.clock = reach;
         p.stats.clock_refused += 1;
         let count = p.stats.clock_refused;
         if is_power_of_ten(count) {
-            let ahead = clock - self.clock;
             self.note(peer, SyncNote::ClockRefused { ahead, count });
         }
         false
