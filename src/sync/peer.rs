@@ -39,8 +39,10 @@ pub(super) struct Partial {
     /// Received byte ranges `[start, end)`, sorted, disjoint and not adjacent.
     pub(super) ranges: [(u16, u16); MAX_PIECES],
     pub(super) nranges: usize,
-    /// The packet's length; `buf` holds its bytes up to the furthest received end (pieces
-    /// arrive in order: each extends it, and nothing is zero-filled first).
+    /// The packet's length. `buf` has room for it, and its bytes count (`len`) only once
+    /// `ranges` covers them all: each piece is written where it belongs and nothing is
+    /// zero-filled first (a hostile peer's one-byte piece at the end of a 64 KiB packet
+    /// would cost a 64 KiB fill; a piece still costs only its own bytes).
     pub(super) total: u16,
     pub(super) buf: Vec<u8>,
 }
@@ -73,17 +75,22 @@ impl Partial {
         self.nranges == 1 && self.ranges[0] == (0, self.total)
     }
 
-    /// Writes bytes `a..a + chunk.len()` (within `total`, checked by the caller).
+    /// Writes bytes `a..a + chunk.len()` into `buf`'s room (within `total`, checked by the
+    /// caller; `buf` holds `total` bytes of capacity and no length).
     fn write(&mut self, a: usize, chunk: &[u8]) {
-        let b = a + chunk.len();
-        if b > self.buf.len() {
-            // Only a gap left by a piece still to come is zero-filled.
-            self.buf.resize(a.max(self.buf.len()), 0);
-            self.buf.truncate(a);
-            self.buf.extend_from_slice(chunk);
-        } else {
-            self.buf[a..b].copy_from_slice(chunk);
+        let room = &mut self.buf.spare_capacity_mut()[a..a + chunk.len()];
+        for (d, &s) in room.iter_mut().zip(chunk) {
+            d.write(s);
         }
+    }
+
+    /// The packet, once [`complete`](Self::complete).
+    fn finish(mut self) -> Vec<u8> {
+        assert!(self.complete() && self.buf.capacity() >= usize::from(self.total));
+        // SAFETY: complete: `ranges` is the one range 0..total, and `cover` recorded only
+        // ranges that `write` then filled, within the capacity (asserted).
+        unsafe { self.buf.set_len(usize::from(self.total)) };
+        self.buf
     }
 }
 
@@ -476,7 +483,11 @@ pub(super) fn reassemble<'a>(
                 ranges: [(0, 0); MAX_PIECES],
                 nranges: 0,
                 total: total_len,
-                buf: spare.take_buf(),
+                buf: {
+                    let mut b = spare.take_buf();
+                    b.reserve(total);
+                    b
+                },
             });
             p.partials.len() - 1
         }
@@ -494,11 +505,12 @@ pub(super) fn reassemble<'a>(
         return None;
     }
     let x = p.partials.remove(idx)?;
+    let (dialect, clock) = (x.dialect, x.clock);
     Some(Complete {
         seq,
-        dialect: x.dialect,
-        clock: x.clock,
-        bytes: std::borrow::Cow::Owned(x.buf),
+        dialect,
+        clock,
+        bytes: std::borrow::Cow::Owned(x.finish()),
     })
 }
 
