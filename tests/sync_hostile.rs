@@ -1214,3 +1214,58 @@ fn a_gateway_pushed_out_of_reach_is_caught_up_with() {
     assert_eq!(lab.clock(), ahead + 1);
     assert_eq!(lab.r.peer_stats(EVIL).unwrap().clock_refused, 2);
 }
+
+/// The DEL_Cs a packet injected into our firewall carries.
+fn injected_deletes(r: &mut Replica) -> Vec<StateId> {
+    let mut buf = vec![0u8; 1500];
+    let mut ids = Vec::new();
+    while let Some(n) = r.poll_local_inject(&mut buf) {
+        let p = pfsync_gw::wire::Packet::new_checked(&buf[..n], OB).unwrap();
+        ids.extend(p.messages().filter_map(|m| match m {
+            Message::DelC(id) => Some(id),
+            _ => None,
+        }));
+    }
+    ids
+}
+
+/// pf's state ids are sequential, so a compromised peer knows our firewall's and the other
+/// sites' next ones. Deleting them before they exist (DEL_C in DATA, tombstone records)
+/// writes no tombstone: the states, once created, are mirrored and relayed, and our
+/// firewall is not told to delete them. The DEL_C still reaches our firewall (it may hold a
+/// state our mirror lacks; pf ignores one it lacks), and a peer deletes unknown states of
+/// its own creator ids as before.
+#[test]
+fn a_peer_cannot_delete_states_before_they_exist() {
+    let mut lab = Lab::new(|_| {});
+    let future = [StateId::new(100, LOCAL_FW), StateId::new(100, HONEST_FW)];
+    let records = [StateId::new(200, LOCAL_FW), StateId::new(200, HONEST_FW)];
+    let c = lab.clock() + 1000;
+    lab.data(&packet(&future.map(Message::DelC)), c);
+    assert_eq!(injected_deletes(&mut lab.r), future, "DEL_C not passed on");
+    let seq = lab.next_seq;
+    lab.next_seq += 1;
+    let tombs = records.map(|id| Record::Tombstone(id, Version::new(c, EVIL_NODE)));
+    lab.records(seq, &tombs);
+    for id in future.iter().chain(&records) {
+        assert!(lab.r.table().tombstone(*id).is_none(), "{id:?} pre-deleted");
+    }
+    assert_eq!(lab.r.peer_stats(EVIL).unwrap().foreign_refused, 4);
+    // Our firewall creates them: mirrored, and not deleted in the firewall.
+    let ins = [tcp_state(100, LOCAL_FW), tcp_state(200, LOCAL_FW)].map(Message::Ins);
+    lab.r.on_local_pfsync(&packet(&ins), lab.now).unwrap();
+    assert!(has(&lab.r, 100, LOCAL_FW) && has(&lab.r, 200, LOCAL_FW));
+    assert_eq!(
+        injected_deletes(&mut lab.r),
+        [],
+        "our firewall told to delete"
+    );
+    // The peer's own creator ids (pinned by its first INS): deleted ahead as before.
+    lab.data(&packet(&[Message::Ins(tcp_state(1, EVIL_FW))]), c + 1);
+    lab.data(&packet(&[Message::DelC(StateId::new(300, EVIL_FW))]), c + 2);
+    assert!(lab
+        .r
+        .table()
+        .tombstone(StateId::new(300, EVIL_FW))
+        .is_some());
+}

@@ -255,15 +255,42 @@ impl Replica {
     }
 
     fn admit_space(&mut self, peer: PeerId, msg: &Message, learn: bool, now: Instant) -> bool {
+        // Held, or deleted: an update or delete of it is admitted (a deleted state the
+        // table refuses, and the tombstone goes back).
+        let known =
+            |r: &Self, id: StateId| r.table.get(id).is_some() || r.table.tombstone(id).is_some();
         let (creator, insert) = match msg {
             Message::Ins(s) | Message::Upd(s) if s.id.creator != 0 => {
-                // Held, or deleted (the table refuses it and the tombstone goes back).
-                if self.table.get(s.id).is_some() || self.table.tombstone(s.id).is_some() {
+                if known(self, s.id) {
                     return true;
                 }
                 (s.id.creator, true)
             }
             Message::Clr { creator, .. } => (*creator, false),
+            Message::Del(crate::wire::StateRepr { id, .. }) | Message::DelC(id)
+                if id.creator != 0 =>
+            {
+                if known(self, *id) {
+                    return true;
+                }
+                // A delete of a state nobody told us about writes a tombstone that would
+                // refuse its insert: only the creator's own site may do that. (pf ids are
+                // sequential: a compromised peer could otherwise pre-delete our firewall's
+                // or another site's next connections.) Second-hand and harmless when
+                // refused, so no alarm: the owner's digest brings the tombstone if the
+                // state did exist.
+                let p = &self.peers[&peer];
+                let space = if p.creators.is_empty() {
+                    &p.learned
+                } else {
+                    &p.creators
+                };
+                if !self.cfg.creator_spaces || space.contains(&id.creator) {
+                    return true;
+                }
+                self.peers.get_mut(&peer).unwrap().stats.foreign_refused += 1;
+                return false;
+            }
             _ => return true,
         };
         if !self.cfg.creator_spaces {

@@ -440,8 +440,13 @@ impl Replica {
         while let Some(ref msg) = msgs.next() {
             // DATA is the peer's firewall speaking first-hand: its INS may pin a creator id.
             if !self.admit(peer, msg, matches!(msg, Message::Ins(_)), now) {
-                clean = false;
-                self.scratch_fates.push(Fate::Skip);
+                // A delete of a state we do not know, outside the peer's creator ids, writes
+                // no tombstone but still reaches our firewall, which may hold the state
+                // (pf ignores a delete of a state it lacks).
+                let delete = matches!(msg, Message::Del(_) | Message::DelC(_));
+                clean &= delete;
+                self.scratch_fates
+                    .push(if delete { Fate::Keep } else { Fate::Skip });
                 continue;
             }
             // What a peer says about our own firewall's states is an echo or a correction:
@@ -569,7 +574,7 @@ impl Replica {
                     false,
                     now,
                 ),
-                Record::Tombstone(..) => true,
+                Record::Tombstone(id, _) => self.admit(peer, &Message::DelC(*id), false, now),
             };
             if !admitted {
                 self.refute_local(peer, &rec);
