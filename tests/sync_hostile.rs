@@ -1269,3 +1269,48 @@ fn a_peer_cannot_delete_states_before_they_exist() {
         .tombstone(StateId::new(300, EVIL_FW))
         .is_some());
 }
+
+/// ACKs can cross on the way: an older one naming gaps that a newer one has since
+/// acknowledged is stale, not a sign that the resend queue lost them (which would start a
+/// needless resync of the whole table).
+#[test]
+fn an_ack_overtaken_by_a_newer_one_starts_no_resync() {
+    let mut lab = Lab::new(|_| {});
+    for k in 0..10 {
+        let pkt = packet(&[Message::Ins(tcp_state(1000 + k, LOCAL_FW))]);
+        lab.r.on_local_pfsync(&pkt, lab.now).unwrap();
+    }
+    // The highest seq we sent (DATA and RECORDS alike), as the peer would see it.
+    let mut top = 0;
+    for d in lab.drain() {
+        for m in pfsync_gw::sync::proto::datagram_parts(&d).unwrap() {
+            match SyncMsg::decode(m) {
+                Ok(SyncMsg::Data { seq, .. }) => top = top.max(seq),
+                Ok(SyncMsg::Records { seq, .. }) => top = top.max(seq),
+                _ => {}
+            }
+        }
+    }
+    assert!(top > 6, "{top}");
+    let e = lab.our_epoch;
+    let before = lab.r.peer_stats(EVIL).unwrap();
+    fn ack(epoch: u32, cum: u32, nacks: &[u8]) -> SyncMsg<'_> {
+        SyncMsg::Ack {
+            epoch,
+            cum,
+            delay: Default::default(),
+            nacks,
+        }
+    }
+    lab.send(&ack(e, top + 1, &[]));
+    let mut stale = Vec::new();
+    stale.extend_from_slice(&3u32.to_be_bytes());
+    stale.extend_from_slice(&5u32.to_be_bytes());
+    lab.send(&ack(e, 3, &stale));
+    lab.drain();
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(st.unacked, 0);
+    assert_eq!(st.overflows, before.overflows, "taken for purged: {st:?}");
+    assert_eq!(st.retransmits, before.retransmits);
+    assert_eq!(st.skips_tx, before.skips_tx);
+}

@@ -59,6 +59,8 @@ pub struct TxQueue {
     /// Unacked RECORDS messages (flow control of repairs/anti-entropy).
     pub records_in_flight: usize,
     pub oldest_unacked_since: Option<Instant>,
+    /// The highest cumulative ack seen: everything before it was received.
+    acked: u32,
 }
 
 impl TxQueue {
@@ -72,7 +74,13 @@ impl TxQueue {
             max_refs: max_refs.max(1),
             records_in_flight: 0,
             oldest_unacked_since: None,
+            acked: start_seq,
         }
+    }
+
+    /// Everything before this seq was received (the highest cumulative ack seen).
+    pub fn acked(&self) -> u32 {
+        self.acked
     }
 
     pub fn unacked(&self) -> usize {
@@ -131,6 +139,9 @@ impl TxQueue {
     pub fn ack(&mut self, cum: u32, now: Instant) -> usize {
         if seq_lt(self.next_seq, cum) {
             return 0; // acks something never sent: ignore
+        }
+        if seq_lt(self.acked, cum) {
+            self.acked = cum;
         }
         let mut n = 0;
         while let Some(e) = self.entries.front() {

@@ -241,11 +241,22 @@ impl Replica {
                 p.tx.ack(cum, now);
                 p.stats.last_ack = cum;
                 let mut refs = Vec::new();
+                // ACKs can arrive out of order: what a later one acknowledged is not
+                // missing (taken for purged, it would start a needless resync).
+                let acked = p.tx.acked();
                 for (first, last) in proto::nack_ranges(nacks) {
                     let next = p.tx.next_seq;
-                    if !link::seq_lt(first, next) || link::seq_lt(last, first) {
+                    if !link::seq_lt(first, next)
+                        || link::seq_lt(last, first)
+                        || link::seq_lt(last, acked)
+                    {
                         continue;
                     }
+                    let first = if link::seq_lt(first, acked) {
+                        acked
+                    } else {
+                        first
+                    };
                     let last = if link::seq_lt(last, next) {
                         last
                     } else {
