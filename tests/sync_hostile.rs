@@ -1314,3 +1314,25 @@ fn an_ack_overtaken_by_a_newer_one_starts_no_resync() {
     assert_eq!(st.retransmits, before.retransmits);
     assert_eq!(st.skips_tx, before.skips_tx);
 }
+
+/// What a peer can trigger again and again (here: sequence numbers beyond our receive
+/// window, each a resync) does not pull a SUMMARY — which no answer budget pays for — each
+/// time: a resync under way keeps its pace of one per `resync_interval`.
+#[test]
+fn repeated_resync_triggers_pull_one_summary() {
+    let mut lab = Lab::new(|_| {});
+    let mut summaries = 0;
+    for k in 1..=50u32 {
+        lab.records(k * 10_000, &[]);
+        lab.r.handle_timeout(lab.now);
+        for d in lab.drain() {
+            for m in pfsync_gw::sync::proto::datagram_parts(&d).unwrap() {
+                if let Ok(SyncMsg::Summary { .. }) = SyncMsg::decode(m) {
+                    summaries += 1;
+                }
+            }
+        }
+    }
+    assert!(lab.r.peer_stats(EVIL).unwrap().resyncs >= 1);
+    assert_eq!(summaries, 1, "a SUMMARY per trigger");
+}

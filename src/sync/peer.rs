@@ -319,11 +319,14 @@ impl Peer {
     }
 
     pub(super) fn start_resync(&mut self, now: Instant) {
+        // A resync under way keeps its pace (a SUMMARY every `resync_interval`): what a
+        // peer can trigger again and again (NACKs of purged seqs, window jumps) must not
+        // pull a SUMMARY, which no budget pays for, and a new digest round each time.
         if !self.resync {
             self.resync = true;
             self.stats.resyncs += 1;
+            self.summary_due = Some(now);
         }
-        self.summary_due = Some(now);
     }
 
     /// Note receipt of sequenced message `seq`; false if it is a duplicate.
