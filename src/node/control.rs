@@ -35,6 +35,11 @@ pub const HTTP_HEAD_MAX: usize = 4096;
 /// Backoff between failed `accept()`s (descriptor exhaustion): doubles up to the maximum.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Connections each listener accepts per second, after a burst of [`ACCEPT_BURST`]: both
+/// run on the relay thread, so a local user's connection flood must not take it over.
+/// Beyond the pace, connections wait in the kernel's backlog (or are refused by it).
+pub const ACCEPT_RATE: f64 = 200.0;
+pub const ACCEPT_BURST: f64 = 64.0;
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
@@ -51,10 +56,12 @@ pub struct ListenerStats {
     pub bad_request: AtomicU64,
     /// `accept()` failures (EMFILE, ENFILE, …), each retried.
     pub accept_errors: AtomicU64,
+    /// Accepts that waited for the pace ([`ACCEPT_RATE`]).
+    pub paced: AtomicU64,
 }
 
 impl ListenerStats {
-    fn events(&self) -> [(&'static str, u64); 5] {
+    fn events(&self) -> [(&'static str, u64); 6] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("accepted", l(&self.accepted)),
@@ -62,6 +69,7 @@ impl ListenerStats {
             ("timed_out", l(&self.timed_out)),
             ("bad_request", l(&self.bad_request)),
             ("accept_error", l(&self.accept_errors)),
+            ("paced", l(&self.paced)),
         ]
     }
 }
@@ -204,6 +212,52 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// A token bucket of accepts ([`ACCEPT_RATE`], [`ACCEPT_BURST`]).
+struct AcceptPace {
+    tokens: f64,
+    at: Instant,
+}
+
+impl AcceptPace {
+    fn new(now: Instant) -> AcceptPace {
+        AcceptPace {
+            tokens: ACCEPT_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes a token: how long to wait first, if the bucket is empty.
+    fn take(&mut self, now: Instant) -> Option<Duration> {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * ACCEPT_RATE).min(ACCEPT_BURST) - 1.0;
+        self.at = now;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / ACCEPT_RATE))
+    }
+}
+
+/// The status part of `/metrics`, rendered once per status refresh however often it is
+/// scraped (keyed by the snapshot's `uptime_secs`, new at every refresh), and the node.
+#[derive(Default)]
+struct MetricsCache {
+    key: Option<u64>,
+    node: String,
+    body: String,
+}
+
+impl MetricsCache {
+    fn get(&mut self, status: &SharedStatus) -> (String, String) {
+        if let Ok(s) = status.lock() {
+            let key = s.uptime_secs.to_bits();
+            if self.key != Some(key) {
+                self.key = Some(key);
+                self.node.clone_from(&s.node);
+                self.body = s.to_prometheus();
+            }
+        }
+        (self.node.clone(), self.body.clone())
+    }
+}
+
 /// The accept loop shared by both listeners: never returns.
 async fn accept_loop<S, A, AF, H, HF>(
     what: &'static str,
@@ -220,7 +274,12 @@ async fn accept_loop<S, A, AF, H, HF>(
     let mut clients = Clients::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut last_log: Option<Instant> = None;
+    let mut pace = AcceptPace::new(Instant::now());
     loop {
+        if let Some(wait) = pace.take(Instant::now()) {
+            pick(&stats).paced.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
         match accept().await {
             Ok(stream) => {
                 backoff = ACCEPT_BACKOFF_MIN;
@@ -337,13 +396,14 @@ pub async fn serve_control(listener: UnixListener, status: SharedStatus, stats: 
 
 /// A minimal HTTP/1.0 responder for `GET /metrics`. Never returns.
 pub async fn serve_metrics(listener: TcpListener, status: SharedStatus, stats: Arc<AdminStats>) {
+    let cache = Arc::new(Mutex::new(MetricsCache::default()));
     accept_loop(
         "metrics",
         stats,
         |s| &s.metrics,
         || async { listener.accept().await.map(|(s, _)| s) },
         move |mut stream, stats| {
-            let status = status.clone();
+            let (status, cache) = (status.clone(), cache.clone());
             async move {
                 let mut buf = vec![0u8; HTTP_HEAD_MAX];
                 let mut n = 0;
@@ -370,9 +430,11 @@ pub async fn serve_metrics(listener: TcpListener, status: SharedStatus, stats: A
                 };
                 let (code, body, head_only) = match req {
                     HttpRequest::Metrics { head_only } => {
-                        let snap = status.lock().map(|s| s.clone()).unwrap_or_default();
-                        let mut body = snap.to_prometheus();
-                        body.push_str(&stats.to_prometheus(&snap.node));
+                        let (node, mut body) = match cache.lock() {
+                            Ok(mut c) => c.get(&status),
+                            Err(_) => Default::default(),
+                        };
+                        body.push_str(&stats.to_prometheus(&node));
                         ("200 OK", body, head_only)
                     }
                     other => {
@@ -475,6 +537,30 @@ pub fn status_command(socket: Option<PathBuf>, config: Option<PathBuf>, json: bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of 64 at once, then 200 a second: a local user's flood of connections
+    /// costs the relay thread at most that many accepts and renders.
+    #[test]
+    fn accepts_are_paced_after_a_burst() {
+        let t0 = Instant::now();
+        let mut p = AcceptPace::new(t0);
+        for _ in 0..64 {
+            assert_eq!(p.take(t0), None);
+        }
+        let w = p.take(t0).expect("the 65th waits");
+        assert!((4_900..=5_100).contains(&w.as_micros()), "{w:?}");
+        // Sustained demand: 200 a second after the burst.
+        let (mut t, mut n) = (t0 + w, 65);
+        while t < t0 + Duration::from_secs(10) {
+            t += p.take(t).unwrap_or_default();
+            n += 1;
+        }
+        assert!((64 + 1_999..=64 + 2_001).contains(&n), "{n}");
+        // Idle, the bucket refills to the burst, no further.
+        let t2 = t + Duration::from_secs(60);
+        let free = (0..100).take_while(|_| p.take(t2).is_none()).count();
+        assert_eq!(free, 64);
+    }
 
     #[test]
     fn control_requests() {
