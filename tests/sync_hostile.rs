@@ -1336,3 +1336,188 @@ fn repeated_resync_triggers_pull_one_summary() {
     assert!(lab.r.peer_stats(EVIL).unwrap().resyncs >= 1);
     assert_eq!(summaries, 1, "a SUMMARY per trigger");
 }
+
+/// The victim's mirror of the request floods: 20,000 states of its own firewall.
+fn fill_own_states(lab: &mut Lab) {
+    let mut id = 10u64;
+    while id < 20_010 {
+        let msgs: Vec<Message> = (0..5)
+            .map(|k| Message::Ins(tcp_state(id + k, LOCAL_FW)))
+            .collect();
+        lab.r.on_local_pfsync(&packet(&msgs), lab.now).unwrap();
+        id += 5;
+    }
+    lab.drain();
+}
+
+/// A BUNDLE of `parts` (each an encoded message).
+fn bundle(parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = vec![msg_type::BUNDLE, SYNC_VERSION];
+    for p in parts {
+        b.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        b.extend_from_slice(p);
+    }
+    b
+}
+
+/// splitmix64's finaliser (docs/SYNC.md, *Digest*) and its inverse: a peer can choose ids
+/// that all fall in one leaf (the leaf hash is public; it must be, peers compare leaves).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+fn unmix(mut z: u64) -> u64 {
+    let inv = |a: u64| {
+        // Newton's iteration for the inverse of an odd number modulo 2^64.
+        let mut x = a;
+        for _ in 0..6 {
+            x = x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x)));
+        }
+        x
+    };
+    let unshift = |z: u64, s: u32| {
+        let mut x = z;
+        for _ in 0..64 / s + 1 {
+            x = z ^ (x >> s);
+        }
+        x
+    };
+    z = unshift(z, 31).wrapping_mul(inv(0x94d0_49bb_1331_11eb));
+    z = unshift(z, 27).wrapping_mul(inv(0xbf58_476d_1ce4_e5b9));
+    unshift(z, 30)
+}
+
+/// The `k`-th id of `creator` in leaf `leaf` of `2^12` leaves.
+fn id_in_leaf(leaf: u64, k: u64, creator: u32) -> StateId {
+    let salt = mix(u64::from(creator) ^ 0x7066_7379_6e63_2d67);
+    StateId::new(unmix(leaf << 52 | k) ^ salt, creator)
+}
+
+#[test]
+fn crafted_ids_land_in_one_leaf() {
+    let t = pfsync_gw::table::StateTable::default();
+    for k in [0, 1, 77, 65_535] {
+        assert_eq!(mix(unmix(k * 0x9e37_79b9)), k * 0x9e37_79b9);
+        assert_eq!(t.leaf_of(id_in_leaf(1234, k, EVIL_FW)), 1234);
+    }
+}
+
+/// Measurement, not a check (`cargo test --release --test sync_hostile -- --ignored
+/// --nocapture measure`): the replica's CPU per datagram of the anti-entropy floods of the
+/// 2026-12 review (RANGES digest work, tombstones crafted into one leaf) against honest-
+/// looking ones of the same size.
+#[test]
+#[ignore]
+fn measure_anti_entropy_work_per_datagram() {
+    use std::time::Instant as T;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // Each case: the datagrams to send (built beforehand), timed over `on_peer_datagram`
+    // only; the replica's answers are drained untimed between batches.
+    let run = |name: &str, lab: &mut Lab, dgrams: Vec<Vec<u8>>| {
+        let mut took = Duration::ZERO;
+        let before = lab.r.peer_stats(EVIL).unwrap();
+        for chunk in dgrams.chunks(16) {
+            let t = T::now();
+            for d in chunk {
+                let _ = lab.r.on_peer_datagram(EVIL, d, lab.now);
+            }
+            took += t.elapsed();
+            lab.sent += chunk.iter().map(|d| d.len() as u64).sum::<u64>();
+            lab.drain();
+        }
+        let st = lab.r.peer_stats(EVIL).unwrap();
+        let n = dgrams.len();
+        eprintln!(
+            "{name}: {n} datagrams of {} B: {:.1} µs each; answers_deferred +{}, \
+             bad_datagrams +{}, malformed +{}",
+            dgrams[0].len(),
+            took.as_secs_f64() * 1e6 / n as f64,
+            st.answers_deferred - before.answers_deferred,
+            st.bad_datagrams - before.bad_datagrams,
+            st.malformed - before.malformed,
+        );
+    };
+    let ranges = |first: u32, span: u32, digests: &[u8]| {
+        enc(&SyncMsg::Ranges {
+            first,
+            span,
+            digests,
+        })
+    };
+
+    // RANGES: 47 parts of one random digest each, over the whole table (span 4096) and
+    // over the top level's first range (span 64, a range the digest tree uses).
+    for (name, span) in [
+        ("RANGES 47 x {0, 4096, 1}", 4096),
+        ("RANGES 47 x {0, 64, 1}", 64),
+    ] {
+        let mut lab = Lab::new(|_| {});
+        fill_own_states(&mut lab);
+        let dgrams: Vec<Vec<u8>> = (0..2000)
+            .map(|_| {
+                let parts: Vec<Vec<u8>> = (0..47)
+                    .map(|_| ranges(0, span, &rand().to_be_bytes().repeat(2)))
+                    .collect();
+                bundle(&parts)
+            })
+            .collect();
+        run(name, &mut lab, dgrams);
+    }
+    {
+        let mut lab = Lab::new(|_| {});
+        fill_own_states(&mut lab);
+        let dgrams: Vec<Vec<u8>> = (0..2000)
+            .map(|_| {
+                let d: Vec<u8> = (0..64 * 16).map(|_| rand() as u8).collect();
+                ranges(0, 64, &d)
+            })
+            .collect();
+        run("RANGES {0, 64, 64 random}", &mut lab, dgrams);
+    }
+
+    // Tombstones: 54 per RECORDS (1,363 B), first 65,536 to fill `tombstone_max`, then
+    // 1,000 datagrams more (each tombstone evicts the oldest), spread over the leaves or
+    // all in leaf 1234.
+    for crafted in [false, true] {
+        let mut lab = Lab::new(|_| {});
+        fill_own_states(&mut lab);
+        let v = Version::new(lab.clock(), EVIL_NODE);
+        let mut k = 0u64;
+        let mut next = |lab: &mut Lab| {
+            let recs: Vec<Record> = (0..54)
+                .map(|_| {
+                    k += 1;
+                    let id = if crafted {
+                        id_in_leaf(1234, k, EVIL_FW)
+                    } else {
+                        StateId::new(mix(k), EVIL_FW)
+                    };
+                    Record::Tombstone(id, v)
+                })
+                .collect();
+            let seq = lab.next_seq;
+            lab.next_seq += 1;
+            records_msg(seq, &recs)
+        };
+        let fill: Vec<Vec<u8>> = (0..65_536 / 54 + 1).map(|_| next(&mut lab)).collect();
+        for d in &fill {
+            lab.send_raw(d);
+            lab.drain();
+        }
+        assert_eq!(lab.r.table().tombstone_count(), 65_536);
+        let dgrams: Vec<Vec<u8>> = (0..1000).map(|_| next(&mut lab)).collect();
+        let name = if crafted {
+            "tombstones, 54 per RECORDS, all in one leaf"
+        } else {
+            "tombstones, 54 per RECORDS, spread"
+        };
+        run(name, &mut lab, dgrams);
+    }
+}

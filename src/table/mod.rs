@@ -243,10 +243,24 @@ fn rel_ns(epoch: Instant, t: Instant) -> i64 {
 
 const NS_PER_SEC: i64 = 1_000_000_000;
 
+/// A tombstone: 32 bytes (the version's fields are inlined so that `slot` takes its
+/// padding).
 #[derive(Debug, Clone, Copy)]
 struct Tomb {
-    version: Version,
+    clock: u64,
+    node: u32,
+    /// Its place in its leaf's tombstone list: removal is O(1) however many tombstones a
+    /// leaf holds (the leaf hash is public, so a peer can choose ids that share one).
+    slot: u32,
     at: Instant,
+}
+
+const _: () = assert!(core::mem::size_of::<Tomb>() <= 32);
+
+impl Tomb {
+    fn version(&self) -> Version {
+        Version::new(self.clock, self.node)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -339,6 +353,9 @@ pub struct StateTable {
     /// one, and a separate array keeps them in cache.
     leaf_digests: Vec<Digest>,
     digest: Digest,
+    /// Tombstone-list entries read to remove tombstones (tests: removal is O(1)).
+    #[cfg(test)]
+    tomb_reads: u64,
     /// Slab positions of entries whose `hash` (what the digests include) is out of date
     /// (see the module docs); may name a position twice or one that moved: the bit in
     /// `unhashed_bits` decides. A bit per entry, outside [`Hot`], which is full.
@@ -383,6 +400,8 @@ impl StateTable {
             leaves: vec![Leaf::default(); 1usize << cfg.leaves_log2],
             leaf_digests: vec![Digest::ZERO; 1usize << cfg.leaves_log2],
             digest: Digest::ZERO,
+            #[cfg(test)]
+            tomb_reads: 0,
             unhashed: Vec::new(),
             unhashed_bits: Vec::new(),
             stats: TableStats::default(),
@@ -514,7 +533,7 @@ impl StateTable {
     }
     /// The version a deleted id was deleted at, while its tombstone is kept.
     pub fn tombstone(&self, id: StateId) -> Option<Version> {
-        self.tombs.get(&id).map(|t| t.version)
+        self.tombs.get(&id).map(Tomb::version)
     }
     pub fn tombstone_count(&self) -> usize {
         self.tombs.len()
@@ -1050,7 +1069,8 @@ impl StateTable {
 
     fn put_tomb(&mut self, id: StateId, version: Version, now: Instant) {
         if let Some(t) = self.tombs.get_mut(&id) {
-            t.version = t.version.max(version);
+            let v = t.version().max(version);
+            (t.clock, t.node) = (v.clock, v.node);
             return;
         }
         if self.cfg.tombstone_max == 0 {
@@ -1062,7 +1082,18 @@ impl StateTable {
                 None => break,
             }
         }
-        self.tombs.insert(id, Tomb { version, at: now });
+        let leaf = self.leaf_of(id);
+        let list = &mut self.leaves[leaf].tombs;
+        self.tombs.insert(
+            id,
+            Tomb {
+                clock: version.clock,
+                node: version.node,
+                slot: list.len() as u32,
+                at: now,
+            },
+        );
+        list.push(id);
         self.tomb_order.push_back(id);
         if self.tomb_order.len() > 2 * self.tombs.len() + 1024 {
             // Drop ids whose tombstone was removed (resurrected) so the queue stays bounded.
@@ -1071,16 +1102,22 @@ impl StateTable {
             self.tomb_order
                 .retain(|id| tombs.contains_key(id) && seen.insert(*id, ()).is_none());
         }
-        let leaf = self.leaf_of(id);
-        self.leaves[leaf].tombs.push(id);
     }
 
     fn drop_tomb(&mut self, id: StateId) {
-        if self.tombs.remove(&id).is_some() {
+        if let Some(t) = self.tombs.remove(&id) {
             let leaf = self.leaf_of(id);
-            let t = &mut self.leaves[leaf].tombs;
-            if let Some(i) = t.iter().position(|&x| x == id) {
-                t.swap_remove(i);
+            let list = &mut self.leaves[leaf].tombs;
+            let slot = t.slot as usize;
+            #[cfg(test)]
+            {
+                self.tomb_reads += 1;
+            }
+            debug_assert_eq!(list[slot], id);
+            list.swap_remove(slot);
+            if let Some(&moved) = list.get(slot) {
+                // The leaf's last tombstone moved into the hole.
+                self.tombs.get_mut(&moved).expect("listed tombstone").slot = slot as u32;
             }
             // tomb_order may still hold `id`; it is skipped when popped (not in `tombs`).
         }
@@ -1209,6 +1246,94 @@ mod tests {
             t.prefetch(ids(n));
         }
         assert_eq!((t.len(), t.digest()), (50, digest));
+    }
+
+    /// Inverse of [`digest::mix64`] (a bijection): what a peer computes to choose ids.
+    fn unmix64(mut z: u64) -> u64 {
+        let inv = |a: u64| {
+            let mut x = a;
+            for _ in 0..6 {
+                x = x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x)));
+            }
+            x
+        };
+        let unshift = |z: u64, s: u32| {
+            let mut x = z;
+            for _ in 0..64 / s + 1 {
+                x = z ^ (x >> s);
+            }
+            x
+        };
+        z = unshift(z, 31).wrapping_mul(inv(0x94d0_49bb_1331_11eb));
+        z = unshift(z, 27).wrapping_mul(inv(0xbf58_476d_1ce4_e5b9));
+        unshift(z, 30)
+    }
+
+    /// The leaf hash is public (peers compare leaves), so a peer can choose ids that all
+    /// fall in one leaf and send them as tombstones. Each tombstone beyond `tombstone_max`
+    /// evicts the oldest: that removal reads one entry of the leaf's list (it scanned the
+    /// list: ≈ 32,000 entries per eviction at the default 65,536 tombstones), and the
+    /// list stays exact through evictions, resurrections and expiry.
+    #[test]
+    fn tombstones_crafted_into_one_leaf_are_removed_in_constant_time() {
+        let now = Instant::now();
+        let mut t = StateTable::new(TableConfig {
+            tombstone_max: 4096,
+            ..Default::default()
+        });
+        let salt = digest::mix64(9 ^ 0x7066_7379_6e63_2d67);
+        let crafted = |k: u64| StateId::new(unmix64(1234 << 52 | k) ^ salt, 9);
+        let check = |t: &StateTable| {
+            for (l, leaf) in t.leaves.iter().enumerate() {
+                if l != 1234 {
+                    assert!(leaf.tombs.is_empty());
+                }
+            }
+            let list = &t.leaves[1234].tombs;
+            assert_eq!(list.len(), t.tombs.len());
+            for (i, id) in list.iter().enumerate() {
+                assert_eq!(t.tombs[id].slot as usize, i);
+            }
+        };
+        let (n, mut dropped) = (20_000u64, 0u64);
+        for k in 0..n {
+            let id = crafted(k);
+            assert_eq!(t.leaf_of(id), 1234);
+            let v = Version::new(k + 1, 2);
+            assert_eq!(
+                t.apply_versioned(&Message::DelC(id), now, v),
+                Applied::NotFound(id)
+            );
+            dropped += (k >= 4096) as u64;
+            if k % 1000 == 999 {
+                // A kernel insert of a tombstoned id (pf's own) removes one from the middle
+                // of the list; its delete tombstones it again, as the newest.
+                let old = crafted(k - 700);
+                let s = StateRepr {
+                    id: old,
+                    expire: 60,
+                    ..Default::default()
+                };
+                assert_eq!(t.apply(&Message::Ins(s), now), Applied::Inserted(old));
+                assert_eq!(t.apply(&Message::DelC(old), now), Applied::Deleted(old));
+                dropped += 1;
+                check(&t);
+            }
+        }
+        check(&t);
+        assert_eq!(t.tombstone_count(), 4096);
+        assert!(t.tombstone(crafted(n - 1)).is_some());
+        assert!(t.tombstone(crafted(n - 4096 - 1)).is_none());
+        assert!(
+            t.tomb_reads <= dropped,
+            "{} list entries read for {dropped} removals",
+            t.tomb_reads
+        );
+        // Expiry drops them all through the same removal.
+        t.expire(now + t.cfg.tombstone_ttl);
+        assert_eq!(t.tombstone_count(), 0);
+        check(&t);
+        assert!(t.tomb_reads <= dropped + 4096);
     }
 
     /// Removal moves the last entry of the slab into the hole: the index, the leaves and the
