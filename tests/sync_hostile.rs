@@ -1403,6 +1403,122 @@ fn crafted_ids_land_in_one_leaf() {
     }
 }
 
+/// RANGES name ranges of the digest tree only (docs/SYNC.md, *Digest*: spans 64 and 1 at
+/// 4096 leaves, `first` a multiple of the span), each compared with one digest read. Any
+/// other range would cost a sum over its leaves: a BUNDLE of 47 RANGES over the whole table
+/// (span 4096, one digest each) cost ≈ 220–360 µs of digest arithmetic per 1,365-byte
+/// datagram, and was answered with 64 child digests each. Now such a RANGES is refused whole
+/// and counted (`sync_bad_datagram`) before any digest is read.
+#[test]
+fn ranges_outside_the_digest_tree_are_refused_before_any_digest_work() {
+    let mut lab = Lab::new(|_| {});
+    fill_own_states(&mut lab);
+    let leaves = lab.r.table().leaf_count() as u32;
+    assert_eq!(leaves, 4096);
+    let d = [0x5au8; 16];
+    let ranges = |first: u32, span: u32| {
+        enc(&SyncMsg::Ranges {
+            first,
+            span,
+            digests: &d,
+        })
+    };
+    let sent_ranges = |out: &[Vec<u8>]| {
+        out.iter()
+            .any(|d| matches!(SyncMsg::decode(d), Ok(SyncMsg::Ranges { .. })))
+    };
+    let bad = |lab: &Lab| lab.r.peer_stats(EVIL).unwrap().bad_datagrams;
+    for (first, span) in [
+        (0, leaves),
+        (0, 2 * leaves),
+        (0, 128),
+        (0, 63),
+        (0, 2),
+        (1, 64),
+        (32, 64),
+        (64, leaves),
+        (0, u32::MAX),
+    ] {
+        let (b0, r0) = (bad(&lab), lab.r.table().range_reads());
+        lab.send_raw(&ranges(first, span));
+        assert_eq!(bad(&lab), b0 + 1, "RANGES {{{first}, {span}}} not refused");
+        assert_eq!(
+            lab.r.table().range_reads(),
+            r0,
+            "{{{first}, {span}}}: digests read"
+        );
+        assert!(!sent_ranges(&lab.drain()), "{{{first}, {span}}} answered");
+    }
+    // The review's datagram: 47 of them bundled.
+    let (b0, r0) = (bad(&lab), lab.r.table().range_reads());
+    let parts: Vec<Vec<u8>> = (0..47).map(|_| ranges(0, leaves)).collect();
+    lab.send_raw(&bundle(&parts));
+    assert_eq!(bad(&lab), b0 + 47);
+    assert_eq!(lab.r.table().range_reads(), r0);
+    assert!(!sent_ranges(&lab.drain()));
+    assert_eq!(lab.r.peer_stats(EVIL).unwrap().malformed, 0);
+
+    // The tree's own ranges are served: the top level's first range (one read to compare,
+    // 64 for the child RANGES answering it) and a leaf (one read, then a LEAF_REQ).
+    let r0 = lab.r.table().range_reads();
+    lab.send_raw(&ranges(0, leaves / 64));
+    assert_eq!(lab.r.table().range_reads(), r0 + 1 + 64);
+    let out = lab.drain();
+    assert!(out.iter().any(|d| matches!(
+        SyncMsg::decode(d),
+        Ok(SyncMsg::Ranges { first: 0, span: 1, digests }) if digests.len() == 64 * 16
+    )));
+    lab.send_raw(&ranges(5 * 64 + 3, 1));
+    assert_eq!(lab.r.table().range_reads(), r0 + 66);
+    lab.advance(Duration::from_millis(10));
+    assert!(lab
+        .drain()
+        .iter()
+        .any(|d| matches!(SyncMsg::decode(d), Ok(SyncMsg::LeafReq { .. }))));
+    assert_eq!(bad(&lab), b0 + 47);
+}
+
+/// An answer the budget does not afford is dropped before its digests are computed: a
+/// RANGES of 64 differing ranges costs the 64 digest reads that compare them, not 64 × 64
+/// more for child RANGES that the budget then drops.
+#[test]
+fn an_unaffordable_ranges_answer_costs_no_digest_work() {
+    let mut lab = Lab::new(|c| {
+        // Enough for the set-up's small answers, never for a RANGES (1,035 bytes beyond
+        // the 512-byte reserve), and nothing earned.
+        c.answer_initial = 1024;
+        c.answer_factor = 0;
+    });
+    fill_own_states(&mut lab);
+    let st0 = lab.r.peer_stats(EVIL).unwrap();
+    let r0 = lab.r.table().range_reads();
+    let d: Vec<u8> = (0..64 * 16).map(|i| (i * 7 + 1) as u8).collect();
+    lab.send(&SyncMsg::Ranges {
+        first: 0,
+        span: 64,
+        digests: &d,
+    });
+    let st = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(st.answers_deferred, st0.answers_deferred + 64);
+    assert_eq!(lab.r.table().range_reads(), r0 + 64);
+    assert!(!lab
+        .drain()
+        .iter()
+        .any(|d| matches!(SyncMsg::decode(d), Ok(SyncMsg::Ranges { .. }))));
+    // A SUMMARY with another digest: the top-level RANGES answering it is refused likewise.
+    let clock = lab.clock();
+    lab.send(&SyncMsg::Summary {
+        digest: pfsync_gw::table::Digest(7),
+        count: 1,
+        leaves_log2: 12,
+        want_reply: true,
+        clock,
+    });
+    let st1 = lab.r.peer_stats(EVIL).unwrap();
+    assert_eq!(st1.answers_deferred, st.answers_deferred + 1);
+    assert_eq!(lab.r.table().range_reads(), r0 + 64);
+}
+
 /// Measurement, not a check (`cargo test --release --test sync_hostile -- --ignored
 /// --nocapture measure`): the replica's CPU per datagram of the anti-entropy floods of the
 /// 2026-12 review (RANGES digest work, tombstones crafted into one leaf) against honest-

@@ -556,6 +556,42 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The digest tree's ranges (docs/SYNC.md, *Digest*) are kept with the leaves: each is
+    /// the sum of its leaves' digests, and reading one costs one digest read, whatever its
+    /// span, for every leaf count.
+    #[test]
+    fn tree_ranges_are_the_sums_of_their_leaves(
+        ops in proptest::collection::vec(op(), 0..200),
+        log2 in 0u8..=13,
+    ) {
+        let now = t0();
+        let mut t = StateTable::new(TableConfig { leaves_log2: log2, ..Default::default() });
+        run(&mut t, &ops, now);
+        let n = t.leaf_count();
+        let spans: Vec<usize> = t.tree_spans().collect();
+        prop_assert_eq!(spans[0], (n / 64).max(1));
+        for w in spans.windows(2) {
+            prop_assert_eq!(w[1], (w[0] / 64).max(1));
+        }
+        prop_assert_eq!(spans.last(), Some(&1));
+        for &span in &spans {
+            prop_assert!(t.is_tree_span(span));
+            for first in (0..n).step_by(span) {
+                let mut sum = pfsync_gw::table::Digest::ZERO;
+                for l in first..first + span {
+                    sum.add(t.leaf_digest(l).0);
+                }
+                let before = t.range_reads();
+                prop_assert_eq!(t.range_digest(first, span), sum);
+                prop_assert_eq!(t.range_reads(), before + 1);
+            }
+        }
+        prop_assert!(!t.is_tree_span(n * 2) && !t.is_tree_span(0));
+        prop_assert_eq!(t.range_digest(0, n), t.digest());
+    }
+}
+
 // ---- the stored form is exact ---------------------------------------------------------------
 
 fn any_peer() -> impl Strategy<Value = PeerRepr> {

@@ -8,8 +8,8 @@ use super::bounds::ANSWER_RESERVE;
 use super::peer::set_bit;
 use super::*;
 
-/// Range digests are compared in groups of this many.
-pub(super) const FANOUT: usize = 64;
+/// Range digests are compared in groups of this many (the digest tree's fan-out).
+pub(super) const FANOUT: usize = crate::table::TREE_FANOUT;
 
 pub(super) fn summary(table: &mut StateTable, clock: u64, want_reply: bool) -> SyncMsg<'static> {
     SyncMsg::Summary {
@@ -28,14 +28,19 @@ pub(super) fn send_ranges(
     (first, span, n): (usize, usize, usize),
     now: Instant,
 ) {
-    let mut d = [0u8; FANOUT * 16];
     let n = n.min(FANOUT);
+    // A RANGES can answer a RANGES with up to 64 more: paid from the answer budget like
+    // RECORDS; a dropped one is asked for again at the next digest check. Checked before
+    // its digests are computed: an answer the budget refuses costs nothing more.
+    if !p.affords(cfg, proto::RANGES_HDR + n * 16, now, ANSWER_RESERVE) {
+        p.stats.answers_deferred += 1;
+        return;
+    }
+    let mut d = [0u8; FANOUT * 16];
     for i in 0..n {
         let dg = table.range_digest(first + i * span, span);
         d[i * 16..i * 16 + 16].copy_from_slice(&dg.to_be_bytes());
     }
-    // A RANGES can answer a RANGES with up to 64 more: paid from the answer budget like
-    // RECORDS; a dropped one is asked for again at the next digest check.
     let m = SyncMsg::Ranges {
         first: first as u32,
         span: span as u32,

@@ -57,6 +57,19 @@ impl Peer {
         self.stats.answer_bytes += bytes as u64;
     }
 
+    /// Would the budget afford an answer of `len` bytes now (beyond `reserve`)? Charged as
+    /// sent: with the BUNDLE framing it adds when it joins a datagram. Asked before an
+    /// answer that costs work to build (RANGES: its digests) is built.
+    pub(super) fn affords(
+        &mut self,
+        cfg: &ReplicaConfig,
+        len: usize,
+        now: Instant,
+        reserve: usize,
+    ) -> bool {
+        self.out.bundled_cost(len, cfg.max_datagram) <= self.affordable(cfg, now, reserve)
+    }
+
     /// Queue answer `m` if the budget affords it (beyond `reserve`); else it is dropped and
     /// counted: every such answer is asked for again by the peer's retry (HELLO every
     /// 500 ms, SUMMARY every second, a repeated NACK, the next digest check).
@@ -71,13 +84,11 @@ impl Peer {
         let Ok(n) = m.encode(&mut buf) else {
             return false;
         };
-        // Charged as sent: with the BUNDLE framing it adds when it joins a datagram.
-        let cost = self.out.bundled_cost(n, cfg.max_datagram);
-        if cost > self.affordable(cfg, now, reserve) {
+        if !self.affords(cfg, n, now, reserve) {
             self.stats.answers_deferred += 1;
             return false;
         }
-        self.spend(cost);
+        self.spend(self.out.bundled_cost(n, cfg.max_datagram));
         self.push_out(cfg, &buf[..n]);
         true
     }

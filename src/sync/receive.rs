@@ -356,6 +356,12 @@ impl Replica {
                 let leaves = self.table.leaf_count();
                 let p = self.peers.get_mut(&peer).unwrap();
                 let (first, span) = (first as usize, span as usize);
+                // Only ranges of the digest tree (docs/SYNC.md, *Digest*): each costs one
+                // digest read to compare; any other range would cost a sum over its leaves.
+                if !self.table.is_tree_span(span) || first % span != 0 {
+                    p.stats.bad_datagrams += 1;
+                    return Ok(());
+                }
                 for (i, theirs) in proto::range_digests(digests).enumerate() {
                     let start = first + i * span;
                     if start + span > leaves {

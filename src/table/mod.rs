@@ -8,13 +8,14 @@
 //!   when two nodes disagree. TCP/non-TCP stale protection applies in both: a state never rolls
 //!   back, whatever its version.
 //!
-//! The table keeps an order-independent [`Digest`] of its content and per-leaf digests
-//! (a fixed hash partition of the id space) for anti-entropy. Inserts and removals adjust
-//! them at once; an update only marks its entry, and the marked entries are rehashed when a
-//! digest is next read: a state updated a thousand times between two anti-entropy rounds is
-//! hashed once, not a thousand times (the entry hash was ≈ 6 % of a relaying gateway).
-//! Deleted ids are remembered as tombstones (bounded by count and age) so deletions can be
-//! propagated and late updates refused.
+//! The table keeps an order-independent [`Digest`] of its content, per-leaf digests (a
+//! fixed hash partition of the id space) and the digests of the ranges of leaves that
+//! anti-entropy compares (the digest tree, [`TREE_FANOUT`]), so that any digest a peer asks
+//! about is one read. Inserts and removals adjust them at once; an update only marks its
+//! entry, and the marked entries are rehashed when a digest is next read: a state updated a
+//! thousand times between two anti-entropy rounds is hashed once, not a thousand times (the
+//! entry hash was ≈ 6 % of a relaying gateway). Deleted ids are remembered as tombstones
+//! (bounded by count and age) so deletions can be propagated and late updates refused.
 
 pub mod digest;
 mod index;
@@ -34,6 +35,21 @@ use crate::wire::{BusStatus, Message, PeerRepr, StateId, StateRepr, UpdCRepr};
 
 /// How far ahead of the entry read `leaf_states` prefetches.
 const LEAF_PREFETCH_AHEAD: usize = 8;
+
+/// Each range of the digest tree splits into this many children (docs/SYNC.md, *Digest*):
+/// the top level is the `2^L / 64` ranges of the table, each range of span `s` > 1 has the
+/// 64 children of span `s / 64` (span 1, the leaves, below a span under 64).
+pub const TREE_FANOUT: usize = 64;
+const TREE_FANOUT_LOG2: u32 = TREE_FANOUT.trailing_zeros();
+
+/// Spans (as log2) of the digest tree's levels among `2^leaves_log2` leaves, top first,
+/// down to 0 (the leaves).
+fn tree_span_logs(leaves_log2: u8) -> impl Iterator<Item = u32> {
+    let top = (leaves_log2 as u32).saturating_sub(TREE_FANOUT_LOG2);
+    core::iter::successors(Some(top), |&s| {
+        (s > 0).then(|| s.saturating_sub(TREE_FANOUT_LOG2))
+    })
+}
 
 /// Orders changes of one state across nodes: a Lamport clock stamped by the gateway that
 /// observed the change from its own firewall; ties broken by node id.
@@ -263,6 +279,15 @@ impl Tomb {
     }
 }
 
+/// One level of the digest tree above the leaves: the digests of its ranges, the aligned
+/// runs of `1 << shift` leaves. Kept up to date with the leaves' digests (one more add per
+/// change), so that a range digest of the tree is one read, not a sum over its leaves.
+#[derive(Debug, Clone)]
+struct Level {
+    shift: u32,
+    sums: Vec<Digest>,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Leaf {
     /// Slab positions of the leaf's states (4 bytes each, not 16 for the id).
@@ -352,7 +377,11 @@ pub struct StateTable {
     /// The leaves' digests, dense (16 B each, 64 KiB at 4096 leaves): every update adds to
     /// one, and a separate array keeps them in cache.
     leaf_digests: Vec<Digest>,
+    /// The digest tree's levels of span > 1, top first (one of 64 ranges at 4096 leaves).
+    levels: Vec<Level>,
     digest: Digest,
+    /// Digests (of leaves or of tree ranges) read by `range_digest`: its cost.
+    range_reads: u64,
     /// Tombstone-list entries read to remove tombstones (tests: removal is O(1)).
     #[cfg(test)]
     tomb_reads: u64,
@@ -399,7 +428,15 @@ impl StateTable {
             tomb_order: VecDeque::new(),
             leaves: vec![Leaf::default(); 1usize << cfg.leaves_log2],
             leaf_digests: vec![Digest::ZERO; 1usize << cfg.leaves_log2],
+            levels: tree_span_logs(cfg.leaves_log2)
+                .filter(|&s| s > 0)
+                .map(|shift| Level {
+                    shift,
+                    sums: vec![Digest::ZERO; 1usize << (cfg.leaves_log2 as u32 - shift)],
+                })
+                .collect(),
             digest: Digest::ZERO,
+            range_reads: 0,
             #[cfg(test)]
             tomb_reads: 0,
             unhashed: Vec::new(),
@@ -561,15 +598,52 @@ impl StateTable {
     pub fn leaf_len(&self, leaf: usize) -> usize {
         self.leaves[leaf].ids.len()
     }
-    /// Digest of leaves `first .. first + span` (a range digest; O(span)).
+    /// Spans of the digest tree's ranges ([`TREE_FANOUT`]), top level first, down to 1:
+    /// 64 and 1 at 4096 leaves.
+    pub fn tree_spans(&self) -> impl Iterator<Item = usize> {
+        tree_span_logs(self.cfg.leaves_log2).map(|s| 1usize << s)
+    }
+    /// Is `span` the span of a level of the digest tree ([`tree_spans`](Self::tree_spans))?
+    pub fn is_tree_span(&self, span: usize) -> bool {
+        self.tree_spans().any(|s| s == span)
+    }
+    /// Digest of leaves `first .. first + span` (a range digest; the part beyond the table
+    /// counts as empty). O(1) for a range of the digest tree (a span of
+    /// [`tree_spans`](Self::tree_spans) and `first` a multiple of it) and for the whole
+    /// table; any other range sums its leaves.
     pub fn range_digest(&mut self, first: usize, span: usize) -> Digest {
         self.settle();
-        let mut d = Digest::ZERO;
         let n = self.leaf_digests.len();
-        for l in &self.leaf_digests[first.min(n)..(first + span).min(n)] {
+        if first == 0 && span >= n {
+            self.range_reads += 1;
+            return self.digest;
+        }
+        if first >= n {
+            return Digest::ZERO;
+        }
+        if span == 1 {
+            self.range_reads += 1;
+            return self.leaf_digests[first];
+        }
+        if span.is_power_of_two() && first % span == 0 && first + span <= n {
+            let shift = span.trailing_zeros();
+            if let Some(l) = self.levels.iter().find(|l| l.shift == shift) {
+                self.range_reads += 1;
+                return l.sums[first >> shift];
+            }
+        }
+        let leaves = &self.leaf_digests[first..(first + span).min(n)];
+        self.range_reads += leaves.len() as u64;
+        let mut d = Digest::ZERO;
+        for l in leaves {
             d.add(l.0);
         }
         d
+    }
+    /// How many digests (of leaves or of tree ranges) [`range_digest`](Self::range_digest)
+    /// has read: its cost, for tests and diagnostics.
+    pub fn range_reads(&self) -> u64 {
+        self.range_reads
     }
     /// Ids of the states in a leaf.
     pub fn leaf_states(&self, leaf: usize) -> impl ExactSizeIterator<Item = StateId> + '_ {
@@ -912,6 +986,17 @@ impl StateTable {
         }
     }
 
+    /// Add `d` (mod 2^128) to the digests that include leaf `leaf`: its own, its ranges' in
+    /// the tree, the table's.
+    #[inline]
+    fn add_to_leaf(&mut self, leaf: usize, d: u128) {
+        self.digest.add(d);
+        self.leaf_digests[leaf].add(d);
+        for l in &mut self.levels {
+            l.sums[leaf >> l.shift].add(d);
+        }
+    }
+
     /// Bring `hash` and the digests up to date for every marked entry.
     fn settle(&mut self) {
         let mut list = std::mem::take(&mut self.unhashed);
@@ -924,9 +1009,7 @@ impl StateTable {
             let (old, leaf) = (e.hash(), e.leaf as usize);
             let new = e.rehash();
             // Sums modulo 2^128: adding the difference is subtracting `old` and adding `new`.
-            let d = new.wrapping_sub(old);
-            self.digest.add(d);
-            self.leaf_digests[leaf].add(d);
+            self.add_to_leaf(leaf, new.wrapping_sub(old));
         }
         list.clear();
         self.unhashed = list;
@@ -943,8 +1026,7 @@ impl StateTable {
         let l = &mut self.leaves[leaf];
         let slot = l.ids.len() as u32;
         l.ids.push(pos);
-        self.leaf_digests[leaf].add(hash);
-        self.digest.add(hash);
+        self.add_to_leaf(leaf, hash);
         let now_ns = self.clock(now);
         let profile = self.pool.intern(&Profile::of(s));
         let cold = self.put_cold(s, profile, now_ns, None);
@@ -1003,8 +1085,7 @@ impl StateTable {
             }
         }
         // What the digests include, up to date or not.
-        self.leaf_digests[leaf].sub(e.hash());
-        self.digest.sub(e.hash());
+        self.add_to_leaf(leaf, e.hash().wrapping_neg());
         let rec = &self.arena[e.cold as usize..];
         self.garbage += store::record_len(rec);
         self.pool.release(store::profile_of(rec));
