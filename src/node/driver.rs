@@ -1326,6 +1326,10 @@ impl Node {
                 .map(|(k, v)| (k.to_string(), v)),
         );
         drops.insert("inject_queue_overflow".into(), rs.inject.dropped);
+        drops.insert(
+            "inject_queue_over_share".into(),
+            rs.inject.dropped_over_share,
+        );
         drops.insert("inject_untranslatable".into(), rs.inject.encode_errors);
         let local: BTreeMap<String, u64> = self
             .counters

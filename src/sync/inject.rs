@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::PeerId;
 use crate::table::digest::mix64;
 use crate::wire::{translate, Dialect, Message, PacketWriter, UpdCRun};
 
@@ -27,11 +28,17 @@ pub struct InjectStats {
     pub joined: u64,
     /// Packets of only `UPD_C` dropped after waiting longer than [`INJECT_MAX_AGE`].
     pub late: u64,
+    /// Of `dropped`: new packets of a source that held its share of a full queue.
+    pub dropped_over_share: u64,
 }
 
 pub struct Injector {
     dialect: Dialect,
     mtu: usize,
+    /// Who queued each packet (parallel to `queue`), and how many each source has queued:
+    /// a full queue is shared fairly (see `push`).
+    queued_src: VecDeque<Source>,
+    per_source: Vec<(Source, usize)>,
     /// Packets in order, each in a buffer of its own: a reassembled packet's buffer is
     /// queued as it is (no copy); buffers go back to `spare` once injected.
     queue: VecDeque<Vec<u8>>,
@@ -94,11 +101,20 @@ fn packet_hash(b: &[u8]) -> u64 {
     mix64(h[0] ^ h[1].rotate_left(16) ^ h[2].rotate_left(32) ^ h[3].rotate_left(48))
 }
 
+/// Who a queued packet came from: our own replica's answers to our firewall, or a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Peer(PeerId),
+}
+
 impl Injector {
     pub fn new(dialect: Dialect, mtu: usize, max: usize) -> Injector {
         Injector {
             dialect,
             mtu,
+            queued_src: VecDeque::new(),
+            per_source: Vec::new(),
             queue: VecDeque::new(),
             queued_at: VecDeque::new(),
             queued_bytes: 0,
@@ -150,41 +166,73 @@ impl Injector {
     }
 
     /// Queue bytes for injection, unchanged.
-    pub fn push_raw(&mut self, bytes: &[u8], now: Instant) {
-        self.push_copy(bytes, now, true);
+    pub fn push_raw(&mut self, bytes: &[u8], now: Instant, src: Source) {
+        self.push_copy(bytes, now, true, src);
     }
 
-    fn push_copy(&mut self, bytes: &[u8], now: Instant, echo: bool) {
+    fn push_copy(&mut self, bytes: &[u8], now: Instant, echo: bool, src: Source) {
         if bytes.len() > u16::MAX as usize {
             return;
         }
         let mut b = self.take_buf();
         b.reserve(bytes.len().max(self.mtu));
         b.extend_from_slice(bytes);
-        self.push(b, now, echo);
+        self.push(b, now, echo, src);
     }
 
     /// Queue the packet in `b` for injection, unchanged, keeping the buffer (a reassembled
     /// packet is not copied again).
-    pub(super) fn push_owned(&mut self, b: Vec<u8>, now: Instant) {
-        self.push(b, now, true);
+    pub(super) fn push_owned(&mut self, b: Vec<u8>, now: Instant, src: Source) {
+        self.push(b, now, true, src);
+    }
+
+    fn count(&mut self, src: Source) -> &mut usize {
+        let i = match self.per_source.iter().position(|&(s, _)| s == src) {
+            Some(i) => i,
+            None => {
+                self.per_source.push((src, 0));
+                self.per_source.len() - 1
+            }
+        };
+        &mut self.per_source[i].1
     }
 
     /// Queue `b`; `echo`: remember it for the echo filter (only packets that carry states
     /// can be echoes: see `is_echo`'s caller).
-    fn push(&mut self, b: Vec<u8>, now: Instant, echo: bool) {
+    fn push(&mut self, b: Vec<u8>, now: Instant, echo: bool, src: Source) {
         if b.len() > u16::MAX as usize {
             self.give_buf(b);
             return;
         }
-        // Beyond the bounds the oldest packets go.
-        while !self.queue.is_empty()
-            && (self.queue.len() >= self.max_items
-                || self.queued_bytes + b.capacity() > self.max_bytes)
-        {
+        // Beyond the bounds the oldest packets go — unless the source already holds its
+        // fair share of the queue (the bound over the sources queueing now): then its new
+        // packet does. One peer flooding us with small packets (a compromised one: a DATA
+        // datagram can carry twenty) fills only its share and never pushes the others'
+        // packets out; alone, it has the whole queue.
+        let full = |q: &Self| {
+            !q.queue.is_empty()
+                && (q.queue.len() >= q.max_items || q.queued_bytes + b.capacity() > q.max_bytes)
+        };
+        if full(self) {
+            let mine = *self.count(src);
+            let sources = self
+                .per_source
+                .iter()
+                .filter(|&&(s, n)| n > 0 || s == src)
+                .count();
+            if sources > 1 && mine >= self.max_items / sources {
+                self.give_buf(b);
+                self.stats.dropped += 1;
+                self.stats.dropped_over_share += 1;
+                return;
+            }
+        }
+        while full(self) {
             self.drop_front();
             self.stats.dropped += 1;
         }
+        *self.count(src) += 1;
+        self.queued_src.push_back(src);
         if echo {
             self.remember(packet_hash(&b), now);
         }
@@ -217,6 +265,10 @@ impl Injector {
     fn drop_front(&mut self) {
         if let Some(b) = self.queue.pop_front() {
             self.queued_at.pop_front();
+            if let Some(src) = self.queued_src.pop_front() {
+                let n = self.count(src);
+                *n = n.saturating_sub(1);
+            }
             self.queued_bytes -= b.capacity();
             self.give_buf(b);
         }
@@ -245,6 +297,7 @@ impl Injector {
                 back -= 1;
                 self.queue.swap(back, i);
                 self.queued_at.swap(back, i);
+                self.queued_src.swap(back, i);
             }
         }
         for _ in 0..back {
@@ -277,6 +330,7 @@ impl Injector {
         msgs: I,
         from: Option<Dialect>,
         now: Instant,
+        src: Source,
     ) {
         let mut buf = std::mem::take(&mut self.buf);
         let mtu = self.mtu.min(buf.len());
@@ -302,7 +356,7 @@ impl Injector {
                 Ok(false) if w.is_empty() => self.stats.encode_errors += 1,
                 Ok(false) => {
                     let n = w.finish();
-                    self.push_copy(&buf[..n], now, states);
+                    self.push_copy(&buf[..n], now, states, src);
                     w = PacketWriter::new(self.dialect, &mut buf[..mtu]);
                     states = false;
                     match w.push(&m) {
@@ -315,7 +369,7 @@ impl Injector {
         }
         if !w.is_empty() {
             let n = w.finish();
-            self.push_copy(&buf[..n], now, states);
+            self.push_copy(&buf[..n], now, states, src);
         }
         self.buf = buf;
     }
@@ -361,6 +415,51 @@ impl Injector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const P: Source = Source::Peer(0);
+
+    /// A peer flooding the injection queue (a compromised one: one DATA datagram can carry
+    /// twenty small packets) gets the whole queue only while alone; once another source
+    /// queues, the flood's new packets are dropped beyond half the queue, and never push
+    /// the other's out.
+    #[test]
+    fn a_flooding_peer_gets_its_share_of_a_full_queue() {
+        let d = Dialect::OpenbsdV6;
+        let now = Instant::now();
+        let pkt = |src: u8, i: u64| packet(d, &[Message::DelC(StateId::new(i, 7))], src);
+        let mut inj = Injector::new(d, 1480, 100);
+        for i in 0..200 {
+            inj.push_raw(&pkt(1, i), now, Source::Peer(1));
+        }
+        assert_eq!(
+            (inj.len(), inj.stats.dropped_over_share),
+            (100, 0),
+            "alone: all of it"
+        );
+        for i in 0..10 {
+            inj.push_raw(&pkt(2, i), now, Source::Peer(2));
+        }
+        for i in 0..500 {
+            inj.push_raw(&pkt(1, 1000 + i), now, Source::Peer(1));
+        }
+        assert_eq!(inj.stats.dropped_over_share, 500);
+        let (pkts, _) = drain(&mut inj, d);
+        let from = |c: u8| {
+            pkts.iter()
+                .filter(|p| p.windows(16).any(|w| w == [c; 16]))
+                .count()
+        };
+        assert_eq!(
+            (from(1), from(2)),
+            (90, 10),
+            "the other peer's packets were pushed out"
+        );
+        // Emptied, the queue is the flood's alone again.
+        for i in 0..150 {
+            inj.push_raw(&pkt(1, 2000 + i), now, Source::Peer(1));
+        }
+        assert_eq!((inj.len(), inj.stats.dropped_over_share), (100, 500));
+    }
     use crate::wire::packet::tests::{emit, upd_c};
     use crate::wire::{Packet, StateId};
 
@@ -399,7 +498,7 @@ mod tests {
             ];
             for (i, (m, at)) in queue.into_iter().enumerate() {
                 // A distinct checksum each: nothing is joined when drained.
-                inj.push_raw(&packet(d, m, i as u8), t0 + at);
+                inj.push_raw(&packet(d, m, i as u8), t0 + at, P);
             }
             // At t0 + 50 ms nothing is late yet (strictly longer than the bound).
             inj.shed_late(t0 + INJECT_MAX_AGE);
@@ -427,16 +526,16 @@ mod tests {
             let mut sent = Vec::new();
             for i in 0..40u64 {
                 let m = [upd_c(2 * i), upd_c(2 * i + 1)];
-                inj.push_raw(&packet(d, &m, 9), now);
+                inj.push_raw(&packet(d, &m, 9), now, P);
                 sent.extend(m);
             }
             // Not joined: a DEL_C between runs, and a firewall with another checksum.
             let del = [Message::DelC(StateId::new(99, 7))];
-            inj.push_raw(&packet(d, &del, 9), now);
+            inj.push_raw(&packet(d, &del, 9), now, P);
             sent.extend(del);
             let other = [upd_c(500)];
-            inj.push_raw(&packet(d, &other, 9), now);
-            inj.push_raw(&packet(d, &[upd_c(501)], 8), now);
+            inj.push_raw(&packet(d, &other, 9), now, P);
+            inj.push_raw(&packet(d, &[upd_c(501)], 8), now, P);
             sent.extend([upd_c(500), upd_c(501)]);
             let (pkts, msgs) = drain(&mut inj, d);
             assert_eq!(msgs, sent, "{d:?}: every update, in order");
@@ -496,13 +595,13 @@ mod tests {
         let now = Instant::now();
         for d in Dialect::ALL {
             let mut inj = Injector::new(d, 1480, 100);
-            inj.encode([Message::UpdReq(StateId::BULK)], None, now);
+            inj.encode([Message::UpdReq(StateId::BULK)], None, now, P);
             assert_eq!(inj.len(), 1);
             assert!(inj.echo.is_empty(), "{d:?}");
             let mut out = [0u8; 1480];
             let n = inj.pop(&mut out).unwrap();
             assert!(!inj.is_echo(&out[..n], now));
-            inj.encode([Message::DelC(StateId::new(5, 6))], None, now);
+            inj.encode([Message::DelC(StateId::new(5, 6))], None, now, P);
             let n = inj.pop(&mut out).unwrap();
             assert!(
                 inj.is_echo(&out[..n], now),
@@ -517,7 +616,7 @@ mod tests {
         for d in Dialect::ALL {
             let mut inj = Injector::new(d, 1480, 1000);
             let p = packet(d, &[upd_c(1), upd_c(2)], 3);
-            inj.push_raw(&p, now);
+            inj.push_raw(&p, now, P);
             assert_eq!(drain(&mut inj, d).0, vec![p]);
         }
     }
@@ -531,14 +630,14 @@ mod tests {
         let spares = |i: &Injector| i.spare.iter().map(Vec::capacity).sum::<usize>();
         // Small packets still take a local packet's room each (as the byte ring did)...
         for k in 0..200u8 {
-            inj.push_raw(&[k; 100], now);
+            inj.push_raw(&[k; 100], now, P);
             assert!(held(&inj) <= inj.max_bytes && inj.len() <= 64);
         }
         // ...and buffers grown by reassembly to twice that are counted at their size.
         for _ in 0..40 {
             let mut b = inj.take_buf();
             b.resize(2900, 1);
-            inj.push_owned(b, now);
+            inj.push_owned(b, now, P);
             assert!(held(&inj) + spares(&inj) <= inj.max_bytes);
         }
         let mut out = [0u8; 4096];
@@ -549,7 +648,7 @@ mod tests {
         assert_eq!(inj.spare_bytes, spares(&inj));
         // Only buffers of a local packet's size are kept (the grown ones were freed).
         assert!(inj.spare.iter().all(|b| b.capacity() <= 1500));
-        inj.push_raw(&[1; 100], now);
+        inj.push_raw(&[1; 100], now, P);
         assert!(inj.pop(&mut out).is_some());
     }
 

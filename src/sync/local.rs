@@ -191,7 +191,7 @@ impl Replica {
     /// state the firewall holds, including those created while the gateway was down.
     pub fn request_local_bulk(&mut self, now: Instant) {
         self.injector
-            .encode([Message::UpdReq(StateId::BULK)], None, now);
+            .encode([Message::UpdReq(StateId::BULK)], None, now, Source::Local);
     }
 
     /// A native pfsync packet captured from the local firewall (from `pfsync_header` on).
@@ -345,13 +345,13 @@ impl Replica {
             self.next_bulk_answer = now + self.cfg.bulk_answer_interval;
             self.stats.bulk_answers += 1;
             let it = self.table.bulk(now, self.cfg.node_id);
-            self.injector.encode(it, None, now);
+            self.injector.encode(it, None, now, Source::Local);
         }
         if sweep_done {
             self.finish_sweep(now, &mut replies);
         }
         if !replies.is_empty() {
-            self.injector.encode(replies, None, now);
+            self.injector.encode(replies, None, now, Source::Local);
         }
         if forward {
             self.stats.forwarded += 1;

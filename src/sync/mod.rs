@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::table::{Applied, Digest, IdMap, StateTable, TableConfig, TableStats, Version};
 use crate::wire::{BusStatus, Dialect, Message, Packet, StateId, WireError};
-use inject::{InjectStats, Injector};
+use inject::{InjectStats, Injector, Source};
 use link::{PacketRing, Pushed, RxVerdict, RxWindow, StateRef, TxQueue};
 use proto::{
     encode_record, msg_type, QueueDelay, Records, RECORDS_HDR, RECORD_VERSION, SYNC_VERSION,

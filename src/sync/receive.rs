@@ -425,8 +425,8 @@ impl Replica {
         let r = self.apply_data_inner(peer, &c.bytes, c.dialect, c.clock, now);
         let verbatim = matches!(r, Ok(true));
         match c.bytes {
-            Cow::Borrowed(b) if verbatim => self.injector.push_raw(b, now),
-            Cow::Owned(b) if verbatim => self.injector.push_owned(b, now),
+            Cow::Borrowed(b) if verbatim => self.injector.push_raw(b, now, Source::Peer(peer)),
+            Cow::Owned(b) if verbatim => self.injector.push_owned(b, now, Source::Peer(peer)),
             Cow::Owned(b) => self.injector.give_buf(b),
             Cow::Borrowed(_) => {}
         }
@@ -550,7 +550,8 @@ impl Replica {
                         Fate::Skip => None,
                         Fate::Keep => Some(m),
                     });
-            self.injector.encode(msgs, Some(dialect), now);
+            self.injector
+                .encode(msgs, Some(dialect), now, Source::Peer(peer));
         }
         Ok(false)
     }
@@ -648,7 +649,7 @@ impl Replica {
             }
         }
         if !out.is_empty() {
-            self.injector.encode(out, None, now);
+            self.injector.encode(out, None, now, Source::Peer(peer));
         }
     }
 }
