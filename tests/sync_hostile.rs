@@ -485,16 +485,7 @@ impl Pull {
 
 fn attack(ask: Ask, tweak: impl FnOnce(&mut ReplicaConfig)) -> Pull {
     let mut lab = Lab::new(tweak);
-    // The victim's mirror: 20,000 states of its own firewall.
-    let mut id = 10u64;
-    while id < 20_010 {
-        let msgs: Vec<Message> = (0..5)
-            .map(|k| Message::Ins(tcp_state(id + k, LOCAL_FW)))
-            .collect();
-        lab.r.on_local_pfsync(&packet(&msgs), lab.now).unwrap();
-        id += 5;
-    }
-    lab.drain();
+    fill_own_states(&mut lab);
     lab.sent = 0;
     lab.received = 0;
     let st0 = lab.r.peer_stats(EVIL).unwrap();

@@ -20,6 +20,15 @@ pub(super) const ANSWER_RESERVE: usize = 512;
 pub(super) const WANT_DATAGRAMS: u64 = 16;
 
 impl Peer {
+    /// The peer's creator ids: the configured ones, else those learned.
+    pub(super) fn space(&self) -> &[u32] {
+        if self.creators.is_empty() {
+            &self.learned
+        } else {
+            &self.creators
+        }
+    }
+
     /// Credit the opt-in `answer_rate` for the time passed (nothing by default).
     fn refill(&mut self, cfg: &ReplicaConfig, now: Instant) {
         if cfg.answer_rate == 0 {
@@ -185,13 +194,9 @@ impl Replica {
 
     /// Creator ids `peer` may insert and clear states of: configured, else learned so far.
     pub fn peer_creators(&self, peer: PeerId) -> Vec<u32> {
-        self.peers.get(&peer).map_or_else(Vec::new, |p| {
-            if p.creators.is_empty() {
-                p.learned.clone()
-            } else {
-                p.creators.clone()
-            }
-        })
+        self.peers
+            .get(&peer)
+            .map_or_else(Vec::new, |p| p.space().to_vec())
     }
 
     /// Is a clock `peer` sent within reach of ours? Counted when not, and noted for the
@@ -290,13 +295,7 @@ impl Replica {
                 // or another site's next connections.) Second-hand and harmless when
                 // refused, so no alarm: the owner's digest brings the tombstone if the
                 // state did exist.
-                let p = &self.peers[&peer];
-                let space = if p.creators.is_empty() {
-                    &p.learned
-                } else {
-                    &p.creators
-                };
-                if !self.cfg.creator_spaces || space.contains(&id.creator) {
+                if !self.cfg.creator_spaces || self.peers[&peer].space().contains(&id.creator) {
                     return true;
                 }
                 self.peers.get_mut(&peer).unwrap().stats.foreign_refused += 1;
@@ -307,13 +306,7 @@ impl Replica {
         if !self.cfg.creator_spaces {
             return true;
         }
-        let p = &self.peers[&peer];
-        let space = if p.creators.is_empty() {
-            &p.learned
-        } else {
-            &p.creators
-        };
-        let mut own = space.contains(&creator);
+        let mut own = self.peers[&peer].space().contains(&creator);
         if !own {
             let claimed = self.local_creators.contains(&creator)
                 || self.peers.iter().any(|(&id, q)| {
@@ -341,12 +334,7 @@ impl Replica {
             return false;
         }
         if insert {
-            let p = &self.peers[&peer];
-            let space = if p.creators.is_empty() {
-                &p.learned
-            } else {
-                &p.creators
-            };
+            let space = self.peers[&peer].space();
             let held: usize = space.iter().map(|&c| self.table.creator_len(c)).sum();
             if held >= self.cfg.peer_max_states {
                 self.peers.get_mut(&peer).unwrap().stats.states_refused += 1;
