@@ -410,3 +410,100 @@ fn attackers_with_cookies_cannot_use_up_the_peers_handshakes() {
     let sent = pump(&mut a, a_addr, &mut b, t1);
     assert_eq!(sent[0].2, Recv::Handshake { peer: 0 });
 }
+
+/// A host that receives at one peer's IP on another port (behind the same NAT, a user on
+/// that peer's host) floods us with cookie-carrying initiations of its own key. The reserved
+/// buckets are per peer and match the whole address: another peer still gets its handshake
+/// through (a single bucket shared by all peers' IPs was drained for everyone before).
+#[test]
+fn a_host_at_a_peers_ip_cannot_starve_the_peers_handshakes() {
+    let now = Instant::now();
+    let (a_addr, b_addr, c_addr) = (sa(1), sa(2), sa(3));
+    let (ia, ib, ic) = (
+        Identity::from_private([1; 32]),
+        Identity::from_private([2; 32]),
+        Identity::from_private([3; 32]),
+    );
+    let mut b = Endpoint::new(ib.clone(), OsRng, now);
+    b.add_peer(0, ia.public(), None, Some(a_addr), None);
+    b.add_peer(1, ic.public(), None, Some(c_addr), None);
+    let mut c = Endpoint::new(ic, OsRng, now);
+    c.add_peer(0, ib.public(), None, Some(b_addr), None);
+    let (mut wire, mut w2, mut plain) = (vec![0u8; 4096], vec![0u8; 4096], vec![0u8; 4096]);
+    // The attacker: A's IP, another port, a key nobody configured.
+    let att_src = SocketAddr::from((a_addr.ip(), 40000));
+    let mut e = Endpoint::new(Identity::generate(&mut OsRng), OsRng, now);
+    e.add_peer(0, b.public(), None, Some(b_addr), None);
+    assert_eq!(e.send(0, b"x", now, &mut wire), Send::Queued);
+    let tx = e.poll_transmit(now, &mut wire).unwrap();
+    for _ in 0..20 {
+        b.handle_datagram(att_src, &wire[..tx.len], now, &mut plain);
+    }
+    assert!(b.dos_stats().under_load);
+    // Its cookie, then its retransmission (valid mac2) resent 200 times a second.
+    while let Some(t) = b.poll_transmit(now, &mut w2) {
+        if t.to == att_src {
+            e.handle_datagram(b_addr, &w2[..t.len], now, &mut plain);
+        }
+    }
+    let t0 = now + REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX;
+    e.handle_timeout(t0);
+    let atx = e.poll_transmit(t0, &mut wire).unwrap();
+    let att = wire[..atx.len].to_vec();
+    assert_eq!(c.send(0, b"hello", now, &mut wire), Send::Queued);
+    let mut t = now;
+    while t < now + Duration::from_secs(30) && !c.peer_status(0).unwrap().established {
+        t += Duration::from_millis(5);
+        b.handle_datagram(att_src, &att, t, &mut plain);
+        while b.poll_transmit(t, &mut w2).is_some() {}
+        c.handle_timeout(t);
+        pump(&mut c, c_addr, &mut b, t);
+        pump(&mut b, b_addr, &mut c, t);
+    }
+    assert!(
+        c.peer_status(0).unwrap().established,
+        "the other peer never got through: {:?}",
+        b.drops()
+    );
+}
+
+/// During a key rotation an eavesdropper holds an initiation made with each of a peer's
+/// keys. Replayed, one is refused — and must not turn the key we initiate to back to the
+/// one the peer no longer answers to (it did: our handshakes then failed at the peer).
+#[test]
+fn a_replayed_initiation_does_not_swap_the_rotation_key() {
+    let now = Instant::now();
+    let (a_addr, b_addr) = (sa(1), sa(2));
+    let mut a = Endpoint::new(Identity::from_private([1; 32]), OsRng, now);
+    let mut b = Endpoint::new(Identity::from_private([2; 32]), OsRng, now);
+    let (pa, pb) = (a.public(), b.public());
+    a.add_peer(0, pb, None, Some(b_addr), None);
+    b.add_peer(0, pa, None, Some(a_addr), None);
+    let mut wire = vec![0u8; 4096];
+    let mut plain = vec![0u8; 4096];
+    assert_eq!(a.send(0, b"hello", now, &mut wire), Send::Queued);
+    let old_init = pump(&mut a, a_addr, &mut b, now)[0].1.clone();
+    for _ in 0..3 {
+        pump(&mut b, b_addr, &mut a, now);
+        pump(&mut a, a_addr, &mut b, now);
+    }
+    assert!(b.peer_status(0).unwrap().established);
+    // Rotation: b accepts both keys; a moves to its new one and handshakes.
+    let new_a = Identity::from_private([11; 32]);
+    let new_pub = new_a.public();
+    b.set_peer_keys(0, new_pub, Some(pa));
+    a.set_identity(new_a);
+    let t1 = now + Duration::from_secs(1);
+    assert_eq!(
+        pump(&mut a, a_addr, &mut b, t1)[0].2,
+        Recv::Handshake { peer: 0 }
+    );
+    assert_eq!(b.peer_status(0).unwrap().public, new_pub);
+    let r = b.handle_datagram(sa(666), &old_init, t1 + Duration::from_secs(1), &mut plain);
+    assert_eq!(r, Recv::Dropped(DropReason::ReplayedHandshake));
+    assert_eq!(
+        b.peer_status(0).unwrap().public,
+        new_pub,
+        "a refused replay changed the key we initiate to"
+    );
+}

@@ -14,9 +14,11 @@
 //!    [`HANDSHAKE_BUDGET_BURST`]): an upper bound on Diffie-Hellman work per second,
 //!    whatever the number of sources. At ≈0.2 ms per handshake this caps handshake CPU at
 //!    about 10 % of one core, so transport data and the control socket always get the rest.
-//!    Handshakes from a configured peer's current or proven address use a reserved bucket
-//!    ([`KNOWN_RATE`]/s, burst [`KNOWN_BURST`]) instead, so the peers still get through
-//!    when attackers with real addresses and valid cookies use up the global budget.
+//!    Handshakes from a configured peer's current or proven address — the whole address,
+//!    port included — use that peer's own reserved bucket ([`KNOWN_RATE`]/s, burst
+//!    [`KNOWN_BURST`]) instead, so the peers still get through when attackers with real
+//!    addresses and valid cookies use up the global budget, and a host sharing one peer's
+//!    IP (a NAT, a user on its host) can neither drain another peer's bucket nor its own.
 //! 4. **Cookie replies** wait in a fixed ring of [`COOKIE_QUEUE`] entries (drained by
 //!    `poll_transmit`) and are sealed only when sent; when the ring is full further
 //!    replies are dropped and counted, so answering a flood costs at most the ring's size
@@ -49,11 +51,11 @@ pub const SOURCE_BUCKETS: usize = 4096;
 pub const HANDSHAKE_BUDGET_RATE: u32 = 500;
 /// Burst of the global handshake budget.
 pub const HANDSHAKE_BUDGET_BURST: u32 = 50;
-/// Handshakes per second from the addresses of configured peers, all together (reserved,
-/// outside the global budget).
-pub const KNOWN_RATE: u32 = 50;
-/// Burst of the reserved bucket.
-pub const KNOWN_BURST: u32 = 10;
+/// Handshakes per second from one configured peer's address (reserved per peer, outside
+/// the global budget; a peer needs one per 2 minutes, a few more on loss).
+pub const KNOWN_RATE: u32 = 20;
+/// Burst of a peer's reserved bucket.
+pub const KNOWN_BURST: u32 = 5;
 /// Cookie replies per second to sources that are not a configured peer's address.
 pub const COOKIE_RATE: u32 = 2_000;
 /// Burst of the cookie-reply rate.
@@ -87,7 +89,6 @@ pub(crate) struct Guard {
     hasher: std::collections::hash_map::RandomState,
     buckets: Box<[Bucket]>,
     budget: Bucket,
-    known: Bucket,
     cookies: Bucket,
     ring: Box<[Option<PendingCookie>]>,
     ring_head: usize,
@@ -103,7 +104,6 @@ impl Guard {
             hasher: std::collections::hash_map::RandomState::new(),
             buckets: vec![Bucket::EMPTY; SOURCE_BUCKETS].into_boxed_slice(),
             budget: Bucket::EMPTY,
-            known: Bucket::EMPTY,
             cookies: Bucket::EMPTY,
             ring: vec![None; COOKIE_QUEUE].into_boxed_slice(),
             ring_head: 0,
@@ -131,11 +131,12 @@ impl Guard {
     }
 
     /// Per-source bucket, then the global budget. Runs after the mac2 check. A source
-    /// that is a configured peer's address (`known`) uses a reserved bucket instead, so
-    /// attackers holding valid cookies for their own addresses cannot use up the budget
-    /// the real peers need (under load, spoofing a peer's address gets no cookie).
-    pub fn admit(&mut self, src: SocketAddr, known: bool, now: Instant) -> Admit {
-        let verdict = self.admit_inner(src, known, now);
+    /// that is a configured peer's address uses that peer's reserved bucket (`reserved`)
+    /// instead, so attackers holding valid cookies for their own addresses cannot use up
+    /// the budget the real peers need (under load, spoofing a peer's address gets no
+    /// cookie).
+    pub fn admit(&mut self, src: SocketAddr, reserved: Option<&mut Bucket>, now: Instant) -> Admit {
+        let verdict = self.admit_inner(src, reserved, now);
         if verdict != Admit::Process {
             // Any budget exceeded means load: from now on, senders must prove their
             // address with a cookie. Without this, a flood spoofing a peer's address below
@@ -145,9 +146,14 @@ impl Guard {
         verdict
     }
 
-    fn admit_inner(&mut self, src: SocketAddr, known: bool, now: Instant) -> Admit {
-        if known {
-            return if self.known.take(now, KNOWN_RATE, KNOWN_BURST) {
+    fn admit_inner(
+        &mut self,
+        src: SocketAddr,
+        reserved: Option<&mut Bucket>,
+        now: Instant,
+    ) -> Admit {
+        if let Some(b) = reserved {
+            return if b.take(now, KNOWN_RATE, KNOWN_BURST) {
                 Admit::Process
             } else {
                 Admit::SourceRate
@@ -231,15 +237,15 @@ mod tests {
         let a: SocketAddr = "198.51.100.7:1".parse().unwrap();
         let b: SocketAddr = "198.51.100.7:2".parse().unwrap();
         for _ in 0..SOURCE_BURST {
-            assert_eq!(g.admit(a, false, t), Admit::Process);
+            assert_eq!(g.admit(a, None, t), Admit::Process);
         }
         // Same IP, other port: same bucket.
-        assert_eq!(g.admit(b, false, t), Admit::SourceRate);
+        assert_eq!(g.admit(b, None, t), Admit::SourceRate);
         // Refills at SOURCE_RATE per second.
         assert_eq!(
             g.admit(
                 a,
-                false,
+                None,
                 t + Duration::from_millis(1000 / SOURCE_RATE as u64)
             ),
             Admit::Process
@@ -253,7 +259,7 @@ mod tests {
         let mut processed = 0;
         for i in 0..10_000u32 {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 | i);
-            if g.admit(SocketAddr::from((ip, 9)), false, t) == Admit::Process {
+            if g.admit(SocketAddr::from((ip, 9)), None, t) == Admit::Process {
                 processed += 1;
             }
         }

@@ -27,6 +27,7 @@ use super::timers::{
     PeerTimers, HANDSHAKE_INITIATION_RATE, KEEPALIVE_TIMEOUT, MAX_QUEUED_PAYLOADS,
     REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, ZERO_KEYS_AFTER,
 };
+use crate::bucket::Bucket;
 
 /// Caller-chosen handle for a peer.
 pub type PeerId = usize;
@@ -189,6 +190,8 @@ struct Peer {
     proven: Option<SocketAddr>,
     /// Transport bytes we may still send to an unproven `endpoint`.
     roam_budget: u64,
+    /// Handshakes from `endpoint` or `proven` (exactly) draw from this reserved bucket.
+    handshake_bucket: Bucket,
     /// Where our pending initiation / our last response went: answering it proves receipt.
     initiation_sent_to: Option<SocketAddr>,
     response_sent_to: Option<SocketAddr>,
@@ -575,6 +578,7 @@ impl Endpoint {
             // A configured endpoint is trusted by the operator.
             proven: endpoint,
             roam_budget: 0,
+            handshake_bucket: Bucket::EMPTY,
             initiation_sent_to: None,
             response_sent_to: None,
             handshake: None,
@@ -719,10 +723,6 @@ impl Endpoint {
         };
         let shared = &mut self.shared;
         let peer = self.peers.get_mut(&id).expect("by_key and peers agree");
-        if consumed.remote != peer.public {
-            // The peer answers to its rotation key: use it from now on.
-            peer.swap_keys();
-        }
         if peer
             .last_received_timestamp
             .is_some_and(|last| consumed.timestamp <= last)
@@ -734,6 +734,12 @@ impl Endpoint {
             .is_some_and(|t| now < t + HANDSHAKE_INITIATION_RATE)
         {
             return shared.dropped(DropReason::HandshakeRate);
+        }
+        if consumed.remote != peer.public {
+            // The peer answers to its rotation key: use it from now on. Only for a fresh
+            // initiation: a replayed one (any eavesdropper has one of each key) must not
+            // turn our own handshakes to the key the peer no longer answers to.
+            peer.swap_keys();
         }
         let timestamp = consumed.timestamp;
         let remote_index = consumed.remote_index;
@@ -1158,10 +1164,17 @@ impl Endpoint {
         mac1: &[u8],
         now: Instant,
     ) -> Result<(), Recv> {
+        // A peer's IP gets a cookie whatever the port (a NAT may have moved it); only its
+        // exact address draws from its reserved bucket.
         let ip = src.ip();
         let known = self.peers.values().any(|p| {
             p.endpoint.is_some_and(|e| e.ip() == ip) || p.proven.is_some_and(|e| e.ip() == ip)
         });
+        let reserved = self
+            .peers
+            .values_mut()
+            .find(|p| p.endpoint == Some(src) || p.proven == Some(src))
+            .map(|p| &mut p.handshake_bucket);
         let sh = &mut self.shared;
         if sh.guard.note_handshake(now) {
             if !sh
@@ -1189,7 +1202,7 @@ impl Endpoint {
             }
             sh.dos.mac2_accepted += 1;
         }
-        match sh.guard.admit(src, known, now) {
+        match sh.guard.admit(src, reserved, now) {
             Admit::Process => {
                 sh.dos.handshakes_processed += 1;
                 Ok(())
