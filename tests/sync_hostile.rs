@@ -483,6 +483,16 @@ impl Pull {
     }
 }
 
+/// A xorshift64 generator: repeatable pseudo-random values for the floods.
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 fn attack(ask: Ask, tweak: impl FnOnce(&mut ReplicaConfig)) -> Pull {
     let mut lab = Lab::new(tweak);
     fill_own_states(&mut lab);
@@ -493,13 +503,7 @@ fn attack(ask: Ask, tweak: impl FnOnce(&mut ReplicaConfig)) -> Pull {
     let log2 = lab.r.table().config().leaves_log2;
     let e = lab.our_epoch;
     let mut pull = Pull::default();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rand = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rand = xorshift(0x9e37_79b9_7f4a_7c15);
     let (mut l, mut sid, mut top_seq) = (0u32, 10u64, 0u32);
     if ask == Ask::Alive || ask == Ask::Mixed {
         // 32 gaps in our receive window: empty RECORDS at odd sequence numbers.
@@ -1518,13 +1522,7 @@ fn an_unaffordable_ranges_answer_costs_no_digest_work() {
 #[ignore]
 fn measure_anti_entropy_work_per_datagram() {
     use std::time::Instant as T;
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut rand = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rand = xorshift(0x2545_f491_4f6c_dd1d);
     // Each case: the datagrams to send (built beforehand), timed over `on_peer_datagram`
     // only; the replica's answers are drained untimed between batches.
     let run = |name: &str, lab: &mut Lab, dgrams: Vec<Vec<u8>>| {

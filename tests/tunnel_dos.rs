@@ -473,12 +473,8 @@ fn a_host_at_a_peers_ip_cannot_starve_the_peers_handshakes() {
 #[test]
 fn a_replayed_initiation_does_not_swap_the_rotation_key() {
     let now = Instant::now();
-    let (a_addr, b_addr) = (sa(1), sa(2));
-    let mut a = Endpoint::new(Identity::from_private([1; 32]), OsRng, now);
-    let mut b = Endpoint::new(Identity::from_private([2; 32]), OsRng, now);
-    let (pa, pb) = (a.public(), b.public());
-    a.add_peer(0, pb, None, Some(b_addr), None);
-    b.add_peer(0, pa, None, Some(a_addr), None);
+    let (mut a, mut b, a_addr, b_addr) = pair(now);
+    let pa = a.public();
     let mut wire = vec![0u8; 4096];
     let mut plain = vec![0u8; 4096];
     assert_eq!(a.send(0, b"hello", now, &mut wire), Send::Queued);

@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 
 use super::driver::NodeError;
 use super::status::Status;
+use crate::bucket::Bucket;
 use crate::config::Config;
 
 pub const DEFAULT_SOCKET: &str = "/run/pfsync-gw.sock";
@@ -38,8 +39,10 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Connections each listener accepts per second, after a burst of [`ACCEPT_BURST`]: both
 /// run on the relay thread, so a local user's connection flood must not take it over.
 /// Beyond the pace, connections wait in the kernel's backlog (or are refused by it).
-pub const ACCEPT_RATE: f64 = 200.0;
-pub const ACCEPT_BURST: f64 = 64.0;
+pub const ACCEPT_RATE: u32 = 200;
+pub const ACCEPT_BURST: u32 = 64;
+/// A token's worth of time at [`ACCEPT_RATE`].
+const ACCEPT_STEP: Duration = Duration::from_millis(1000 / ACCEPT_RATE as u64);
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
@@ -212,27 +215,9 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// A token bucket of accepts ([`ACCEPT_RATE`], [`ACCEPT_BURST`]).
-struct AcceptPace {
-    tokens: f64,
-    at: Instant,
-}
-
-impl AcceptPace {
-    fn new(now: Instant) -> AcceptPace {
-        AcceptPace {
-            tokens: ACCEPT_BURST,
-            at: now,
-        }
-    }
-
-    /// Takes a token: how long to wait first, if the bucket is empty.
-    fn take(&mut self, now: Instant) -> Option<Duration> {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * ACCEPT_RATE).min(ACCEPT_BURST) - 1.0;
-        self.at = now;
-        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / ACCEPT_RATE))
-    }
+/// Takes an accept token from `pace`; none left: how long until one has accrued.
+fn accept_wait(pace: &mut Bucket, now: Instant) -> Option<Duration> {
+    (!pace.take(now, ACCEPT_RATE, ACCEPT_BURST)).then_some(ACCEPT_STEP)
 }
 
 /// The status part of `/metrics`, rendered once per status refresh however often it is
@@ -274,11 +259,14 @@ async fn accept_loop<S, A, AF, H, HF>(
     let mut clients = Clients::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut last_log: Option<Instant> = None;
-    let mut pace = AcceptPace::new(Instant::now());
+    let mut pace = Bucket::EMPTY;
     loop {
-        if let Some(wait) = pace.take(Instant::now()) {
+        if let Some(wait) = accept_wait(&mut pace, Instant::now()) {
             pick(&stats).paced.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(wait).await;
+            while let Some(wait) = accept_wait(&mut pace, Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
         }
         match accept().await {
             Ok(stream) => {
@@ -543,22 +531,27 @@ mod tests {
     #[test]
     fn accepts_are_paced_after_a_burst() {
         let t0 = Instant::now();
-        let mut p = AcceptPace::new(t0);
+        let mut p = Bucket::EMPTY;
         for _ in 0..64 {
-            assert_eq!(p.take(t0), None);
+            assert_eq!(accept_wait(&mut p, t0), None);
         }
-        let w = p.take(t0).expect("the 65th waits");
+        let w = accept_wait(&mut p, t0).expect("the 65th waits");
         assert!((4_900..=5_100).contains(&w.as_micros()), "{w:?}");
-        // Sustained demand: 200 a second after the burst.
-        let (mut t, mut n) = (t0 + w, 65);
+        // Sustained demand, each accept as soon as the pace lets it: 200 a second after
+        // the burst.
+        let (mut t, mut n) = (t0 + w, 64);
         while t < t0 + Duration::from_secs(10) {
-            t += p.take(t).unwrap_or_default();
+            while let Some(w) = accept_wait(&mut p, t) {
+                t += w;
+            }
             n += 1;
         }
         assert!((64 + 1_999..=64 + 2_001).contains(&n), "{n}");
         // Idle, the bucket refills to the burst, no further.
         let t2 = t + Duration::from_secs(60);
-        let free = (0..100).take_while(|_| p.take(t2).is_none()).count();
+        let free = (0..100)
+            .take_while(|_| accept_wait(&mut p, t2).is_none())
+            .count();
         assert_eq!(free, 64);
     }
 

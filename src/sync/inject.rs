@@ -415,53 +415,10 @@ impl Injector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const P: Source = Source::Peer(0);
-
-    /// A peer flooding the injection queue (a compromised one: one DATA datagram can carry
-    /// twenty small packets) gets the whole queue only while alone; once another source
-    /// queues, the flood's new packets are dropped beyond half the queue, and never push
-    /// the other's out.
-    #[test]
-    fn a_flooding_peer_gets_its_share_of_a_full_queue() {
-        let d = Dialect::OpenbsdV6;
-        let now = Instant::now();
-        let pkt = |src: u8, i: u64| packet(d, &[Message::DelC(StateId::new(i, 7))], src);
-        let mut inj = Injector::new(d, 1480, 100);
-        for i in 0..200 {
-            inj.push_raw(&pkt(1, i), now, Source::Peer(1));
-        }
-        assert_eq!(
-            (inj.len(), inj.stats.dropped_over_share),
-            (100, 0),
-            "alone: all of it"
-        );
-        for i in 0..10 {
-            inj.push_raw(&pkt(2, i), now, Source::Peer(2));
-        }
-        for i in 0..500 {
-            inj.push_raw(&pkt(1, 1000 + i), now, Source::Peer(1));
-        }
-        assert_eq!(inj.stats.dropped_over_share, 500);
-        let (pkts, _) = drain(&mut inj, d);
-        let from = |c: u8| {
-            pkts.iter()
-                .filter(|p| p.windows(16).any(|w| w == [c; 16]))
-                .count()
-        };
-        assert_eq!(
-            (from(1), from(2)),
-            (90, 10),
-            "the other peer's packets were pushed out"
-        );
-        // Emptied, the queue is the flood's alone again.
-        for i in 0..150 {
-            inj.push_raw(&pkt(1, 2000 + i), now, Source::Peer(1));
-        }
-        assert_eq!((inj.len(), inj.stats.dropped_over_share), (100, 500));
-    }
     use crate::wire::packet::tests::{emit, upd_c};
     use crate::wire::{Packet, StateId};
+
+    const P: Source = Source::Peer(0);
 
     fn packet(d: Dialect, msgs: &[Message], cksum: u8) -> Vec<u8> {
         emit(d, msgs, [cksum; 16])
@@ -667,5 +624,48 @@ mod tests {
         let b = inj.take_buf();
         assert!(b.is_empty() && b.capacity() >= 1500);
         assert_eq!(inj.spare.len(), 1);
+    }
+
+    /// A peer flooding the injection queue (a compromised one: one DATA datagram can carry
+    /// twenty small packets) gets the whole queue only while alone; once another source
+    /// queues, the flood's new packets are dropped beyond half the queue, and never push
+    /// the other's out.
+    #[test]
+    fn a_flooding_peer_gets_its_share_of_a_full_queue() {
+        let d = Dialect::OpenbsdV6;
+        let now = Instant::now();
+        let pkt = |src: u8, i: u64| packet(d, &[Message::DelC(StateId::new(i, 7))], src);
+        let mut inj = Injector::new(d, 1480, 100);
+        for i in 0..200 {
+            inj.push_raw(&pkt(1, i), now, Source::Peer(1));
+        }
+        assert_eq!(
+            (inj.len(), inj.stats.dropped_over_share),
+            (100, 0),
+            "alone: all of it"
+        );
+        for i in 0..10 {
+            inj.push_raw(&pkt(2, i), now, Source::Peer(2));
+        }
+        for i in 0..500 {
+            inj.push_raw(&pkt(1, 1000 + i), now, Source::Peer(1));
+        }
+        assert_eq!(inj.stats.dropped_over_share, 500);
+        let (pkts, _) = drain(&mut inj, d);
+        let from = |c: u8| {
+            pkts.iter()
+                .filter(|p| p.windows(16).any(|w| w == [c; 16]))
+                .count()
+        };
+        assert_eq!(
+            (from(1), from(2)),
+            (90, 10),
+            "the other peer's packets were pushed out"
+        );
+        // Emptied, the queue is the flood's alone again.
+        for i in 0..150 {
+            inj.push_raw(&pkt(1, 2000 + i), now, Source::Peer(1));
+        }
+        assert_eq!((inj.len(), inj.stats.dropped_over_share), (100, 500));
     }
 }
