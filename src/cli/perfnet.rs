@@ -203,6 +203,10 @@ struct Shared {
     /// shows here (docs/PERFORMANCE.md, the overload age tail).
     rx_last_us: AtomicU32,
     rx_gap_max_us: AtomicU32,
+    /// Send time (µs) from which changes belong to the current point: a backlog of the
+    /// point before (an overload's queue, released after a stall) is not this point's
+    /// delivery, latency or loss.
+    point_start_us: AtomicU32,
 }
 
 impl Shared {
@@ -340,6 +344,7 @@ fn load(args: &LoadArgs) -> io::Result<()> {
         rx_changes: AtomicU64::new(0),
         rx_last_us: AtomicU32::new(0),
         rx_gap_max_us: AtomicU32::new(0),
+        point_start_us: AtomicU32::new(0),
     });
     let lat = Arc::new(std::sync::Mutex::new(Samples::default()));
 
@@ -399,6 +404,7 @@ fn load(args: &LoadArgs) -> io::Result<()> {
                             continue;
                         };
                         let mut ours = 0;
+                        let point = sh.point_start_us.load(Ordering::Relaxed);
                         for m in p.messages() {
                             let (id, seq) = match m {
                                 Message::UpdC(u) => (u.id, u.src.seqlo),
@@ -409,8 +415,11 @@ fn load(args: &LoadArgs) -> io::Result<()> {
                                 continue;
                             }
                             let idx = id.id as usize - 1;
-                            ours += 1;
                             sh.newest[idx].fetch_max(seq, Ordering::Relaxed);
+                            if seq < point {
+                                continue;
+                            }
+                            ours += 1;
                             if seq > 1 {
                                 local.push(now.saturating_sub(seq));
                             }
@@ -526,6 +535,7 @@ fn send_all(
             let dur = Duration::from_secs_f64(args.secs.max(0.2));
             let start = Instant::now();
             let start_us = sh.now_us();
+            sh.point_start_us.store(start_us, Ordering::Relaxed);
             let mut sent = 0u64;
             let mut ages = Samples::default();
             let mut next_sample = start + Duration::from_millis(100);
