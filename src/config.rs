@@ -27,6 +27,9 @@ pub const DEFAULT_PORT: u16 = 51900;
 /// `cli`, because both report such errors.
 pub const EXIT_BAD_INPUT: i32 = 2;
 
+/// Longest `[emulator] churn_for` (a year, in seconds).
+pub const MAX_CHURN_FOR: u64 = 365 * 86_400;
+
 /// A configuration problem: which file, which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -688,6 +691,13 @@ impl Config {
             return Err(err(
                 "emulator.hostid",
                 "0 is not a valid creator id (pf rejects it)".into(),
+            ));
+        }
+        // Added to the start time: beyond what an `Instant` holds, `run` would panic.
+        if let Some(s) = emu.churn_for.filter(|&s| s > MAX_CHURN_FOR) {
+            return Err(err(
+                "emulator.churn_for",
+                format!("{s} is outside 0..={MAX_CHURN_FOR} seconds (leave it out: never)"),
             ));
         }
 

@@ -157,6 +157,24 @@ fn a_state_limit_beyond_what_the_table_can_address_is_refused() {
     );
 }
 
+/// Found by review: `check` passed and `run` panicked ("overflow when adding duration to
+/// instant") on a `churn_for` beyond what an `Instant` can hold.
+#[test]
+fn a_churn_duration_beyond_what_a_clock_holds_is_refused_not_a_panic() {
+    let d = Dir::new("cfg-churn");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let with = |v: &str| format!("{}\n[emulator]\nchurn_for = {v}\n", config(&a, &b_pub, ""));
+    let huge = i64::MAX.to_string();
+    assert_exit2(&check(&d, &with(&huge)), &["emulator.churn_for", &huge]);
+    let p = d.path("run.toml");
+    std::fs::write(&p, with(&huge)).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = run(&["run", "--config", p.to_str().unwrap()], None);
+    assert_exit2(&o, &["emulator.churn_for"]);
+    assert!(check(&d, &with("31536000")).status.success());
+}
+
 #[test]
 fn unknown_dialect_and_bad_endpoint() {
     let d = Dir::new("cfg-dialect");
