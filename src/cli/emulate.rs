@@ -323,13 +323,32 @@ fn status_json(emu: &mut Emulator) -> String {
 
 /// Write tmp + rename, so readers never see a partial file.
 fn write_status(path: &Path, emu: &mut Emulator) {
+    if let Err(e) = replace_file(path, &(status_json(emu) + "\n")) {
+        eprintln!("emulate: cannot write {}: {e}", path.display());
+    }
+}
+
+/// Write `text` to `path` through a new `<path>.tmp` and a rename. The emulator runs as
+/// root and the status file may sit in a shared directory: a link (or file) another user
+/// left at the tmp name is removed, never written through, and the tmp file is created
+/// afresh (O_EXCL, which fails on a link raced in meanwhile).
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let r = std::fs::write(&tmp, status_json(emu) + "\n").and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = r {
-        eprintln!("emulate: cannot write {}: {e}", path.display());
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -344,6 +363,24 @@ mod tests {
         assert!(parse_hostid("0x").is_err());
         assert!(parse_dialect("freebsd-1400").is_ok());
         assert!(parse_dialect("freebsd").unwrap_err().contains("openbsd-v6"));
+    }
+
+    /// Found by review: the status file's tmp name was written with `fs::write`, which
+    /// follows a symbolic link: a user who could write the directory (say /tmp) made the
+    /// emulator, running as root, overwrite any file.
+    #[test]
+    fn the_status_file_is_never_written_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("pfsync-gw-emu-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (victim, status) = (dir.join("victim"), dir.join("status.json"));
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("status.json.tmp")).unwrap();
+        replace_file(&status, "{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&status).unwrap(), "{}\n");
+        assert!(!std::fs::symlink_metadata(&status).unwrap().is_symlink());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
