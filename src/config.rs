@@ -693,6 +693,13 @@ impl Config {
                 "0 is not a valid creator id (pf rejects it)".into(),
             ));
         }
+        let max_rate = crate::local::emulator::MAX_RATE;
+        if let Some(r) = emu.rate.filter(|&r| r > max_rate) {
+            return Err(err(
+                "emulator.rate",
+                format!("{r} is outside 0..={max_rate} states per second"),
+            ));
+        }
         // Added to the start time: beyond what an `Instant` holds, `run` would panic.
         if let Some(s) = emu.churn_for.filter(|&s| s > MAX_CHURN_FOR) {
             return Err(err(

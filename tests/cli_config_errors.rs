@@ -175,6 +175,26 @@ fn a_churn_duration_beyond_what_a_clock_holds_is_refused_not_a_panic() {
     assert!(check(&d, &with("31536000")).status.success());
 }
 
+/// Found by review: `check` passed a `rate` of 2e9 and `run` then spun for ever in the
+/// emulator's creation loop (a second over the rate is 0 ns), deaf to SIGTERM.
+#[test]
+fn an_emulator_rate_beyond_a_million_is_refused_not_a_hang() {
+    let d = Dir::new("cfg-rate");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let with = |v: &str| format!("{}\n[emulator]\nrate = {v}\n", config(&a, &b_pub, ""));
+    assert_exit2(
+        &check(&d, &with("2000000000")),
+        &["emulator.rate", "2000000000", "0..=1000000"],
+    );
+    assert!(check(&d, &with("1000000")).status.success());
+    let o = run(
+        &["emulate", "--interface", "lo", "--rate", "2000000000"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}
+
 #[test]
 fn unknown_dialect_and_bad_endpoint() {
     let d = Dir::new("cfg-dialect");

@@ -18,7 +18,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 15)]
     pub duration: u64,
     /// New states per second on each emulated firewall.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(..=crate::local::emulator::MAX_RATE as i64))]
     pub rate: u32,
     /// Firewall dialects, one per node, cycled (e.g. `openbsd-v6,freebsd-1400`).
     #[arg(long, default_value = "openbsd-v6")]

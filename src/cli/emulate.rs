@@ -33,7 +33,7 @@ pub struct EmulateArgs {
     #[arg(long, value_parser = parse_hostid)]
     pub hostid: Option<u32>,
     /// New states per second while churning.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(..=crate::local::emulator::MAX_RATE as i64))]
     pub rate: u32,
     /// State limit (`set limit states`), own and imported states together.
     #[arg(long, default_value_t = 100_000)]

@@ -240,6 +240,9 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// No more creations per `handle_timeout` than this many seconds' worth (a stalled driver
 /// must not cause a burst).
 const MAX_CATCH_UP: Duration = Duration::from_secs(1);
+/// Most new states per second: the creation loop steps by a second over the rate, so a
+/// rate near 10^9 or beyond steps by 0 ns and never ends.
+pub const MAX_RATE: u32 = 1_000_000;
 /// How often expired states are purged (pf's purge thread runs once a second).
 const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 
