@@ -48,10 +48,10 @@ pub struct EmulateArgs {
     #[arg(long, value_name = "ADDR")]
     pub syncpeer: Option<Ipv4Addr>,
     /// Stop churn after SECS; keep running and applying received pfsync.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub churn_for: Option<f64>,
     /// Exit after SECS.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
     /// Request a bulk update at start (like `ifconfig pfsync0 up`).
     #[arg(long)]
@@ -72,6 +72,16 @@ fn parse_dialect(s: &str) -> Result<Dialect, String> {
         let names: Vec<&str> = Dialect::ALL.iter().map(|d| d.name()).collect();
         format!("unknown dialect `{s}` (one of {})", names.join(", "))
     })
+}
+
+/// Seconds for `--churn-for` and `--duration`: added to the start time, so bounded (a
+/// year, as `[emulator] churn_for`); `inf` or 1e30 panicked there.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let max = crate::config::MAX_CHURN_FOR as f64;
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=max).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds in 0..={max}")),
+    }
 }
 
 fn parse_hostid(s: &str) -> Result<u32, String> {
@@ -362,6 +372,11 @@ mod tests {
         assert!(parse_hostid("0").is_err());
         assert!(parse_hostid("0x").is_err());
         assert!(parse_dialect("freebsd-1400").is_ok());
+        // Found by review: `--churn-for 1e30` (or inf) panicked adding it to the start.
+        assert_eq!(parse_secs("2.5"), Ok(2.5));
+        for bad in ["inf", "NaN", "1e30", "-1", "x"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
         assert!(parse_dialect("freebsd").unwrap_err().contains("openbsd-v6"));
     }
 
