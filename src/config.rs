@@ -313,6 +313,8 @@ impl std::fmt::Display for Scheduler {
 
 /// Most mirrored states `[limits] states` may allow.
 pub const MAX_STATES: usize = 1 << 24;
+/// Highest `[limits] repair_rate`: 100 GB/s of answers, beyond any link.
+const MAX_REPAIR_RATE: u64 = 100_000_000_000;
 
 /// `[limits]` (see docs/SECURITY.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -865,10 +867,19 @@ impl Config {
                         format!("{states} is outside 1..={MAX_STATES}"),
                     ));
                 }
+                let repair_rate = l.repair_rate.unwrap_or(d.repair_rate);
+                // The budget's credit is an i64 of bytes: a rate beyond any link keeps the
+                // refill arithmetic far from wrapping (found by review).
+                if repair_rate > MAX_REPAIR_RATE {
+                    return Err(err(
+                        "limits.repair_rate",
+                        format!("{repair_rate} is outside 0..={MAX_REPAIR_RATE} bytes/s"),
+                    ));
+                }
                 LimitsConfig {
                     states,
                     peer_states: l.peer_states.unwrap_or(d.peer_states),
-                    repair_rate: l.repair_rate.unwrap_or(d.repair_rate),
+                    repair_rate,
                 }
             },
         })

@@ -175,6 +175,19 @@ fn a_churn_duration_beyond_what_a_clock_holds_is_refused_not_a_panic() {
     assert!(check(&d, &with("31536000")).status.success());
 }
 
+/// Found by review: a `repair_rate` near u64's top wrapped the answer budget's refill
+/// negative (credit stopped refilling); it is refused with the field and the range.
+#[test]
+fn a_repair_rate_beyond_any_link_is_refused() {
+    let d = Dir::new("cfg-repair");
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let with = |v: &str| format!("{}\n[limits]\nrepair_rate = {v}\n", config(&a, &b_pub, ""));
+    let huge = i64::MAX.to_string();
+    assert_exit2(&check(&d, &with(&huge)), &["limits.repair_rate", &huge]);
+    assert!(check(&d, &with("1000000000")).status.success());
+}
+
 /// Found by review: `check` passed a `rate` of 2e9 and `run` then spun for ever in the
 /// emulator's creation loop (a second over the rate is 0 ns), deaf to SIGTERM.
 #[test]

@@ -94,7 +94,7 @@ impl AdminStats {
             "# HELP pfsync_gw_admin_clients_total Control-socket and metrics connections, by event."
         );
         let _ = writeln!(s, "# TYPE pfsync_gw_admin_clients_total counter");
-        let node = node.replace('\\', "\\\\").replace('"', "\\\"");
+        let node = super::status::esc(node);
         for (listener, st) in [("control", &self.control), ("metrics", &self.metrics)] {
             for (event, v) in st.events() {
                 let _ = writeln!(
@@ -314,12 +314,29 @@ async fn accept_loop<S, A, AF, H, HF>(
 /// Create the control socket at `path`, mode 0600 (0660 with `group`: owned by that gid),
 /// whatever the umask. The socket is bound inside a fresh 0700 directory next to `path`,
 /// its mode (and group) set there, then renamed into place, so it is never reachable with
-/// a wider mode, not even for an instant.
+/// a wider mode, not even for an instant. What the rename would replace must be a socket
+/// nobody serves (a crashed run's): a mistyped path must not destroy a file, and a second
+/// daemon must not silently take the first one's socket.
 pub fn bind_control(
     path: &Path,
     group: Option<u32>,
 ) -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket (refusing to replace it)",
+            ));
+        }
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another daemon serves this control socket",
+            ));
+        }
+        _ => {}
+    }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -553,6 +570,43 @@ mod tests {
             .take_while(|_| accept_wait(&mut p, t2).is_none())
             .count();
         assert_eq!(free, 64);
+    }
+
+    /// A node name with a newline or quote cannot break the exposition into forged lines.
+    #[test]
+    fn admin_counters_escape_the_node_name() {
+        let text = AdminStats::default().to_prometheus("gw\"}\nfake_metric 1");
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# ") || line.starts_with("pfsync_gw_admin_clients_total{"),
+                "{line}"
+            );
+        }
+        assert!(text.contains(r#"node="gw\"}\nfake_metric 1""#), "{text}");
+    }
+
+    /// Only a stale socket is replaced: not a file at a mistyped path, not a live daemon's.
+    #[test]
+    fn the_control_socket_replaces_only_a_stale_socket() {
+        let dir = std::env::temp_dir().join(format!("pgw-ctl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("important.conf");
+        std::fs::write(&file, b"keep me").unwrap();
+        let err = bind_control(&file, None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+        let sock = dir.join("ctl.sock");
+        let live = bind_control(&sock, None).unwrap();
+        let err = bind_control(&sock, None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        drop(live);
+        // The crashed run's socket file stays behind, nobody listening: replaced.
+        assert!(sock.exists());
+        let again = bind_control(&sock, None).unwrap();
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -250,7 +250,8 @@ fn kv(m: &BTreeMap<String, u64>) -> String {
         .join(" ")
 }
 
-fn esc(s: &str) -> String {
+/// A Prometheus label value: backslash, quote and newline escaped (the exposition format).
+pub(crate) fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
