@@ -161,8 +161,9 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn control_socket_is_0600_whatever_the_umask() {
     let dir = Dir::new("lh-umask");
-    // A stale file where the socket goes (a crashed run) is replaced.
-    std::fs::write(dir.path("gw.sock"), b"stale").unwrap();
+    // A crashed run's socket, nobody serving it, is replaced (a file of another kind is
+    // refused: `the_control_socket_replaces_only_a_stale_socket`).
+    drop(std::os::unix::net::UnixListener::bind(dir.path("gw.sock")).unwrap());
     let d = start(&dir, None, Some(0o000), "");
     let m = std::fs::symlink_metadata(&d.sock).unwrap();
     assert!(m.file_type().is_socket());
