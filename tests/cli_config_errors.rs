@@ -157,14 +157,23 @@ fn a_state_limit_beyond_what_the_table_can_address_is_refused() {
     );
 }
 
+/// A valid config in a fresh directory, and the same with `[table] key = value` added.
+fn one_setting(dir: &str, table: &str, key: &str) -> (Dir, impl Fn(&str) -> String) {
+    let d = Dir::new(dir);
+    let (a, _) = keygen(&d, "a.key");
+    let (_, b_pub) = keygen(&d, "b.key");
+    let base = config(&a, &b_pub, "");
+    let (table, key) = (table.to_string(), key.to_string());
+    (d, move |v: &str| {
+        format!("{base}\n[{table}]\n{key} = {v}\n")
+    })
+}
+
 /// Found by review: `check` passed and `run` panicked ("overflow when adding duration to
 /// instant") on a `churn_for` beyond what an `Instant` can hold.
 #[test]
 fn a_churn_duration_beyond_what_a_clock_holds_is_refused_not_a_panic() {
-    let d = Dir::new("cfg-churn");
-    let (a, _) = keygen(&d, "a.key");
-    let (_, b_pub) = keygen(&d, "b.key");
-    let with = |v: &str| format!("{}\n[emulator]\nchurn_for = {v}\n", config(&a, &b_pub, ""));
+    let (d, with) = one_setting("cfg-churn", "emulator", "churn_for");
     let huge = i64::MAX.to_string();
     assert_exit2(&check(&d, &with(&huge)), &["emulator.churn_for", &huge]);
     let p = d.path("run.toml");
@@ -179,10 +188,7 @@ fn a_churn_duration_beyond_what_a_clock_holds_is_refused_not_a_panic() {
 /// negative (credit stopped refilling); it is refused with the field and the range.
 #[test]
 fn a_repair_rate_beyond_any_link_is_refused() {
-    let d = Dir::new("cfg-repair");
-    let (a, _) = keygen(&d, "a.key");
-    let (_, b_pub) = keygen(&d, "b.key");
-    let with = |v: &str| format!("{}\n[limits]\nrepair_rate = {v}\n", config(&a, &b_pub, ""));
+    let (d, with) = one_setting("cfg-repair", "limits", "repair_rate");
     let huge = i64::MAX.to_string();
     assert_exit2(&check(&d, &with(&huge)), &["limits.repair_rate", &huge]);
     assert!(check(&d, &with("1000000000")).status.success());
@@ -192,10 +198,7 @@ fn a_repair_rate_beyond_any_link_is_refused() {
 /// emulator's creation loop (a second over the rate is 0 ns), deaf to SIGTERM.
 #[test]
 fn an_emulator_rate_beyond_a_million_is_refused_not_a_hang() {
-    let d = Dir::new("cfg-rate");
-    let (a, _) = keygen(&d, "a.key");
-    let (_, b_pub) = keygen(&d, "b.key");
-    let with = |v: &str| format!("{}\n[emulator]\nrate = {v}\n", config(&a, &b_pub, ""));
+    let (d, with) = one_setting("cfg-rate", "emulator", "rate");
     assert_exit2(
         &check(&d, &with("2000000000")),
         &["emulator.rate", "2000000000", "0..=1000000"],
