@@ -28,6 +28,29 @@ use crate::wire::{self, ipv4::Ipv4Packet};
 
 /// Largest pfsync packet we emit towards the firewall (pfsync0's default MTU 1500 − IPv4).
 const LOCAL_PFSYNC_MTU: usize = 1480;
+/// The size of CPU 0's level-2 cache (per core on current x86 and arm64), from sysfs.
+fn l2_cache_bytes() -> Option<usize> {
+    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    (0..8).find_map(|i| {
+        let dir = base.join(format!("index{i}"));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        if read("level")?.trim() != "2" || read("type")?.trim() == "Instruction" {
+            return None;
+        }
+        parse_cache_size(read("size")?.trim())
+    })
+}
+
+/// `2048K`, `2M`, `512`: sysfs cache sizes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (num, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(unit)
+}
+
 /// How often the shared status snapshot is refreshed.
 const STATUS_REFRESH: Duration = Duration::from_millis(200);
 /// How often the sync interface's addresses are read again (loop prevention, and the
@@ -450,23 +473,25 @@ impl Node {
             public.as_bytes()[2],
             public.as_bytes()[3],
         ]);
-        let replica = Replica::new(
-            ReplicaConfig {
-                local_mtu: LOCAL_PFSYNC_MTU,
-                max_datagram: cfg.mtu - tunnel::TRANSPORT_OVERHEAD,
-                // Versions must keep growing across restarts of this gateway.
-                initial_clock: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                incarnation: rand_core::RngCore::next_u32(&mut rand_core::OsRng),
-                ..ReplicaConfig::new(node_id, cfg.local.dialect).with_limits(
-                    cfg.limits.states,
-                    cfg.limits.peer_states,
-                    cfg.limits.repair_rate,
-                )
-            },
-            now,
-        );
+        let mut replica_cfg = ReplicaConfig {
+            local_mtu: LOCAL_PFSYNC_MTU,
+            max_datagram: cfg.mtu - tunnel::TRANSPORT_OVERHEAD,
+            // Versions must keep growing across restarts of this gateway.
+            initial_clock: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            incarnation: rand_core::RngCore::next_u32(&mut rand_core::OsRng),
+            ..ReplicaConfig::new(node_id, cfg.local.dialect).with_limits(
+                cfg.limits.states,
+                cfg.limits.peer_states,
+                cfg.limits.repair_rate,
+            )
+        };
+        // Prefetching the mirror pays only once its hot entries outgrow the core's cache
+        // (docs/PERFORMANCE.md, *A Sapphire Rapids VM*); unknown cache: always.
+        replica_cfg.table.prefetch_min_states =
+            l2_cache_bytes().unwrap_or(0) / crate::table::StateTable::HOT_BYTES;
+        let replica = Replica::new(replica_cfg, now);
 
         let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
         control::start(&cfg, &status).await?;
@@ -1636,5 +1661,20 @@ fn random_hostid() -> u32 {
         if v != 0 {
             return v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_cache_size("2048K"), Some(2 << 20));
+        assert_eq!(parse_cache_size("2M"), Some(2 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("99999999999999999999M"), None);
     }
 }

@@ -78,6 +78,10 @@ pub struct TableConfig {
     /// Most states held (pf's `set limit states`): a new state beyond it is refused
     /// ([`Applied::Full`]); updates and deletes of held states still apply.
     pub max_states: usize,
+    /// Below this many states [`StateTable::prefetch`] does nothing: a table whose hot
+    /// entries fit the core's cache finds them there, and the prefetch pass only costs (the
+    /// driver sets it from the cache size, [`StateTable::HOT_BYTES`] a state; 0: always).
+    pub prefetch_min_states: usize,
 }
 
 impl Default for TableConfig {
@@ -87,6 +91,7 @@ impl Default for TableConfig {
             tombstone_max: 65_536,
             tombstone_ttl: Duration::from_secs(300),
             max_states: 1_000_000,
+            prefetch_min_states: 0,
         }
     }
 }
@@ -411,6 +416,9 @@ fn default_timeout(timeout: u8) -> u32 {
 }
 
 impl StateTable {
+    /// Bytes of a state's hot entry: what an update reads and writes (two cache lines).
+    pub const HOT_BYTES: usize = core::mem::size_of::<Hot>();
+
     pub fn new(cfg: TableConfig) -> StateTable {
         assert!(cfg.leaves_log2 <= 16, "leaves_log2 must be <= 16");
         StateTable {
@@ -681,6 +689,9 @@ impl StateTable {
     /// chunks kept on the stack with their hashes (walking the packet again for the second
     /// stage, and hashing again, cost as much as the first).
     pub fn prefetch(&self, ids: impl Iterator<Item = StateId>) {
+        if self.slab.len() < self.cfg.prefetch_min_states {
+            return;
+        }
         const CHUNK: usize = 32;
         let mut hashes = [0u64; CHUNK];
         let mut ids = ids.fuse();
