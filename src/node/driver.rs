@@ -28,29 +28,6 @@ use crate::wire::{self, ipv4::Ipv4Packet};
 
 /// Largest pfsync packet we emit towards the firewall (pfsync0's default MTU 1500 − IPv4).
 const LOCAL_PFSYNC_MTU: usize = 1480;
-/// The size of CPU 0's level-2 cache (per core on current x86 and arm64), from sysfs.
-fn l2_cache_bytes() -> Option<usize> {
-    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
-    (0..8).find_map(|i| {
-        let dir = base.join(format!("index{i}"));
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-        if read("level")?.trim() != "2" || read("type")?.trim() == "Instruction" {
-            return None;
-        }
-        parse_cache_size(read("size")?.trim())
-    })
-}
-
-/// `2048K`, `2M`, `512`: sysfs cache sizes.
-fn parse_cache_size(s: &str) -> Option<usize> {
-    let (num, unit) = match s.as_bytes().last()? {
-        b'K' => (&s[..s.len() - 1], 1 << 10),
-        b'M' => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    num.parse::<usize>().ok()?.checked_mul(unit)
-}
-
 /// How often the shared status snapshot is refreshed.
 const STATUS_REFRESH: Duration = Duration::from_millis(200);
 /// How often the sync interface's addresses are read again (loop prevention, and the
@@ -1662,6 +1639,29 @@ fn random_hostid() -> u32 {
             return v;
         }
     }
+}
+
+/// The size of CPU 0's level-2 cache (per core on current x86 and arm64), from sysfs.
+fn l2_cache_bytes() -> Option<usize> {
+    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    (0..8).find_map(|i| {
+        let dir = base.join(format!("index{i}"));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        if read("level")?.trim() != "2" || read("type")?.trim() == "Instruction" {
+            return None;
+        }
+        parse_cache_size(read("size")?.trim())
+    })
+}
+
+/// `2048K`, `2M`, `512`: sysfs cache sizes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (num, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(unit)
 }
 
 #[cfg(test)]
