@@ -1626,3 +1626,72 @@ fn measure_anti_entropy_work_per_datagram() {
         run(name, &mut lab, dgrams);
     }
 }
+
+/// Our firewall takes pfsync packets of at most `local_mtu` bytes (the driver's injection
+/// slot). A peer's longer packet was queued for injection as it was — where each held up to
+/// 64 KiB of the queue's bytes yet counted as one packet of its source's share, and was
+/// dropped unsent when it reached the front — so a peer sending such packets pushed the
+/// other peers' packets out of a full queue.
+#[test]
+fn oversized_packets_do_not_push_other_peers_out_of_the_injection_queue() {
+    let mut lab = Lab::new(|c| c.inject_queue_max = 100);
+    let (now, clock) = (lab.now, lab.clock());
+    lab.r.on_peer_up(HONEST, now);
+    let hello = SyncMsg::Hello {
+        node: 0xbb,
+        epoch: 77,
+        clock,
+        start_seq: 1,
+        incarnation: 77,
+    };
+    lab.r.on_peer_datagram(HONEST, &enc(&hello), now).unwrap();
+    for k in 0..10u32 {
+        let pkt = packet(&[Message::Ins(tcp_state(5000 + k as u64, HONEST_FW))]);
+        let data = SyncMsg::Data {
+            epoch: 77,
+            seq: 1 + k,
+            clock,
+            dialect: OB,
+            offset: 0,
+            total_len: pkt.len() as u16,
+            chunk: &pkt,
+        };
+        lab.r.on_peer_datagram(HONEST, &enc(&data), now).unwrap();
+    }
+    // Packets of 60,000 bytes of deletes (of states nobody holds: passed on to our
+    // firewall), in pieces.
+    for i in 0..10u64 {
+        let mut buf = vec![0u8; 60_000];
+        let mut w = pfsync_gw::wire::PacketWriter::new(OB, &mut buf);
+        let mut k = 0;
+        while w.push(&Message::DelC(StateId::new(
+            1 << 20 | i << 16 | k,
+            LOCAL_FW,
+        ))) == Ok(true)
+        {
+            k += 1;
+        }
+        let n = w.finish();
+        let seq = lab.next_seq;
+        lab.next_seq += 1;
+        for (j, piece) in buf[..n].chunks(1300).enumerate() {
+            lab.send(&SyncMsg::Data {
+                epoch: EVIL_EPOCH,
+                seq,
+                clock,
+                dialect: OB,
+                offset: (j * 1300) as u16,
+                total_len: n as u16,
+                chunk: piece,
+            });
+        }
+    }
+    let mut buf = vec![0u8; 1480];
+    let mut honest = 0;
+    for _ in 0..2000 {
+        if let Some(n) = lab.r.poll_local_inject(&mut buf) {
+            honest += pf::state_ids(&buf[..n], HONEST_FW).len();
+        }
+    }
+    assert_eq!(honest, 10, "the honest peer's inserts were pushed out");
+}

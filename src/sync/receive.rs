@@ -528,11 +528,15 @@ impl Replica {
                 _ => Fate::Keep,
             });
         }
-        if clean && dialect == self.cfg.local_dialect {
+        // Our firewall takes packets of at most `local_mtu` bytes: a longer one is cut
+        // into such packets here. Queued as it is, it would be dropped unsent at the front
+        // of the queue, after holding up to 64 KiB of it as one packet of the peer's share.
+        let fits = bytes.len() <= self.cfg.local_mtu;
+        if clean && dialect == self.cfg.local_dialect && fits {
             self.stats.data_verbatim += 1;
             return Ok(true);
         } else {
-            if incomplete || dialect != self.cfg.local_dialect {
+            if incomplete || dialect != self.cfg.local_dialect || !fits {
                 self.stats.data_reencoded += 1;
             } else {
                 self.stats.data_corrected += 1;
