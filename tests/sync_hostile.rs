@@ -1695,3 +1695,60 @@ fn oversized_packets_do_not_push_other_peers_out_of_the_injection_queue() {
     }
     assert_eq!(honest, 10, "the honest peer's inserts were pushed out");
 }
+
+/// Our firewall's complete dump (BUS START, a full `UPD` of each state, BUS END).
+fn local_dump(r: &mut Replica, ids: &[u64], now: Instant) {
+    use pfsync_gw::wire::BusStatus;
+    let bus = |status| Message::Bus {
+        creator: LOCAL_FW,
+        endtime: 0,
+        status,
+    };
+    let mut msgs = vec![bus(BusStatus::Start)];
+    msgs.extend(ids.iter().map(|&i| Message::Upd(tcp_state(i, LOCAL_FW))));
+    msgs.push(bus(BusStatus::End));
+    r.on_local_pfsync(&packet(&msgs), now).unwrap();
+}
+
+/// A peer's record of one of our firewall's states that the mirror lacks is a claim that
+/// the next complete dump decides. pf's ids are sequential: a claim of an id our firewall
+/// has not used yet was "confirmed deleted" by the next dump, which could not list it, and
+/// the tombstone then refused that state once our firewall created it, and told our
+/// firewall to delete it — the pre-delete that deletes of unknown states are refused for.
+#[test]
+fn a_claim_of_our_firewalls_next_state_does_not_delete_it_ahead() {
+    let mut lab = Lab::new(|_| {});
+    let now = lab.now;
+    local_dump(&mut lab.r, &[1], now);
+    let c = lab.clock() + 1000;
+    let seq = lab.next_seq;
+    lab.next_seq += 1;
+    let next = tcp_state(2, LOCAL_FW);
+    lab.records(seq, &[Record::State(Version::new(c, EVIL_NODE), next)]);
+    assert!(
+        !has(&lab.r, 2, LOCAL_FW),
+        "a peer inserted our firewall's state"
+    );
+    local_dump(&mut lab.r, &[1], now);
+    lab.drain();
+    let id = StateId::new(2, LOCAL_FW);
+    assert!(lab.r.table().tombstone(id).is_none(), "deleted ahead");
+    // Our firewall creates it: mirrored, and not deleted in the firewall.
+    let ins = packet(&[Message::Ins(next)]);
+    lab.r.on_local_pfsync(&ins, lab.now).unwrap();
+    assert!(has(&lab.r, 2, LOCAL_FW));
+    assert_eq!(
+        injected_deletes(&mut lab.r),
+        [],
+        "our firewall told to delete"
+    );
+    // A state our firewall did number (and deleted unheard): still decided by the dump.
+    local_dump(&mut lab.r, &[1, 2, 4], now);
+    let gone = tcp_state(3, LOCAL_FW);
+    lab.records(seq + 1, &[Record::State(Version::new(c, EVIL_NODE), gone)]);
+    local_dump(&mut lab.r, &[1, 2, 4], now);
+    assert!(
+        lab.r.table().tombstone(gone.id).is_some(),
+        "a real claim kept"
+    );
+}

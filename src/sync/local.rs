@@ -57,6 +57,17 @@ impl Replica {
             }
             return;
         }
+        // An id our firewall has not used yet cannot have been deleted: the next dump would
+        // "confirm" it and its tombstone would refuse the state once created (a compromised
+        // peer's pre-delete). Not claimed; anti-entropy repeats it once the firewall is past.
+        let lane = StateId::new(s.id.id >> 56, s.id.creator);
+        if self
+            .local_issued
+            .get(&lane)
+            .is_none_or(|&max| s.id.id > max)
+        {
+            return;
+        }
         // Bounded: a compromised peer's claims must not grow memory; the rest wait for
         // the peer to repeat them (anti-entropy does) once these are decided.
         if self.claimed.len() < MAX_CLAIMED {
@@ -260,6 +271,11 @@ impl Replica {
                 Message::Ins(ref s) | Message::Upd(ref s) => {
                     if let Some(sw) = &mut self.sweep {
                         sw.seen.insert(s.id, ());
+                    }
+                    if self.local_creators.contains(&s.id.creator) {
+                        let lane = StateId::new(s.id.id >> 56, s.id.creator);
+                        let max = self.local_issued.entry(lane).or_insert(s.id.id);
+                        *max = (*max).max(s.id.id);
                     }
                 }
                 _ => {}

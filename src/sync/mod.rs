@@ -477,6 +477,10 @@ pub struct Replica {
     /// sweep (value: sweeps completed at the claim): deleted cluster-wide if the next
     /// complete dump does not list them, forgotten if it does.
     claimed: IdMap<u64>,
+    /// The highest id our firewall has shown (INS, UPD) per creator and top byte (key
+    /// `StateId::new(id >> 56, creator)`): pf numbers states sequentially (FreeBSD per CPU,
+    /// the CPU in the top byte), so an id above it is one our firewall has not used yet.
+    local_issued: IdMap<u64>,
     /// Repairs inserted states of our own firewall that the mirror did not hold (since the
     /// last BUS START): a dump should tell whether the firewall still has them.
     sweep_wanted: bool,
@@ -511,6 +515,7 @@ impl Replica {
             full_logged: None,
             absent: None,
             claimed: IdMap::default(),
+            local_issued: IdMap::default(),
             sweep_wanted: false,
             rx_delay: Duration::ZERO,
             cfg,
