@@ -1752,3 +1752,23 @@ fn a_claim_of_our_firewalls_next_state_does_not_delete_it_ahead() {
         "a real claim kept"
     );
 }
+
+/// A peer's `UPD_REQ 0/0` is never injected (docs/SYNC.md, *Requests from peers*): one
+/// 56-byte packet would make our firewall put its whole table on the sync LAN.
+#[test]
+fn a_peers_bulk_request_does_not_reach_our_firewall() {
+    let mut lab = Lab::new(|_| {});
+    let c = lab.clock();
+    let del = StateId::new(7, EVIL_FW);
+    lab.data(
+        &packet(&[Message::UpdReq(StateId::BULK), Message::DelC(del)]),
+        c,
+    );
+    let mut buf = vec![0u8; 1500];
+    let mut msgs = Vec::new();
+    while let Some(n) = lab.r.poll_local_inject(&mut buf) {
+        let p = pfsync_gw::wire::Packet::new_checked(&buf[..n], OB).unwrap();
+        msgs.extend(p.messages().filter(|m| *m != Message::Eof));
+    }
+    assert_eq!(msgs, [Message::DelC(del)]);
+}

@@ -497,6 +497,11 @@ impl Replica {
                         }
                     }
                 }
+                Applied::BulkRequested => {
+                    // Never injected (its gateway answers its firewall): our firewall would
+                    // put its whole table on the sync LAN for one 56-byte request.
+                    clean = false;
+                }
                 Applied::Full(_) => {
                     clean = false;
                     self.peers.get_mut(&peer).unwrap().stats.states_refused += 1;
