@@ -1772,3 +1772,28 @@ fn a_peers_bulk_request_does_not_reach_our_firewall() {
     }
     assert_eq!(msgs, [Message::DelC(del)]);
 }
+
+/// pf's bulk update is between a firewall and the gateway that answers its `UPD_REQ 0/0`
+/// (us): a peer's `BUS END` reaching our firewall while it waits for its bulk update (after
+/// a boot) ends the wait early — "bulk update complete", its carp demotion lifted before
+/// the states are in. A peer's BUS messages are not injected (the rest of its packet is).
+#[test]
+fn a_peers_bulk_status_does_not_reach_our_firewall() {
+    use pfsync_gw::wire::BusStatus;
+    let mut lab = Lab::new(|_| {});
+    let c = lab.clock();
+    let del = StateId::new(7, EVIL_FW);
+    let bus = Message::Bus {
+        creator: EVIL_FW,
+        endtime: 0,
+        status: BusStatus::End,
+    };
+    lab.data(&packet(&[bus, Message::DelC(del)]), c);
+    let mut buf = vec![0u8; 1500];
+    let mut msgs = Vec::new();
+    while let Some(n) = lab.r.poll_local_inject(&mut buf) {
+        let p = pfsync_gw::wire::Packet::new_checked(&buf[..n], OB).unwrap();
+        msgs.extend(p.messages().filter(|m| *m != Message::Eof));
+    }
+    assert_eq!(msgs, [Message::DelC(del)]);
+}

@@ -497,9 +497,11 @@ impl Replica {
                         }
                     }
                 }
-                Applied::BulkRequested => {
-                    // Never injected (its gateway answers its firewall): our firewall would
-                    // put its whole table on the sync LAN for one 56-byte request.
+                Applied::BulkRequested | Applied::Bus { .. } => {
+                    // Never injected: a bulk update is between a firewall and its own gateway.
+                    // Our firewall would put its whole table on the sync LAN for a peer's
+                    // 56-byte request, and a peer's BUS END would end its wait for its own
+                    // bulk update (after a boot) early, lifting its carp demotion.
                     clean = false;
                 }
                 Applied::Full(_) => {
@@ -526,6 +528,7 @@ impl Replica {
                 Applied::Stale(id) | Applied::Older(id) => Fate::Current(id),
                 // Full: refused (mirror or the peer's space full, or outside its creator ids).
                 Applied::BulkRequested
+                | Applied::Bus { .. }
                 | Applied::NeedUpdate(_)
                 | Applied::Full(_)
                 | Applied::Reply(_) => Fate::Skip,
