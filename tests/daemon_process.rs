@@ -81,6 +81,18 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool, logs: &[&D
         std::thread::sleep(Duration::from_millis(100));
     }
     for d in logs {
+        if let Some(st) = status(d) {
+            eprintln!(
+                "drops: {:?}",
+                st.drops.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>()
+            );
+            for p in &st.peers {
+                eprintln!(
+                    "peer sync: {:?}",
+                    p.sync.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>()
+                );
+            }
+        }
         eprintln!(
             "--- {}:\n{}",
             d.log.display(),

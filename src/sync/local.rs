@@ -57,14 +57,17 @@ impl Replica {
             }
             return;
         }
-        // An id our firewall has not used yet cannot have been deleted: the next dump would
-        // "confirm" it and its tombstone would refuse the state once created (a compromised
-        // peer's pre-delete). Not claimed; anti-entropy repeats it once the firewall is past.
+        // An id above the highest our firewall has shown is one it has not used yet: it
+        // cannot have been deleted, the next dump would "confirm" it and its tombstone would
+        // refuse the state once created (a compromised peer's pre-delete). Not claimed;
+        // anti-entropy repeats it once the firewall is past. A firewall that has shown no
+        // id (rebooted, its table empty: pf numbers anew from the boot time) lost every
+        // state a peer still holds of it: those are claimed, and deleted by the dump.
         let lane = StateId::new(s.id.id >> 56, s.id.creator);
         if self
             .local_issued
             .get(&lane)
-            .is_none_or(|&max| s.id.id > max)
+            .is_some_and(|&max| s.id.id > max)
         {
             return;
         }
