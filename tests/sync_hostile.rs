@@ -13,6 +13,7 @@ use pf::{packet, tcp_state};
 use pfsync_gw::sync::proto::{encode_record, msg_type, Record, RECORDS_HDR, SYNC_VERSION};
 use pfsync_gw::sync::{
     PeerId, Replica, ReplicaConfig, SyncMsg, SyncNote, CLEAR_WALKS_BURST, CLEAR_WALKS_PER_SEC,
+    CLOCK_CREDIT_MAX, CLOCK_REFILL,
 };
 use pfsync_gw::table::Version;
 use pfsync_gw::wire::{Dialect, Message, StateId};
@@ -225,10 +226,11 @@ fn a_clock_at_the_end_of_its_range_is_refused_and_never_wraps() {
             tcp_state(8, EVIL_FW),
         )],
     );
-    // Each refusal moved our clock as far as a clock just within reach would have.
+    // The refusals moved our clock as far as clocks just within reach would have, until
+    // the peer's clock credit was spent.
     assert_eq!(
         lab.clock(),
-        before + 4 * (1 << 32),
+        before + CLOCK_CREDIT_MAX * (1 << 32),
         "a peer moved our clock to the end"
     );
     assert!(!has(&lab.r, 7, EVIL_FW) && !has(&lab.r, 8, EVIL_FW));
@@ -243,7 +245,9 @@ fn a_clock_at_the_end_of_its_range_is_refused_and_never_wraps() {
         matches!(notes[0].1, SyncNote::ClockRefused { ahead, count: 1 } if ahead == u64::MAX - before),
         "{notes:?}"
     );
-    // A clock within reach still merges (the link keeps working).
+    // A clock within reach still merges (the link keeps working) once the credit has
+    // refilled for it: a millisecond is ≈ 72,000 ticks.
+    lab.advance(Duration::from_millis(1));
     let c = lab.clock();
     lab.data(&pkt, c + 1000);
     assert!(has(&lab.r, 7, EVIL_FW));
@@ -1203,11 +1207,57 @@ fn a_gateway_pushed_out_of_reach_is_caught_up_with() {
         want_reply: false,
         clock: ahead,
     });
-    // Two refusals later the clock is within reach: the next DATA applies and merges.
+    // Two refusals later the clock is within reach (the peer's clock credit, two steps,
+    // spent; a second refills plenty for the rest): the next DATA applies and merges.
+    lab.advance(Duration::from_secs(1));
     lab.data(&pkt, ahead + 1);
     assert!(has(&lab.r, 7, EVIL_FW), "still cut off");
     assert_eq!(lab.clock(), ahead + 1);
     assert_eq!(lab.r.peer_stats(EVIL).unwrap().clock_refused, 2);
+}
+
+/// A compromised peer that keeps pushing our clock (every SUMMARY just within reach, as
+/// fast as it sends) moves it only as far as its clock credit allows: two steps of
+/// `max_clock_ahead` at once, one more a minute. Before, each message moved it 2^32: honest
+/// peers, catching up 2^32 per message of ours, refused all we sent while it kept on.
+#[test]
+fn a_peer_pushing_our_clock_for_ever_moves_it_only_as_its_credit_allows() {
+    let mut lab = Lab::new(|_| {});
+    let (start, bound) = (lab.clock(), 1u64 << 32);
+    let digest = lab.r.digest();
+    let leaves_log2 = lab.r.table().config().leaves_log2;
+    for k in 0..1000u64 {
+        if k % 100 == 0 {
+            lab.advance(Duration::from_millis(100));
+        }
+        let clock = lab.clock() + bound;
+        lab.send(&SyncMsg::Summary {
+            digest,
+            count: 0,
+            leaves_log2,
+            want_reply: false,
+            clock,
+        });
+    }
+    // 1 s passed: the burst of two steps, and 1/60 of a step refilled.
+    let (moved, burst) = (lab.clock() - start, CLOCK_CREDIT_MAX * bound);
+    let refill = bound / CLOCK_REFILL.as_secs();
+    assert!(moved <= burst + refill + 1, "moved {moved}");
+    assert!(
+        moved >= burst,
+        "the burst (a restarted peer's lead) was not taken: {moved}"
+    );
+    let refused = lab.r.peer_stats(EVIL).unwrap().clock_refused;
+    assert!(refused >= 990, "{refused}");
+    // An honest pace (a clock a few thousand ahead) is heard again within the refill.
+    lab.advance(Duration::from_secs(1));
+    let pkt = packet(&[Message::Ins(tcp_state(9, EVIL_FW))]);
+    let c = lab.clock() + 5_000;
+    lab.data(&pkt, c);
+    assert!(
+        has(&lab.r, 9, EVIL_FW),
+        "an honest step refused after the refill"
+    );
 }
 
 /// The DEL_Cs a packet injected into our firewall carries.

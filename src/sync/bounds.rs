@@ -199,26 +199,39 @@ impl Replica {
             .map_or_else(Vec::new, |p| p.space().to_vec())
     }
 
-    /// Is a clock `peer` sent within reach of ours? Counted when not, and noted for the
-    /// log at the 1st, 10th, 100th … refusal: a peer whose clock runs in another unit
-    /// is refused until we catch up, and the counter alone does not say why.
+    /// Is a clock `peer` sent within reach of ours, and within what the peer may still
+    /// move it? Counted when not, and noted for the log at the 1st, 10th, 100th …
+    /// refusal: a peer whose clock runs in another unit is refused until we catch up, and
+    /// the counter alone does not say why.
     ///
-    /// A refusal still moves our clock `max_clock_ahead` towards it — no further than a
-    /// clock just within reach would have: a compromised peer that pushed one gateway's
-    /// clock out of the others' reach (two steps of just under the bound, faster than
-    /// that gateway's messages carry them on) would otherwise cut it off from them for
-    /// good; this way they catch up within a few of its messages. Reaching the end of the
-    /// range still takes 2^32 messages.
-    pub(super) fn clock_ok(&mut self, peer: PeerId, clock: u64) -> bool {
-        let reach = self.clock.saturating_add(self.cfg.max_clock_ahead);
-        if clock <= reach {
+    /// Every advance of ours a peer causes is paid from its clock credit
+    /// ([`CLOCK_REFILL`](super::peer::CLOCK_REFILL)): the part of `clock` above both our
+    /// clock and the highest clock it already paid for (a DATA packet's pieces all carry
+    /// the same clock). A refusal still moves our clock towards it, by `max_clock_ahead`
+    /// at most and no more than the credit left — no further than a clock just within
+    /// reach would have: a compromised peer that pushed one gateway's clock out of the
+    /// others' reach would otherwise cut it off from them for good; this way they catch
+    /// up within a few of its messages.
+    pub(super) fn clock_ok(&mut self, peer: PeerId, clock: u64, now: Instant) -> bool {
+        let max_ahead = self.cfg.max_clock_ahead;
+        let reach = self.clock.saturating_add(max_ahead);
+        if clock <= self.clock {
             return true;
         }
         let Some(p) = self.peers.get_mut(&peer) else {
-            return false;
+            return clock <= reach;
         };
+        let credit = p.refill_clock_credit(now, max_ahead);
+        let cost = clock.saturating_sub(p.clock_paid.max(self.clock));
+        if clock <= reach && cost <= credit {
+            p.clock_credit -= cost;
+            p.clock_paid = p.clock_paid.max(clock);
+            return true;
+        }
         let ahead = clock - self.clock;
-        self.clock = reach;
+        let step = ahead.min(max_ahead).min(credit);
+        p.clock_credit -= step;
+        self.clock += step;
         p.stats.clock_refused += 1;
         let count = p.stats.clock_refused;
         if is_power_of_ten(count) {
@@ -228,8 +241,8 @@ impl Replica {
     }
 
     /// Merge a peer's clock into ours (Lamport), unless it is too far ahead.
-    pub(super) fn merge_clock(&mut self, peer: PeerId, clock: u64) -> bool {
-        let ok = self.clock_ok(peer, clock);
+    pub(super) fn merge_clock(&mut self, peer: PeerId, clock: u64, now: Instant) -> bool {
+        let ok = self.clock_ok(peer, clock, now);
         if ok {
             self.clock = self.clock.max(clock);
         }

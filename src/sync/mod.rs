@@ -44,7 +44,7 @@ use antientropy::summary;
 pub use bounds::MAX_LEARNED_CREATORS;
 use local::Sweep;
 use peer::{send_hello, Peer};
-pub use peer::{CLEAR_WALKS_BURST, CLEAR_WALKS_PER_SEC};
+pub use peer::{CLEAR_WALKS_BURST, CLEAR_WALKS_PER_SEC, CLOCK_CREDIT_MAX, CLOCK_REFILL};
 
 pub type PeerId = usize;
 
@@ -331,8 +331,9 @@ pub enum SyncNote {
     HelloRequested,
     /// Nothing received for `keepalive × dead_after`: new send epoch, HELLO until answered.
     PeerSilent,
-    /// The peer's clock was `ahead` of ours by more than `max_clock_ahead`; `count`
-    /// refusals so far (noted at the 1st, 10th, 100th …).
+    /// The peer's clock was `ahead` of ours by more than `max_clock_ahead`, or by more
+    /// than its clock credit lets it move ours; `count` refusals so far (noted at the 1st,
+    /// 10th, 100th …).
     ClockRefused { ahead: u64, count: u64 },
     /// CLRs refused beyond the peer's budget of table walks, so far (noted at the 1st,
     /// 10th, 100th …).
@@ -376,8 +377,9 @@ impl core::fmt::Display for SyncNote {
             }
             SyncNote::ClockRefused { ahead, count } => write!(
                 f,
-                "peer's sync clock {ahead} ahead of ours, beyond max_clock_ahead: message \
-                 refused ({count} so far; sync clocks count milliseconds since the Unix epoch)"
+                "peer's sync clock {ahead} ahead of ours, beyond max_clock_ahead or the \
+                 peer's clock credit: message refused ({count} so far; sync clocks count \
+                 milliseconds since the Unix epoch)"
             ),
             SyncNote::CreatorConflict { creator, owner } => write!(
                 f,

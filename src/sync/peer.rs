@@ -151,6 +151,11 @@ pub(super) struct Peer {
     pub(super) pad_allow: u64,
     /// The CLR walk budget (see `CLEAR_WALKS_PER_SEC`).
     pub(super) clear_walks: Bucket,
+    /// How far the peer may still move our clock (`Replica::clock_ok`), when that was
+    /// last refilled, and the highest clock of its already paid for.
+    pub(super) clock_credit: u64,
+    pub(super) clock_credit_at: Option<Instant>,
+    pub(super) clock_paid: u64,
     /// The queueing delay the peer reported in its last ACK, and when it arrived.
     pub(super) peer_delay: Option<(QueueDelay, Instant)>,
     pub(super) stats: PeerSyncStats,
@@ -174,6 +179,15 @@ pub(super) fn set_bit(v: &mut [u64], i: usize, on: bool) {
 /// packet would otherwise make each of its bytes cost a table walk.
 pub const CLEAR_WALKS_PER_SEC: u32 = 8;
 pub const CLEAR_WALKS_BURST: u32 = 32;
+
+/// A peer may move our clock forward by `max_clock_ahead` per this long (2^32 a minute ≈
+/// 72 M ticks a second: an honest clock ticks once per firewall packet), and by
+/// `CLOCK_CREDIT_MAX` × `max_clock_ahead` at once (a restarted gateway whose wall clock is
+/// days ahead). Without it a compromised peer moved our clock 2^32 a message, as fast as
+/// it sent, and the honest peers, which catch up 2^32 per message of ours, refused
+/// everything we sent for as long as it kept on.
+pub const CLOCK_REFILL: std::time::Duration = std::time::Duration::from_secs(60);
+pub const CLOCK_CREDIT_MAX: u64 = 2;
 
 impl Peer {
     /// Record the peer's incarnation; true if it differs from the one recorded (a restart).
@@ -212,6 +226,22 @@ impl Peer {
     }
 
     /// Take one CLR walk from the budget; false when it is spent.
+    /// The clock credit now: `max_clock_ahead` more per `CLOCK_REFILL`, at most
+    /// `CLOCK_CREDIT_MAX` × `max_clock_ahead`, full at first.
+    pub(super) fn refill_clock_credit(&mut self, now: Instant, max_ahead: u64) -> u64 {
+        let cap = max_ahead.saturating_mul(CLOCK_CREDIT_MAX);
+        self.clock_credit = match self.clock_credit_at {
+            None => cap,
+            Some(t) => {
+                let ns = now.saturating_duration_since(t).as_nanos();
+                let more = ns * u128::from(max_ahead) / CLOCK_REFILL.as_nanos();
+                (u128::from(self.clock_credit) + more).min(u128::from(cap)) as u64
+            }
+        };
+        self.clock_credit_at = Some(now);
+        self.clock_credit
+    }
+
     pub(super) fn clear_walk(&mut self, now: Instant) -> bool {
         self.clear_walks
             .take(now, CLEAR_WALKS_PER_SEC, CLEAR_WALKS_BURST)
@@ -257,6 +287,9 @@ impl Peer {
             pad_owed: 0,
             pad_allow: 0,
             clear_walks: Bucket::EMPTY,
+            clock_credit: 0,
+            clock_credit_at: None,
+            clock_paid: 0,
             peer_delay: None,
             stats: PeerSyncStats::default(),
         }

@@ -83,7 +83,7 @@ impl Replica {
                 start_seq,
                 incarnation,
             } => {
-                if !self.merge_clock(peer, clock) {
+                if !self.merge_clock(peer, clock, now) {
                     return Ok(());
                 }
                 let window = self.cfg.keepalive * self.cfg.dead_after;
@@ -151,7 +151,7 @@ impl Replica {
                 clock,
                 incarnation,
             } => {
-                if !self.merge_clock(peer, clock) {
+                if !self.merge_clock(peer, clock, now) {
                     return Ok(());
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
@@ -183,7 +183,7 @@ impl Replica {
                 total_len,
                 chunk,
             } => {
-                if !self.clock_ok(peer, clock) {
+                if !self.clock_ok(peer, clock, now) {
                     return Ok(());
                 }
                 let p = self.peers.get_mut(&peer).unwrap();
@@ -305,7 +305,7 @@ impl Replica {
                 want_reply,
                 clock,
             } => {
-                if !self.merge_clock(peer, clock) {
+                if !self.merge_clock(peer, clock, now) {
                     return Ok(());
                 }
                 let ours = self.table.digest();
@@ -584,7 +584,7 @@ impl Replica {
                 Record::State(v, _) | Record::Tombstone(_, v) => v.clock,
                 Record::Clear { version, .. } => version.clock,
             };
-            if !self.clock_ok(peer, clock) {
+            if !self.clock_ok(peer, clock, now) {
                 continue;
             }
             let admitted = match &rec {
