@@ -352,6 +352,58 @@ fn local_bulk_request_answered_from_mirror() {
     assert!(matches!(p.messages().next(), Some(Message::Upd(s)) if s.id == id));
 }
 
+/// A mirror larger than the injection queue (16,384 packets ≈ 80,000 states) answers a
+/// bulk request whole: `BUS START`, every state, `BUS END`. Queued at once, the answer
+/// overflowed the queue: 81,916 of 100,001 states came out, without the `BUS START`.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "large: runs in release builds (CI)")]
+fn a_bulk_answer_larger_than_the_injection_queue_is_whole() {
+    let mut net = Net::new(vec![config(1, OB)], 14);
+    let now = net.now;
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(9);
+    let n = 100_001;
+    for _ in 0..n {
+        let s = fw.new_state(&mut rng);
+        net.nodes[0].table_mut().apply(&Message::Ins(s), now);
+    }
+    let mut pkts = Vec::new();
+    encode(OB, &[Message::UpdReq(StateId::BULK)], &mut pkts);
+    net.local(0, &pkts[0]);
+    net.run_for(Duration::from_secs(1));
+    let mut msgs = Vec::new();
+    for p in &net.injected[0] {
+        msgs.extend(Packet::new_checked(&p[..], OB).unwrap().messages());
+    }
+    use pfsync_gw::wire::BusStatus;
+    assert!(
+        matches!(
+            msgs.first(),
+            Some(Message::Bus {
+                status: BusStatus::Start,
+                ..
+            })
+        ),
+        "{:?}",
+        msgs.first()
+    );
+    assert!(matches!(
+        msgs.last(),
+        Some(Message::Bus {
+            status: BusStatus::End,
+            ..
+        })
+    ));
+    let ids: std::collections::HashSet<StateId> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::Upd(s) => Some(s.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), n);
+}
+
 #[test]
 fn injected_echo_is_not_reforwarded() {
     let mut net = Net::new(vec![config(1, OB), config(2, OB)], 14);

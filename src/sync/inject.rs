@@ -134,6 +134,13 @@ impl Injector {
     pub fn len(&self) -> usize {
         self.queue.len()
     }
+    /// Packets of `src` queued now.
+    pub(super) fn queued_from(&self, src: Source) -> usize {
+        self.per_source
+            .iter()
+            .find(|&&(s, _)| s == src)
+            .map_or(0, |&(_, n)| n)
+    }
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

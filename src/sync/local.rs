@@ -24,6 +24,11 @@ pub(super) struct Sweep {
 
 /// Most peer claims on our firewall's states awaiting the confirming dump.
 const MAX_CLAIMED: usize = 65_536;
+/// States a bulk answer queues at a time: ≈ 50 packets, a fraction of a round's injection
+/// budget.
+const BULK_STATES: usize = 256;
+/// A bulk answer queues more once fewer than this many of our own packets are queued.
+pub(super) const BULK_QUEUED: usize = 64;
 
 impl Replica {
     /// Like [`Replica::on_local_pfsync`] for a packet that waited too long (the gateway is
@@ -36,6 +41,37 @@ impl Replica {
         let r = self.on_local_pfsync(pkt, now);
         self.coalesce = false;
         r
+    }
+
+    /// Queue the next part of a bulk answer to our firewall, `BULK_STATES` states, and
+    /// `BUS END` after the last. Queued whole, a large mirror's answer overflowed the
+    /// injection queue (16,384 packets ≈ 80,000 states): its `BUS START` and oldest states
+    /// were dropped, and with a peer's packets queued too its tail went over the share. A
+    /// state whose position moved during the answer (a removal put the last state in its
+    /// place) may be missed: the reconciliation sweep gives the firewall what it lacks.
+    pub(super) fn continue_bulk(&mut self) {
+        let Some((pos, at)) = self.bulk_out else {
+            return;
+        };
+        let states = self.table.iter_from(pos).take(BULK_STATES);
+        self.injector.encode(
+            states.map(|e| Message::Upd(e.present(at))),
+            None,
+            at,
+            Source::Local,
+        );
+        let pos = pos + BULK_STATES;
+        if pos < self.table.len() {
+            self.bulk_out = Some((pos, at));
+            return;
+        }
+        self.bulk_out = None;
+        let end = Message::Bus {
+            creator: self.cfg.node_id,
+            endtime: 0,
+            status: BusStatus::End,
+        };
+        self.injector.encode([end], None, at, Source::Local);
     }
 
     /// A peer holds a state of our own firewall that the mirror lacks (after a completed
@@ -363,8 +399,13 @@ impl Replica {
         } else if bulk {
             self.next_bulk_answer = now + self.cfg.bulk_answer_interval;
             self.stats.bulk_answers += 1;
-            let it = self.table.bulk(now, self.cfg.node_id);
-            self.injector.encode(it, None, now, Source::Local);
+            let start = Message::Bus {
+                creator: self.cfg.node_id,
+                endtime: 0,
+                status: BusStatus::Start,
+            };
+            self.injector.encode([start], None, now, Source::Local);
+            self.bulk_out = Some((0, now));
         }
         if sweep_done {
             self.finish_sweep(now, &mut replies);

@@ -471,6 +471,9 @@ pub struct Replica {
     alarms: Vec<(PeerId, u32)>,
     /// The firewall's next bulk request is answered from this instant on.
     next_bulk_answer: Instant,
+    /// A bulk answer under way: the table position it goes on from, and the time its
+    /// states are presented at (the request's, refreshed every round of injection).
+    bulk_out: Option<(usize, Instant)>,
     full_logged: Option<Instant>,
     /// The firewall's own states (creator, ids) that its last complete dump did not list:
     /// deleted if the next complete dump does not list them either.
@@ -514,6 +517,7 @@ impl Replica {
             coalesce: false,
             alarms: Vec::new(),
             next_bulk_answer: now,
+            bulk_out: None,
             full_logged: None,
             absent: None,
             claimed: IdMap::default(),
@@ -544,7 +548,7 @@ impl Replica {
 
     /// Packets are waiting to be injected towards the local firewall.
     pub fn inject_pending(&self) -> bool {
-        !self.injector.is_empty()
+        !self.injector.is_empty() || self.bulk_out.is_some()
     }
 
     /// Before a round of injection: drop the queued packets of only compressed updates
@@ -552,6 +556,9 @@ impl Replica {
     /// queued then.
     pub fn prepare_inject(&mut self, now: Instant) -> usize {
         self.injector.shed_late(now);
+        if let Some((_, at)) = &mut self.bulk_out {
+            *at = now;
+        }
         self.injector.len()
     }
 
@@ -650,6 +657,12 @@ impl Replica {
 
     /// Next native pfsync packet (local dialect) to inject towards our firewall.
     pub fn poll_local_inject(&mut self, out: &mut [u8]) -> Option<usize> {
+        // A bulk answer under way keeps a few of its packets queued, no more: the rest of
+        // the queue stays for the peers' packets, and the answer never overflows it.
+        if self.bulk_out.is_some() && self.injector.queued_from(Source::Local) < local::BULK_QUEUED
+        {
+            self.continue_bulk();
+        }
         self.injector.pop(out)
     }
 

@@ -481,6 +481,16 @@ impl StateTable {
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
         self.slab.iter().map(move |h| Entry { t: self, h })
     }
+    /// The entries from position `from` on (`iter().skip(from)` without the walk): a bulk
+    /// answer resumes where it stopped. Positions move when states are removed (the last
+    /// takes the removed one's place), so a walk across removals may miss a state.
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = Entry<'_>> + '_ {
+        self.slab
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map(move |h| Entry { t: self, h })
+    }
     /// Distinct profiles (interned rarely varying field sets) held; see [`store`].
     pub fn profile_count(&self) -> usize {
         self.pool.len()
