@@ -1260,18 +1260,26 @@ fn a_peer_pushing_our_clock_for_ever_moves_it_only_as_its_credit_allows() {
     );
 }
 
-/// The DEL_Cs a packet injected into our firewall carries.
-fn injected_deletes(r: &mut Replica) -> Vec<StateId> {
+/// The messages (EOF aside) of the packets queued for our firewall.
+fn injected(r: &mut Replica) -> Vec<Message> {
     let mut buf = vec![0u8; 1500];
-    let mut ids = Vec::new();
+    let mut msgs = Vec::new();
     while let Some(n) = r.poll_local_inject(&mut buf) {
         let p = pfsync_gw::wire::Packet::new_checked(&buf[..n], OB).unwrap();
-        ids.extend(p.messages().filter_map(|m| match m {
+        msgs.extend(p.messages().filter(|m| *m != Message::Eof));
+    }
+    msgs
+}
+
+/// The DEL_Cs a packet injected into our firewall carries.
+fn injected_deletes(r: &mut Replica) -> Vec<StateId> {
+    injected(r)
+        .into_iter()
+        .filter_map(|m| match m {
             Message::DelC(id) => Some(id),
             _ => None,
-        }));
-    }
-    ids
+        })
+        .collect()
 }
 
 /// pf's state ids are sequential, so a compromised peer knows our firewall's and the other
@@ -1814,13 +1822,7 @@ fn a_peers_bulk_request_does_not_reach_our_firewall() {
         &packet(&[Message::UpdReq(StateId::BULK), Message::DelC(del)]),
         c,
     );
-    let mut buf = vec![0u8; 1500];
-    let mut msgs = Vec::new();
-    while let Some(n) = lab.r.poll_local_inject(&mut buf) {
-        let p = pfsync_gw::wire::Packet::new_checked(&buf[..n], OB).unwrap();
-        msgs.extend(p.messages().filter(|m| *m != Message::Eof));
-    }
-    assert_eq!(msgs, [Message::DelC(del)]);
+    assert_eq!(injected(&mut lab.r), [Message::DelC(del)]);
 }
 
 /// pf's bulk update is between a firewall and the gateway that answers its `UPD_REQ 0/0`
@@ -1839,11 +1841,5 @@ fn a_peers_bulk_status_does_not_reach_our_firewall() {
         status: BusStatus::End,
     };
     lab.data(&packet(&[bus, Message::DelC(del)]), c);
-    let mut buf = vec![0u8; 1500];
-    let mut msgs = Vec::new();
-    while let Some(n) = lab.r.poll_local_inject(&mut buf) {
-        let p = pfsync_gw::wire::Packet::new_checked(&buf[..n], OB).unwrap();
-        msgs.extend(p.messages().filter(|m| *m != Message::Eof));
-    }
-    assert_eq!(msgs, [Message::DelC(del)]);
+    assert_eq!(injected(&mut lab.r), [Message::DelC(del)]);
 }
