@@ -32,7 +32,9 @@ pub(super) fn send_ranges(
     // A RANGES can answer a RANGES with up to 64 more: paid from the answer budget like
     // RECORDS; a dropped one is asked for again at the next digest check. Checked before
     // its digests are computed: an answer the budget refuses costs nothing more.
-    if !p.affords(cfg, proto::RANGES_HDR + n * 16, now, ANSWER_RESERVE) {
+    if p.affordable_cost(cfg, proto::RANGES_HDR + n * 16, now, ANSWER_RESERVE)
+        .is_none()
+    {
         p.stats.answers_deferred += 1;
         return;
     }

@@ -66,17 +66,19 @@ impl Peer {
         self.stats.answer_bytes += bytes as u64;
     }
 
-    /// Would the budget afford an answer of `len` bytes now (beyond `reserve`)? Charged as
-    /// sent: with the BUNDLE framing it adds when it joins a datagram. Asked before an
-    /// answer that costs work to build (RANGES: its digests) is built.
-    pub(super) fn affords(
+    /// What an answer of `len` bytes costs, if the budget affords it now (beyond
+    /// `reserve`). Charged as sent: with the BUNDLE framing it adds when it joins a
+    /// datagram. Asked before an answer that costs work to build (RANGES: its digests) is
+    /// built, and by [`answer`](Self::answer) itself.
+    pub(super) fn affordable_cost(
         &mut self,
         cfg: &ReplicaConfig,
         len: usize,
         now: Instant,
         reserve: usize,
-    ) -> bool {
-        self.out.bundled_cost(len, cfg.max_datagram) <= self.affordable(cfg, now, reserve)
+    ) -> Option<usize> {
+        let cost = self.out.bundled_cost(len, cfg.max_datagram);
+        (cost <= self.affordable(cfg, now, reserve)).then_some(cost)
     }
 
     /// Queue answer `m` if the budget affords it (beyond `reserve`); else it is dropped and
@@ -93,11 +95,11 @@ impl Peer {
         let Ok(n) = m.encode(&mut buf) else {
             return false;
         };
-        if !self.affords(cfg, n, now, reserve) {
+        let Some(cost) = self.affordable_cost(cfg, n, now, reserve) else {
             self.stats.answers_deferred += 1;
             return false;
-        }
-        self.spend(self.out.bundled_cost(n, cfg.max_datagram));
+        };
+        self.spend(cost);
         self.push_out(cfg, &buf[..n]);
         true
     }
