@@ -585,36 +585,29 @@ pub(crate) mod tests {
             fw.send_to(&pkt, &sa(me)).unwrap();
             rogue.send_to(&pkt, &sa(me)).unwrap();
         }
-        // Three are expected on each; then 50 ms more for any extra (a loaded machine may
+        // Three are expected on each, then 50 ms more for any extra (a loaded machine may
         // deliver late: a fixed sleep alone made this flaky).
         let read = |s: &Socket| {
             let mut got = Vec::new();
             let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
-            let t = std::time::Instant::now();
-            let mut settle = None;
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(n) => {
-                        // SAFETY: recv initialised the first n bytes.
-                        let b: Vec<u8> = buf[..n]
-                            .iter()
-                            .map(|b| unsafe { b.assume_init() })
-                            .collect();
-                        got.push((Ipv4Addr::new(b[12], b[13], b[14], b[15]), n));
-                    }
-                    Err(_)
-                        if settle
-                            .is_some_and(|d: std::time::Instant| d.elapsed().as_millis() > 50) =>
-                    {
-                        break
-                    }
-                    Err(_) if t.elapsed().as_secs() >= 2 => break,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
-                }
-                if got.len() >= 3 && settle.is_none() {
-                    settle = Some(std::time::Instant::now());
+            let mut recv = |got: &mut Vec<(Ipv4Addr, usize)>| {
+                let n = s.recv(&mut buf).ok()?;
+                // SAFETY: recv initialised the first n bytes.
+                let b: Vec<u8> = buf[..n]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
+                got.push((Ipv4Addr::new(b[12], b[13], b[14], b[15]), n));
+                Some(())
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while got.len() < 3 && std::time::Instant::now() < deadline {
+                if recv(&mut got).is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            while recv(&mut got).is_some() {}
             got
         };
         let full = 20 + pkt.len();
