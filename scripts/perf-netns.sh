@@ -10,11 +10,12 @@
 #            as the gateway does)
 #            --nice N (every relay's priority, default -10 = the gateway's default [node] nice)
 #            --sched fifo|other (default fifo = the gateway's default [node] scheduler: every
-#            relay and fw-b's receiver at SCHED_FIFO --rt-priority, fw-a's sender one above;
-#            other: everything time-shared, relays at --nice, the sender at nice 0)
+#            relay at SCHED_FIFO --rt-priority, fw-a's sender one above, fw-b's receiver two
+#            above, as a kernel's receive is; other: everything time-shared, relays and the
+#            receiver at --nice, the sender at nice 0)
 #            --rt-priority N (default 1 = the gateway's default [node] rt_priority)
-#            --pin (fw-a's sender and fw-b's receiver on the first allowed CPU, the receiver
-#            above the sender; the relays on the others: the firewalls on a core of their
+#            --pin (fw-a's sender and fw-b's receiver on the first allowed CPU; the relays on
+#            the others: the firewalls on a core of their
 #            own, as on hosts of their own, so the relays' CPU does not shrink as the offered
 #            load grows; what the sender offers then depends on what the receiver leaves it;
 #            default: everything floats on all CPUs)
@@ -117,12 +118,8 @@ if command -v perf >/dev/null && [ "$(nproc)" -ge 2 ]; then
 fi
 case $SCHED in
     fifo)
-        [ -z "$PIN" ] || [ "$RTPRIO" -le 97 ] || { echo "perf-netns: --pin needs --rt-priority <= 97 (the receiver runs two above)" >&2; exit 2; }
-        if [ -n "$PIN" ]; then
-            echo "# relays at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1)), fw-b's receiver at SCHED_FIFO $((RTPRIO + 2))"
-        else
-            echo "# relays and fw-b's receiver at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1))"
-        fi ;;
+        [ "$RTPRIO" -le 97 ] || { echo "perf-netns: --rt-priority must be <= 97 (fw-b's receiver runs two above)" >&2; exit 2; }
+        echo "# relays at SCHED_FIFO $RTPRIO, fw-a's sender at SCHED_FIFO $((RTPRIO + 1)), fw-b's receiver (a packet ring) at SCHED_FIFO $((RTPRIO + 2))" ;;
     other) RTPRIO=0 ;;
     *) echo "perf-netns: --sched fifo or other" >&2; exit 2 ;;
 esac

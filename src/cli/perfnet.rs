@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::local::mmsg::{RecvBatch, SendBatch, BATCH};
-use crate::local::raw::{RawSyncSocket, SyncPath};
+use crate::local::raw::{link_capture_ring, RawSyncSocket, SyncPath};
 use crate::wire::{
     self, ipv4::Ipv4Packet, AddrFamily, Dialect, Message, Packet, PacketWriter, PeerRepr, StateId,
     StateRepr, UpdCRepr,
@@ -28,8 +28,8 @@ use crate::wire::{
 const CREATOR: u32 = 0x9e7f_0001;
 /// Versions of each state the sender remembers (to find the first one fw-b lacks).
 const RING: usize = 8;
-/// fw-b's receiver runs at the relays' priority (perf-netns.sh `--nice`'s default; under
-/// `--sched fifo`, `--rt-priority`; pinned, above the sender: see `--pin`).
+/// fw-b's receiver's nice time-shared (perf-netns.sh `--nice`'s default); under
+/// `--sched fifo` it runs above everything (see `--rt-priority`).
 const RX_NICE: i32 = -10;
 
 #[derive(Debug, clap::Args)]
@@ -67,18 +67,16 @@ pub struct LoadArgs {
     pub to: Option<std::net::Ipv4Addr>,
     /// Real-time priority of the relays (perf-netns.sh `--sched fifo`; 0 = they run at
     /// `--nice`). fw-a's sender runs one above it, so what it offers does not depend on what
-    /// the relays leave it (a firewall's kernel is on another host); fw-b's receiver at it:
-    /// its bookkeeping per change costs far more than a kernel's receive, and above the
-    /// relays it took their CPU (every relay lost more at 100k than at its priority).
-    /// Pinned (`--pin`), the receiver runs two above, on the firewalls' core.
+    /// the relays leave it (a firewall's kernel is on another host); fw-b's receiver two
+    /// above it, as a kernel's receive softirq preempts every thread (it reads a packet
+    /// ring a block at a time, so it takes little: at the relays' priority it starved).
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,
     /// CPU for fw-a's sender, CPU for fw-b's receiver (perf-netns.sh `--pin`: both on the
     /// first allowed CPU, the relays on the others). The firewalls then have a core of their
     /// own, as on hosts of their own, and what the relays get does not shrink as the offered
-    /// load grows. The receiver runs above the sender there (a kernel's receive preempts its
-    /// own sending), so fw-b counts what arrives whatever the sender does; in exchange what
-    /// the sender offers at max is what the receiver leaves it. Unset: both float.
+    /// load grows; what the sender offers at max is then what the receiver leaves it.
+    /// Unset: both float.
     #[arg(long, value_parser = parse_pin)]
     pub pin: Option<(usize, usize)>,
 }
@@ -195,6 +193,9 @@ struct Shared {
     /// Newest version (send time, µs) of each state seen at fw-b.
     newest: Vec<AtomicU32>,
     stop: AtomicBool,
+    /// fw-b's ring is mapped (set once; or the receiver gave up): the sender starts then,
+    /// so no inserted state is sent before fw-b can see it.
+    rx_ready: AtomicBool,
     /// Receiver counters: packets and changes of our states, since the last reset.
     rx_pkts: AtomicU64,
     rx_changes: AtomicU64,
@@ -203,6 +204,9 @@ struct Shared {
     /// shows here (docs/PERFORMANCE.md, the overload age tail).
     rx_last_us: AtomicU32,
     rx_gap_max_us: AtomicU32,
+    /// Packets fw-b's ring had no room for since the last reset: lost in the benchmark,
+    /// not on the path (shown per point; 0 unless the receiver falls 0.4 s behind).
+    rx_dropped: AtomicU64,
     /// Send time (µs) from which changes belong to the current point: a backlog of the
     /// point before (an overload's queue, released after a stall) is not this point's
     /// delivery, latency or loss.
@@ -319,10 +323,10 @@ fn fifo(priority: u8) {
 }
 
 fn load(args: &LoadArgs) -> io::Result<()> {
-    if args.pin.is_some() && args.rt_priority > 97 {
+    if args.rt_priority > 97 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "--pin needs --rt-priority <= 97 (the receiver runs two above the relays)",
+            "--rt-priority must be <= 97 (the receiver runs two above the relays)",
         ));
     }
     if args.rt_priority > 0 {
@@ -340,10 +344,12 @@ fn load(args: &LoadArgs) -> io::Result<()> {
         head: (0..n).map(|_| AtomicU32::new(0)).collect(),
         newest: (0..n).map(|_| AtomicU32::new(0)).collect(),
         stop: AtomicBool::new(false),
+        rx_ready: AtomicBool::new(false),
         rx_pkts: AtomicU64::new(0),
         rx_changes: AtomicU64::new(0),
         rx_last_us: AtomicU32::new(0),
         rx_gap_max_us: AtomicU32::new(0),
+        rx_dropped: AtomicU64::new(0),
         point_start_us: AtomicU32::new(0),
     });
     let lat = Arc::new(std::sync::Mutex::new(Samples::default()));
@@ -361,79 +367,73 @@ fn load(args: &LoadArgs) -> io::Result<()> {
                 pin_to(c)?;
             }
             enter_netns(&ns)?;
-            let sock = RawSyncSocket::open(&iface, true, wire::PFSYNC_GROUP)?;
-            let fd = sock.as_raw_fd();
-            let mut rb = RecvBatch::new(2048);
-            // fw-b stands for a kernel, which takes packets in softirq: arrival is the
-            // kernel's receive time, and the thread runs at the relays' priority (pinned:
-            // above the sender on the firewalls' core), so neither the latency nor the age
-            // measures this thread's own scheduling. Best effort, like the rest of the
-            // benchmark's setup (it runs as root).
-            rb.enable_timestamps(fd);
+            // fw-b stands for a kernel, which takes packets in softirq and never drops them
+            // for want of a thread's CPU: the kernel copies them into a ring of 64 MiB
+            // (0.4 s of the largest load), this thread reads it a block at a time (handed
+            // over full or 1 ms after its first packet), and arrival is the kernel's receive
+            // time. Read by a socket, this thread starved under overload at the relays'
+            // priority (5 % of a core: 288,000 of the packets gw-b delivered in 8 s dropped
+            // at fw-b's socket) and above them took their CPU (a wakeup per few packets).
+            let opened = link_capture_ring(&iface, 1 << 20, 64, 1);
+            sh.rx_ready.store(true, Ordering::Release);
+            let (mut ring, _listener) = opened?;
             let _ = crate::node::privdrop::set_nice(RX_NICE);
             if rt_priority > 0 {
-                // Pinned: on the firewalls' core, above the sender (≤ 97 + 2, checked
-                // above); else at the relays'.
-                fifo(if rx_cpu.is_some() {
-                    rt_priority + 2
-                } else {
-                    rt_priority
-                });
+                // Above everything, as a kernel's receive is (≤ 97 + 2, checked above):
+                // reading a block a millisecond, it takes 15 % of a core at 100k large
+                // packets/s.
+                fifo(rt_priority + 2);
             }
             if rx_cpu.is_some() {
                 println!("# perf-load: fw-b's receiver on {}", placement());
             }
             let mut local = Vec::with_capacity(1 << 16);
             while !sh.stop.load(Ordering::Relaxed) {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut pfd, 1, 50) };
-                while rb.recv(fd).is_ok() {
-                    let read_at = sh.now_us();
-                    for i in 0..rb.len() {
-                        let now = rb.received_at(i).map_or(read_at, |t| sh.wall_us(t));
-                        let Some(d) = rb.data(i) else { continue };
-                        let Ok(ip) = Ipv4Packet::new_checked(d) else {
-                            continue;
+                ring.wait(Duration::from_millis(50));
+                let point = sh.point_start_us.load(Ordering::Relaxed);
+                ring.drain(|at, d| {
+                    let now = sh.wall_us(at);
+                    let Ok(ip) = Ipv4Packet::new_checked(d) else {
+                        return;
+                    };
+                    if ip.protocol() != wire::IPPROTO_PFSYNC {
+                        return;
+                    }
+                    let Ok(p) = Packet::new_checked(ip.payload(), Dialect::OpenbsdV6) else {
+                        return;
+                    };
+                    let mut ours = 0;
+                    for m in p.messages() {
+                        let (id, seq) = match m {
+                            Message::UpdC(u) => (u.id, u.src.seqlo),
+                            Message::Upd(s) | Message::Ins(s) => (s.id, s.src.seqlo),
+                            _ => continue,
                         };
-                        let Ok(p) = Packet::new_checked(ip.payload(), Dialect::OpenbsdV6) else {
+                        if id.creator != CREATOR || id.id == 0 || id.id as usize > n {
                             continue;
-                        };
-                        let mut ours = 0;
-                        let point = sh.point_start_us.load(Ordering::Relaxed);
-                        for m in p.messages() {
-                            let (id, seq) = match m {
-                                Message::UpdC(u) => (u.id, u.src.seqlo),
-                                Message::Upd(s) | Message::Ins(s) => (s.id, s.src.seqlo),
-                                _ => continue,
-                            };
-                            if id.creator != CREATOR || id.id == 0 || id.id as usize > n {
-                                continue;
-                            }
-                            let idx = id.id as usize - 1;
-                            sh.newest[idx].fetch_max(seq, Ordering::Relaxed);
-                            if seq < point {
-                                continue;
-                            }
-                            ours += 1;
-                            if seq > 1 {
-                                local.push(now.saturating_sub(seq));
-                            }
                         }
-                        if ours > 0 {
-                            sh.rx_pkts.fetch_add(1, Ordering::Relaxed);
-                            sh.rx_changes.fetch_add(ours, Ordering::Relaxed);
-                            let last = sh.rx_last_us.swap(now, Ordering::Relaxed);
-                            if last != 0 {
-                                sh.rx_gap_max_us
-                                    .fetch_max(now.saturating_sub(last), Ordering::Relaxed);
-                            }
+                        let idx = id.id as usize - 1;
+                        sh.newest[idx].fetch_max(seq, Ordering::Relaxed);
+                        if seq < point {
+                            continue;
+                        }
+                        ours += 1;
+                        if seq > 1 {
+                            local.push(now.saturating_sub(seq));
                         }
                     }
+                    if ours > 0 {
+                        sh.rx_pkts.fetch_add(1, Ordering::Relaxed);
+                        sh.rx_changes.fetch_add(ours, Ordering::Relaxed);
+                        let last = sh.rx_last_us.swap(now, Ordering::Relaxed);
+                        if last != 0 {
+                            sh.rx_gap_max_us
+                                .fetch_max(now.saturating_sub(last), Ordering::Relaxed);
+                        }
+                    }
+                });
+                if let Ok(d) = ring.take_drops() {
+                    sh.rx_dropped.fetch_add(u64::from(d), Ordering::Relaxed);
                 }
                 if local.len() > 4096 {
                     lat.lock().unwrap().0.append(&mut local);
@@ -460,6 +460,10 @@ fn send_all(
     n: usize,
 ) -> io::Result<()> {
     enter_netns(&args.tx_ns)?;
+    let t = Instant::now();
+    while !sh.rx_ready.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let sock = RawSyncSocket::open(&args.iface, false, args.to.unwrap_or(wire::PFSYNC_GROUP))?;
     let fd = sock.as_raw_fd();
     let to = sock.inject_to();
@@ -532,6 +536,7 @@ fn send_all(
             sh.rx_changes.store(0, Ordering::Relaxed);
             sh.rx_last_us.store(0, Ordering::Relaxed);
             sh.rx_gap_max_us.store(0, Ordering::Relaxed);
+            sh.rx_dropped.store(0, Ordering::Relaxed);
             let dur = Duration::from_secs_f64(args.secs.max(0.2));
             let start = Instant::now();
             let start_us = sh.now_us();
@@ -630,9 +635,10 @@ fn send_all(
                 cpu.get(1).map_or("-", |s| s.as_str()),
             );
             println!(
-                "# {} {per} {offered}: longest gap between deliveries at fw-b {:.1} ms",
+                "# {} {per} {offered}: longest gap between deliveries at fw-b {:.1} ms, dropped by fw-b's ring {}",
                 args.label,
                 f64::from(sh.rx_gap_max_us.load(Ordering::Relaxed)) / 1000.0,
+                sh.rx_dropped.load(Ordering::Relaxed),
             );
         }
     }

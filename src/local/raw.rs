@@ -468,6 +468,27 @@ fn link_socket(ifindex: u32) -> io::Result<Socket> {
     Ok(sock)
 }
 
+/// A [`RxRing`](super::ring::RxRing) reading every IPv4 packet that arrives on `ifname`
+/// (to the pfsync group or to us), with a raw protocol-240 socket that keeps nothing beside
+/// it: bound, it stops the kernel answering unicast pfsync with ICMP protocol-unreachable,
+/// as a listener would. For a reader that goes by receive timestamps (the benchmark's fw-b).
+pub fn link_capture_ring(
+    ifname: &str,
+    block_size: usize,
+    blocks: usize,
+    retire_ms: u32,
+) -> io::Result<(super::ring::RxRing, Socket)> {
+    if !is_ethernet(ifname) {
+        return Err(io::Error::other(format!(
+            "`{ifname}` is not an Ethernet interface"
+        )));
+    }
+    let sock = link_capture_socket(if_index(ifname)?)?;
+    let ring = super::ring::RxRing::attach(sock, block_size, blocks, retire_ms)?;
+    let listener = pfsync_socket(ifname, Some(&super::filter::drop_all()))?;
+    Ok((ring, listener))
+}
+
 /// An `AF_PACKET` datagram socket that reads the IPv4 packets arriving on `ifindex` (to
 /// the group's MAC address, which it asks the interface to accept, or to ours), behind
 /// the link checks until the driver attaches the capture filter.
