@@ -26,7 +26,9 @@
 #        PERF_SHED_TARGET=<ms> ([local] shed_target_ms; 0 = kernel shedding off),
 #        PERF_RX_COALESCE=<µs> ([node] rx_coalesce_us; 0 = off; builds before it lack it),
 #        PERF_INJECT=ip|link ([local] inject_path; builds before it lack it),
-#        PERF_CAPTURE=ip|link ([local] capture_path; likewise)
+#        PERF_CAPTURE=ip|link ([local] capture_path; likewise),
+#        PERF_RT_UNTHROTTLED=1 (kernel.sched_rt_runtime_us = -1 for the run, restored on
+#        exit: tells the kernel's real-time throttling from the relays in the age tail)
 #
 # Mode `boringtun` (in the default --modes) runs userspace WireGuard between the gateways when
 # `boringtun-cli` and `wg` are installed (cargo install boringtun-cli; apt install
@@ -83,13 +85,23 @@ DIR=$(mktemp -d /tmp/$ID.XXXX)
 FWA=$ID-fwa GWA=$ID-gwa GWB=$ID-gwb FWB=$ID-fwb
 PIDS=()
 
+RT_RUNTIME_WAS=
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [ -z "$RT_RUNTIME_WAS" ] || echo "$RT_RUNTIME_WAS" >/proc/sys/kernel/sched_rt_runtime_us
     for ns in $FWA $GWA $GWB $FWB; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+if [ -n "${PERF_RT_UNTHROTTLED:-}" ]; then
+    # Attribution only: four real-time threads on two cores (sender, receiver, both
+    # gateways) pass a core's real-time budget together, which one gateway on its own host
+    # does not; the kernel then stops them all for the rest of the second.
+    RT_RUNTIME_WAS=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+    echo -1 >/proc/sys/kernel/sched_rt_runtime_us
+    echo "# real-time throttling off for the run (was $RT_RUNTIME_WAS µs a second)"
+fi
 
 for ns in $FWA $GWA $GWB $FWB; do
     ip netns add "$ns"
