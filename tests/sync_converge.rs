@@ -804,6 +804,29 @@ fn the_receivers_delay_reaches_the_sender_in_its_acks() {
     assert!(net.nodes[0].peer_delay(net.now) < Duration::from_millis(5));
 }
 
+/// The injection-queue part of an ACK's delay is the acknowledged peer's own lane: one
+/// peer's backlog (its firewall churns, ours takes nothing) is reported to that peer, which
+/// can shed for it, and not to another, which has nothing there to shed.
+#[test]
+fn a_peers_backlog_is_reported_to_it_alone() {
+    let mut net = Net::new(vec![config(1, OB), config(2, OB), config(3, OB)], 13);
+    net.all_up();
+    net.run_for(Duration::from_secs(1));
+    let mut fw = Firewall::new(0xa, OB);
+    let mut rng = Rng::new(7);
+    net.nodes[2].set_receive_delay(Duration::from_millis(2));
+    net.hold_inject[2] = true;
+    // 3 s: the idle node sends at least two ALIVEs (keepalive 1 s), each ACKed.
+    churn_rounds(&mut net, &mut fw, &mut rng, 300, Duration::from_millis(10));
+    let to_churner = net.nodes[0].peer_stats(2).unwrap().peer_delay_us;
+    let to_idle = net.nodes[1].peer_stats(2).unwrap().peer_delay_us;
+    assert!(to_churner >= 20_000, "the churner was told {to_churner} µs");
+    assert_eq!(
+        to_idle, 2_000,
+        "the idle node is told only the socket's wait"
+    );
+}
+
 /// A state the firewall creates while it dumps its table (a sweep), or while the gateway
 /// is behind (the insert goes to the peers coalesced, as a repair), reaches the peers ahead
 /// of its updates, so they never meet an update of a state they were not told about. In a

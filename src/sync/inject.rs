@@ -1,5 +1,6 @@
-//! Packets towards the local firewall: a bounded queue, the one place that encodes messages in
-//! the local dialect, and the echo filter for loop prevention.
+//! Packets towards the local firewall: a bounded queue served fairly between its sources,
+//! the one place that encodes messages in the local dialect, and the echo filter for loop
+//! prevention.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,15 +36,15 @@ pub struct InjectStats {
 pub struct Injector {
     dialect: Dialect,
     mtu: usize,
-    /// Who queued each packet (parallel to `queue`), and how many each source has queued:
-    /// a full queue is shared fairly (see `push`).
-    queued_src: VecDeque<Source>,
-    per_source: Vec<(Source, usize)>,
-    /// Packets in order, each in a buffer of its own: a reassembled packet's buffer is
-    /// queued as it is (no copy); buffers go back to `spare` once injected.
-    queue: VecDeque<Vec<u8>>,
-    /// When each queued packet was queued (parallel to `queue`).
-    queued_at: VecDeque<Instant>,
+    /// Queued packets, a lane per source, served in turn (see `pop`): a source's
+    /// compressed updates wait behind its own packets and one turn of each other source's,
+    /// never behind another source's whole backlog. A full queue is shared fairly (see
+    /// `push`).
+    lanes: Vec<Lane>,
+    /// The lane `pop` serves next.
+    turn: usize,
+    /// Packets queued in all lanes.
+    queued: usize,
     /// Memory the queued buffers hold (their capacity, not their length), and the spares'.
     queued_bytes: usize,
     spare_bytes: usize,
@@ -61,6 +62,24 @@ pub struct Injector {
     /// When the newest packet was queued (the echo time of a joined packet).
     last_push: Option<Instant>,
     pub stats: InjectStats,
+}
+
+/// One source's queued packets, oldest first, each in a buffer of its own: a reassembled
+/// packet's buffer is queued as it is (no copy); buffers go back to `spare` once injected.
+struct Lane {
+    src: Source,
+    packets: VecDeque<Queued>,
+    /// When each of its queued ordered packets was queued, oldest first (they leave the
+    /// lane only from its front).
+    ordered: VecDeque<Instant>,
+}
+
+struct Queued {
+    buf: Vec<u8>,
+    /// When it was queued.
+    at: Instant,
+    /// Not only compressed updates: it keeps its place in time (see `pop`).
+    ordered: bool,
 }
 
 /// 64×64 → 128-bit multiply, halves folded: one instruction mixes 16 bytes.
@@ -113,10 +132,9 @@ impl Injector {
         Injector {
             dialect,
             mtu,
-            queued_src: VecDeque::new(),
-            per_source: Vec::new(),
-            queue: VecDeque::new(),
-            queued_at: VecDeque::new(),
+            lanes: Vec::new(),
+            turn: 0,
+            queued: 0,
             queued_bytes: 0,
             spare_bytes: 0,
             max_items: max.max(1),
@@ -132,17 +150,17 @@ impl Injector {
     }
 
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queued
     }
     /// Packets of `src` queued now.
     pub(super) fn queued_from(&self, src: Source) -> usize {
-        self.per_source
+        self.lanes
             .iter()
-            .find(|&&(s, _)| s == src)
-            .map_or(0, |&(_, n)| n)
+            .find(|l| l.src == src)
+            .map_or(0, |l| l.packets.len())
     }
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queued == 0
     }
     /// Packets queued since the start, dropped ones included.
     pub fn arrivals(&self) -> u64 {
@@ -193,15 +211,20 @@ impl Injector {
         self.push(b, now, true, src);
     }
 
-    fn count(&mut self, src: Source) -> &mut usize {
-        let i = match self.per_source.iter().position(|&(s, _)| s == src) {
+    /// The lane of `src` (opened on its first packet; one per source, so as many as peers
+    /// and one more).
+    fn lane(&mut self, src: Source) -> usize {
+        match self.lanes.iter().position(|l| l.src == src) {
             Some(i) => i,
             None => {
-                self.per_source.push((src, 0));
-                self.per_source.len() - 1
+                self.lanes.push(Lane {
+                    src,
+                    packets: VecDeque::new(),
+                    ordered: VecDeque::new(),
+                });
+                self.lanes.len() - 1
             }
-        };
-        &mut self.per_source[i].1
+        }
     }
 
     /// Queue `b`; `echo`: remember it for the echo filter (only packets that carry states
@@ -211,21 +234,22 @@ impl Injector {
             self.give_buf(b);
             return;
         }
-        // Beyond the bounds the oldest packets go — unless the source already holds its
-        // fair share of the queue (the bound over the sources queueing now): then its new
-        // packet does. One peer flooding us with small packets (a compromised one: a DATA
-        // datagram can carry twenty) fills only its share and never pushes the others'
-        // packets out; alone, it has the whole queue.
+        // Beyond the bounds the longest lane's oldest packets go — unless the source
+        // already holds its fair share of the queue (the bound over the sources queueing
+        // now): then its new packet does. One peer flooding us with small packets (a
+        // compromised one: a DATA datagram can carry twenty) fills only its share and never
+        // pushes the others' packets out; alone, it has the whole queue.
         let full = |q: &Self| {
-            !q.queue.is_empty()
-                && (q.queue.len() >= q.max_items || q.queued_bytes + b.capacity() > q.max_bytes)
+            q.queued > 0 && (q.queued >= q.max_items || q.queued_bytes + b.capacity() > q.max_bytes)
         };
+        let me = self.lane(src);
         if full(self) {
-            let mine = *self.count(src);
+            let mine = self.lanes[me].packets.len();
             let sources = self
-                .per_source
+                .lanes
                 .iter()
-                .filter(|&&(s, n)| n > 0 || s == src)
+                .enumerate()
+                .filter(|&(i, l)| !l.packets.is_empty() || i == me)
                 .count();
             if sources > 1 && mine >= self.max_items / sources {
                 self.give_buf(b);
@@ -235,17 +259,27 @@ impl Injector {
             }
         }
         while full(self) {
-            self.drop_front();
+            let longest = (0..self.lanes.len())
+                .max_by_key(|&i| self.lanes[i].packets.len())
+                .unwrap_or(me);
+            self.drop_front(longest);
             self.stats.dropped += 1;
         }
-        *self.count(src) += 1;
-        self.queued_src.push_back(src);
         if echo {
             self.remember(packet_hash(&b), now);
         }
+        let ordered = !self.run.matches(&b);
+        let lane = &mut self.lanes[me];
+        if ordered {
+            lane.ordered.push_back(now);
+        }
+        self.queued += 1;
         self.queued_bytes += b.capacity();
-        self.queue.push_back(b);
-        self.queued_at.push_back(now);
+        lane.packets.push_back(Queued {
+            buf: b,
+            at: now,
+            ordered,
+        });
         self.arrivals += 1;
         self.last_push = Some(now);
         // The queue grew: spares give way.
@@ -269,47 +303,68 @@ impl Injector {
         self.echo.push_back((hash, now));
     }
 
-    fn drop_front(&mut self) {
-        if let Some(b) = self.queue.pop_front() {
-            self.queued_at.pop_front();
-            if let Some(src) = self.queued_src.pop_front() {
-                let n = self.count(src);
-                *n = n.saturating_sub(1);
-            }
-            self.queued_bytes -= b.capacity();
+    /// Take the oldest packet of `lane` off the queue.
+    fn take_front(&mut self, lane: usize) -> Option<Vec<u8>> {
+        let l = &mut self.lanes[lane];
+        let q = l.packets.pop_front()?;
+        if q.ordered {
+            l.ordered.pop_front();
+        }
+        self.queued -= 1;
+        self.queued_bytes -= q.buf.capacity();
+        Some(q.buf)
+    }
+
+    /// Drop the oldest packet of `lane`.
+    fn drop_front(&mut self, lane: usize) {
+        if let Some(b) = self.take_front(lane) {
             self.give_buf(b);
         }
     }
 
     /// How long the oldest queued packet has waited (zero for an empty queue).
     pub fn head_wait(&self, now: Instant) -> Duration {
-        self.queued_at
-            .front()
-            .map_or(Duration::ZERO, |&t| now.saturating_duration_since(t))
+        self.lanes
+            .iter()
+            .filter_map(|l| l.packets.front())
+            .map(|q| now.saturating_duration_since(q.at))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// How long the oldest packet of `src` has waited: what its packets meet here, the
+    /// lanes being served in turn (zero for none queued).
+    pub fn head_wait_of(&self, src: Source, now: Instant) -> Duration {
+        self.lanes
+            .iter()
+            .find(|l| l.src == src)
+            .and_then(|l| l.packets.front())
+            .map_or(Duration::ZERO, |q| now.saturating_duration_since(q.at))
     }
 
     /// Drop the queued packets of only `UPD_C` that have waited longer than
     /// [`INJECT_MAX_AGE`]; every other packet (inserts, deletes, bulk answers, requests)
-    /// stays, in order. Only the late prefix of the queue is looked at.
+    /// stays, in order. Only each lane's late prefix is looked at.
     pub fn shed_late(&mut self, now: Instant) {
         let Some(deadline) = now.checked_sub(INJECT_MAX_AGE) else {
             return;
         };
-        let late = self.queued_at.partition_point(|&t| t < deadline);
-        // Keepers move to the back of the late prefix, in order; the dropped ones end up in
-        // front of them and leave from the front (no allocation).
-        let mut back = late;
-        for i in (0..late).rev() {
-            if !self.run.matches(&self.queue[i]) {
-                back -= 1;
-                self.queue.swap(back, i);
-                self.queued_at.swap(back, i);
-                self.queued_src.swap(back, i);
+        for li in 0..self.lanes.len() {
+            let lane = &mut self.lanes[li].packets;
+            let late = lane.partition_point(|q| q.at < deadline);
+            // Keepers move to the back of the late prefix, in order; the dropped ones end
+            // up in front of them and leave from the front (no allocation).
+            let mut back = late;
+            for i in (0..late).rev() {
+                if lane[i].ordered {
+                    back -= 1;
+                    lane.swap(back, i);
+                }
             }
-        }
-        for _ in 0..back {
-            self.drop_front();
-            self.stats.late += 1;
+            for _ in 0..back {
+                self.drop_front(li);
+                self.stats.late += 1;
+            }
         }
     }
 
@@ -381,29 +436,54 @@ impl Injector {
         self.buf = buf;
     }
 
-    /// The next packet to inject, into `out`. Packets of compressed updates only that wait
-    /// back to back are joined into one, up to the MTU, as pf itself packs its updates: a
-    /// relay that fell behind on small packets spends its time in the kernel's per-packet
-    /// send path, not on the updates. A lone packet goes out as it came.
+    /// The lane to serve next: the next in turn with packets, unless its head is an
+    /// ordered packet (one that is not only compressed updates) and another lane holds an
+    /// older ordered one. Ordered packets thus leave in the order they came, whatever their
+    /// source — a peer's delete never overtakes an older bulk answer that still holds the
+    /// state, which would bring it back in the firewall — while compressed updates, which
+    /// pf checks against the state's own sequence numbers, are served in turn. Some lane
+    /// always qualifies: the one holding the oldest ordered packet.
+    fn next_lane(&self) -> Option<usize> {
+        let k = self.lanes.len();
+        (0..k).map(|j| (self.turn + j) % k).find(|&i| {
+            let Some(head) = self.lanes[i].packets.front() else {
+                return false;
+            };
+            !head.ordered
+                || self
+                    .lanes
+                    .iter()
+                    .all(|l| l.ordered.front().is_none_or(|&t| t >= head.at))
+        })
+    }
+
+    /// The next packet to inject, into `out`, from the lane [`Injector::next_lane`]
+    /// picks. Packets of compressed updates only that wait back to back in a lane are
+    /// joined into one, up to the MTU, as pf itself packs its updates: a relay that fell
+    /// behind on small packets spends its time in the kernel's per-packet send path, not on
+    /// the updates. A lone packet goes out as it came.
     pub fn pop(&mut self, out: &mut [u8]) -> Option<usize> {
-        let n = self.queue.front()?.len();
+        let li = self.next_lane()?;
+        self.turn = (li + 1) % self.lanes.len();
+        let b = self.take_front(li)?;
+        let n = b.len();
         if n > out.len() {
             // Caller's buffer is too small for this packet: drop it rather than stall.
-            self.drop_front();
+            self.give_buf(b);
             self.stats.dropped += 1;
             return None;
         }
-        out[..n].copy_from_slice(self.queue.front()?);
-        self.drop_front();
+        out[..n].copy_from_slice(&b);
+        self.give_buf(b);
         let (mut n, mut joined_any) = (n, false);
         let room = self.mtu.min(out.len());
-        while let Some(joined) = self
-            .queue
+        while let Some(joined) = self.lanes[li]
+            .packets
             .front()
-            .and_then(|next| self.run.join(&mut out[..room], n, next))
+            .and_then(|next| self.run.join(&mut out[..room], n, &next.buf))
         {
             n = joined;
-            self.drop_front();
+            self.drop_front(li);
             self.stats.joined += 1;
             joined_any = true;
         }
@@ -590,7 +670,13 @@ mod tests {
         let now = Instant::now();
         // 64 packets of 1500 B: the bound is max(64 × 1500, 65535) = 96,000 bytes.
         let mut inj = Injector::new(Dialect::OpenbsdV6, 1500, 64);
-        let held = |i: &Injector| i.queue.iter().map(Vec::capacity).sum::<usize>();
+        let held = |i: &Injector| {
+            i.lanes
+                .iter()
+                .flat_map(|l| &l.packets)
+                .map(|q| q.buf.capacity())
+                .sum::<usize>()
+        };
         let spares = |i: &Injector| i.spare.iter().map(Vec::capacity).sum::<usize>();
         // Small packets still take a local packet's room each (as the byte ring did)...
         for k in 0..200u8 {
@@ -631,6 +717,64 @@ mod tests {
         let b = inj.take_buf();
         assert!(b.is_empty() && b.capacity() >= 1500);
         assert_eq!(inj.spare.len(), 1);
+    }
+
+    /// Compressed updates are served in turn: one queued behind another peer's backlog of
+    /// a hundred goes out in the second packet, and each peer is told its own lane's wait.
+    #[test]
+    fn a_backlog_of_one_peer_does_not_delay_anothers_updates() {
+        let d = Dialect::OpenbsdV6;
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut inj = Injector::new(d, 1480, 1000);
+        for i in 0..100 {
+            inj.push_raw(&packet(d, &[upd_c(i)], 1), t0, Source::Peer(1));
+        }
+        inj.push_raw(&packet(d, &[upd_c(1000)], 2), t0 + ms(30), Source::Peer(2));
+        let del = [Message::DelC(StateId::new(2000, 7))];
+        inj.push_raw(&packet(d, &del, 3), t0 + ms(30), Source::Local);
+        assert_eq!(inj.head_wait(t0 + ms(40)), ms(40));
+        assert_eq!(inj.head_wait_of(Source::Peer(1), t0 + ms(40)), ms(40));
+        assert_eq!(inj.head_wait_of(Source::Peer(2), t0 + ms(40)), ms(10));
+        assert_eq!(inj.head_wait_of(Source::Peer(9), t0 + ms(40)), ms(0));
+        let (pkts, msgs) = drain(&mut inj, d);
+        let in_packet = |m: &Message| {
+            pkts.iter().position(|p| {
+                Packet::new_checked(&p[..], d)
+                    .unwrap()
+                    .messages()
+                    .any(|x| x == *m)
+            })
+        };
+        assert_eq!(in_packet(&upd_c(1000)), Some(1));
+        assert_eq!(in_packet(&del[0]), Some(2));
+        // Each lane keeps its own order.
+        let ones: Vec<&Message> = msgs.iter().filter(|m| **m != upd_c(1000)).collect();
+        assert_eq!(ones.len(), 101);
+        for i in 0..100 {
+            assert!(ones.contains(&&upd_c(i)));
+        }
+        let pos = |m: Message| msgs.iter().position(|x| *x == m).unwrap();
+        assert!((1..100).all(|i| pos(upd_c(i - 1)) < pos(upd_c(i))));
+    }
+
+    /// Packets that are not only compressed updates leave in the order they came, across
+    /// lanes: a peer's delete never overtakes an older one (or an older bulk answer) that
+    /// waits behind updates in another lane.
+    #[test]
+    fn ordered_packets_keep_their_order_across_lanes() {
+        let d = Dialect::OpenbsdV6;
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let del = |i| Message::DelC(StateId::new(i, 7));
+        let mut inj = Injector::new(d, 1480, 1000);
+        // Distinct checksums: nothing is joined.
+        inj.push_raw(&packet(d, &[upd_c(1)], 10), t0, Source::Peer(1));
+        inj.push_raw(&packet(d, &[upd_c(2)], 11), t0, Source::Peer(1));
+        inj.push_raw(&packet(d, &[del(1)], 12), t0 + ms(1), Source::Peer(1));
+        inj.push_raw(&packet(d, &[del(2)], 13), t0 + ms(2), Source::Peer(2));
+        let (_, msgs) = drain(&mut inj, d);
+        assert_eq!(msgs, [upd_c(1), upd_c(2), del(1), del(2)]);
     }
 
     /// A peer flooding the injection queue (a compromised one: one DATA datagram can carry

@@ -674,11 +674,12 @@ impl Replica {
                     let m = SyncMsg::Ack {
                         epoch,
                         cum: p.rx.cum,
-                        // What we relay waits in our socket, then in the injection queue:
-                        // both are queues the peer's shedding can shorten (docs/SYNC.md,
-                        // *Overload*).
+                        // What we relay waits in our socket, then in the peer's lane of the
+                        // injection queue: both are queues the peer's shedding can shorten
+                        // (docs/SYNC.md, *Overload*); another peer's backlog is not.
                         delay: QueueDelay::from_duration(
-                            self.rx_delay + self.injector.head_wait(now),
+                            self.rx_delay
+                                + self.injector.head_wait_of(inject::Source::Peer(peer), now),
                         ),
                         nacks: &nacks[..gaps.len() * 8],
                     };
