@@ -493,14 +493,25 @@ pub(crate) fn set_int_option(
     opt: libc::c_int,
     v: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: passing a c_int option value of the right size.
+    set_option(fd, level, opt, &v)
+}
+
+/// `setsockopt` with a value of type `T`, which must be the C struct (or integer) the
+/// option takes.
+pub(crate) fn set_option<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
+    // SAFETY: the kernel reads size_of::<T>() bytes of `v`, which outlives the call.
     let r = unsafe {
         libc::setsockopt(
             fd,
             level,
             opt,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if r != 0 {

@@ -502,19 +502,12 @@ fn link_capture_socket(ifindex: u32) -> io::Result<Socket> {
         mr_address: [0; 8],
     };
     mreq.mr_address[..6].copy_from_slice(&group_mac(PFSYNC_GROUP));
-    // SAFETY: passing a properly sized packet_mreq.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_ADD_MEMBERSHIP,
-            (&mreq as *const libc::packet_mreq).cast(),
-            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    super::mmsg::set_option(
+        sock.as_raw_fd(),
+        libc::SOL_PACKET,
+        libc::PACKET_ADD_MEMBERSHIP,
+        &mreq,
+    )?;
     // Bursts (bulk updates) must not overflow the default ~200 KB buffer.
     super::mmsg::set_socket_buffers(sock.as_raw_fd(), 32 << 20);
     Ok(sock)
@@ -612,20 +605,7 @@ fn set_multicast_if_index(fd: RawFd, ifindex: u32) -> io::Result<()> {
         imr_address: libc::in_addr { s_addr: 0 },
         imr_ifindex: ifindex as libc::c_int,
     };
-    // SAFETY: passing a properly sized ip_mreqn.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MULTICAST_IF,
-            (&mreqn as *const libc::ip_mreqn).cast(),
-            std::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    super::mmsg::set_option(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &mreqn)
 }
 
 fn set_dont_fragment(fd: RawFd) -> io::Result<()> {

@@ -59,19 +59,7 @@ impl RxRing {
             tp_sizeof_priv: 0,
             tp_feature_req_word: 0,
         };
-        // SAFETY: passing a properly sized tpacket_req3.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_RX_RING,
-                (&req as *const libc::tpacket_req3).cast(),
-                std::mem::size_of::<libc::tpacket_req3>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::mmsg::set_option(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
         let len = block_size * blocks;
         // SAFETY: mapping the ring the kernel just allocated for this socket, whole.
         let p = unsafe {
