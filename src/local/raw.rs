@@ -468,10 +468,11 @@ fn link_socket(ifindex: u32) -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// A [`RxRing`](super::ring::RxRing) reading every IPv4 packet that arrives on `ifname`
-/// (to the pfsync group or to us), with a raw protocol-240 socket that keeps nothing beside
-/// it: bound, it stops the kernel answering unicast pfsync with ICMP protocol-unreachable,
-/// as a listener would. For a reader that goes by receive timestamps (the benchmark's fw-b).
+/// A [`RxRing`](super::ring::RxRing) reading the pfsync packets (IPv4, protocol 240) that
+/// arrive on `ifname` to the pfsync group or to us, with a raw protocol-240 socket that
+/// keeps nothing beside it: bound, it stops the kernel answering unicast pfsync with ICMP
+/// protocol-unreachable, as a listener would. For a reader that goes by receive timestamps
+/// (the benchmark's fw-b).
 pub fn link_capture_ring(
     ifname: &str,
     block_size: usize,
