@@ -440,11 +440,12 @@ impl Injector {
 
     /// The lane to serve next: the next in turn with packets, unless its head is an
     /// ordered packet (one that is not only compressed updates) and another lane holds an
-    /// older ordered one. Ordered packets thus leave in the order they came, whatever their
-    /// source — a peer's delete never overtakes an older bulk answer that still holds the
-    /// state, which would bring it back in the firewall — while compressed updates, which
-    /// pf checks against the state's own sequence numbers, are served in turn. Some lane
-    /// always qualifies: the one holding the oldest ordered packet.
+    /// ordered one that arrived before it. Ordered packets thus leave in the order they
+    /// came, whatever their source — a peer's delete never overtakes an older bulk answer
+    /// that still holds the state, which would bring it back in the firewall — while
+    /// compressed updates are served in turn (docs/SYNC.md, *Overload*, on what one costs
+    /// that overtakes an older full state). Some lane always qualifies: the one holding
+    /// the first-come ordered packet.
     fn next_lane(&self) -> Option<usize> {
         let k = self.lanes.len();
         (0..k).map(|j| (self.turn + j) % k).find(|&i| {
