@@ -28,7 +28,7 @@ use crate::wire::{
 const CREATOR: u32 = 0x9e7f_0001;
 /// Versions of each state the sender remembers (to find the first one fw-b lacks).
 const RING: usize = 8;
-/// fw-b's receiver's nice time-shared (perf-netns.sh `--nice`'s default); under
+/// fw-b's receiver's nice when time-shared (perf-netns.sh `--nice`'s default); under
 /// `--sched fifo` it runs above everything (see `--rt-priority`).
 const RX_NICE: i32 = -10;
 
