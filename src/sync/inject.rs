@@ -62,16 +62,37 @@ pub struct Injector {
     /// When the newest packet was queued (the echo time of a joined packet).
     last_push: Option<Instant>,
     pub stats: InjectStats,
+    /// Packets `shed_late` looked at (tests: each once).
+    #[cfg(test)]
+    late_reads: u64,
 }
 
 /// One source's queued packets, oldest first, each in a buffer of its own: a reassembled
 /// packet's buffer is queued as it is (no copy); buffers go back to `spare` once injected.
 struct Lane {
     src: Source,
+    /// Packets `shed_late` found late and kept (ordered ones), in order: they come before
+    /// `packets`, so each packet is looked at once however long it waits.
+    held: VecDeque<Queued>,
     packets: VecDeque<Queued>,
     /// The arrival numbers of its queued ordered packets, oldest first (they leave the lane
     /// only from its front).
     ordered: VecDeque<u64>,
+}
+
+impl Lane {
+    fn len(&self) -> usize {
+        self.held.len() + self.packets.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.packets.is_empty()
+    }
+    fn front(&self) -> Option<&Queued> {
+        self.held.front().or_else(|| self.packets.front())
+    }
+    fn pop_front(&mut self) -> Option<Queued> {
+        self.held.pop_front().or_else(|| self.packets.pop_front())
+    }
 }
 
 struct Queued {
@@ -148,6 +169,8 @@ impl Injector {
             run: UpdCRun::of(dialect),
             last_push: None,
             stats: InjectStats::default(),
+            #[cfg(test)]
+            late_reads: 0,
         }
     }
 
@@ -159,7 +182,7 @@ impl Injector {
         self.lanes
             .iter()
             .find(|l| l.src == src)
-            .map_or(0, |l| l.packets.len())
+            .map_or(0, |l| l.len())
     }
     pub fn is_empty(&self) -> bool {
         self.queued == 0
@@ -221,6 +244,7 @@ impl Injector {
             None => {
                 self.lanes.push(Lane {
                     src,
+                    held: VecDeque::new(),
                     packets: VecDeque::new(),
                     ordered: VecDeque::new(),
                 });
@@ -246,12 +270,12 @@ impl Injector {
         };
         let me = self.lane(src);
         if full(self) {
-            let mine = self.lanes[me].packets.len();
+            let mine = self.lanes[me].len();
             let sources = self
                 .lanes
                 .iter()
                 .enumerate()
-                .filter(|&(i, l)| !l.packets.is_empty() || i == me)
+                .filter(|&(i, l)| !l.is_empty() || i == me)
                 .count();
             if sources > 1 && mine >= self.max_items / sources {
                 self.give_buf(b);
@@ -262,7 +286,7 @@ impl Injector {
         }
         while full(self) {
             let longest = (0..self.lanes.len())
-                .max_by_key(|&i| self.lanes[i].packets.len())
+                .max_by_key(|&i| self.lanes[i].len())
                 .unwrap_or(me);
             self.drop_front(longest);
             self.stats.dropped += 1;
@@ -308,7 +332,7 @@ impl Injector {
     /// Take the oldest packet of `lane` off the queue.
     fn take_front(&mut self, lane: usize) -> Option<Vec<u8>> {
         let l = &mut self.lanes[lane];
-        let q = l.packets.pop_front()?;
+        let q = l.pop_front()?;
         if q.order.is_some() {
             l.ordered.pop_front();
         }
@@ -328,7 +352,7 @@ impl Injector {
     pub fn head_wait(&self, now: Instant) -> Duration {
         self.lanes
             .iter()
-            .filter_map(|l| l.packets.front())
+            .filter_map(|l| l.front())
             .map(|q| now.saturating_duration_since(q.at))
             .max()
             .unwrap_or_default()
@@ -340,32 +364,39 @@ impl Injector {
         self.lanes
             .iter()
             .find(|l| l.src == src)
-            .and_then(|l| l.packets.front())
+            .and_then(|l| l.front())
             .map_or(Duration::ZERO, |q| now.saturating_duration_since(q.at))
     }
 
     /// Drop the queued packets of only `UPD_C` that have waited longer than
     /// [`INJECT_MAX_AGE`]; every other packet (inserts, deletes, bulk answers, requests)
-    /// stays, in order. Only each lane's late prefix is looked at.
+    /// stays, in order. Only what became late since the last call is looked at.
     pub fn shed_late(&mut self, now: Instant) {
         let Some(deadline) = now.checked_sub(INJECT_MAX_AGE) else {
             return;
         };
         for li in 0..self.lanes.len() {
-            let lane = &mut self.lanes[li].packets;
-            let late = lane.partition_point(|q| q.at < deadline);
-            // Keepers move to the back of the late prefix, in order; the dropped ones end
-            // up in front of them and leave from the front (no allocation).
-            let mut back = late;
-            for i in (0..late).rev() {
-                if lane[i].order.is_some() {
-                    back -= 1;
-                    lane.swap(back, i);
+            // The late packets leave `packets` from its front, each looked at once: the
+            // ordered ones join `held` (still first in the lane, in order), the rest go. A
+            // backlog of ordered packets (a peer's flood of deletes) costs nothing here
+            // round after round.
+            let late = self.lanes[li].packets.partition_point(|q| q.at < deadline);
+            for _ in 0..late {
+                let Some(q) = self.lanes[li].packets.pop_front() else {
+                    break;
+                };
+                #[cfg(test)]
+                {
+                    self.late_reads += 1;
                 }
-            }
-            for _ in 0..back {
-                self.drop_front(li);
-                self.stats.late += 1;
+                if q.order.is_some() {
+                    self.lanes[li].held.push_back(q);
+                } else {
+                    self.queued -= 1;
+                    self.queued_bytes -= q.buf.capacity();
+                    self.give_buf(q.buf);
+                    self.stats.late += 1;
+                }
             }
         }
     }
@@ -449,7 +480,7 @@ impl Injector {
     fn next_lane(&self) -> Option<usize> {
         let k = self.lanes.len();
         (0..k).map(|j| (self.turn + j) % k).find(|&i| {
-            let Some(head) = self.lanes[i].packets.front() else {
+            let Some(head) = self.lanes[i].front() else {
                 return false;
             };
             let Some(seq) = head.order else {
@@ -482,7 +513,6 @@ impl Injector {
         let (mut n, mut joined_any) = (n, false);
         let room = self.mtu.min(out.len());
         while let Some(joined) = self.lanes[li]
-            .packets
             .front()
             .and_then(|next| self.run.join(&mut out[..room], n, &next.buf))
         {
@@ -677,7 +707,7 @@ mod tests {
         let held = |i: &Injector| {
             i.lanes
                 .iter()
-                .flat_map(|l| &l.packets)
+                .flat_map(|l| l.held.iter().chain(&l.packets))
                 .map(|q| q.buf.capacity())
                 .sum::<usize>()
         };
@@ -797,18 +827,45 @@ mod tests {
         assert_eq!(msgs, [upd_c(10), del(1), del(2)]);
     }
 
+    /// A backlog of packets that are never shed as late (a peer's flood of deletes) is
+    /// looked at once, not again every round it stays late.
+    #[test]
+    fn late_shedding_looks_at_each_packet_once() {
+        let d = Dialect::OpenbsdV6;
+        let t0 = Instant::now();
+        let mut inj = Injector::new(d, 1480, 4096);
+        for i in 0..1000 {
+            let del = [Message::DelC(StateId::new(i, 7))];
+            inj.push_raw(&packet(d, &del, 1), t0, Source::Peer(1));
+        }
+        inj.push_raw(&packet(d, &[upd_c(1)], 2), t0, Source::Peer(1));
+        for r in 0..100 {
+            inj.shed_late(t0 + INJECT_MAX_AGE + Duration::from_millis(1 + r));
+        }
+        assert_eq!((inj.late_reads, inj.stats.late, inj.len()), (1001, 1, 1000));
+        assert_books(&inj);
+        let (_, msgs) = drain(&mut inj, d);
+        assert_eq!(msgs.len(), 1000);
+        assert_eq!(msgs[999], Message::DelC(StateId::new(999, 7)));
+    }
+
     /// The queue's books: every lane's ordered numbers match its packets, and the totals
     /// match the lanes.
     fn assert_books(inj: &Injector) {
         let mut n = 0;
         let mut bytes = 0;
         for l in &inj.lanes {
-            let orders: Vec<u64> = l.packets.iter().filter_map(|q| q.order).collect();
+            let all = || l.held.iter().chain(&l.packets);
+            let orders: Vec<u64> = all().filter_map(|q| q.order).collect();
             assert!(l.ordered.iter().eq(orders.iter()));
-            let ats: Vec<Instant> = l.packets.iter().map(|q| q.at).collect();
+            let ats: Vec<Instant> = all().map(|q| q.at).collect();
             assert!(ats.is_sorted(), "a lane's times ascend");
-            n += l.packets.len();
-            bytes += l.packets.iter().map(|q| q.buf.capacity()).sum::<usize>();
+            assert!(
+                l.held.iter().all(|q| q.order.is_some()),
+                "only ordered packets held"
+            );
+            n += l.len();
+            bytes += all().map(|q| q.buf.capacity()).sum::<usize>();
         }
         assert_eq!((inj.queued, inj.queued_bytes), (n, bytes));
     }
