@@ -53,24 +53,15 @@ impl Replica {
         let Some((pos, at)) = self.bulk_out else {
             return;
         };
-        let states = self.table.iter_from(pos).take(BULK_STATES);
-        self.injector.encode(
-            states.map(|e| Message::Upd(e.present(at))),
-            None,
-            at,
-            Source::Local,
-        );
+        let states = self.table.bulk_states(pos, at).take(BULK_STATES);
+        self.injector.encode(states, None, at, Source::Local);
         let pos = pos + BULK_STATES;
         if pos < self.table.len() {
             self.bulk_out = Some((pos, at));
             return;
         }
         self.bulk_out = None;
-        let end = Message::Bus {
-            creator: self.cfg.node_id,
-            endtime: 0,
-            status: BusStatus::End,
-        };
+        let end = crate::table::bus(self.cfg.node_id, BusStatus::End);
         self.injector.encode([end], None, at, Source::Local);
     }
 
@@ -399,11 +390,7 @@ impl Replica {
         } else if bulk {
             self.next_bulk_answer = now + self.cfg.bulk_answer_interval;
             self.stats.bulk_answers += 1;
-            let start = Message::Bus {
-                creator: self.cfg.node_id,
-                endtime: 0,
-                status: BusStatus::Start,
-            };
+            let start = crate::table::bus(self.cfg.node_id, BusStatus::Start);
             self.injector.encode([start], None, now, Source::Local);
             self.bulk_out = Some((0, now));
         }

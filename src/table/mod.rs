@@ -794,14 +794,16 @@ impl StateTable {
 
     /// A bulk answer: `BUS START`, every state as `UPD`, `BUS END` (endtime 0, as OpenBSD).
     pub fn bulk(&self, now: Instant, creator: u32) -> impl Iterator<Item = Message> + '_ {
-        let bus = move |status| Message::Bus {
-            creator,
-            endtime: 0,
-            status,
-        };
-        core::iter::once(bus(BusStatus::Start))
-            .chain(self.iter().map(move |e| Message::Upd(e.present(now))))
-            .chain(core::iter::once(bus(BusStatus::End)))
+        core::iter::once(bus(creator, BusStatus::Start))
+            .chain(self.bulk_states(0, now))
+            .chain(core::iter::once(bus(creator, BusStatus::End)))
+    }
+
+    /// The states of a bulk answer from position `from` on (see [`StateTable::iter_from`]),
+    /// each as a full `UPD` presented at `now`: a paced answer queues them part by part.
+    pub fn bulk_states(&self, from: usize, now: Instant) -> impl Iterator<Item = Message> + '_ {
+        self.iter_from(from)
+            .map(move |e| Message::Upd(e.present(now)))
     }
 
     /// Remove states whose deadline has passed (pf purge) and tombstones past their TTL.
@@ -1223,6 +1225,15 @@ impl StateTable {
             }
             // tomb_order may still hold `id`; it is skipped when popped (not in `tombs`).
         }
+    }
+}
+
+/// A bulk answer's start or end marker from `creator` (endtime 0, as OpenBSD sends it).
+pub fn bus(creator: u32, status: BusStatus) -> Message {
+    Message::Bus {
+        creator,
+        endtime: 0,
+        status,
     }
 }
 
