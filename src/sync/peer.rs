@@ -225,7 +225,6 @@ impl Peer {
         self.replaced_rx_epochs[0] = Some((old, now));
     }
 
-    /// Take one CLR walk from the budget; false when it is spent.
     /// The clock credit now: `max_clock_ahead` more per `CLOCK_REFILL`, at most
     /// `CLOCK_CREDIT_MAX` × `max_clock_ahead`, full at first.
     pub(super) fn refill_clock_credit(&mut self, now: Instant, max_ahead: u64) -> u64 {
@@ -242,6 +241,7 @@ impl Peer {
         self.clock_credit
     }
 
+    /// Take one CLR walk from the budget; false when it is spent.
     pub(super) fn clear_walk(&mut self, now: Instant) -> bool {
         self.clear_walks
             .take(now, CLEAR_WALKS_PER_SEC, CLEAR_WALKS_BURST)
